@@ -1,1 +1,21 @@
+//! fmlab's tensor engine: `Tensor` (Arc: storage, layout, dtype, op), a small closed set of
+//! primitive ops on CPU, composite ops built from them, and reverse-mode autograd.
+//!
+//! Errors: misuse of shapes or dtypes is a programmer bug and panics with a report naming the op
+//! and the shapes; nothing here reads files or the network.
 
+mod backward;
+pub mod cpu;
+pub mod dtype;
+pub mod layout;
+pub mod op;
+pub mod ops;
+mod rng;
+mod tensor;
+
+pub use backward::sum_to;
+pub use dtype::{DType, WithDType};
+pub use layout::Layout;
+pub use ops::{attention, rope_tables, AttnMask};
+pub use rng::Rng;
+pub use tensor::{grad_enabled, no_grad, Device, NoGradGuard, Storage, Tensor, TensorId};

@@ -1,0 +1,206 @@
+//! Reverse-mode autograd: one topological sort, one match arm per primitive op. Gradients are
+//! written in tensor ops, so every backend gets backward for free.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::op::{BinaryOp, Op, ReduceOp, UnaryOp};
+use crate::tensor::{no_grad, Tensor, TensorId};
+
+/// Nodes reachable from `root` that need gradients, each after all of its consumers
+/// (reverse topological order: root first).
+fn sorted_nodes(root: &Tensor) -> Vec<Tensor> {
+    let mut order = Vec::new();
+    let mut done: HashSet<TensorId> = HashSet::new();
+    // Iterative post-order DFS: deep graphs (long sequences of ops) must not overflow the stack.
+    let mut stack: Vec<(Tensor, bool)> = vec![(root.clone(), false)];
+    while let Some((t, expanded)) = stack.pop() {
+        if expanded {
+            order.push(t);
+            continue;
+        }
+        if !done.insert(t.id()) {
+            continue;
+        }
+        stack.push((t.clone(), true));
+        if let Some(op) = t.op() {
+            for i in op.inputs() {
+                if i.track_grad() && !done.contains(&i.id()) {
+                    stack.push((i.clone(), false));
+                }
+            }
+        }
+    }
+    order.reverse();
+    order
+}
+
+/// Sums `g` down to `shape` (the inverse of broadcasting).
+pub fn sum_to(g: &Tensor, shape: &[usize]) -> Tensor {
+    if g.shape() == shape {
+        return g.clone();
+    }
+    let extra = g.rank() - shape.len();
+    let mut dims: Vec<usize> = (0..extra).collect();
+    for (i, &d) in shape.iter().enumerate() {
+        if d == 1 && g.dim(extra + i) != 1 {
+            dims.push(extra + i);
+        }
+    }
+    g.sum(&dims, true).reshape(shape)
+}
+
+impl Tensor {
+    /// Back-propagates from this scalar, adding each variable's gradient into its `grad()` slot
+    /// (so successive calls accumulate, as for gradient accumulation over micro-batches).
+    pub fn backward(&self) {
+        assert_eq!(self.numel(), 1, "backward from a tensor of shape {:?}; reduce it to a scalar first", self.shape());
+        let grads = self.grads_wrt_graph(&Tensor::ones(self.shape(), self.dtype()));
+        for (t, g) in grads {
+            t.accumulate_grad(&g);
+        }
+    }
+
+    /// Gradients of this tensor (seeded with `seed`, same shape) for every variable it depends on.
+    pub fn grads_wrt_graph(&self, seed: &Tensor) -> Vec<(Tensor, Tensor)> {
+        let _ng = no_grad();
+        let nodes = sorted_nodes(self);
+        let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
+        grads.insert(self.id(), seed.clone());
+        let mut out = Vec::new();
+        for node in nodes {
+            let Some(g) = grads.remove(&node.id()) else { continue };
+            if node.is_var() {
+                out.push((node.clone(), g));
+                continue;
+            }
+            let Some(op) = node.op() else { continue };
+            let mut add = |t: &Tensor, dg: Tensor| {
+                if !t.track_grad() {
+                    return;
+                }
+                debug_assert_eq!(t.shape(), dg.shape(), "backward of {}: gradient shape", op.name());
+                match grads.remove(&t.id()) {
+                    Some(prev) => grads.insert(t.id(), prev.add(&dg)),
+                    None => grads.insert(t.id(), dg),
+                };
+            };
+            match op {
+                Op::Unary(x, u) => {
+                    let dx = match *u {
+                        UnaryOp::Neg => g.neg(),
+                        UnaryOp::Exp => g.mul(&node),
+                        UnaryOp::Log => g.div(x),
+                        UnaryOp::Sqrt => g.div(&node.scale(2.0)),
+                        UnaryOp::Tanh => g.mul(&node.sqr().affine(-1.0, 1.0)),
+                        UnaryOp::Sin => g.mul(&x.cos()),
+                        UnaryOp::Cos => g.mul(&x.sin().neg()),
+                        UnaryOp::Abs => g.mul(&sign(x)),
+                        // d/dx erf = 2/sqrt(pi) exp(-x^2)
+                        UnaryOp::Erf => g.mul(&x.sqr().neg().exp().scale(std::f64::consts::FRAC_2_SQRT_PI)),
+                        UnaryOp::Recip => g.mul(&node.sqr()).neg(),
+                        UnaryOp::Relu => g.mul(&x.gt(&Tensor::scalar(0.0, x.dtype())).to_dtype(x.dtype())),
+                        UnaryOp::Affine(m, _) => g.scale(m),
+                        UnaryOp::Powf(p) => g.mul(&x.powf(p - 1.0).scale(p)),
+                    };
+                    add(x, dx);
+                }
+                Op::Binary(a, b, bop) => match bop {
+                    BinaryOp::Add => {
+                        add(a, g.clone());
+                        add(b, g);
+                    }
+                    BinaryOp::Sub => {
+                        add(a, g.clone());
+                        add(b, g.neg());
+                    }
+                    BinaryOp::Mul => {
+                        add(a, g.mul(b));
+                        add(b, g.mul(a));
+                    }
+                    BinaryOp::Div => {
+                        add(a, g.div(b));
+                        add(b, g.mul(&node).div(b).neg());
+                    }
+                    BinaryOp::Maximum | BinaryOp::Minimum => {
+                        // The gradient goes to the chosen operand; on ties it is split evenly.
+                        let (ma, mb) = (a.eq(&node).to_dtype(g.dtype()), b.eq(&node).to_dtype(g.dtype()));
+                        let share = ma.add(&mb);
+                        add(a, g.mul(&ma).div(&share.maximum(&Tensor::scalar(1.0, share.dtype()))));
+                        add(b, g.mul(&mb).div(&share.maximum(&Tensor::scalar(1.0, share.dtype()))));
+                    }
+                },
+                Op::Reduce(x, r, _) => match r {
+                    ReduceOp::Sum => add(x, g.expand(x.shape()).contiguous()),
+                    ReduceOp::Max | ReduceOp::Min => {
+                        // Split evenly between tied extrema, as torch.amax does.
+                        let mask = x.eq(&node.expand(x.shape())).to_dtype(g.dtype());
+                        let dims: Vec<usize> = (0..x.rank()).filter(|&d| x.dim(d) != node.dim(d)).collect();
+                        let count = mask.sum(&dims, true);
+                        add(x, mask.mul(&g.div(&count)))
+                    }
+                },
+                Op::Matmul(a, b) => {
+                    add(a, g.matmul(&b.t()));
+                    add(b, a.t().matmul(&g));
+                }
+                Op::Reshape(x) | Op::Contiguous(x) => add(x, g.reshape(x.shape())),
+                Op::Permute(x, p) => {
+                    let mut inv = vec![0; p.len()];
+                    for (i, &d) in p.iter().enumerate() {
+                        inv[d] = i;
+                    }
+                    add(x, g.permute(&inv).contiguous())
+                }
+                Op::Narrow(x, dim, start) => {
+                    let (dim, start) = (*dim, *start);
+                    let len = node.dim(dim);
+                    let mut parts = Vec::new();
+                    let mut sh = x.shape().to_vec();
+                    if start > 0 {
+                        sh[dim] = start;
+                        parts.push(Tensor::zeros(&sh, g.dtype()));
+                    }
+                    parts.push(g.clone());
+                    let after = x.dim(dim) - start - len;
+                    if after > 0 {
+                        sh[dim] = after;
+                        parts.push(Tensor::zeros(&sh, g.dtype()));
+                    }
+                    add(x, if parts.len() == 1 { g.contiguous() } else { Tensor::cat(&parts, dim) })
+                }
+                Op::Expand(x) => add(x, sum_to(&g, x.shape())),
+                Op::Cat(parts, dim) => {
+                    let mut start = 0;
+                    for p in parts {
+                        add(p, g.narrow(*dim, start, p.dim(*dim)).contiguous());
+                        start += p.dim(*dim);
+                    }
+                }
+                Op::IndexSelect(x, ids, dim) => add(x, x.zeros_like().index_add(ids, &g, *dim)),
+                Op::IndexAdd(base, ids, src, dim) => {
+                    add(base, g.clone());
+                    add(src, g.index_select(ids, *dim));
+                }
+                Op::Gather(x, idx, dim) => add(x, x.zeros_like().scatter_add(idx, &g, *dim)),
+                Op::ScatterAdd(base, idx, src, dim) => {
+                    add(base, g.clone());
+                    add(src, g.gather(idx, *dim));
+                }
+                Op::Where(c, a, b) => {
+                    let z = Tensor::zeros(&[], g.dtype());
+                    add(a, c.where_cond(&g, &z));
+                    add(b, c.where_cond(&z, &g));
+                }
+                Op::Cast(x) => add(x, g.to_dtype(x.dtype())),
+            }
+        }
+        out
+    }
+}
+
+fn sign(x: &Tensor) -> Tensor {
+    let z = Tensor::scalar(0.0, x.dtype());
+    let pos = x.gt(&z).to_dtype(x.dtype());
+    let neg = x.lt(&z).to_dtype(x.dtype());
+    pos.sub(&neg)
+}

@@ -1,0 +1,161 @@
+//! Composite ops, written once from primitives: their gradients come from the primitives'.
+
+use crate::{DType, Rng, Tensor};
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+
+impl Tensor {
+    /// GELU, tanh approximation (GPT-2's `gelu_new`).
+    pub fn gelu_tanh(&self) -> Tensor {
+        // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        let inner = self.add(&self.powf(3.0).scale(0.044715)).scale(SQRT_2_OVER_PI);
+        self.mul(&inner.tanh().add_scalar(1.0)).scale(0.5)
+    }
+
+    /// GELU, exact: 0.5 x (1 + erf(x / sqrt 2)).
+    pub fn gelu_erf(&self) -> Tensor {
+        self.mul(&self.scale(std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0)).scale(0.5)
+    }
+
+    /// sigmoid via tanh: no overflow at large |x| in forward or backward.
+    pub fn sigmoid(&self) -> Tensor {
+        self.scale(0.5).tanh().affine(0.5, 0.5)
+    }
+
+    pub fn silu(&self) -> Tensor {
+        self.mul(&self.sigmoid())
+    }
+
+    /// Softmax along `dim`. The max is subtracted for range and detached: softmax is invariant to
+    /// the shift, so no gradient flows through it.
+    pub fn softmax(&self, dim: usize) -> Tensor {
+        let m = self.max(&[dim], true).detach();
+        let e = self.sub(&m).exp();
+        e.div(&e.sum(&[dim], true))
+    }
+
+    pub fn log_softmax(&self, dim: usize) -> Tensor {
+        let m = self.max(&[dim], true).detach();
+        let shifted = self.sub(&m);
+        shifted.sub(&shifted.exp().sum(&[dim], true).log())
+    }
+
+    /// LayerNorm over the last dim: (x - mean) / sqrt(var + eps) * weight + bias (biased var).
+    pub fn layer_norm(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Tensor {
+        let d = self.rank() - 1;
+        let xc = self.sub(&self.mean(&[d], true));
+        let var = xc.sqr().mean(&[d], true);
+        let y = xc.div(&var.add_scalar(eps).sqrt()).mul(weight);
+        match bias {
+            Some(b) => y.add(b),
+            None => y,
+        }
+    }
+
+    /// RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight.
+    pub fn rms_norm(&self, weight: &Tensor, eps: f64) -> Tensor {
+        let d = self.rank() - 1;
+        let ms = self.sqr().mean(&[d], true);
+        self.div(&ms.add_scalar(eps).sqrt()).mul(weight)
+    }
+
+    /// Mean cross-entropy of `logits` [N, V] against integer `targets` [N]; targets equal to
+    /// `ignore_index` contribute nothing (and are not counted in the mean).
+    pub fn cross_entropy(&self, targets: &Tensor, ignore_index: Option<i64>) -> Tensor {
+        assert_eq!(self.rank(), 2, "cross_entropy: logits must be [N, V], got {:?}", self.shape());
+        assert_eq!(targets.shape(), &[self.dim(0)], "cross_entropy: targets {:?} for logits {:?}", targets.shape(), self.shape());
+        let t = targets.to_dtype(DType::I32);
+        let lsm = self.log_softmax(1);
+        match ignore_index {
+            None => lsm.gather(&t.unsqueeze(1), 1).mean_all().neg(),
+            Some(ig) => {
+                let keep = t.ne(&Tensor::scalar(ig as f64, DType::I32));
+                let safe = keep.where_cond(&t, &Tensor::zeros(&[], DType::I32));
+                let picked = lsm.gather(&safe.unsqueeze(1), 1).squeeze(1);
+                let keepf = keep.to_dtype(self.dtype());
+                let n = keepf.sum_all().item();
+                picked.mul(&keepf).sum_all().scale(-1.0 / n)
+            }
+        }
+    }
+
+    /// Inverted dropout: zeroes with probability `p` and scales the rest by 1/(1-p).
+    pub fn dropout(&self, p: f64, rng: &mut Rng) -> Tensor {
+        if p == 0.0 {
+            return self.clone();
+        }
+        let keep = Tensor::rand_uniform(self.shape(), 0.0, 1.0, self.dtype(), rng).ge(&Tensor::scalar(p, self.dtype()));
+        self.mul(&keep.to_dtype(self.dtype()).scale(1.0 / (1.0 - p)))
+    }
+
+    /// Rotary position embedding, "rotate half" convention (Llama/HF): x [.., T, D],
+    /// cos/sin [T, D/2]. Pairs are (i, i + D/2).
+    pub fn rope(&self, cos: &Tensor, sin: &Tensor) -> Tensor {
+        let r = self.rank();
+        let d = self.dim(r - 1);
+        let h = d / 2;
+        let x1 = self.narrow(r - 1, 0, h);
+        let x2 = self.narrow(r - 1, h, h);
+        // (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
+        let o1 = x1.mul(cos).sub(&x2.mul(sin));
+        let o2 = x2.mul(cos).add(&x1.mul(sin));
+        Tensor::cat(&[o1, o2], r - 1)
+    }
+}
+
+/// The cos/sin tables for RoPE: [T, D/2] each, angle t * base^(-2i/D).
+pub fn rope_tables(t: usize, d: usize, base: f64, offset: usize, dtype: DType) -> (Tensor, Tensor) {
+    let h = d / 2;
+    let mut c = Vec::with_capacity(t * h);
+    let mut s = Vec::with_capacity(t * h);
+    for p in offset..offset + t {
+        for i in 0..h {
+            let inv = base.powf(-((2 * i) as f64) / d as f64);
+            let a = p as f64 * inv;
+            c.push(a.cos());
+            s.push(a.sin());
+        }
+    }
+    (Tensor::from_f64(&c, &[t, h], dtype), Tensor::from_f64(&s, &[t, h], dtype))
+}
+
+/// Which keys each query may attend to.
+#[derive(Clone, Debug)]
+pub enum AttnMask {
+    None,
+    /// Query i (of T) sees keys j <= i + (S - T): the usual causal mask, also right for a query
+    /// block appended after S - T cached keys.
+    Causal,
+    /// u8 [B, S]: 1 = a real key, 0 = padding.
+    KeyPadding(Tensor),
+    /// u8 broadcastable to [B, H, T, S]: 1 = may attend.
+    Custom(Tensor),
+}
+
+/// Scaled dot-product attention. q [B, H, T, D], k/v [B, H, S, D] (cross-attention when S != T)
+/// → [B, H, T, D].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Tensor {
+    assert_eq!(q.rank(), 4, "attention: q must be [B, H, T, D], got {:?}", q.shape());
+    let (t, d) = (q.dim(2), q.dim(3));
+    let s = k.dim(2);
+    let scores = q.matmul(&k.t()).scale(1.0 / (d as f64).sqrt()); // [B, H, T, S]
+    let allowed = match mask {
+        AttnMask::None => None,
+        AttnMask::Causal => {
+            assert!(s >= t, "causal attention with {t} queries and only {s} keys");
+            let off = s - t;
+            let m: Vec<u8> = (0..t).flat_map(|i| (0..s).map(move |j| (j <= i + off) as u8)).collect();
+            Some(Tensor::from_vec(m, &[t, s]))
+        }
+        AttnMask::KeyPadding(p) => {
+            let b = p.dim(0);
+            Some(p.reshape(&[b, 1, 1, s]))
+        }
+        AttnMask::Custom(m) => Some(m.clone()),
+    };
+    let scores = match allowed {
+        Some(m) => m.where_cond(&scores, &Tensor::scalar(f64::NEG_INFINITY, scores.dtype())),
+        None => scores,
+    };
+    scores.softmax(3).matmul(v)
+}

@@ -1,0 +1,611 @@
+//! `Tensor`: a cheap-to-clone handle (Arc) to storage + layout + dtype, and, when it needs a
+//! gradient, the `Op` that produced it.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::cpu::{CpuStorage, VecOf};
+use crate::dtype::DType;
+use crate::layout::{broadcast_shape, contiguous_strides, Layout};
+use crate::op::{BinaryOp, CmpOp, Op, ReduceOp, UnaryOp};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+}
+
+/// Where elements live. One variant per backend, dispatched by `match` (a CUDA variant joins later).
+#[derive(Debug)]
+pub enum Storage {
+    Cpu(CpuStorage),
+}
+
+impl Storage {
+    fn cpu(&self) -> &CpuStorage {
+        match self {
+            Storage::Cpu(s) => s,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TensorId(usize);
+
+fn next_id() -> TensorId {
+    static N: AtomicUsize = AtomicUsize::new(1);
+    TensorId(N.fetch_add(1, Ordering::Relaxed))
+}
+
+pub struct TensorInner {
+    id: TensorId,
+    storage: Arc<RwLock<Storage>>,
+    layout: Layout,
+    dtype: DType,
+    op: Option<Op>,
+    /// A trainable leaf: gradients accumulate in `grad` across backward calls.
+    is_var: bool,
+    grad: Mutex<Option<Tensor>>,
+}
+
+#[derive(Clone)]
+pub struct Tensor(Arc<TensorInner>);
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tensor[{:?}, {}{}]", self.shape(), self.dtype(), if self.is_var() { ", var" } else { "" })
+    }
+}
+
+thread_local! {
+    static GRAD_ENABLED: Cell<bool> = const { Cell::new(true) };
+}
+
+/// While alive, ops record no history (inference, optimizer updates, backward itself).
+pub struct NoGradGuard(bool);
+pub fn no_grad() -> NoGradGuard {
+    NoGradGuard(GRAD_ENABLED.with(|g| g.replace(false)))
+}
+impl Drop for NoGradGuard {
+    fn drop(&mut self) {
+        GRAD_ENABLED.with(|g| g.set(self.0));
+    }
+}
+pub fn grad_enabled() -> bool {
+    GRAD_ENABLED.with(|g| g.get())
+}
+
+fn shape_str(s: &[usize]) -> String {
+    format!("{s:?}")
+}
+
+impl Tensor {
+    // ---- construction --------------------------------------------------------------------------
+
+    fn make(storage: Storage, layout: Layout, dtype: DType, op: Option<Op>) -> Tensor {
+        let op = if grad_enabled() { op.filter(|o| o.inputs().iter().any(|t| t.track_grad())) } else { None };
+        Tensor(Arc::new(TensorInner { id: next_id(), storage: Arc::new(RwLock::new(storage)), layout, dtype, op, is_var: false, grad: Mutex::new(None) }))
+    }
+
+    /// A new tensor sharing this one's storage under another layout (a view).
+    fn view(&self, layout: Layout, op: Op) -> Tensor {
+        let op = if grad_enabled() && self.track_grad() { Some(op) } else { None };
+        Tensor(Arc::new(TensorInner { id: next_id(), storage: self.0.storage.clone(), layout, dtype: self.0.dtype, op, is_var: false, grad: Mutex::new(None) }))
+    }
+
+    fn from_cpu(s: CpuStorage, shape: &[usize], op: Option<Op>) -> Tensor {
+        let dtype = s.dtype();
+        assert_eq!(s.len(), shape.iter().product::<usize>(), "storage of {} elements for shape {shape:?}", s.len());
+        Tensor::make(Storage::Cpu(s), Layout::contiguous(shape), dtype, op)
+    }
+
+    pub fn from_vec<T: VecOf>(v: Vec<T>, shape: &[usize]) -> Tensor {
+        assert_eq!(v.len(), shape.iter().product::<usize>(), "from_vec: {} values for shape {shape:?}", v.len());
+        Tensor::from_cpu(T::wrap(v), shape, None)
+    }
+
+    pub fn from_f64(v: &[f64], shape: &[usize], dtype: DType) -> Tensor {
+        assert_eq!(v.len(), shape.iter().product::<usize>(), "from_f64: {} values for shape {shape:?}", v.len());
+        Tensor::from_cpu(CpuStorage::from_f64(dtype, v), shape, None)
+    }
+
+    pub fn scalar(v: f64, dtype: DType) -> Tensor {
+        Tensor::from_f64(&[v], &[], dtype)
+    }
+
+    pub fn zeros(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::from_cpu(CpuStorage::zeros(dtype, shape.iter().product()), shape, None)
+    }
+
+    pub fn full(v: f64, shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::from_f64(&vec![v; shape.iter().product()], shape, dtype)
+    }
+
+    pub fn ones(shape: &[usize], dtype: DType) -> Tensor {
+        Tensor::full(1.0, shape, dtype)
+    }
+
+    pub fn arange(n: usize, dtype: DType) -> Tensor {
+        Tensor::from_f64(&(0..n).map(|i| i as f64).collect::<Vec<_>>(), &[n], dtype)
+    }
+
+    pub fn zeros_like(&self) -> Tensor {
+        Tensor::zeros(self.shape(), self.dtype())
+    }
+
+    /// A trainable leaf holding a copy of `t`'s values.
+    pub fn new_var(t: &Tensor) -> Tensor {
+        let s = t.contiguous_storage();
+        Tensor(Arc::new(TensorInner {
+            id: next_id(),
+            storage: Arc::new(RwLock::new(Storage::Cpu(s))),
+            layout: Layout::contiguous(t.shape()),
+            dtype: t.dtype(),
+            op: None,
+            is_var: true,
+            grad: Mutex::new(None),
+        }))
+    }
+
+    // ---- accessors -----------------------------------------------------------------------------
+
+    pub fn id(&self) -> TensorId {
+        self.0.id
+    }
+    pub fn shape(&self) -> &[usize] {
+        &self.0.layout.shape
+    }
+    pub fn dims(&self) -> &[usize] {
+        &self.0.layout.shape
+    }
+    pub fn dim(&self, d: usize) -> usize {
+        self.0.layout.shape[d]
+    }
+    pub fn rank(&self) -> usize {
+        self.0.layout.rank()
+    }
+    pub fn numel(&self) -> usize {
+        self.0.layout.numel()
+    }
+    pub fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+    pub fn device(&self) -> Device {
+        Device::Cpu
+    }
+    pub fn layout(&self) -> &Layout {
+        &self.0.layout
+    }
+    pub fn op(&self) -> Option<&Op> {
+        self.0.op.as_ref()
+    }
+    pub fn is_var(&self) -> bool {
+        self.0.is_var
+    }
+    /// Whether gradients flow to this tensor.
+    pub fn track_grad(&self) -> bool {
+        self.0.is_var || self.0.op.is_some()
+    }
+    pub fn is_contiguous(&self) -> bool {
+        self.0.layout.is_contiguous()
+    }
+    pub fn same_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
+    }
+
+    /// Runs `f` on the CPU storage and this tensor's layout.
+    fn with_cpu<R>(&self, f: impl FnOnce(&CpuStorage, &Layout) -> R) -> R {
+        let s = self.0.storage.read().unwrap();
+        f(s.cpu(), &self.0.layout)
+    }
+
+    fn contiguous_storage(&self) -> CpuStorage {
+        self.with_cpu(|s, l| s.copy_strided(l))
+    }
+
+    pub fn to_vec_f64(&self) -> Vec<f64> {
+        self.with_cpu(|s, l| s.to_f64_vec(l))
+    }
+
+    pub fn to_vec<T: VecOf>(&self) -> Vec<T> {
+        let t = if self.dtype() == T::DTYPE { self.clone() } else { self.to_dtype(T::DTYPE) };
+        let s = t.contiguous_storage();
+        T::slice(&s).unwrap().to_vec()
+    }
+
+    /// The single value of a one-element tensor.
+    pub fn item(&self) -> f64 {
+        assert_eq!(self.numel(), 1, "item() on a tensor of shape {:?}", self.shape());
+        self.to_vec_f64()[0]
+    }
+
+    // ---- variables and gradients ---------------------------------------------------------------
+
+    /// A tensor with the same values and no history.
+    pub fn detach(&self) -> Tensor {
+        Tensor(Arc::new(TensorInner { id: next_id(), storage: self.0.storage.clone(), layout: self.0.layout.clone(), dtype: self.0.dtype, op: None, is_var: false, grad: Mutex::new(None) }))
+    }
+
+    /// Overwrites a variable's values in place (optimizer steps, checkpoint loads).
+    pub fn set_data(&self, src: &Tensor) {
+        assert!(self.is_var(), "set_data on a tensor that is not a variable");
+        assert_eq!(self.shape(), src.shape(), "set_data: shape {:?} into {:?}", src.shape(), self.shape());
+        let src = if src.dtype() == self.dtype() { src.clone() } else { src.to_dtype(self.dtype()) };
+        let new = src.contiguous_storage();
+        *self.0.storage.write().unwrap() = Storage::Cpu(new);
+    }
+
+    /// The gradient accumulated on this variable by `backward` calls since the last `zero_grad`.
+    pub fn grad(&self) -> Option<Tensor> {
+        self.0.grad.lock().unwrap().clone()
+    }
+    pub fn zero_grad(&self) {
+        *self.0.grad.lock().unwrap() = None;
+    }
+    pub fn set_grad(&self, g: Option<Tensor>) {
+        *self.0.grad.lock().unwrap() = g;
+    }
+    pub(crate) fn accumulate_grad(&self, g: &Tensor) {
+        let mut slot = self.0.grad.lock().unwrap();
+        let g = if g.dtype() != self.dtype() { g.to_dtype(self.dtype()) } else { g.clone() };
+        *slot = Some(match slot.take() {
+            Some(old) => old.add(&g),
+            None => g.contiguous(),
+        });
+    }
+
+    // ---- elementwise ---------------------------------------------------------------------------
+
+    pub fn unary(&self, op: UnaryOp) -> Tensor {
+        assert!(self.dtype().is_float(), "{op:?}: needs a float tensor, got {}", self.dtype());
+        let s = self.with_cpu(|s, l| s.unary(l, op));
+        Tensor::from_cpu(s, self.shape(), Some(Op::Unary(self.clone(), op)))
+    }
+    pub fn neg(&self) -> Tensor { self.unary(UnaryOp::Neg) }
+    pub fn exp(&self) -> Tensor { self.unary(UnaryOp::Exp) }
+    pub fn log(&self) -> Tensor { self.unary(UnaryOp::Log) }
+    pub fn sqrt(&self) -> Tensor { self.unary(UnaryOp::Sqrt) }
+    pub fn tanh(&self) -> Tensor { self.unary(UnaryOp::Tanh) }
+    pub fn sin(&self) -> Tensor { self.unary(UnaryOp::Sin) }
+    pub fn cos(&self) -> Tensor { self.unary(UnaryOp::Cos) }
+    pub fn abs(&self) -> Tensor { self.unary(UnaryOp::Abs) }
+    pub fn erf(&self) -> Tensor { self.unary(UnaryOp::Erf) }
+    pub fn recip(&self) -> Tensor { self.unary(UnaryOp::Recip) }
+    pub fn relu(&self) -> Tensor { self.unary(UnaryOp::Relu) }
+    pub fn affine(&self, mul: f64, add: f64) -> Tensor { self.unary(UnaryOp::Affine(mul, add)) }
+    pub fn scale(&self, mul: f64) -> Tensor { self.affine(mul, 0.0) }
+    pub fn add_scalar(&self, add: f64) -> Tensor { self.affine(1.0, add) }
+    pub fn powf(&self, p: f64) -> Tensor { self.unary(UnaryOp::Powf(p)) }
+    pub fn sqr(&self) -> Tensor { self.mul(self) }
+
+    /// Both operands broadcast to a common shape (expand views recorded for autograd).
+    fn broadcast_pair(&self, rhs: &Tensor, what: &str) -> (Tensor, Tensor) {
+        assert_eq!(self.dtype(), rhs.dtype(), "{what}: dtypes {} and {} differ", self.dtype(), rhs.dtype());
+        let shape = broadcast_shape(self.shape(), rhs.shape())
+            .unwrap_or_else(|| panic!("{what}: shapes {} and {} do not broadcast", shape_str(self.shape()), shape_str(rhs.shape())));
+        (self.expand(&shape), rhs.expand(&shape))
+    }
+
+    pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Tensor {
+        let (a, b) = self.broadcast_pair(rhs, &format!("{op:?}"));
+        let s = {
+            let (sa, sb) = (a.0.storage.read().unwrap(), b.0.storage.read().unwrap());
+            sa.cpu().binary(a.layout(), sb.cpu(), b.layout(), op)
+        };
+        let shape = a.shape().to_vec();
+        Tensor::from_cpu(s, &shape, Some(Op::Binary(a, b, op)))
+    }
+    pub fn add(&self, rhs: &Tensor) -> Tensor { self.binary(rhs, BinaryOp::Add) }
+    pub fn sub(&self, rhs: &Tensor) -> Tensor { self.binary(rhs, BinaryOp::Sub) }
+    pub fn mul(&self, rhs: &Tensor) -> Tensor { self.binary(rhs, BinaryOp::Mul) }
+    pub fn div(&self, rhs: &Tensor) -> Tensor { self.binary(rhs, BinaryOp::Div) }
+    pub fn maximum(&self, rhs: &Tensor) -> Tensor { self.binary(rhs, BinaryOp::Maximum) }
+    pub fn minimum(&self, rhs: &Tensor) -> Tensor { self.binary(rhs, BinaryOp::Minimum) }
+
+    /// Elementwise comparison → u8 mask; never tracks gradients.
+    pub fn cmp(&self, rhs: &Tensor, op: CmpOp) -> Tensor {
+        let (a, b) = {
+            let _g = no_grad();
+            self.broadcast_pair(rhs, &format!("{op:?}"))
+        };
+        let s = {
+            let (sa, sb) = (a.0.storage.read().unwrap(), b.0.storage.read().unwrap());
+            sa.cpu().cmp(a.layout(), sb.cpu(), b.layout(), op)
+        };
+        Tensor::from_cpu(s, a.shape(), None)
+    }
+    pub fn eq(&self, rhs: &Tensor) -> Tensor { self.cmp(rhs, CmpOp::Eq) }
+    pub fn ne(&self, rhs: &Tensor) -> Tensor { self.cmp(rhs, CmpOp::Ne) }
+    pub fn lt(&self, rhs: &Tensor) -> Tensor { self.cmp(rhs, CmpOp::Lt) }
+    pub fn le(&self, rhs: &Tensor) -> Tensor { self.cmp(rhs, CmpOp::Le) }
+    pub fn gt(&self, rhs: &Tensor) -> Tensor { self.cmp(rhs, CmpOp::Gt) }
+    pub fn ge(&self, rhs: &Tensor) -> Tensor { self.cmp(rhs, CmpOp::Ge) }
+    pub fn cmp_scalar(&self, v: f64, op: CmpOp) -> Tensor {
+        self.cmp(&Tensor::scalar(v, self.dtype()), op)
+    }
+
+    /// `self ? on_true : on_false`, with `self` a u8 mask; all three broadcast together.
+    pub fn where_cond(&self, on_true: &Tensor, on_false: &Tensor) -> Tensor {
+        assert_eq!(self.dtype(), DType::U8, "where_cond: the condition must be a u8 mask, got {}", self.dtype());
+        assert_eq!(on_true.dtype(), on_false.dtype(), "where_cond: branch dtypes {} and {}", on_true.dtype(), on_false.dtype());
+        let shape = broadcast_shape(self.shape(), on_true.shape())
+            .and_then(|s| broadcast_shape(&s, on_false.shape()))
+            .unwrap_or_else(|| panic!("where_cond: shapes {:?}, {:?}, {:?} do not broadcast", self.shape(), on_true.shape(), on_false.shape()));
+        let c = { let _g = no_grad(); self.expand(&shape) };
+        let (a, b) = (on_true.expand(&shape), on_false.expand(&shape));
+        let s = {
+            let (sc, sa, sb) = (c.0.storage.read().unwrap(), a.0.storage.read().unwrap(), b.0.storage.read().unwrap());
+            CpuStorage::where_cond(sc.cpu(), c.layout(), sa.cpu(), a.layout(), sb.cpu(), b.layout())
+        };
+        Tensor::from_cpu(s, &shape, Some(Op::Where(c, a, b)))
+    }
+
+    pub fn to_dtype(&self, dtype: DType) -> Tensor {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        let s = self.with_cpu(|s, l| s.cast(l, dtype));
+        let op = if dtype.is_float() && self.dtype().is_float() { Some(Op::Cast(self.clone())) } else { None };
+        Tensor::from_cpu(s, self.shape(), op)
+    }
+
+    // ---- reductions ----------------------------------------------------------------------------
+
+    fn reduce(&self, op: ReduceOp, dims: &[usize], keepdim: bool) -> Tensor {
+        let mut dims = dims.to_vec();
+        dims.sort_unstable();
+        dims.dedup();
+        for &d in &dims {
+            assert!(d < self.rank(), "{op:?}: dim {d} out of range for shape {:?}", self.shape());
+        }
+        let s = self.with_cpu(|s, l| s.reduce(l, op, &dims));
+        let kept: Vec<usize> = self.shape().iter().enumerate().map(|(i, &d)| if dims.contains(&i) { 1 } else { d }).collect();
+        let out = Tensor::from_cpu(s, &kept, Some(Op::Reduce(self.clone(), op, dims.clone())));
+        if keepdim {
+            out
+        } else {
+            let sq: Vec<usize> = self.shape().iter().enumerate().filter(|(i, _)| !dims.contains(i)).map(|(_, &d)| d).collect();
+            out.reshape(&sq)
+        }
+    }
+    pub fn sum(&self, dims: &[usize], keepdim: bool) -> Tensor { self.reduce(ReduceOp::Sum, dims, keepdim) }
+    pub fn max(&self, dims: &[usize], keepdim: bool) -> Tensor { self.reduce(ReduceOp::Max, dims, keepdim) }
+    pub fn min(&self, dims: &[usize], keepdim: bool) -> Tensor { self.reduce(ReduceOp::Min, dims, keepdim) }
+    pub fn sum_all(&self) -> Tensor {
+        let dims: Vec<usize> = (0..self.rank()).collect();
+        self.sum(&dims, false)
+    }
+    pub fn mean(&self, dims: &[usize], keepdim: bool) -> Tensor {
+        let n: usize = dims.iter().map(|&d| self.dim(d)).product();
+        self.sum(dims, keepdim).scale(1.0 / n as f64)
+    }
+    pub fn mean_all(&self) -> Tensor {
+        self.sum_all().scale(1.0 / self.numel() as f64)
+    }
+
+    // ---- matmul --------------------------------------------------------------------------------
+
+    /// `[.., M, K] @ [.., K, N] -> [.., M, N]`; batch dims broadcast. Transposed operands are
+    /// read through their strides (no copy).
+    pub fn matmul(&self, rhs: &Tensor) -> Tensor {
+        let (ra, rb) = (self.rank(), rhs.rank());
+        assert!(ra >= 2 && rb >= 2, "matmul: needs rank >= 2, got {:?} @ {:?}", self.shape(), rhs.shape());
+        assert_eq!(self.dtype(), rhs.dtype(), "matmul: dtypes {} and {}", self.dtype(), rhs.dtype());
+        let (m, k) = (self.dim(ra - 2), self.dim(ra - 1));
+        let (k2, n) = (rhs.dim(rb - 2), rhs.dim(rb - 1));
+        assert_eq!(k, k2, "matmul: inner dims differ: {:?} @ {:?}", self.shape(), rhs.shape());
+        // A 2-D right operand against a batched left one: one big GEMM over the merged rows.
+        if rb == 2 && ra > 2 && self.is_contiguous() {
+            let rows: usize = self.shape()[..ra - 1].iter().product();
+            let mut out_shape = self.shape()[..ra - 1].to_vec();
+            out_shape.push(n);
+            return self.reshape(&[rows, k]).matmul(rhs).reshape(&out_shape);
+        }
+        let batch = broadcast_shape(&self.shape()[..ra - 2], &rhs.shape()[..rb - 2])
+            .unwrap_or_else(|| panic!("matmul: batch dims of {:?} and {:?} do not broadcast", self.shape(), rhs.shape()));
+        let a = self.expand(&[batch.clone(), vec![m, k]].concat());
+        let b = rhs.expand(&[batch.clone(), vec![k, n]].concat());
+        let s = {
+            let (sa, sb) = (a.0.storage.read().unwrap(), b.0.storage.read().unwrap());
+            sa.cpu().matmul(a.layout(), sb.cpu(), b.layout())
+        };
+        Tensor::from_cpu(s, &[batch, vec![m, n]].concat(), Some(Op::Matmul(a, b)))
+    }
+
+    // ---- movement (views where possible) -------------------------------------------------------
+
+    pub fn reshape(&self, shape: &[usize]) -> Tensor {
+        assert_eq!(shape.iter().product::<usize>(), self.numel(), "reshape: {:?} to {:?}", self.shape(), shape);
+        if self.shape() == shape {
+            return self.clone();
+        }
+        let src = if self.is_contiguous() { self.clone() } else { self.contiguous() };
+        let layout = Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: src.layout().offset };
+        src.view(layout, Op::Reshape(src.clone()))
+    }
+
+    pub fn permute(&self, perm: &[usize]) -> Tensor {
+        let mut seen = perm.to_vec();
+        seen.sort_unstable();
+        assert!(seen == (0..self.rank()).collect::<Vec<_>>(), "permute: {perm:?} is not a permutation of the dims of {:?}", self.shape());
+        let l = self.layout();
+        let layout = Layout { shape: perm.iter().map(|&d| l.shape[d]).collect(), strides: perm.iter().map(|&d| l.strides[d]).collect(), offset: l.offset };
+        self.view(layout, Op::Permute(self.clone(), perm.to_vec()))
+    }
+
+    pub fn transpose(&self, d0: usize, d1: usize) -> Tensor {
+        let mut p: Vec<usize> = (0..self.rank()).collect();
+        p.swap(d0, d1);
+        self.permute(&p)
+    }
+
+    /// Swaps the last two dims.
+    pub fn t(&self) -> Tensor {
+        let r = self.rank();
+        self.transpose(r - 2, r - 1)
+    }
+
+    pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Tensor {
+        assert!(dim < self.rank() && start + len <= self.dim(dim), "narrow: dim {dim} [{start}, {}) of shape {:?}", start + len, self.shape());
+        let l = self.layout();
+        let mut layout = l.clone();
+        layout.shape[dim] = len;
+        layout.offset = l.offset + start * l.strides[dim];
+        self.view(layout, Op::Narrow(self.clone(), dim, start))
+    }
+
+    /// Broadcast view to `shape` (numpy rules); stride 0 along expanded dims.
+    pub fn expand(&self, shape: &[usize]) -> Tensor {
+        if self.shape() == shape {
+            return self.clone();
+        }
+        let layout = self.layout().broadcast_to(shape).unwrap_or_else(|| panic!("expand: {:?} to {:?}", self.shape(), shape));
+        self.view(layout, Op::Expand(self.clone()))
+    }
+
+    pub fn contiguous(&self) -> Tensor {
+        if self.is_contiguous() && self.layout().offset == 0 {
+            return self.clone();
+        }
+        let s = self.contiguous_storage();
+        Tensor::from_cpu(s, self.shape(), Some(Op::Contiguous(self.clone())))
+    }
+
+    pub fn unsqueeze(&self, dim: usize) -> Tensor {
+        let mut s = self.shape().to_vec();
+        s.insert(dim, 1);
+        self.reshape(&s)
+    }
+
+    pub fn squeeze(&self, dim: usize) -> Tensor {
+        assert_eq!(self.dim(dim), 1, "squeeze: dim {dim} of {:?} is not 1", self.shape());
+        let mut s = self.shape().to_vec();
+        s.remove(dim);
+        self.reshape(&s)
+    }
+
+    pub fn flatten_all(&self) -> Tensor {
+        self.reshape(&[self.numel()])
+    }
+
+    pub fn cat(parts: &[Tensor], dim: usize) -> Tensor {
+        assert!(!parts.is_empty(), "cat: no tensors");
+        let r = parts[0].rank();
+        for p in parts {
+            assert!(p.rank() == r && p.dtype() == parts[0].dtype(), "cat: {:?} ({}) with {:?} ({})", p.shape(), p.dtype(), parts[0].shape(), parts[0].dtype());
+            for d in 0..r {
+                assert!(d == dim || p.dim(d) == parts[0].dim(d), "cat along {dim}: shapes {:?} and {:?}", p.shape(), parts[0].shape());
+            }
+        }
+        let guards: Vec<_> = parts.iter().map(|p| p.0.storage.read().unwrap()).collect();
+        let refs: Vec<(&CpuStorage, &Layout)> = guards.iter().zip(parts).map(|(g, p)| (g.cpu(), p.layout())).collect();
+        let s = CpuStorage::cat(&refs, dim);
+        drop(refs);
+        drop(guards);
+        let mut shape = parts[0].shape().to_vec();
+        shape[dim] = parts.iter().map(|p| p.dim(dim)).sum();
+        Tensor::from_cpu(s, &shape, Some(Op::Cat(parts.to_vec(), dim)))
+    }
+
+    // ---- indexing ------------------------------------------------------------------------------
+
+    /// `out[.., i, ..] = self[.., ids[i], ..]` along `dim` (ids: 1-D i32/u32). Embedding lookup.
+    pub fn index_select(&self, ids: &Tensor, dim: usize) -> Tensor {
+        assert_eq!(ids.rank(), 1, "index_select: ids must be 1-D, got {:?}", ids.shape());
+        let idx = ids.with_cpu(|s, l| s.to_indices(l, self.dim(dim), "index_select"));
+        let s = self.with_cpu(|s, l| s.index_select(l, &idx, dim));
+        let mut shape = self.shape().to_vec();
+        shape[dim] = idx.len();
+        Tensor::from_cpu(s, &shape, Some(Op::IndexSelect(self.clone(), ids.clone(), dim)))
+    }
+
+    /// `out = self; out[.., ids[i], ..] += src[.., i, ..]`.
+    pub fn index_add(&self, ids: &Tensor, src: &Tensor, dim: usize) -> Tensor {
+        let mut want = self.shape().to_vec();
+        want[dim] = ids.numel();
+        assert_eq!(src.shape(), &want[..], "index_add: source {:?} for base {:?} and {} ids", src.shape(), self.shape(), ids.numel());
+        let idx = ids.with_cpu(|s, l| s.to_indices(l, self.dim(dim), "index_add"));
+        let base = self.contiguous_storage();
+        let s = src.with_cpu(|ss, ls| base.index_add(self.shape(), &idx, ss, ls, dim));
+        Tensor::from_cpu(s, self.shape(), Some(Op::IndexAdd(self.clone(), ids.clone(), src.clone(), dim)))
+    }
+
+    /// `out[i][j] = self[i][idx[i][j]]` (dim 1; any rank/dim alike). `idx` has the output shape.
+    pub fn gather(&self, idx: &Tensor, dim: usize) -> Tensor {
+        assert_eq!(idx.rank(), self.rank(), "gather: index rank {} for source {:?}", idx.rank(), self.shape());
+        let ix = idx.with_cpu(|s, l| s.to_indices(l, self.dim(dim), "gather"));
+        let s = self.with_cpu(|s, l| s.gather(l, &ix, idx.shape(), dim));
+        Tensor::from_cpu(s, idx.shape(), Some(Op::Gather(self.clone(), idx.clone(), dim)))
+    }
+
+    /// `out = self; out[i][idx[i][j]] += src[i][j]`.
+    pub fn scatter_add(&self, idx: &Tensor, src: &Tensor, dim: usize) -> Tensor {
+        assert_eq!(idx.shape(), src.shape(), "scatter_add: index {:?} and source {:?}", idx.shape(), src.shape());
+        let ix = idx.with_cpu(|s, l| s.to_indices(l, self.dim(dim), "scatter_add"));
+        let base = self.contiguous_storage();
+        let s = src.with_cpu(|ss, ls| base.scatter_add(self.shape(), &ix, idx.shape(), ss, ls, dim));
+        Tensor::from_cpu(s, self.shape(), Some(Op::ScatterAdd(self.clone(), idx.clone(), src.clone(), dim)))
+    }
+
+    // ---- raw access for optimizers / IO --------------------------------------------------------
+
+    /// Raw little-endian bytes of the (contiguous) values.
+    pub fn to_le_bytes(&self) -> Vec<u8> {
+        let s = self.contiguous_storage();
+        fn bytes<T: Copy>(v: &[T], f: impl Fn(T) -> Vec<u8>) -> Vec<u8> {
+            v.iter().flat_map(|&x| f(x)).collect()
+        }
+        match &s {
+            CpuStorage::F32(v) => bytes(v, |x| x.to_le_bytes().to_vec()),
+            CpuStorage::F64(v) => bytes(v, |x| x.to_le_bytes().to_vec()),
+            CpuStorage::BF16(v) => bytes(v, |x| x.to_le_bytes().to_vec()),
+            CpuStorage::F16(v) => bytes(v, |x| x.to_le_bytes().to_vec()),
+            CpuStorage::I32(v) => bytes(v, |x| x.to_le_bytes().to_vec()),
+            CpuStorage::U32(v) => bytes(v, |x| x.to_le_bytes().to_vec()),
+            CpuStorage::U8(v) => v.clone(),
+        }
+    }
+
+    pub fn from_le_bytes(bytes: &[u8], shape: &[usize], dtype: DType) -> Tensor {
+        let n: usize = shape.iter().product();
+        assert_eq!(bytes.len(), n * dtype.size_in_bytes(), "from_le_bytes: {} bytes for {shape:?} {dtype}", bytes.len());
+        macro_rules! rd {
+            ($t:ty, $k:expr) => {
+                bytes.chunks_exact($k).map(|c| <$t>::from_le_bytes(c.try_into().unwrap())).collect::<Vec<$t>>()
+            };
+        }
+        let s = match dtype {
+            DType::F32 => CpuStorage::F32(rd!(f32, 4)),
+            DType::F64 => CpuStorage::F64(rd!(f64, 8)),
+            DType::BF16 => CpuStorage::BF16(rd!(half::bf16, 2)),
+            DType::F16 => CpuStorage::F16(rd!(half::f16, 2)),
+            DType::I32 => CpuStorage::I32(rd!(i32, 4)),
+            DType::U32 => CpuStorage::U32(rd!(u32, 4)),
+            DType::U8 => CpuStorage::U8(bytes.to_vec()),
+        };
+        Tensor::from_cpu(s, shape, None)
+    }
+
+    /// Runs `f` over the contiguous f32 values of this variable, mutably, in place: the hook for
+    /// fused CPU optimizer kernels. Panics if not an f32 variable.
+    pub fn with_f32_mut<R>(&self, f: impl FnOnce(&mut [f32]) -> R) -> R {
+        assert!(self.is_var() && self.dtype() == DType::F32, "with_f32_mut: needs an f32 variable");
+        let mut g = self.0.storage.write().unwrap();
+        match &mut *g {
+            Storage::Cpu(CpuStorage::F32(v)) => f(v),
+            _ => unreachable!(),
+        }
+    }
+
+    /// The contiguous f32 values (a copy unless already contiguous f32).
+    pub fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
+        if self.dtype() == DType::F32 && self.is_contiguous() {
+            let g = self.0.storage.read().unwrap();
+            let Storage::Cpu(CpuStorage::F32(v)) = &*g else { unreachable!() };
+            let o = self.layout().offset;
+            return f(&v[o..o + self.numel()]);
+        }
+        let v: Vec<f32> = self.to_vec();
+        f(&v)
+    }
+}
