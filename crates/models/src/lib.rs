@@ -1,1 +1,6 @@
+//! Model definitions. Modules are plain structs built by `load(vb, cfg)`; the key paths they ask
+//! the `VarBuilder` for are HF's, so HF safetensors load without mapping tables.
 
+pub mod gpt2;
+
+pub use gpt2::{Gpt2, Gpt2Config};

@@ -1,0 +1,203 @@
+//! Layers: plain structs with `forward`, built from a `VarBuilder`.
+
+use fmlab_tensor::{attention, AttnMask, Tensor};
+
+use crate::{Init, NnError, VarBuilder};
+
+/// How a weight matrix is stored. PyTorch's `nn.Linear` keeps [out, in]; GPT-2's `Conv1D` keeps
+/// [in, out] — supporting both lets HF checkpoints load without transposing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightLayout {
+    OutIn,
+    InOut,
+}
+
+#[derive(Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub layout: WeightLayout,
+}
+
+impl Linear {
+    pub fn new(vb: &VarBuilder, d_in: usize, d_out: usize, bias: bool, layout: WeightLayout, std: f64) -> Result<Linear, NnError> {
+        let shape = match layout {
+            WeightLayout::OutIn => [d_out, d_in],
+            WeightLayout::InOut => [d_in, d_out],
+        };
+        let weight = vb.get(&shape, "weight", Init::Normal { std })?;
+        let bias = if bias { Some(vb.get(&[d_out], "bias", Init::Zeros)?) } else { None };
+        Ok(Linear { weight, bias, layout })
+    }
+
+    /// x [.., in] -> [.., out]
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let w = match self.layout {
+            WeightLayout::OutIn => self.weight.t(),
+            WeightLayout::InOut => self.weight.clone(),
+        };
+        let y = x.matmul(&w);
+        match &self.bias {
+            Some(b) => y.add(b),
+            None => y,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Embedding {
+    pub weight: Tensor,
+}
+
+impl Embedding {
+    pub fn new(vb: &VarBuilder, n: usize, d: usize, std: f64) -> Result<Embedding, NnError> {
+        Ok(Embedding { weight: vb.get(&[n, d], "weight", Init::Normal { std })? })
+    }
+    /// ids [..] (i32/u32) -> [.., d]
+    pub fn forward(&self, ids: &Tensor) -> Tensor {
+        let mut shape = ids.shape().to_vec();
+        shape.push(self.weight.dim(1));
+        self.weight.index_select(&ids.flatten_all(), 0).reshape(&shape)
+    }
+}
+
+#[derive(Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(vb: &VarBuilder, d: usize, bias: bool, eps: f64) -> Result<LayerNorm, NnError> {
+        let weight = vb.get(&[d], "weight", Init::Ones)?;
+        let bias = if bias { Some(vb.get(&[d], "bias", Init::Zeros)?) } else { None };
+        Ok(LayerNorm { weight, bias, eps })
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(&self.weight, self.bias.as_ref(), self.eps)
+    }
+}
+
+#[derive(Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(vb: &VarBuilder, d: usize, eps: f64) -> Result<RmsNorm, NnError> {
+        Ok(RmsNorm { weight: vb.get(&[d], "weight", Init::Ones)?, eps })
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.rms_norm(&self.weight, self.eps)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MlpKind {
+    /// fc → GELU (tanh approximation) → proj: GPT-2.
+    GeluTanh,
+    /// fc → GELU (erf) → proj: BERT/ViT.
+    GeluErf,
+    /// (silu(gate) * up) → down: Llama.
+    SwiGlu,
+}
+
+#[derive(Clone)]
+pub struct Mlp {
+    pub kind: MlpKind,
+    /// GELU: [fc, proj]; SwiGLU: [gate, up, down].
+    pub lins: Vec<Linear>,
+}
+
+impl Mlp {
+    /// Key names: GELU `c_fc`/`c_proj` (GPT-2), SwiGLU `gate_proj`/`up_proj`/`down_proj` (Llama).
+    pub fn new(vb: &VarBuilder, d: usize, hidden: usize, kind: MlpKind, bias: bool, layout: WeightLayout, std: f64, proj_std: f64) -> Result<Mlp, NnError> {
+        let lins = match kind {
+            MlpKind::GeluTanh | MlpKind::GeluErf => vec![
+                Linear::new(&vb.pp("c_fc"), d, hidden, bias, layout, std)?,
+                Linear::new(&vb.pp("c_proj"), hidden, d, bias, layout, proj_std)?,
+            ],
+            MlpKind::SwiGlu => vec![
+                Linear::new(&vb.pp("gate_proj"), d, hidden, bias, layout, std)?,
+                Linear::new(&vb.pp("up_proj"), d, hidden, bias, layout, std)?,
+                Linear::new(&vb.pp("down_proj"), hidden, d, bias, layout, proj_std)?,
+            ],
+        };
+        Ok(Mlp { kind, lins })
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        match self.kind {
+            MlpKind::GeluTanh => self.lins[1].forward(&self.lins[0].forward(x).gelu_tanh()),
+            MlpKind::GeluErf => self.lins[1].forward(&self.lins[0].forward(x).gelu_erf()),
+            MlpKind::SwiGlu => self.lins[2].forward(&self.lins[0].forward(x).silu().mul(&self.lins[1].forward(x))),
+        }
+    }
+}
+
+/// Multi-head attention. Self-attention with a fused QKV projection (GPT-2's `c_attn`), or with
+/// separate `q`/`k`/`v` projections, which also serve cross-attention (keys/values from a context).
+#[derive(Clone)]
+pub struct MultiHeadAttention {
+    pub qkv: Option<Linear>,
+    pub q: Option<Linear>,
+    pub k: Option<Linear>,
+    pub v: Option<Linear>,
+    pub out: Linear,
+    pub n_head: usize,
+}
+
+impl MultiHeadAttention {
+    /// GPT-2 layout: `c_attn` [C, 3C] and `c_proj`.
+    pub fn new_fused(vb: &VarBuilder, d: usize, n_head: usize, bias: bool, layout: WeightLayout, std: f64, proj_std: f64) -> Result<Self, NnError> {
+        assert_eq!(d % n_head, 0, "d_model {d} is not divisible by n_head {n_head}");
+        Ok(MultiHeadAttention {
+            qkv: Some(Linear::new(&vb.pp("c_attn"), d, 3 * d, bias, layout, std)?),
+            q: None,
+            k: None,
+            v: None,
+            out: Linear::new(&vb.pp("c_proj"), d, d, bias, layout, proj_std)?,
+            n_head,
+        })
+    }
+
+    /// Separate projections `q_proj`, `k_proj`, `v_proj`, `o_proj` (keys/values from `d_ctx`).
+    pub fn new_separate(vb: &VarBuilder, d: usize, d_ctx: usize, n_head: usize, bias: bool, std: f64) -> Result<Self, NnError> {
+        assert_eq!(d % n_head, 0, "d_model {d} is not divisible by n_head {n_head}");
+        let l = WeightLayout::OutIn;
+        Ok(MultiHeadAttention {
+            qkv: None,
+            q: Some(Linear::new(&vb.pp("q_proj"), d, d, bias, l, std)?),
+            k: Some(Linear::new(&vb.pp("k_proj"), d_ctx, d, bias, l, std)?),
+            v: Some(Linear::new(&vb.pp("v_proj"), d_ctx, d, bias, l, std)?),
+            out: Linear::new(&vb.pp("o_proj"), d, d, bias, l, std)?,
+            n_head,
+        })
+    }
+
+    /// [B, T, C] -> [B, H, T, C/H]
+    fn heads(&self, x: &Tensor) -> Tensor {
+        let (b, t, c) = (x.dim(0), x.dim(1), x.dim(2));
+        x.reshape(&[b, t, self.n_head, c / self.n_head]).transpose(1, 2)
+    }
+
+    /// x [B, T, C]; `context` [B, S, C_ctx] for cross-attention (separate projections only).
+    pub fn forward(&self, x: &Tensor, context: Option<&Tensor>, mask: &AttnMask) -> Tensor {
+        let (b, t, c) = (x.dim(0), x.dim(1), x.dim(2));
+        let (q, k, v) = match (&self.qkv, context) {
+            (Some(qkv), None) => {
+                let y = qkv.forward(x); // [B, T, 3C]
+                (y.narrow(2, 0, c), y.narrow(2, c, c), y.narrow(2, 2 * c, c))
+            }
+            (Some(_), Some(_)) => panic!("cross-attention needs separate q/k/v projections"),
+            (None, ctx) => {
+                let kv = ctx.unwrap_or(x);
+                (self.q.as_ref().unwrap().forward(x), self.k.as_ref().unwrap().forward(kv), self.v.as_ref().unwrap().forward(kv))
+            }
+        };
+        let y = attention(&self.heads(&q), &self.heads(&k), &self.heads(&v), mask); // [B, H, T, D]
+        let y = y.transpose(1, 2).reshape(&[b, t, c]); // [B, T, C]
+        self.out.forward(&y)
+    }
+}

@@ -1,0 +1,192 @@
+//! Optimizers and gradient clipping.
+//!
+//! AdamW's `step` is a fused CPU loop over each parameter (one pass, no temporaries); `step_slow`
+//! is its twin composed of tensor ops, which the tests hold it to. Both follow PyTorch's
+//! single-tensor AdamW exactly: decoupled decay first, `m.lerp_(g, 1-β1)`,
+//! `v = β2 v + (1-β2) g²`, `p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)`.
+
+use fmlab_tensor::{no_grad, DType, Tensor};
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 }
+    }
+}
+
+/// The default decay rule: matrices decay; biases, norm gains (rank < 2) and embedding tables
+/// (names with `wte`, `wpe` or `emb`) do not.
+pub fn default_decay(name: &str, t: &Tensor) -> bool {
+    t.rank() >= 2 && !name.contains("wte") && !name.contains("wpe") && !name.contains("emb")
+}
+
+pub struct Param {
+    pub name: String,
+    pub var: Tensor,
+    pub decay: bool,
+    /// First and second moments (f32 variables, saved in checkpoints).
+    pub m: Tensor,
+    pub v: Tensor,
+}
+
+pub struct AdamW {
+    pub cfg: AdamWConfig,
+    pub params: Vec<Param>,
+    /// Steps taken (bias corrections use t = step after increment).
+    pub step: u64,
+}
+
+impl AdamW {
+    pub fn new(vars: Vec<(String, Tensor)>, cfg: AdamWConfig, decay: impl Fn(&str, &Tensor) -> bool) -> AdamW {
+        let params = vars
+            .into_iter()
+            .map(|(name, var)| {
+                let decay = decay(&name, &var);
+                let m = Tensor::new_var(&Tensor::zeros(var.shape(), DType::F32));
+                let v = Tensor::new_var(&Tensor::zeros(var.shape(), DType::F32));
+                Param { name, var, decay, m, v }
+            })
+            .collect();
+        AdamW { cfg, params, step: 0 }
+    }
+
+    pub fn set_lr(&mut self, lr: f64) {
+        self.cfg.lr = lr;
+    }
+
+    pub fn zero_grad(&self) {
+        for p in &self.params {
+            p.var.zero_grad();
+        }
+    }
+
+    fn scalars(&self) -> (f64, f64, f64) {
+        let t = self.step as i32;
+        let bc1 = 1.0 - self.cfg.beta1.powi(t);
+        let bc2 = 1.0 - self.cfg.beta2.powi(t);
+        (self.cfg.lr / bc1, bc2.sqrt(), self.cfg.lr * self.cfg.weight_decay)
+    }
+
+    /// One update of every parameter that has a gradient (fused CPU loop, f32 parameters).
+    pub fn step(&mut self) {
+        self.step += 1;
+        let (step_size, bc2_sqrt, lr_wd) = self.scalars();
+        // Scalars are formed in f64 and rounded once to f32, as PyTorch does with Python floats.
+        let (one_m_b1, b2, one_m_b2, eps) = ((1.0 - self.cfg.beta1) as f32, self.cfg.beta2 as f32, (1.0 - self.cfg.beta2) as f32, self.cfg.eps as f32);
+        let (step_size, bc2_sqrt) = (step_size as f32, bc2_sqrt as f32);
+        for p in &self.params {
+            let Some(g) = p.var.grad() else { continue };
+            if p.var.dtype() != DType::F32 {
+                step_slow_one(p, &g, &self.cfg, self.step);
+                continue;
+            }
+            let decay = if p.decay { (1.0 - lr_wd) as f32 } else { 1.0 };
+            g.with_f32(|g| {
+                p.m.with_f32_mut(|m| {
+                    p.v.with_f32_mut(|v| {
+                        p.var.with_f32_mut(|w| {
+                            for i in 0..w.len() {
+                                let gi = g[i];
+                                w[i] *= decay;
+                                m[i] += one_m_b1 * (gi - m[i]);
+                                v[i] = v[i] * b2 + (gi * gi) * one_m_b2;
+                                let denom = v[i].sqrt() / bc2_sqrt + eps;
+                                w[i] -= step_size * (m[i] / denom);
+                            }
+                        })
+                    })
+                })
+            });
+        }
+    }
+
+    /// The same update written in tensor ops (the reference twin; also the path for non-f32).
+    pub fn step_slow(&mut self) {
+        self.step += 1;
+        for p in &self.params {
+            if let Some(g) = p.var.grad() {
+                step_slow_one(p, &g, &self.cfg, self.step);
+            }
+        }
+    }
+}
+
+fn step_slow_one(p: &Param, g: &Tensor, cfg: &AdamWConfig, step: u64) {
+    let _ng = no_grad();
+    let t = step as i32;
+    let bc1 = 1.0 - cfg.beta1.powi(t);
+    let bc2_sqrt = (1.0 - cfg.beta2.powi(t)).sqrt();
+    let g = g.to_dtype(DType::F32);
+    let w = p.var.to_dtype(DType::F32);
+    let w = if p.decay { w.scale(1.0 - cfg.lr * cfg.weight_decay) } else { w };
+    let m = p.m.add(&g.sub(&p.m).scale(1.0 - cfg.beta1));
+    let v = p.v.scale(cfg.beta2).add(&g.mul(&g).scale(1.0 - cfg.beta2));
+    let denom = v.sqrt().div(&Tensor::scalar(bc2_sqrt, DType::F32)).add_scalar(cfg.eps);
+    let w = w.sub(&m.div(&denom).scale(cfg.lr / bc1));
+    p.m.set_data(&m);
+    p.v.set_data(&v);
+    p.var.set_data(&w);
+}
+
+/// SGD with optional momentum (PyTorch semantics: buf = μ buf + g; p -= lr buf).
+pub struct Sgd {
+    pub lr: f64,
+    pub momentum: f64,
+    pub vars: Vec<Tensor>,
+    bufs: Vec<Option<Tensor>>,
+}
+
+impl Sgd {
+    pub fn new(vars: Vec<Tensor>, lr: f64, momentum: f64) -> Sgd {
+        let n = vars.len();
+        Sgd { lr, momentum, vars, bufs: vec![None; n] }
+    }
+    pub fn step(&mut self) {
+        let _ng = no_grad();
+        for (v, buf) in self.vars.iter().zip(self.bufs.iter_mut()) {
+            let Some(g) = v.grad() else { continue };
+            let d = if self.momentum != 0.0 {
+                let b = match buf.take() {
+                    Some(b) => b.scale(self.momentum).add(&g),
+                    None => g.clone(),
+                };
+                *buf = Some(b.clone());
+                b
+            } else {
+                g
+            };
+            v.set_data(&v.sub(&d.scale(self.lr)));
+        }
+    }
+}
+
+/// Scales all gradients so their global L2 norm is at most `max_norm` (PyTorch's
+/// `clip_grad_norm_`: coefficient max_norm / (norm + 1e-6), clamped to 1). Returns the norm
+/// before clipping; non-finite if any gradient is.
+pub fn clip_grad_norm(vars: &[Tensor], max_norm: f64) -> f64 {
+    let _ng = no_grad();
+    let mut sq = 0.0f64;
+    for v in vars {
+        if let Some(g) = v.grad() {
+            sq += g.with_f32(|x| x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>());
+        }
+    }
+    let norm = sq.sqrt();
+    let coef = (max_norm / (norm + 1e-6)).min(1.0);
+    if coef < 1.0 {
+        for v in vars {
+            if let Some(g) = v.grad() {
+                v.set_grad(Some(g.scale(coef)));
+            }
+        }
+    }
+    norm
+}
