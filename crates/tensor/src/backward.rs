@@ -192,6 +192,7 @@ impl Tensor {
                     add(b, c.where_cond(&z, &g));
                 }
                 Op::Cast(x) => add(x, g.to_dtype(x.dtype())),
+                Op::CrossEntropy(x, t, lse, kept) => add(x, Tensor::cross_entropy_backward(x, t, lse, *kept, g.item())),
             }
         }
         out

@@ -416,12 +416,20 @@ impl CpuStorage {
             });
             out
         }
-        let src = self.copy_strided(&pl);
+        // Reduced dims already last and contiguous (softmax, norms): read in place, no copy.
+        let copied;
+        let (src, off) = if pl.is_contiguous() {
+            (self, pl.offset)
+        } else {
+            copied = self.copy_strided(&pl);
+            (&copied, 0)
+        };
+        let n = n_out * red;
         match src {
-            CpuStorage::F32(v) => CpuStorage::F32(go(&v, n_out, red, op)),
-            CpuStorage::F64(v) => CpuStorage::F64(go(&v, n_out, red, op)),
-            CpuStorage::BF16(v) => narrow_to(go(&widen(&v), n_out, red, op), DType::BF16),
-            CpuStorage::F16(v) => narrow_to(go(&widen(&v), n_out, red, op), DType::F16),
+            CpuStorage::F32(v) => CpuStorage::F32(go(&v[off..off + n], n_out, red, op)),
+            CpuStorage::F64(v) => CpuStorage::F64(go(&v[off..off + n], n_out, red, op)),
+            CpuStorage::BF16(v) => narrow_to(go(&widen(&v[off..off + n]), n_out, red, op), DType::BF16),
+            CpuStorage::F16(v) => narrow_to(go(&widen(&v[off..off + n]), n_out, red, op), DType::F16),
             s => panic!("reduce {op:?} on {} tensor", s.dtype()),
         }
     }

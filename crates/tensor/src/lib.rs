@@ -5,6 +5,7 @@
 //! and the shapes; nothing here reads files or the network.
 
 mod backward;
+mod fused;
 pub mod cpu;
 pub mod dtype;
 pub mod layout;

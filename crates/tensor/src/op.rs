@@ -74,6 +74,9 @@ pub enum Op {
     /// (cond, on_true, on_false), all broadcast to the output shape.
     Where(Tensor, Tensor, Tensor),
     Cast(Tensor),
+    /// Fused cross-entropy: (contiguous logits, targets i32 with ignored rows as given, per-row
+    /// log-sum-exp f64, number of kept rows).
+    CrossEntropy(Tensor, Tensor, Tensor, usize),
 }
 
 impl Op {
@@ -85,6 +88,7 @@ impl Op {
             Op::IndexAdd(a, _, s, _) | Op::ScatterAdd(a, _, s, _) => vec![a, s],
             Op::Where(_, a, b) => vec![a, b],
             Op::Cat(v, _) => v.iter().collect(),
+            Op::CrossEntropy(x, ..) => vec![x],
         }
     }
     pub fn name(&self) -> String {
@@ -105,6 +109,7 @@ impl Op {
             Op::ScatterAdd(..) => "scatter_add".into(),
             Op::Where(..) => "where".into(),
             Op::Cast(_) => "cast".into(),
+            Op::CrossEntropy(..) => "cross_entropy".into(),
         }
     }
 }

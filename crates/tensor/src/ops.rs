@@ -59,9 +59,8 @@ impl Tensor {
         self.div(&ms.add_scalar(eps).sqrt()).mul(weight)
     }
 
-    /// Mean cross-entropy of `logits` [N, V] against integer `targets` [N]; targets equal to
-    /// `ignore_index` contribute nothing (and are not counted in the mean).
-    pub fn cross_entropy(&self, targets: &Tensor, ignore_index: Option<i64>) -> Tensor {
+    /// The composite twin of the fused `cross_entropy` (log_softmax + gather), for tests.
+    pub fn cross_entropy_slow(&self, targets: &Tensor, ignore_index: Option<i64>) -> Tensor {
         assert_eq!(self.rank(), 2, "cross_entropy: logits must be [N, V], got {:?}", self.shape());
         assert_eq!(targets.shape(), &[self.dim(0)], "cross_entropy: targets {:?} for logits {:?}", targets.shape(), self.shape());
         let t = targets.to_dtype(DType::I32);

@@ -99,6 +99,21 @@ impl Tensor {
         Tensor::make(Storage::Cpu(s), Layout::contiguous(shape), dtype, op)
     }
 
+    pub(crate) fn from_storage(s: CpuStorage, shape: &[usize]) -> Tensor {
+        Tensor::from_cpu(s, shape, None)
+    }
+
+    /// A 0-d result of a fused op.
+    pub(crate) fn from_op_scalar(v: f64, dtype: DType, op: Op) -> Tensor {
+        Tensor::from_cpu(CpuStorage::from_f64(dtype, &[v]), &[], Some(op))
+    }
+
+    /// Runs `f` on the CPU storage (for fused kernels; pair with `layout()`).
+    pub(crate) fn with_cpu_storage<R>(&self, f: impl FnOnce(&CpuStorage) -> R) -> R {
+        let s = self.0.storage.read().unwrap();
+        f(s.cpu())
+    }
+
     pub fn from_vec<T: VecOf>(v: Vec<T>, shape: &[usize]) -> Tensor {
         assert_eq!(v.len(), shape.iter().product::<usize>(), "from_vec: {} values for shape {shape:?}", v.len());
         Tensor::from_cpu(T::wrap(v), shape, None)

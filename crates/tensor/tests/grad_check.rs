@@ -171,6 +171,8 @@ fn composite_ops() {
     check("cross_entropy", &[logits.clone()], |v| v[0].cross_entropy(&targets, None));
     let with_ignored = Tensor::from_vec(vec![3i32, -100, 1], &[3]);
     check("cross_entropy ignore", &[logits.clone()], |v| v[0].cross_entropy(&with_ignored, Some(-100)));
+    check("cross_entropy ignore a valid id", &[logits.clone()], |v| v[0].cross_entropy(&targets, Some(0)));
+    check("cross_entropy_slow", &[logits.clone()], |v| v[0].cross_entropy_slow(&with_ignored, Some(-100)));
     let (cos, sin) = rope_tables(3, 4, 10000.0, 0, DType::F64);
     check("rope", &[rnd(&[2, 3, 4], 33, 1.0)], |v| v[0].rope(&cos, &sin));
 }

@@ -1,1 +1,6 @@
+pub mod bench;
+pub mod eval;
+pub mod model;
+pub mod sample;
 pub mod tokenizer;
+pub mod train;

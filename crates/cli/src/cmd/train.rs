@@ -1,0 +1,339 @@
+//! `fmlab train gpt`: GPT-2 pre-training on CPU with gradient accumulation, periodic validation,
+//! checkpoints and exact resume.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use fmlab_data::WindowSampler;
+use fmlab_models::{Gpt2, Gpt2Config};
+use fmlab_nn::optim::default_decay;
+use fmlab_nn::{clip_grad_norm, AdamW, AdamWConfig, Schedule, VarBuilder};
+use fmlab_tensor::{no_grad, DType, Rng, Tensor};
+
+use crate::assets::load_tokenizer;
+use crate::checkpoint::{self, Meta, RunConfig};
+use crate::corpus;
+
+#[derive(Subcommand)]
+pub enum TrainCmd {
+    /// Pre-train a GPT-2 on text files or token shards.
+    Gpt(GptArgs),
+}
+
+#[derive(Args)]
+pub struct GptArgs {
+    /// Model preset: gpt2-mini, cpu-small, cpu-tiny, gpt2 (`fmlab model info NAME`).
+    #[arg(long, default_value = "cpu-small")]
+    preset: String,
+    /// `gpt2`, or a tokenizer file; a preset's vocabulary is resized to the tokenizer's.
+    #[arg(long, default_value = "gpt2")]
+    tokenizer: String,
+    /// Text files, directories of them, or token shards.
+    #[arg(long, num_args = 1..)]
+    data: Vec<PathBuf>,
+    /// Validation files (default: the last tenth of --data's files is held out).
+    #[arg(long, num_args = 1..)]
+    val_data: Vec<PathBuf>,
+    /// Run folder (config, metrics.jsonl, checkpoint, samples).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its checkpoint (same config; --steps may be raised).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Sequence length (default: the preset's n_ctx).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Tokens per optimizer step; gradient accumulation makes up the difference from batch × seq.
+    #[arg(long)]
+    tokens_per_step: Option<usize>,
+    #[arg(long, default_value_t = 200)]
+    steps: u64,
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f64,
+    /// Floor of the cosine schedule (default lr/10).
+    #[arg(long)]
+    min_lr: Option<f64>,
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f64,
+    #[arg(long, default_value_t = 0.9)]
+    beta1: f64,
+    #[arg(long, default_value_t = 0.95)]
+    beta2: f64,
+    #[arg(long, default_value_t = 1.0)]
+    grad_clip: f64,
+    #[arg(long, default_value_t = 50)]
+    eval_every: u64,
+    #[arg(long, default_value_t = 8)]
+    eval_batches: usize,
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Dropout probability (default: the preset's, 0).
+    #[arg(long)]
+    dropout: Option<f64>,
+}
+
+pub fn run(cmd: TrainCmd) -> Result<()> {
+    match cmd {
+        TrainCmd::Gpt(a) => train_gpt(a),
+    }
+}
+
+fn resolve(a: &GptArgs, vocab: usize) -> Result<RunConfig> {
+    let mut model = Gpt2Config::preset(&a.preset)
+        .with_context(|| format!("--preset {}: unknown preset (known: {})", a.preset, Gpt2Config::PRESETS.join(", ")))?;
+    model.vocab_size = vocab;
+    if let Some(p) = a.dropout {
+        if !(0.0..1.0).contains(&p) {
+            bail!("--dropout {p}: must be in [0, 1)");
+        }
+        model.dropout = p;
+    }
+    let seq = a.seq.unwrap_or(model.n_ctx);
+    if seq == 0 || seq > model.n_ctx {
+        bail!("--seq {seq}: must be in 1..={} (the preset's n_ctx)", model.n_ctx);
+    }
+    if a.batch == 0 {
+        bail!("--batch must be positive");
+    }
+    let micro = a.batch * seq;
+    let grad_accum = match a.tokens_per_step {
+        Some(t) if t % micro != 0 || t == 0 => bail!("--tokens-per-step {t} is not a multiple of --batch × --seq = {micro}"),
+        Some(t) => t / micro,
+        None => 1,
+    };
+    if a.data.is_empty() {
+        bail!("--data: give text files, directories or token shards to train on");
+    }
+    if !(a.lr > 0.0) {
+        bail!("--lr {}: must be positive", a.lr);
+    }
+    Ok(RunConfig {
+        preset: a.preset.clone(),
+        model,
+        tokenizer: a.tokenizer.clone(),
+        data: a.data.clone(),
+        val_data: a.val_data.clone(),
+        batch: a.batch,
+        seq,
+        grad_accum,
+        steps: a.steps,
+        lr: a.lr,
+        min_lr: a.min_lr.unwrap_or(a.lr / 10.0),
+        warmup: a.warmup.min(a.steps),
+        weight_decay: a.weight_decay,
+        beta1: a.beta1,
+        beta2: a.beta2,
+        grad_clip: a.grad_clip,
+        eval_every: a.eval_every,
+        eval_batches: a.eval_batches,
+        checkpoint_every: a.checkpoint_every,
+        seed: a.seed,
+    })
+}
+
+/// Mean loss over the first `n` non-overlapping windows of the validation tokens (the same
+/// windows every time, so evaluations are comparable across steps and runs).
+pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize) -> f64 {
+    let _ng = no_grad();
+    let mut total = 0.0;
+    let mut count = 0;
+    let per = seq + 1;
+    let windows = (val.len().saturating_sub(1) / seq).min(n * batch);
+    for chunk in (0..windows).collect::<Vec<_>>().chunks(batch) {
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for &w in chunk {
+            let s = w * seq;
+            if s + per > val.len() {
+                continue;
+            }
+            x.extend(val[s..s + seq].iter().map(|&v| v as i32));
+            y.extend(val[s + 1..s + per].iter().map(|&v| v as i32));
+        }
+        let b = x.len() / seq;
+        if b == 0 {
+            continue;
+        }
+        let l = model.loss(&Tensor::from_vec(x, &[b, seq]), &Tensor::from_vec(y, &[b, seq]), None).item();
+        total += l * b as f64;
+        count += b;
+    }
+    total / count.max(1) as f64
+}
+
+/// The first variable (or its gradient) holding a NaN/inf, for the error message.
+fn first_non_finite(vars: &[(String, Tensor)]) -> Option<String> {
+    for (n, v) in vars {
+        if v.to_vec_f64().iter().any(|x| !x.is_finite()) {
+            return Some(format!("parameter `{n}`"));
+        }
+        if let Some(g) = v.grad() {
+            if g.to_vec_f64().iter().any(|x| !x.is_finite()) {
+                return Some(format!("gradient of `{n}`"));
+            }
+        }
+    }
+    None
+}
+
+fn train_gpt(a: GptArgs) -> Result<()> {
+    // Resume: the run folder's checkpoint fixes the config; only --steps may grow.
+    let (cfg, run_dir, resume_from) = match &a.resume {
+        Some(dir) => {
+            let ck = checkpoint::resolve(&dir.join("checkpoint"))?;
+            let meta = checkpoint::read_meta(&ck)?;
+            let mut cfg = meta.config.clone();
+            cfg.steps = cfg.steps.max(a.steps);
+            (cfg, dir.clone(), Some((ck, meta)))
+        }
+        None => {
+            let tok = load_tokenizer(&a.tokenizer)?;
+            let cfg = resolve(&a, tok.vocab_size())?;
+            let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", a.preset, unix_time())));
+            (cfg, dir, None)
+        }
+    };
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run folder {}", run_dir.display()))?;
+    let tok = match &resume_from {
+        Some((ck, meta)) => checkpoint::tokenizer_of(ck, meta)?,
+        None => load_tokenizer(&cfg.tokenizer)?,
+    };
+    // A run carries its own copy of a file tokenizer, so it stays usable if the original moves.
+    let tokenizer_file = match &resume_from {
+        Some((ck, _)) => Some(ck.join("tokenizer.fmtok")).filter(|p| p.is_file()),
+        None => (cfg.tokenizer != "gpt2").then(|| PathBuf::from(&cfg.tokenizer)),
+    };
+    let tok_name = if cfg.tokenizer == "gpt2" { "gpt2".to_string() } else { Path::new(&cfg.tokenizer).file_name().unwrap().to_string_lossy().to_string() };
+
+    let t0 = Instant::now();
+    let corpus = corpus::load(&cfg.data, &cfg.val_data, &tok, &tok_name)?;
+    if corpus.train.len() <= cfg.seq + 1 || corpus.val.len() <= cfg.seq + 1 {
+        bail!("--data: {} train / {} validation tokens is too little for --seq {}", corpus.train.len(), corpus.val.len(), cfg.seq);
+    }
+    let baseline = corpus::unigram_baseline(&corpus.train, &corpus.val, cfg.model.vocab_size);
+    eprintln!(
+        "data: {} train tokens ({} files), {} val tokens ({} files held out), tokenized in {:.1}s; unigram baseline val loss {:.4}",
+        corpus.train.len(),
+        corpus.train_files.len(),
+        corpus.val.len(),
+        corpus.val_files.len(),
+        t0.elapsed().as_secs_f64(),
+        baseline
+    );
+
+    let (model, vb) = match &resume_from {
+        Some((ck, meta)) => checkpoint::load_model(ck, meta)?,
+        None => {
+            let vb = VarBuilder::new(DType::F32, cfg.seed);
+            (Gpt2::load(&vb, &cfg.model)?, vb)
+        }
+    };
+    let vars = vb.vars();
+    let var_tensors: Vec<Tensor> = vars.iter().map(|(_, v)| v.clone()).collect();
+    let mut opt = AdamW::new(
+        vars.clone(),
+        AdamWConfig { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay },
+        default_decay,
+    );
+    let schedule = Schedule::WarmupCosine { lr: cfg.lr, min_lr: cfg.min_lr, warmup: cfg.warmup, total: cfg.steps };
+    let mut sampler = WindowSampler::new(cfg.seed ^ 0x5eed);
+    let mut drop_rng = Rng::new(cfg.seed ^ 0xd20b);
+    let mut step = 0u64;
+    if let Some((ck, meta)) = &resume_from {
+        checkpoint::load_optimizer(ck, &mut opt)?;
+        sampler.rng = Rng::from_state(meta.sampler_rng);
+        drop_rng = Rng::from_state(meta.dropout_rng);
+        step = meta.step;
+        eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
+    }
+    std::fs::write(run_dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
+    eprintln!(
+        "model: gpt2 {} ({} params), batch {} × seq {} × accum {} = {} tokens/step, {} steps, lr {} → {} (warmup {}), wd {}",
+        cfg.preset,
+        cfg.model.num_params(),
+        cfg.batch,
+        cfg.seq,
+        cfg.grad_accum,
+        cfg.batch * cfg.seq * cfg.grad_accum,
+        cfg.steps,
+        cfg.lr,
+        cfg.min_lr,
+        cfg.warmup,
+        cfg.weight_decay
+    );
+
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(run_dir.join("metrics.jsonl"))?;
+    let pb = indicatif::ProgressBar::new(cfg.steps);
+    pb.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").unwrap());
+    pb.set_position(step);
+    let tokens_per_step = cfg.batch * cfg.seq * cfg.grad_accum;
+    let save = |step: u64, opt: &AdamW, sampler: &WindowSampler, drop_rng: &Rng| -> Result<()> {
+        let meta = Meta {
+            format: checkpoint::FORMAT.into(),
+            version: checkpoint::VERSION,
+            config: cfg.clone(),
+            step,
+            sampler_rng: sampler.rng.state(),
+            dropout_rng: drop_rng.state(),
+            git_commit: checkpoint::git_commit(),
+        };
+        checkpoint::save(&run_dir.join("checkpoint"), &vars, opt, &meta, tokenizer_file.as_deref())
+    };
+    let mut last_val = f64::NAN;
+    while step < cfg.steps {
+        let ts = Instant::now();
+        let lr = schedule.lr_at(step);
+        opt.set_lr(lr);
+        let mut loss_sum = 0.0;
+        for _ in 0..cfg.grad_accum {
+            let (x, y) = sampler.batch(&corpus.train, cfg.batch, cfg.seq);
+            let loss = model.loss(&x, &y, Some(&mut drop_rng));
+            let l = loss.item();
+            if !l.is_finite() {
+                let culprit = first_non_finite(&vars).unwrap_or_else(|| "no parameter or gradient (the activations overflowed)".into());
+                bail!("non-finite loss ({l}) at step {step}; first non-finite tensor: {culprit}; last checkpoint in {}", run_dir.join("checkpoint").display());
+            }
+            loss_sum += l;
+            loss.scale(1.0 / cfg.grad_accum as f64).backward();
+        }
+        let loss = loss_sum / cfg.grad_accum as f64;
+        let norm = clip_grad_norm(&var_tensors, cfg.grad_clip);
+        if !norm.is_finite() {
+            let culprit = first_non_finite(&vars).unwrap_or_default();
+            bail!("non-finite gradient norm at step {step}; first non-finite tensor: {culprit}");
+        }
+        opt.step();
+        opt.zero_grad();
+        step += 1;
+        let dt = ts.elapsed().as_secs_f64();
+        let tok_s = tokens_per_step as f64 / dt;
+        let mut rec = serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tok_s": tok_s, "step_s": dt});
+        if step % cfg.eval_every == 0 || step == cfg.steps {
+            last_val = val_loss(&model, &corpus.val, cfg.batch, cfg.seq, cfg.eval_batches);
+            rec["val_loss"] = serde_json::json!(last_val);
+            pb.println(format!("step {step:>5}: train loss {loss:.4}  val loss {last_val:.4}  (unigram baseline {baseline:.4})  lr {lr:.2e}  {tok_s:.0} tok/s"));
+        }
+        writeln!(metrics, "{rec}")?;
+        pb.set_message(format!("loss {loss:.4} | val {last_val:.4} | {tok_s:.0} tok/s | lr {lr:.1e}"));
+        pb.set_position(step);
+        if step % cfg.checkpoint_every == 0 || step == cfg.steps {
+            save(step, &opt, &sampler, &drop_rng)?;
+        }
+    }
+    pb.finish_and_clear();
+    eprintln!("done: {} steps, val loss {last_val:.4} (unigram baseline {baseline:.4}), checkpoint in {}", step, run_dir.join("checkpoint").display());
+    Ok(())
+}
+
+fn unix_time() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}

@@ -1,0 +1,83 @@
+//! Choosing the next token from logits: temperature, top-k, top-p (nucleus), seeded.
+
+use fmlab_tensor::Rng;
+
+#[derive(Clone, Debug)]
+pub struct SamplingParams {
+    /// 0 = greedy (argmax).
+    pub temperature: f64,
+    /// Keep the k most likely tokens (0 = all).
+    pub top_k: usize,
+    /// Keep the smallest set of most likely tokens whose probability reaches p (1 = all).
+    pub top_p: f64,
+}
+
+pub fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
+    let argmax = || logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0 as u32;
+    if p.temperature <= 0.0 {
+        return argmax();
+    }
+    // (id, logit / T) sorted by descending logit; ties by id for determinism.
+    let mut cand: Vec<(u32, f64)> = logits.iter().enumerate().map(|(i, &v)| (i as u32, v as f64 / p.temperature)).collect();
+    cand.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 && p.top_k < cand.len() {
+        cand.truncate(p.top_k);
+    }
+    let m = cand[0].1;
+    let mut probs: Vec<f64> = cand.iter().map(|c| (c.1 - m).exp()).collect();
+    let z: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|x| *x /= z);
+    if p.top_p < 1.0 {
+        let mut cum = 0.0;
+        let mut keep = probs.len();
+        for (i, &q) in probs.iter().enumerate() {
+            cum += q;
+            if cum >= p.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        probs.truncate(keep);
+        let z: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= z);
+    }
+    let u = rng.uniform();
+    let mut cum = 0.0;
+    for (i, &q) in probs.iter().enumerate() {
+        cum += q;
+        if u < cum {
+            return cand[i].0;
+        }
+    }
+    cand[probs.len() - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greedy_top_k_and_top_p() {
+        let logits = [0.0f32, 3.0, 1.0, 2.9];
+        let mut rng = Rng::new(0);
+        assert_eq!(sample_token(&logits, &SamplingParams { temperature: 0.0, top_k: 0, top_p: 1.0 }, &mut rng), 1);
+        // top-k 1 is greedy whatever the temperature.
+        for _ in 0..50 {
+            assert_eq!(sample_token(&logits, &SamplingParams { temperature: 5.0, top_k: 1, top_p: 1.0 }, &mut rng), 1);
+        }
+        // top-p 0.5: tokens 1 and 3 hold ~0.47 and ~0.43, so only {1, 3} can appear.
+        let mut seen = [0; 4];
+        for _ in 0..2000 {
+            seen[sample_token(&logits, &SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5 }, &mut rng) as usize] += 1;
+        }
+        assert!(seen[0] == 0 && seen[2] == 0 && seen[1] > 0 && seen[3] > 0, "{seen:?}");
+        // Plain sampling follows the softmax: token 1 ≈ e^3 / Σ ≈ 0.47.
+        let mut ones = 0;
+        for _ in 0..20000 {
+            ones += (sample_token(&logits, &SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0 }, &mut rng) == 1) as usize;
+        }
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        let want = 3f64.exp() / z;
+        assert!((ones as f64 / 20000.0 - want).abs() < 0.02, "{} vs {want}", ones as f64 / 20000.0);
+    }
+}
