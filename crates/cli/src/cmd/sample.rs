@@ -61,7 +61,6 @@ pub fn run(a: SampleArgs) -> Result<()> {
             // Unconditional samples start from the document separator, as in training.
             ids.push(eot.unwrap_or(0));
         }
-        let prompt_len = ids.len();
         let mut out = std::io::stdout().lock();
         if a.num > 1 {
             writeln!(out, "--- sample {} ---", i + 1)?;
@@ -92,7 +91,6 @@ pub fn run(a: SampleArgs) -> Result<()> {
             write!(out, "{}", tok.decode(&pending)?)?;
         }
         writeln!(out)?;
-        let _ = prompt_len;
     }
     Ok(())
 }

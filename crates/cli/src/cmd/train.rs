@@ -51,8 +51,9 @@ pub struct GptArgs {
     /// Tokens per optimizer step; gradient accumulation makes up the difference from batch × seq.
     #[arg(long)]
     tokens_per_step: Option<usize>,
-    #[arg(long, default_value_t = 200)]
-    steps: u64,
+    /// Optimizer steps (default 200; with --resume, the run's own unless given).
+    #[arg(long)]
+    steps: Option<u64>,
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
     /// Floor of the cosine schedule (default lr/10).
@@ -79,6 +80,10 @@ pub struct GptArgs {
     /// Dropout probability (default: the preset's, 0).
     #[arg(long)]
     dropout: Option<f64>,
+    /// Stop (with a checkpoint) after this many steps in this invocation; continue later with
+    /// --resume. The schedule still runs to --steps.
+    #[arg(long)]
+    stop_after: Option<u64>,
 }
 
 pub fn run(cmd: TrainCmd) -> Result<()> {
@@ -87,10 +92,14 @@ pub fn run(cmd: TrainCmd) -> Result<()> {
     }
 }
 
+fn preset(a: &GptArgs) -> Result<Gpt2Config> {
+    Gpt2Config::preset(&a.preset).with_context(|| format!("--preset {}: unknown preset (known: {})", a.preset, Gpt2Config::PRESETS.join(", ")))
+}
+
 fn resolve(a: &GptArgs, vocab: usize) -> Result<RunConfig> {
-    let mut model = Gpt2Config::preset(&a.preset)
-        .with_context(|| format!("--preset {}: unknown preset (known: {})", a.preset, Gpt2Config::PRESETS.join(", ")))?;
+    let mut model = preset(a)?;
     model.vocab_size = vocab;
+    let steps = a.steps.unwrap_or(200);
     if let Some(p) = a.dropout {
         if !(0.0..1.0).contains(&p) {
             bail!("--dropout {p}: must be in [0, 1)");
@@ -125,10 +134,10 @@ fn resolve(a: &GptArgs, vocab: usize) -> Result<RunConfig> {
         batch: a.batch,
         seq,
         grad_accum,
-        steps: a.steps,
+        steps,
         lr: a.lr,
         min_lr: a.min_lr.unwrap_or(a.lr / 10.0),
-        warmup: a.warmup.min(a.steps),
+        warmup: a.warmup.min(steps),
         weight_decay: a.weight_decay,
         beta1: a.beta1,
         beta2: a.beta2,
@@ -192,10 +201,16 @@ fn train_gpt(a: GptArgs) -> Result<()> {
             let ck = checkpoint::resolve(&dir.join("checkpoint"))?;
             let meta = checkpoint::read_meta(&ck)?;
             let mut cfg = meta.config.clone();
-            cfg.steps = cfg.steps.max(a.steps);
+            if let Some(s) = a.steps {
+                if s < meta.step {
+                    bail!("--steps {s}: the run is already at step {}", meta.step);
+                }
+                cfg.steps = s;
+            }
             (cfg, dir.clone(), Some((ck, meta)))
         }
         None => {
+            preset(&a)?;
             let tok = load_tokenizer(&a.tokenizer)?;
             let cfg = resolve(&a, tok.vocab_size())?;
             let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", a.preset, unix_time())));
@@ -289,7 +304,8 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         checkpoint::save(&run_dir.join("checkpoint"), &vars, opt, &meta, tokenizer_file.as_deref())
     };
     let mut last_val = f64::NAN;
-    while step < cfg.steps {
+    let stop_at = a.stop_after.map_or(cfg.steps, |n| (step + n).min(cfg.steps));
+    while step < stop_at {
         let ts = Instant::now();
         let lr = schedule.lr_at(step);
         opt.set_lr(lr);
@@ -320,12 +336,14 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         if step % cfg.eval_every == 0 || step == cfg.steps {
             last_val = val_loss(&model, &corpus.val, cfg.batch, cfg.seq, cfg.eval_batches);
             rec["val_loss"] = serde_json::json!(last_val);
-            pb.println(format!("step {step:>5}: train loss {loss:.4}  val loss {last_val:.4}  (unigram baseline {baseline:.4})  lr {lr:.2e}  {tok_s:.0} tok/s"));
+            let line = format!("step {step:>5}: train loss {loss:.4}  val loss {last_val:.4}  (unigram baseline {baseline:.4})  lr {lr:.2e}  {tok_s:.0} tok/s");
+            // Not a terminal (CI, logs): indicatif draws nothing, so print plainly.
+            if pb.is_hidden() { eprintln!("{line}") } else { pb.println(line) }
         }
         writeln!(metrics, "{rec}")?;
         pb.set_message(format!("loss {loss:.4} | val {last_val:.4} | {tok_s:.0} tok/s | lr {lr:.1e}"));
         pb.set_position(step);
-        if step % cfg.checkpoint_every == 0 || step == cfg.steps {
+        if step % cfg.checkpoint_every == 0 || step == cfg.steps || step == stop_at {
             save(step, &opt, &sampler, &drop_rng)?;
         }
     }

@@ -1,0 +1,132 @@
+//! End-to-end: the binary on a small corpus the test writes. Exact resume, and bad inputs that
+//! must end in a clear error (exit code 1, no panic).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fmlab"))
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("fmlab-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A few documents of varied, repetitive English (enough structure to learn quickly).
+fn corpus(dir: &Path) -> PathBuf {
+    let c = dir.join("corpus");
+    std::fs::create_dir_all(&c).unwrap();
+    let subjects = ["the king", "a fool", "my lord", "the queen", "our army", "this night"];
+    let verbs = ["speaks of", "dreams of", "fights for", "weeps for", "waits for", "laughs at"];
+    let objects = ["the crown", "his brother", "a storm", "the sea", "sweet music", "old wars"];
+    for doc in 0..6 {
+        let mut s = String::new();
+        for i in 0..400 {
+            let k = i * 7 + doc * 13;
+            s.push_str(&format!("{} {} {}.\n", subjects[k % 6], verbs[(k / 6) % 6], objects[(k / 36) % 6]));
+        }
+        std::fs::write(c.join(format!("doc{doc}.txt")), s).unwrap();
+    }
+    c
+}
+
+fn run(cmd: &mut Command) -> (bool, String, String) {
+    let o = cmd.output().unwrap();
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
+}
+
+fn ok(cmd: &mut Command) -> String {
+    let (s, out, err) = run(cmd);
+    assert!(s, "command failed:\n{err}");
+    out
+}
+
+fn fails_with(cmd: &mut Command, needle: &str) {
+    let o = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "expected exit 1, got {:?}; stderr:\n{err}", o.status.code());
+    assert!(err.contains(needle), "stderr does not mention {needle:?}:\n{err}");
+    assert!(!err.contains("panicked"), "panicked:\n{err}");
+}
+
+fn tokenizer(d: &Path, c: &Path) -> PathBuf {
+    let tok = d.join("tok.fmtok");
+    ok(bin().args(["tokenizer", "train", "--vocab-size", "300", "--out"]).arg(&tok).arg("--input").arg(c));
+    tok
+}
+
+fn train_args(tok: &Path, c: &Path, out: &Path, steps: u64) -> Command {
+    let mut cmd = bin();
+    cmd.args(["train", "gpt", "--preset", "cpu-tiny", "--batch", "4", "--seq", "32", "--eval-every", "3", "--eval-batches", "2", "--warmup", "2"])
+        .args(["--steps", &steps.to_string(), "--checkpoint-every", "100", "--dropout", "0.1", "--tokenizer"])
+        .arg(tok)
+        .arg("--data")
+        .arg(c)
+        .arg("--out")
+        .arg(out);
+    cmd
+}
+
+fn metrics(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn resume_continues_bit_identically() {
+    let d = tmp("resume");
+    let c = corpus(&d);
+    let tok = tokenizer(&d, &c);
+    ok(&mut train_args(&tok, &c, &d.join("straight"), 8));
+    ok(train_args(&tok, &c, &d.join("split"), 8).args(["--stop-after", "5"]));
+    assert_eq!(metrics(&d.join("split")).len(), 5);
+    ok(bin().args(["train", "gpt", "--resume"]).arg(d.join("split")));
+    let (a, b) = (metrics(&d.join("straight")), metrics(&d.join("split")));
+    assert_eq!(a.len(), 8);
+    assert_eq!(b.len(), 8);
+    for (x, y) in a.iter().zip(&b) {
+        // Bit-identical: the same f64 values, not merely close (dropout on, so RNG state counts too).
+        for k in ["step", "loss", "lr", "grad_norm"] {
+            assert_eq!(x[k], y[k], "{k} differs at step {}: {} vs {}", x["step"], x[k], y[k]);
+        }
+        assert_eq!(x.get("val_loss"), y.get("val_loss"));
+    }
+    // The model learned something: sample and eval run on the checkpoint.
+    let out = ok(bin().args(["sample", "--max-tokens", "20", "--prompt", "the king", "--checkpoint"]).arg(d.join("split")));
+    assert!(out.starts_with("the king"), "{out}");
+    let ev = ok(bin().arg("eval").arg("--checkpoint").arg(d.join("split")).arg("--data").arg(c.join("doc5.txt")));
+    assert!(ev.contains("perplexity") && ev.contains("bits per byte"), "{ev}");
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let d = tmp("bad");
+    let c = corpus(&d);
+    let tok = tokenizer(&d, &c);
+    fails_with(bin().args(["train", "gpt", "--preset", "gpt5", "--data"]).arg(&c), "--preset gpt5: unknown preset");
+    fails_with(bin().args(["train", "gpt", "--data", "/no/such/file.txt", "--tokenizer"]).arg(&tok), "/no/such/file.txt");
+    fails_with(bin().args(["train", "gpt", "--tokenizer", "/no/tok.fmtok", "--data"]).arg(&c), "/no/tok.fmtok");
+    fails_with(bin().args(["train", "gpt", "--preset", "cpu-tiny", "--seq", "1000", "--tokenizer"]).arg(&tok).arg("--data").arg(&c), "--seq 1000");
+    fails_with(train_args(&tok, &c, &d.join("x"), 2).args(["--tokens-per-step", "100"]), "--tokens-per-step 100");
+    fails_with(bin().args(["model", "info", "nope"]), "unknown preset `nope`");
+
+    // A real checkpoint, then damage it in three ways.
+    let run = d.join("run");
+    ok(&mut train_args(&tok, &c, &run, 2));
+    let ck = run.join("checkpoint");
+    let model = std::fs::read(ck.join("model.safetensors")).unwrap();
+    std::fs::write(ck.join("model.safetensors"), &model[..model.len() / 2]).unwrap();
+    fails_with(bin().args(["eval", "--data"]).arg(&c).arg("--checkpoint").arg(&run), "model.safetensors");
+    std::fs::write(ck.join("model.safetensors"), &model).unwrap();
+    let meta = std::fs::read_to_string(ck.join("meta.json")).unwrap();
+    std::fs::write(ck.join("meta.json"), meta.replace("\"n_embd\": 64", "\"n_embd\": 32")).unwrap();
+    fails_with(bin().args(["sample", "--checkpoint"]).arg(&run), "has shape");
+    std::fs::write(ck.join("meta.json"), "{ not json").unwrap();
+    fails_with(bin().args(["sample", "--checkpoint"]).arg(&run), "meta.json");
+    fails_with(bin().args(["sample", "--checkpoint"]).arg(d.join("nothing")), "not a checkpoint directory");
+
+    // A learning rate that blows the model up stops with the step and the culprit named.
+    fails_with(train_args(&tok, &c, &d.join("nan"), 50).args(["--lr", "1e30"]), "non-finite");
+}
