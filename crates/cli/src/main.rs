@@ -47,9 +47,12 @@ fn tune_malloc() {
         }
         const M_TRIM_THRESHOLD: i32 = -1;
         const M_MMAP_MAX: i32 = -4;
+        const M_ARENA_MAX: i32 = -8;
         // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
         unsafe {
             mallopt(M_MMAP_MAX, 0);
+            // One arena: buffers freed by any thread are reusable by all (rayon workers allocate too).
+            mallopt(M_ARENA_MAX, 1);
             mallopt(M_TRIM_THRESHOLD, i32::MAX);
         }
     }

@@ -179,19 +179,26 @@ pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize) -
     total / count.max(1) as f64
 }
 
-/// The first variable (or its gradient) holding a NaN/inf, for the error message.
-fn first_non_finite(vars: &[(String, Tensor)]) -> Option<String> {
+/// The first variable (or its gradient) holding a NaN/inf, for the error message; if all are
+/// finite, the activations overflowed, and the largest parameter says where to look.
+fn first_non_finite(vars: &[(String, Tensor)]) -> String {
+    let mut largest = (0.0f64, "");
     for (n, v) in vars {
-        if v.to_vec_f64().iter().any(|x| !x.is_finite()) {
-            return Some(format!("parameter `{n}`"));
+        let vals = v.to_vec_f64();
+        if vals.iter().any(|x| !x.is_finite()) {
+            return format!("parameter `{n}`");
         }
         if let Some(g) = v.grad() {
             if g.to_vec_f64().iter().any(|x| !x.is_finite()) {
-                return Some(format!("gradient of `{n}`"));
+                return format!("gradient of `{n}`");
             }
         }
+        let m = vals.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        if m > largest.0 {
+            largest = (m, n);
+        }
     }
-    None
+    format!("none among parameters and gradients, so an activation overflowed; the largest parameter is `{}` with |value| {:.3e} (learning rate too high?)", largest.1, largest.0)
 }
 
 fn train_gpt(a: GptArgs) -> Result<()> {
@@ -315,8 +322,9 @@ fn train_gpt(a: GptArgs) -> Result<()> {
             let loss = model.loss(&x, &y, Some(&mut drop_rng));
             let l = loss.item();
             if !l.is_finite() {
-                let culprit = first_non_finite(&vars).unwrap_or_else(|| "no parameter or gradient (the activations overflowed)".into());
-                bail!("non-finite loss ({l}) at step {step}; first non-finite tensor: {culprit}; last checkpoint in {}", run_dir.join("checkpoint").display());
+                let ck = run_dir.join("checkpoint");
+                let saved = if ck.is_dir() { format!("the last checkpoint ({}) is intact", ck.display()) } else { "no checkpoint was written yet".into() };
+                bail!("non-finite loss ({l}) at step {step}; first non-finite tensor: {}; {saved}", first_non_finite(&vars));
             }
             loss_sum += l;
             loss.scale(1.0 / cfg.grad_accum as f64).backward();
@@ -324,8 +332,7 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         let loss = loss_sum / cfg.grad_accum as f64;
         let norm = clip_grad_norm(&var_tensors, cfg.grad_clip);
         if !norm.is_finite() {
-            let culprit = first_non_finite(&vars).unwrap_or_default();
-            bail!("non-finite gradient norm at step {step}; first non-finite tensor: {culprit}");
+            bail!("non-finite gradient norm at step {step}; first non-finite tensor: {}", first_non_finite(&vars));
         }
         opt.step();
         opt.zero_grad();
