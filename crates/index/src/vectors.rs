@@ -1,0 +1,114 @@
+//! Reading vector sets: `.npy` (f32 or f64, 2-D, C order), `.fvecs`, and IDX (`*-ubyte`, the
+//! MNIST format: u8 images flattened to one row each).
+
+use std::path::Path;
+
+use crate::IndexError;
+
+/// (row-major values, dim).
+pub fn read_vectors(path: &Path) -> Result<(Vec<f32>, usize), IndexError> {
+    let b = std::fs::read(path).map_err(|e| IndexError::file(path, e))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if b.starts_with(b"\x93NUMPY") {
+        read_npy(&b).map_err(|m| IndexError::file(path, m))
+    } else if name.ends_with(".fvecs") {
+        read_fvecs(&b).map_err(|m| IndexError::file(path, m))
+    } else if name.ends_with("ubyte") || name.ends_with(".idx") {
+        read_idx(&b).map_err(|m| IndexError::file(path, m))
+    } else {
+        Err(IndexError::file(path, "unknown vector format (expected .npy, .fvecs, or an IDX *-ubyte file)"))
+    }
+}
+
+fn read_npy(b: &[u8]) -> Result<(Vec<f32>, usize), String> {
+    if b.len() < 10 {
+        return Err("truncated .npy header".into());
+    }
+    let (hl, start) = if b[6] == 1 { (u16::from_le_bytes([b[8], b[9]]) as usize, 10) } else { (u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize, 12) };
+    let header = std::str::from_utf8(b.get(start..start + hl).ok_or("truncated .npy header")?).map_err(|_| "bad .npy header")?;
+    let descr = header.split("'descr':").nth(1).and_then(|s| s.split('\'').nth(1)).ok_or("no descr in .npy header")?;
+    if header.contains("'fortran_order': True") {
+        return Err("Fortran-order .npy is not supported".into());
+    }
+    let shape: Vec<usize> = header
+        .split("'shape':")
+        .nth(1)
+        .and_then(|s| s.split('(').nth(1))
+        .and_then(|s| s.split(')').next())
+        .ok_or("no shape in .npy header")?
+        .split(',')
+        .filter(|x| !x.trim().is_empty())
+        .map(|x| x.trim().parse::<usize>().map_err(|_| format!("bad shape entry {x:?}")))
+        .collect::<Result<_, _>>()?;
+    if shape.len() != 2 {
+        return Err(format!("expected a 2-D array, got shape {shape:?}"));
+    }
+    let data = &b[start + hl..];
+    let n = shape[0] * shape[1];
+    let v: Vec<f32> = match descr {
+        "<f4" => {
+            if data.len() != n * 4 {
+                return Err(format!("{} data bytes for shape {shape:?} f32 (truncated?)", data.len()));
+            }
+            data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        }
+        "<f8" => {
+            if data.len() != n * 8 {
+                return Err(format!("{} data bytes for shape {shape:?} f64 (truncated?)", data.len()));
+            }
+            data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+        }
+        d => return Err(format!("unsupported .npy dtype {d}")),
+    };
+    Ok((v, shape[1]))
+}
+
+fn read_fvecs(b: &[u8]) -> Result<(Vec<f32>, usize), String> {
+    if b.len() < 4 {
+        return Err("empty .fvecs".into());
+    }
+    let dim = i32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+    let row = 4 + 4 * dim;
+    if dim == 0 || b.len() % row != 0 {
+        return Err(format!("size {} is not a multiple of a {dim}-d row (truncated?)", b.len()));
+    }
+    let mut v = Vec::with_capacity(b.len() / row * dim);
+    for r in b.chunks_exact(row) {
+        if i32::from_le_bytes(r[..4].try_into().unwrap()) as usize != dim {
+            return Err("rows of different dimensions".into());
+        }
+        v.extend(r[4..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())));
+    }
+    Ok((v, dim))
+}
+
+fn read_idx(b: &[u8]) -> Result<(Vec<f32>, usize), String> {
+    if b.len() < 4 || b[0] != 0 || b[1] != 0 || b[2] != 0x08 {
+        return Err("not an unsigned-byte IDX file".into());
+    }
+    let nd = b[3] as usize;
+    let dims: Vec<usize> = (0..nd).map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
+    let start = 4 + 4 * nd;
+    let n = dims.first().copied().unwrap_or(0);
+    let dim: usize = dims[1..].iter().product();
+    if b.len() != start + n * dim {
+        return Err(format!("{} bytes for IDX dims {dims:?} (truncated?)", b.len()));
+    }
+    Ok((b[start..].iter().map(|&x| x as f32).collect(), dim.max(1)))
+}
+
+/// Writes a 2-D f32 .npy (for tests and tools).
+pub fn write_npy(path: &Path, v: &[f32], dim: usize) -> Result<(), IndexError> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({}, {}), }}", v.len() / dim, dim);
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    std::fs::write(path, out).map_err(|e| IndexError::file(path, e))
+}
