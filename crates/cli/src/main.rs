@@ -30,6 +30,9 @@ enum Cmd {
     /// Model presets.
     #[command(subcommand)]
     Model(cmd::model::ModelCmd),
+    /// Vector indexes (HNSW).
+    #[command(subcommand)]
+    Index(cmd::index::IndexCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
@@ -67,6 +70,7 @@ fn main() {
         Cmd::Sample(a) => cmd::sample::run(a),
         Cmd::Eval(a) => cmd::eval::run(a),
         Cmd::Model(c) => cmd::model::run(c),
+        Cmd::Index(c) => cmd::index::run(c),
         Cmd::Bench(c) => cmd::bench::run(c),
     };
     if let Err(e) = res {

@@ -130,3 +130,31 @@ fn bad_inputs_are_clear_errors() {
     // A learning rate that blows the model up stops with the step and the culprit named.
     fails_with(train_args(&tok, &c, &d.join("nan"), 50).args(["--lr", "1e30"]), "non-finite");
 }
+
+#[test]
+fn index_build_and_search_with_filter_and_bad_inputs() {
+    let d = tmp("index");
+    // 500 points on a line (x = i), so the nearest neighbours of x = 100.2 are 100, 101, 99, ...
+    let n = 500;
+    let v: Vec<f32> = (0..n).flat_map(|i| [i as f32, 0.0, 0.0, 0.0]).collect();
+    fmlab_index::vectors::write_npy(&d.join("v.npy"), &v, 4).unwrap();
+    fmlab_index::vectors::write_npy(&d.join("q.npy"), &[100.2, 0.0, 0.0, 0.0, 3.9, 0.0, 0.0, 0.0], 4).unwrap();
+    let payloads: String = (0..n).map(|i| format!("{{\"parity\": {}, \"tags\": [\"{}\"]}}\n", i % 2, if i % 10 == 0 { "round" } else { "other" })).collect();
+    std::fs::write(d.join("p.jsonl"), payloads).unwrap();
+    ok(bin().args(["index", "build", "--metric", "l2", "--m", "8", "--ef-construction", "64", "--vectors"]).arg(d.join("v.npy")).arg("--payloads").arg(d.join("p.jsonl")).arg("--out").arg(d.join("i.idx")));
+    let out = ok(bin().args(["index", "search", "--k", "3", "--ef", "32", "--index"]).arg(d.join("i.idx")).arg("--queries").arg(d.join("q.npy")));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, vec!["100 101 99", "4 3 5"]);
+    let out = ok(bin().args(["index", "search", "--k", "2", "--filter", "parity=1", "--index"]).arg(d.join("i.idx")).arg("--queries").arg(d.join("q.npy")));
+    assert_eq!(out.lines().next().unwrap(), "101 99");
+    let out = ok(bin().args(["index", "search", "--k", "2", "--filter", "tags=round && parity=0", "--index"]).arg(d.join("i.idx")).arg("--queries").arg(d.join("q.npy")));
+    assert_eq!(out.lines().next().unwrap(), "100 110");
+
+    fails_with(bin().args(["index", "build", "--metric", "hamming", "--vectors"]).arg(d.join("v.npy")).arg("--out").arg(d.join("x.idx")), "--metric hamming");
+    fails_with(bin().args(["index", "search", "--filter", "parity<", "--index"]).arg(d.join("i.idx")).arg("--queries").arg(d.join("q.npy")), "filter");
+    let b = std::fs::read(d.join("i.idx")).unwrap();
+    std::fs::write(d.join("t.idx"), &b[..b.len() - 9]).unwrap();
+    fails_with(bin().args(["index", "search", "--index"]).arg(d.join("t.idx")).arg("--queries").arg(d.join("q.npy")), "t.idx");
+    std::fs::write(d.join("bad.npy"), b"\x93NUMPY\x01\x00garbage").unwrap();
+    fails_with(bin().args(["index", "build", "--vectors"]).arg(d.join("bad.npy")).arg("--out").arg(d.join("y.idx")), "bad.npy");
+}

@@ -1,5 +1,6 @@
-//! Distance kernels. The implementation is chosen once, when an index is created (AVX2+FMA where
-//! the CPU has them, a portable loop otherwise), and kept as a field — no global dispatch.
+//! Distance kernels. The implementation is chosen once, when an index is created (AVX-512, else
+//! AVX2+FMA, where the CPU has them; a portable loop otherwise), and kept as a field — no global
+//! dispatch.
 //!
 //! All metrics are "smaller is closer": L2 is the squared Euclidean distance, inner product and
 //! cosine are `1 - <a, b>` (cosine vectors are normalized on insert and on query), as in hnswlib.
@@ -38,6 +39,12 @@ pub type DistFn = fn(&[f32], &[f32]) -> f32;
 pub fn select(metric: Metric) -> (DistFn, &'static str) {
     #[cfg(target_arch = "x86_64")]
     {
+        if is_x86_feature_detected!("avx512f") {
+            return match metric {
+                Metric::L2 => (l2_avx512_safe, "l2/avx512"),
+                _ => (ip_avx512_safe, "ip/avx512"),
+            };
+        }
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             return match metric {
                 Metric::L2 => (l2_avx2_safe, "l2/avx2+fma"),
@@ -99,6 +106,68 @@ fn l2_avx2_safe(a: &[f32], b: &[f32]) -> f32 {
 fn ip_avx2_safe(a: &[f32], b: &[f32]) -> f32 {
     // SAFETY: as above.
     1.0 - unsafe { dot_avx2(a, b) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn l2_avx512_safe(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: only selected when the CPU reports avx512f.
+    unsafe { l2_avx512(a, b) }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn ip_avx512_safe(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: as above.
+    1.0 - unsafe { dot_avx512(a, b) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn l2_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut i = 0;
+    while i + 32 <= n {
+        let d0 = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)));
+        let d1 = _mm512_sub_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)));
+        s0 = _mm512_fmadd_ps(d0, d0, s0);
+        s1 = _mm512_fmadd_ps(d1, d1, s1);
+        i += 32;
+    }
+    if i < n {
+        // Masked tail: at most two partial 16-lane steps, no scalar loop.
+        while i < n {
+            let k = (n - i).min(16);
+            let m: __mmask16 = if k == 16 { 0xffff } else { (1u16 << k) - 1 };
+            let d = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)));
+            s0 = _mm512_fmadd_ps(d, d, s0);
+            i += k;
+        }
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_avx512(a: &[f32], b: &[f32]) -> f32 {
+    use std::arch::x86_64::*;
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let (mut s0, mut s1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+    let mut i = 0;
+    while i + 32 <= n {
+        s0 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i)), _mm512_loadu_ps(pb.add(i)), s0);
+        s1 = _mm512_fmadd_ps(_mm512_loadu_ps(pa.add(i + 16)), _mm512_loadu_ps(pb.add(i + 16)), s1);
+        i += 32;
+    }
+    while i < n {
+        let k = (n - i).min(16);
+        let m: __mmask16 = if k == 16 { 0xffff } else { (1u16 << k) - 1 };
+        s0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, pa.add(i)), _mm512_maskz_loadu_ps(m, pb.add(i)), s0);
+        i += k;
+    }
+    _mm512_reduce_add_ps(_mm512_add_ps(s0, s1))
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -358,7 +358,7 @@ impl Hnsw {
 
     /// Beam search on one layer (the paper's SEARCH-LAYER): returns up to `ef` closest points as a
     /// max-heap. Points failing `accept` are traversed but not returned (filtered/deleted search).
-    fn search_layer<const LOCKED: bool>(&self, q: &[f32], ep: u32, ef: usize, layer: usize, accept: &dyn Fn(u32) -> bool) -> BinaryHeap<Cand> {
+    fn search_layer<const LOCKED: bool, A: Fn(u32) -> bool>(&self, q: &[f32], ep: u32, ef: usize, layer: usize, accept: A) -> BinaryHeap<Cand> {
         let mut visited = self.take_visited();
         let mut top: BinaryHeap<Cand> = BinaryHeap::with_capacity(ef + 1);
         let mut cands: BinaryHeap<Reverse<Cand>> = BinaryHeap::new();
@@ -375,16 +375,26 @@ impl Hnsw {
             if c.0 > lower_bound && top.len() >= ef {
                 break;
             }
-            self.read_links::<LOCKED>(c.1, layer, &mut buf);
+            // Built index: read the links in place; while building: copy them under the lock.
+            let links: &[u32] = if LOCKED {
+                self.read_links::<true>(c.1, layer, &mut buf);
+                &buf
+            } else {
+                // SAFETY: no writers once built.
+                unsafe {
+                    let p = self.links_ptr(c.1, layer);
+                    std::slice::from_raw_parts(p.add(1), *p as usize)
+                }
+            };
             #[cfg(target_arch = "x86_64")]
-            for &e in buf.iter().take(4) {
+            for &e in links.iter().take(4) {
                 // Bring the first neighbours' records in while the loop starts.
                 // SAFETY: prefetch has no memory effects.
                 unsafe { std::arch::x86_64::_mm_prefetch(self.vector(e).as_ptr() as *const i8, std::arch::x86_64::_MM_HINT_T0) };
             }
-            for (j, &e) in buf.iter().enumerate() {
+            for (j, &e) in links.iter().enumerate() {
                 #[cfg(target_arch = "x86_64")]
-                if let Some(&nx) = buf.get(j + 4) {
+                if let Some(&nx) = links.get(j + 4) {
                     // SAFETY: as above.
                     unsafe { std::arch::x86_64::_mm_prefetch(self.vector(nx).as_ptr() as *const i8, std::arch::x86_64::_MM_HINT_T0) };
                 }
@@ -448,7 +458,7 @@ impl Hnsw {
         let accept_all = |_: u32| true;
         let mut buf = Vec::new();
         for layer in (0..=level.min(max_level)).rev() {
-            let top = self.search_layer::<LOCKED>(qv, ep, self.ef_construction, layer, &accept_all);
+            let top = self.search_layer::<LOCKED, _>(qv, ep, self.ef_construction, layer, accept_all);
             let cands: Vec<Cand> = top.into_vec();
             let closest = cands.iter().min().map(|c| c.1).unwrap_or(ep);
             let selected = self.select_heuristic(cands.into_iter().filter(|c| c.1 != q).collect(), self.m);
@@ -510,9 +520,9 @@ impl Hnsw {
         let deleted = &self.deleted;
         let any_deleted = self.n_deleted > 0;
         let top = match allowed {
-            Some(set) => self.search_layer::<false>(q, ep, ef.max(k), 0, &|i| set.contains(i as usize) && !deleted[i as usize]),
-            None if any_deleted => self.search_layer::<false>(q, ep, ef.max(k), 0, &|i| !deleted[i as usize]),
-            None => self.search_layer::<false>(q, ep, ef.max(k), 0, &|_| true),
+            Some(set) => self.search_layer::<false, _>(q, ep, ef.max(k), 0, |i| set.contains(i as usize) && !deleted[i as usize]),
+            None if any_deleted => self.search_layer::<false, _>(q, ep, ef.max(k), 0, |i| !deleted[i as usize]),
+            None => self.search_layer::<false, _>(q, ep, ef.max(k), 0, |_| true),
         };
         let mut v = top.into_sorted_vec();
         v.truncate(k);

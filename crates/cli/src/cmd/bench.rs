@@ -14,6 +14,28 @@ use fmlab_tensor::{DType, Rng, Tensor};
 pub enum BenchCmd {
     /// Training-step throughput.
     Train(TrainBench),
+    /// HNSW: recall@10 vs QPS on a real dataset, build time, memory, filter selectivity sweep.
+    Ann(AnnBench),
+}
+
+#[derive(Args)]
+pub struct AnnBench {
+    /// fashion-mnist-784 (L2; train as base, test as queries) or glove-50 (cosine; every 40th
+    /// row held out as a query).
+    #[arg(long)]
+    dataset: String,
+    #[arg(long, value_delimiter = ',', default_value = "10,20,40,80,160,320")]
+    ef: Vec<usize>,
+    #[arg(long, default_value_t = 16)]
+    m: usize,
+    #[arg(long, default_value_t = 200)]
+    ef_construction: usize,
+    /// Number of queries (the first N of the query set).
+    #[arg(long, default_value_t = 1000)]
+    queries: usize,
+    /// Also sweep filter selectivity (100%, 10%, 1%, 0.1%) at this ef.
+    #[arg(long)]
+    filter_ef: Option<usize>,
 }
 
 #[derive(Args)]
@@ -31,7 +53,89 @@ pub struct TrainBench {
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
-    let BenchCmd::Train(a) = cmd;
+    match cmd {
+        BenchCmd::Train(a) => bench_train(a),
+        BenchCmd::Ann(a) => bench_ann(a),
+    }
+}
+
+/// (base, queries, dim, metric) of a benchmark dataset from the asset cache.
+pub fn ann_dataset(name: &str, nq: usize) -> Result<(Vec<f32>, Vec<f32>, usize, fmlab_index::Metric)> {
+    use fmlab_index::vectors::read_vectors;
+    let cache = crate::assets::cache_dir();
+    let need = |p: std::path::PathBuf, asset: &str| -> Result<std::path::PathBuf> {
+        anyhow::ensure!(p.is_file(), "{} is missing; run `scripts/fetch-assets.sh {asset}`", p.display());
+        Ok(p)
+    };
+    match name {
+        "fashion-mnist-784" => {
+            let (base, dim) = read_vectors(&need(cache.join("fashion-mnist/train-images-idx3-ubyte"), "fashion-mnist")?)?;
+            let (q, _) = read_vectors(&need(cache.join("fashion-mnist/t10k-images-idx3-ubyte"), "fashion-mnist")?)?;
+            let nq = nq.min(q.len() / dim);
+            Ok((base, q[..nq * dim].to_vec(), dim, fmlab_index::Metric::L2))
+        }
+        "glove-50" => {
+            let (all, dim) = read_vectors(&need(cache.join("glove/glove_6B_50d_emb.npy"), "glove")?)?;
+            let (mut base, mut q) = (Vec::new(), Vec::new());
+            for (i, row) in all.chunks(dim).enumerate() {
+                if i % 40 == 0 { q.extend_from_slice(row) } else { base.extend_from_slice(row) }
+            }
+            let nq = nq.min(q.len() / dim);
+            q.truncate(nq * dim);
+            Ok((base, q, dim, fmlab_index::Metric::Cosine))
+        }
+        d => anyhow::bail!("--dataset {d}: expected fashion-mnist-784 or glove-50"),
+    }
+}
+
+fn bench_ann(a: AnnBench) -> Result<()> {
+    use fmlab_index::{recall, Bitset, BruteForce, Hnsw, HnswParams};
+    use rayon::prelude::*;
+    let (base, q, dim, metric) = ann_dataset(&a.dataset, a.queries)?;
+    let (n, nq) = (base.len() / dim, q.len() / dim);
+    let t = Instant::now();
+    let truth = BruteForce::new(&base, dim, metric).search_batch(&q, 10, None);
+    eprintln!("{}: {n} base × {dim}, {nq} queries, {metric:?}; exact ground truth in {:.1}s", a.dataset, t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let h = Hnsw::build(&base, dim, metric, HnswParams { m: a.m, ef_construction: a.ef_construction, seed: 100 });
+    let build = t.elapsed().as_secs_f64();
+    println!("fmlab {}: build {build:.2}s ({} threads), M {} ef_construction {}, index memory {:.1} MB, kernel {}", a.dataset, rayon::current_num_threads(), a.m, a.ef_construction, h.memory_bytes() as f64 / 1e6, h.kernel());
+    println!("| ef | recall@10 | QPS 1 thread | QPS {} threads |", rayon::current_num_threads());
+    println!("|---|---|---|---|");
+    for &ef in &a.ef {
+        let t = Instant::now();
+        let got: Vec<_> = q.chunks(dim).map(|x| h.search(x, 10, ef, None)).collect();
+        let qps1 = nq as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let _par: Vec<_> = q.par_chunks(dim).map(|x| h.search(x, 10, ef, None)).collect();
+        let qpsn = nq as f64 / t.elapsed().as_secs_f64();
+        println!("| {ef} | {:.4} | {qps1:.0} | {qpsn:.0} |", recall(&got, &truth, 10));
+    }
+    if let Some(ef) = a.filter_ef {
+        // Each point gets a pseudo-random bucket 0..999; a filter `bucket < s·1000` keeps ≈ s.
+        let bucket = |i: usize| (i.wrapping_mul(7919)) % 1000;
+        let bf = BruteForce::new(&base, dim, metric);
+        println!("filter sweep at ef {ef}:");
+        println!("| selectivity | plan | recall@10 | QPS 1 thread |");
+        println!("|---|---|---|---|");
+        for keep in [1000usize, 100, 10, 1] {
+            let allowed = Bitset::from_fn(n, |i| bucket(i) < keep);
+            let truth: Vec<_> = q.par_chunks(dim).map(|x| bf.search(x, 10, Some(&allowed))).collect();
+            let t = Instant::now();
+            let mut plan = None;
+            let got: Vec<_> = q.chunks(dim).map(|x| {
+                let (r, p) = h.search_filtered(x, 10, ef, &allowed);
+                plan = Some(p);
+                r
+            }).collect();
+            let qps = nq as f64 / t.elapsed().as_secs_f64();
+            println!("| {}% | {:?} | {:.4} | {qps:.0} |", keep as f64 / 10.0, plan.unwrap(), recall(&got, &truth, 10));
+        }
+    }
+    Ok(())
+}
+
+fn bench_train(a: TrainBench) -> Result<()> {
     let cfg = Gpt2Config::preset(&a.preset).with_context(|| format!("--preset {}: unknown", a.preset))?;
     anyhow::ensure!(a.seq <= cfg.n_ctx, "--seq {} exceeds n_ctx {}", a.seq, cfg.n_ctx);
     let vb = VarBuilder::new(DType::F32, 0);

@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod eval;
+pub mod index;
 pub mod model;
 pub mod sample;
 pub mod tokenizer;
