@@ -27,9 +27,7 @@ fn read_npy(b: &[u8]) -> Result<(Vec<f32>, usize), String> {
     let (hl, start) = if b[6] == 1 { (u16::from_le_bytes([b[8], b[9]]) as usize, 10) } else { (u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize, 12) };
     let header = std::str::from_utf8(b.get(start..start + hl).ok_or("truncated .npy header")?).map_err(|_| "bad .npy header")?;
     let descr = header.split("'descr':").nth(1).and_then(|s| s.split('\'').nth(1)).ok_or("no descr in .npy header")?;
-    if header.contains("'fortran_order': True") {
-        return Err("Fortran-order .npy is not supported".into());
-    }
+    let fortran = header.contains("'fortran_order': True");
     let shape: Vec<usize> = header
         .split("'shape':")
         .nth(1)
@@ -60,6 +58,17 @@ fn read_npy(b: &[u8]) -> Result<(Vec<f32>, usize), String> {
         }
         d => return Err(format!("unsupported .npy dtype {d}")),
     };
+    if fortran {
+        // Column-major (n, d): element (i, j) sits at j·n + i; transpose to rows.
+        let (n, d) = (shape[0], shape[1]);
+        let mut t = vec![0.0f32; n * d];
+        for j in 0..d {
+            for i in 0..n {
+                t[i * d + j] = v[j * n + i];
+            }
+        }
+        return Ok((t, d));
+    }
     Ok((v, shape[1]))
 }
 
@@ -111,4 +120,28 @@ pub fn write_npy(path: &Path, v: &[f32], dim: usize) -> Result<(), IndexError> {
         out.extend_from_slice(&x.to_le_bytes());
     }
     std::fs::write(path, out).map_err(|e| IndexError::file(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_c_and_fortran_order_read_the_same_matrix() {
+        let d = std::env::temp_dir().join(format!("fmlab-npy-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let m = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]; // 2 × 3, row-major
+        write_npy(&d.join("c.npy"), &m, 3).unwrap();
+        assert_eq!(read_vectors(&d.join("c.npy")).unwrap(), (m.to_vec(), 3));
+        // The same matrix in Fortran order: columns (1,4), (2,5), (3,6).
+        let header = "{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }";
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        b.extend_from_slice(header.as_bytes());
+        for x in [1.0f32, 4.0, 2.0, 5.0, 3.0, 6.0] {
+            b.extend_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(d.join("f.npy"), b).unwrap();
+        assert_eq!(read_vectors(&d.join("f.npy")).unwrap(), (m.to_vec(), 3));
+    }
 }
