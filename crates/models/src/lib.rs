@@ -1,6 +1,8 @@
 //! Model definitions. Modules are plain structs built by `load(vb, cfg)`; the key paths they ask
 //! the `VarBuilder` for are HF's, so HF safetensors load without mapping tables.
 
+pub mod bert;
 pub mod gpt2;
 
+pub use bert::{Bert, BertConfig};
 pub use gpt2::{Gpt2, Gpt2Config};

@@ -164,14 +164,20 @@ impl MultiHeadAttention {
 
     /// Separate projections `q_proj`, `k_proj`, `v_proj`, `o_proj` (keys/values from `d_ctx`).
     pub fn new_separate(vb: &VarBuilder, d: usize, d_ctx: usize, n_head: usize, bias: bool, std: f64) -> Result<Self, NnError> {
+        Self::new_named(vb, ["q_proj", "k_proj", "v_proj", "o_proj"], d, d_ctx, n_head, bias, std)
+    }
+
+    /// Separate projections under the given key paths (q, k, v, out), e.g. BERT's
+    /// `self.query`, `self.key`, `self.value`, `output.dense`.
+    pub fn new_named(vb: &VarBuilder, names: [&str; 4], d: usize, d_ctx: usize, n_head: usize, bias: bool, std: f64) -> Result<Self, NnError> {
         assert_eq!(d % n_head, 0, "d_model {d} is not divisible by n_head {n_head}");
         let l = WeightLayout::OutIn;
         Ok(MultiHeadAttention {
             qkv: None,
-            q: Some(Linear::new(&vb.pp("q_proj"), d, d, bias, l, std)?),
-            k: Some(Linear::new(&vb.pp("k_proj"), d_ctx, d, bias, l, std)?),
-            v: Some(Linear::new(&vb.pp("v_proj"), d_ctx, d, bias, l, std)?),
-            out: Linear::new(&vb.pp("o_proj"), d, d, bias, l, std)?,
+            q: Some(Linear::new(&vb.pp(names[0]), d, d, bias, l, std)?),
+            k: Some(Linear::new(&vb.pp(names[1]), d_ctx, d, bias, l, std)?),
+            v: Some(Linear::new(&vb.pp(names[2]), d_ctx, d, bias, l, std)?),
+            out: Linear::new(&vb.pp(names[3]), d, d, bias, l, std)?,
             n_head,
         })
     }

@@ -74,6 +74,12 @@ pub fn deserialize(bytes: &[u8]) -> Result<HashMap<String, Tensor>, String> {
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| format!("not a valid safetensors file ({e}); truncated or corrupt?"))?;
     let mut out = HashMap::new();
     for (name, view) in st.tensors() {
+        if view.dtype() == Dtype::I64 {
+            // Index buffers (e.g. BERT's position_ids) are stored as int64; fmlab's ids are i32.
+            let v: Vec<i32> = view.data().chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).map(|x| i32::try_from(x).map_err(|_| format!("tensor `{name}`: int64 value {x} does not fit in i32"))).collect::<Result<_, _>>()?;
+            out.insert(name.clone(), Tensor::from_vec(v, view.shape()));
+            continue;
+        }
         let dtype = from_st(view.dtype()).ok_or_else(|| format!("tensor `{name}` has unsupported dtype {:?}", view.dtype()))?;
         out.insert(name.clone(), Tensor::from_le_bytes(view.data(), view.shape(), dtype));
     }

@@ -13,10 +13,12 @@ pub mod io;
 pub mod pretok;
 mod tokenizer;
 pub mod train;
+pub mod wordpiece;
 
 pub use pretok::{Pattern, PreTokenizer};
 pub use tokenizer::{AllowedSpecial, Encoder, Tokenizer};
 pub use train::{train_from_files, train_from_texts, TrainConfig};
+pub use wordpiece::WordPiece;
 
 /// Errors the world can cause: files, formats, user parameters.
 #[derive(Debug, thiserror::Error)]

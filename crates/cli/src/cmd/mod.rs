@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod model;
