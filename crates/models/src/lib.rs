@@ -3,6 +3,8 @@
 
 pub mod bert;
 pub mod gpt2;
+pub mod llama;
 
 pub use bert::{Bert, BertConfig};
 pub use gpt2::{Gpt2, Gpt2Config};
+pub use llama::{KvCache, Llama, LlamaConfig};

@@ -2,6 +2,7 @@
 //! key paths (`VarBuilder`), layers, optimizers, LR schedules, gradient clipping, and safetensors
 //! checkpoints with every key and shape checked.
 
+pub mod gguf;
 pub mod layers;
 pub mod optim;
 pub mod safetensors_io;

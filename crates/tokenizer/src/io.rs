@@ -118,6 +118,23 @@ impl Tokenizer {
         })
     }
 
+    /// A byte-level BPE from parallel lists, as GGUF stores it (`tokenizer.ggml.tokens`,
+    /// `tokenizer.ggml.merges` as "a b", and the ids that are special: llama.cpp's CONTROL and
+    /// USER_DEFINED token types).
+    pub fn from_byte_level_lists(tokens: &[String], merges: &[String], special_ids: &[u32], pattern: Pattern) -> Result<Tokenizer, Error> {
+        let enc: HashMap<String, u32> = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        if enc.len() != tokens.len() {
+            return Err(Error::Format("duplicate token strings in the vocabulary".into()));
+        }
+        let names: Vec<&str> = special_ids.iter().filter_map(|&i| tokens.get(i as usize).map(|s| s.as_str())).collect();
+        build_from_str_vocab(
+            &enc,
+            merges.iter().map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| Error::Format(format!("merge {m:?} is not two tokens")))),
+            &names,
+            pattern,
+        )
+    }
+
     /// Loads our own format.
     pub fn load(path: &Path) -> Result<Tokenizer, Error> {
         let data = read(path)?;

@@ -21,6 +21,12 @@ pub const GPT2_PATTERN: &str =
 /// GPT-4's pre-tokenizer regex (tiktoken's cl100k_base).
 pub const CL100K_PATTERN: &str = r"'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+";
 
+/// SmolLM's pre-tokenizer (HF: `Digits(individual_digits)` then GPT-2's `ByteLevel` regex): GPT-2's
+/// pattern with every digit its own chunk. Splitting digits first and then running GPT-2's regex on
+/// the pieces gives the same chunks as this single pattern (a digit can no longer absorb a leading
+/// space, and `\s+(?!\S)` already leaves the space before a digit on its own).
+pub const SMOLLM_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
 /// Which pre-tokenizer a vocabulary was trained with.
 #[derive(Clone, Debug)]
 pub enum Pattern {

@@ -70,8 +70,10 @@ impl Tokenizer {
                 byte_ids[t[0] as usize] = id as u32;
             }
         }
-        if let Some(b) = byte_ids.iter().position(|&i| i == u32::MAX) {
-            return Err(Error::Format(format!("vocabulary has no token for byte {b:#04x}")));
+        // Some vocabularies (SmolLM's) lack tokens for bytes that never occur in UTF-8 text; such
+        // bytes are dropped when encoding, as HF's BPE does without an unknown token.
+        if byte_ids.iter().all(|&i| i == u32::MAX) {
+            return Err(Error::Format("vocabulary has no single-byte tokens".into()));
         }
         let mut merge_map = FxHashMap::default();
         for (rank, &(l, r, new)) in merges.iter().enumerate() {
@@ -193,13 +195,13 @@ impl Tokenizer {
 
     /// Merges one chunk's bytes into token ids, appending to `out`.
     fn bpe_into(&self, piece: &[u8], syms: &mut Vec<u32>, out: &mut Vec<u32>) {
-        if piece.len() == 1 {
-            out.push(self.byte_ids[piece[0] as usize]);
+        syms.clear();
+        syms.extend(piece.iter().map(|&b| self.byte_ids[b as usize]).filter(|&i| i != u32::MAX));
+        if syms.len() <= 1 {
+            out.extend_from_slice(syms);
             return;
         }
-        syms.clear();
-        syms.extend(piece.iter().map(|&b| self.byte_ids[b as usize]));
-        if piece.len() <= LINEAR_MAX {
+        if syms.len() <= LINEAR_MAX {
             self.merge_linear(syms);
         } else {
             self.merge_heap(syms);
@@ -312,7 +314,10 @@ impl Encoder<'_> {
     #[inline]
     fn encode_chunk(&mut self, piece: &[u8], out: &mut Vec<u32>) {
         if piece.len() == 1 {
-            out.push(self.tok.byte_ids[piece[0] as usize]);
+            let id = self.tok.byte_ids[piece[0] as usize];
+            if id != u32::MAX {
+                out.push(id);
+            }
             return;
         }
         if piece.len() <= CACHE_MAX_LEN {
