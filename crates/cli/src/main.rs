@@ -27,6 +27,10 @@ enum Cmd {
     Sample(cmd::sample::SampleArgs),
     /// Loss, perplexity and bits-per-byte of a checkpoint on held-out data.
     Eval(cmd::eval::EvalArgs),
+    /// Generate text with a Llama-family model (SmolLM2 GGUF).
+    Generate(cmd::generate::GenerateArgs),
+    /// Interactive chat with a Llama-family model.
+    Chat(cmd::generate::ChatArgs),
     /// Sentence embeddings (all-MiniLM-L6-v2).
     Embed(cmd::embed::EmbedArgs),
     /// Model presets.
@@ -72,6 +76,8 @@ fn main() {
         Cmd::Sample(a) => cmd::sample::run(a),
         Cmd::Eval(a) => cmd::eval::run(a),
         Cmd::Embed(a) => cmd::embed::run(a),
+        Cmd::Generate(a) => cmd::generate::run_generate(a),
+        Cmd::Chat(a) => cmd::generate::run_chat(a),
         Cmd::Model(c) => cmd::model::run(c),
         Cmd::Index(c) => cmd::index::run(c),
         Cmd::Bench(c) => cmd::bench::run(c),

@@ -158,3 +158,14 @@ fn index_build_and_search_with_filter_and_bad_inputs() {
     std::fs::write(d.join("bad.npy"), b"\x93NUMPY\x01\x00garbage").unwrap();
     fails_with(bin().args(["index", "build", "--vectors"]).arg(d.join("bad.npy")).arg("--out").arg(d.join("y.idx")), "bad.npy");
 }
+
+#[test]
+fn generate_and_embed_bad_inputs_are_clear_errors() {
+    fails_with(bin().args(["generate", "--model", "/no/such.gguf", "--prompt", "hi"]), "/no/such.gguf");
+    fails_with(bin().args(["generate", "--prompt", "hi", "--top-p", "0"]), "--top-p 0");
+    fails_with(bin().args(["embed", "--model", "/no/dir", "x"]), "/no/dir");
+    // A prompt longer than SmolLM2's 8,192-token context (the asset comes from scripts/test.sh).
+    let cache = std::env::var_os("FMLAB_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fmlab"));
+    let long = "word ".repeat(9000);
+    fails_with(bin().env("FMLAB_CACHE", &cache).args(["generate", "--max-tokens", "1", "--prompt", &long]), "context is 8192");
+}

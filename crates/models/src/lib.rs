@@ -2,6 +2,7 @@
 //! the `VarBuilder` for are HF's, so HF safetensors load without mapping tables.
 
 pub mod bert;
+pub mod chat;
 pub mod gpt2;
 pub mod llama;
 

@@ -99,6 +99,14 @@ fn unsupported_or_truncated_gguf_is_a_clear_error() {
     let e = fmlab_nn::gguf::Gguf::open(&d.join("q.gguf")).and_then(|g| g.tensor("blk.0.attn_q.weight")).err().unwrap().to_string();
     assert!(e.contains("Q4_K"), "{e}");
     assert!(g.tensor("blk.0.attn_q.weight").is_ok());
+    // No tokenizer in the file: rename the key that names its model.
+    let key = b"tokenizer.ggml.model";
+    let p = b.windows(key.len()).position(|w| w == key).unwrap();
+    let mut nt = b.clone();
+    nt[p + key.len() - 1] = b'X';
+    std::fs::write(d.join("nt.gguf"), &nt).unwrap();
+    let e = tokenizer_from_gguf(&Gguf::open(&d.join("nt.gguf")).unwrap()).err().unwrap().to_string();
+    assert!(e.contains("tokenizer.ggml.model") && e.contains("missing"), "{e}");
 }
 
 #[test]
@@ -124,4 +132,13 @@ fn dequantization_of_every_supported_block_type() {
     assert_eq!(v, vec![3.5]);
     let v = fmlab_nn::gguf::dequantize(30, &half::bf16::from_f32(-2.0).to_le_bytes(), 1);
     assert_eq!(v, vec![-2.0]);
+}
+
+#[test]
+fn chat_template_renders_like_transformers() {
+    let g = Gguf::open(&gguf_path()).expect("run scripts/fetch-assets.sh smollm2");
+    let t = fmlab_models::chat::ChatTemplate::parse(g.meta("tokenizer.chat_template").unwrap().as_str().unwrap()).unwrap();
+    let m = [fmlab_models::chat::Message { role: "user".into(), content: "What is the tallest mountain in the world?".into() }];
+    assert_eq!(t.render(&m, true), fixture()["chat_prompt"].as_str().unwrap());
+    assert!(fmlab_models::chat::ChatTemplate::parse("{{ messages }}").is_err());
 }

@@ -1,6 +1,7 @@
 pub mod bench;
 pub mod embed;
 pub mod eval;
+pub mod generate;
 pub mod index;
 pub mod model;
 pub mod sample;

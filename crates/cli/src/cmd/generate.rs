@@ -1,0 +1,219 @@
+//! `fmlab generate` and `fmlab chat`: text generation with a Llama-family model (SmolLM2 from its
+//! GGUF), KV cache, temperature / top-k / top-p / repetition penalty, seeded, streamed.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use fmlab_models::chat::{ChatTemplate, Message};
+use fmlab_models::llama::{tokenizer_from_gguf, KvCache, Llama};
+use fmlab_nn::gguf::Gguf;
+use fmlab_tensor::{no_grad, Rng, Tensor};
+use fmlab_tokenizer::{AllowedSpecial, Tokenizer};
+
+use crate::sampling::{sample_token, SamplingParams};
+
+#[derive(Args, Clone)]
+pub struct GenArgs {
+    /// `smollm2` (the asset cache's SmolLM2-135M-Instruct GGUF) or a path to a llama GGUF file.
+    #[arg(long, default_value = "smollm2")]
+    model: String,
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.7)]
+    temperature: f64,
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f64,
+    /// > 1 discourages tokens already in the context (HF's rule: logit / p if positive, × p if not).
+    #[arg(long, default_value_t = 1.1)]
+    repetition_penalty: f64,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Keep going past end-of-sequence tokens (fixed-length runs for benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    gen: GenArgs,
+    #[arg(long)]
+    prompt: String,
+    /// Wrap the prompt as a user message in the model's chat template.
+    #[arg(long)]
+    chat: bool,
+}
+
+#[derive(Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    gen: GenArgs,
+    /// A system message (default: the template's own).
+    #[arg(long)]
+    system: Option<String>,
+}
+
+pub struct Lm {
+    pub model: Llama,
+    pub tok: Tokenizer,
+    pub template: Option<ChatTemplate>,
+    pub stops: Vec<u32>,
+}
+
+impl Lm {
+    pub fn load(spec: &str) -> Result<Lm> {
+        let path = if spec == "smollm2" {
+            let p = crate::assets::cache_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+            if !p.is_file() {
+                bail!("--model smollm2: the GGUF is not in the asset cache ({}); run `scripts/fetch-assets.sh smollm2`", p.display());
+            }
+            p
+        } else {
+            PathBuf::from(spec)
+        };
+        if !path.is_file() {
+            bail!("--model {spec}: no such file (expected `smollm2` or a .gguf path)");
+        }
+        let g = Gguf::open(&path)?;
+        let tok = tokenizer_from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+        let model = Llama::from_gguf(&g).with_context(|| format!("{}", path.display()))?;
+        let template = match g.metadata.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            Some(t) => Some(ChatTemplate::parse(t).map_err(anyhow::Error::msg)?),
+            None => None,
+        };
+        let mut stops: Vec<u32> = g.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|x| x as u32).into_iter().collect();
+        stops.extend(["<|endoftext|>", "<|im_end|>"].iter().filter_map(|s| tok.special_id(s)));
+        Ok(Lm { model, tok, template, stops })
+    }
+
+    /// Generates after `prompt`, streaming text to `out`; returns (tokens generated, seconds).
+    pub fn generate(&self, prompt: &str, a: &GenArgs, out: &mut dyn Write) -> Result<(usize, f64)> {
+        let ids = self.tok.encode(prompt, &AllowedSpecial::All);
+        let ctx = self.model.cfg.max_position_embeddings;
+        if ids.is_empty() {
+            bail!("the prompt is empty");
+        }
+        if ids.len() + 1 > ctx {
+            bail!("the prompt is {} tokens; the model's context is {ctx}", ids.len());
+        }
+        let _ng = no_grad();
+        let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
+        let mut rng = Rng::new(a.seed);
+        let mut cache = KvCache::default();
+        let mut seen: Vec<u32> = ids.clone();
+        let mut input = ids;
+        let mut pending: Vec<u32> = Vec::new();
+        let t0 = Instant::now();
+        let mut n = 0;
+        while n < a.max_tokens && seen.len() < ctx {
+            let x = Tensor::from_vec(input.iter().map(|&t| t as i32).collect(), &[1, input.len()]);
+            let logits = self.model.forward(&x, &mut cache); // [1, T, V]
+            let mut last = logits.narrow(1, input.len() - 1, 1).to_vec::<f32>();
+            if a.repetition_penalty != 1.0 {
+                let p = a.repetition_penalty as f32;
+                let mut done = std::collections::HashSet::new();
+                for &t in &seen {
+                    if done.insert(t) {
+                        let l = &mut last[t as usize];
+                        *l = if *l > 0.0 { *l / p } else { *l * p };
+                    }
+                }
+            }
+            let next = sample_token(&last, &params, &mut rng);
+            n += 1;
+            if !a.ignore_eos && self.stops.contains(&next) {
+                break;
+            }
+            seen.push(next);
+            input = vec![next];
+            pending.push(next);
+            let bytes = self.tok.decode_bytes(&pending)?;
+            if let Ok(s) = std::str::from_utf8(&bytes) {
+                write!(out, "{s}")?;
+                out.flush()?;
+                pending.clear();
+            }
+        }
+        if !pending.is_empty() {
+            write!(out, "{}", self.tok.decode(&pending)?)?;
+        }
+        Ok((n, t0.elapsed().as_secs_f64()))
+    }
+}
+
+fn check(a: &GenArgs) -> Result<()> {
+    if a.temperature < 0.0 {
+        bail!("--temperature {}: must be >= 0", a.temperature);
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        bail!("--top-p {}: must be in (0, 1]", a.top_p);
+    }
+    if a.repetition_penalty <= 0.0 {
+        bail!("--repetition-penalty {}: must be positive", a.repetition_penalty);
+    }
+    Ok(())
+}
+
+pub fn run_generate(a: GenerateArgs) -> Result<()> {
+    check(&a.gen)?;
+    let lm = Lm::load(&a.gen.model)?;
+    let prompt = if a.chat {
+        let t = lm.template.as_ref().context("--chat: the model has no chat template")?;
+        t.render(&[Message { role: "user".into(), content: a.prompt.clone() }], true)
+    } else {
+        a.prompt.clone()
+    };
+    let mut out = std::io::stdout().lock();
+    let (n, secs) = lm.generate(&prompt, &a.gen, &mut out)?;
+    writeln!(out)?;
+    eprintln!("{n} tokens in {secs:.2}s ({:.1} tokens/s, prompt + KV cache, {} threads)", n as f64 / secs, rayon::current_num_threads());
+    Ok(())
+}
+
+pub fn run_chat(a: ChatArgs) -> Result<()> {
+    check(&a.gen)?;
+    let lm = Lm::load(&a.gen.model)?;
+    let t = lm.template.clone().context("the model has no chat template")?;
+    let mut messages: Vec<Message> = a.system.iter().map(|s| Message { role: "system".into(), content: s.clone() }).collect();
+    eprintln!("chatting with {} (empty line or Ctrl-D to quit)", a.gen.model);
+    let stdin = std::io::stdin();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        messages.push(Message { role: "user".into(), content: line.trim_end().to_string() });
+        let mut reply = Vec::new();
+        {
+            let mut tee = Tee { a: std::io::stdout().lock(), b: &mut reply };
+            lm.generate(&t.render(&messages, true), &a.gen, &mut tee)?;
+        }
+        println!();
+        messages.push(Message { role: "assistant".into(), content: String::from_utf8_lossy(&reply).into_owned() });
+    }
+    Ok(())
+}
+
+/// Writes to the terminal and keeps a copy (the reply joins the conversation).
+struct Tee<'a, W: Write> {
+    a: W,
+    b: &'a mut Vec<u8>,
+}
+
+impl<W: Write> Write for Tee<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.b.extend_from_slice(buf);
+        self.a.write_all(buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.a.flush()
+    }
+}
