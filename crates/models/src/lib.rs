@@ -9,3 +9,8 @@ pub mod llama;
 pub use bert::{Bert, BertConfig};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{KvCache, Llama, LlamaConfig};
+
+/// Strips a key prefix (`model.`, `bert.`, `transformer.`) where present.
+pub(crate) fn hf_strip(t: std::collections::HashMap<String, fmlab_tensor::Tensor>, prefix: &str) -> std::collections::HashMap<String, fmlab_tensor::Tensor> {
+    t.into_iter().map(|(k, v)| (k.strip_prefix(prefix).map(str::to_string).unwrap_or(k), v)).collect()
+}

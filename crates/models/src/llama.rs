@@ -11,18 +11,30 @@ use fmlab_nn::gguf::Gguf;
 use fmlab_nn::{Embedding, Linear, Mlp, MlpKind, NnError, RmsNorm, VarBuilder, WeightLayout};
 use fmlab_tensor::{attention, rope_tables, AttnMask, DType, Tensor};
 
-#[derive(Clone, Debug, PartialEq)]
+/// HF's `LlamaConfig` fields (unknown fields in config.json are ignored).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
     pub num_hidden_layers: usize,
     pub num_attention_heads: usize,
+    #[serde(default)]
     pub num_key_value_heads: usize,
+    #[serde(default = "rms_eps")]
     pub rms_norm_eps: f64,
+    #[serde(default = "rope_theta")]
     pub rope_theta: f64,
     pub max_position_embeddings: usize,
+    #[serde(default)]
     pub tie_word_embeddings: bool,
+}
+
+fn rms_eps() -> f64 {
+    1e-6
+}
+fn rope_theta() -> f64 {
+    10000.0
 }
 
 impl LlamaConfig {
@@ -43,6 +55,8 @@ struct Layer {
 
 pub struct Llama {
     pub cfg: LlamaConfig,
+    /// Parameters under HF's names (without `model.`), in creation order.
+    pub vars: Vec<(String, Tensor)>,
     embed: Embedding,
     layers: Vec<Layer>,
     norm: RmsNorm,
@@ -84,13 +98,9 @@ impl Llama {
             });
         }
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(Linear::new(&vb.pp("lm_head"), c, cfg.vocab_size, false, l, std)?) };
-        Ok(Llama {
-            embed: Embedding::new(&vb.pp("embed_tokens"), cfg.vocab_size, c, std)?,
-            layers,
-            norm: RmsNorm::new(&vb.pp("norm"), c, cfg.rms_norm_eps)?,
-            lm_head,
-            cfg: cfg.clone(),
-        })
+        let embed = Embedding::new(&vb.pp("embed_tokens"), cfg.vocab_size, c, std)?;
+        let norm = RmsNorm::new(&vb.pp("norm"), c, cfg.rms_norm_eps)?;
+        Ok(Llama { embed, layers, norm, lm_head, cfg: cfg.clone(), vars: vb.vars() })
     }
 
     /// Loads a llama-architecture GGUF (dequantized to f32): config from its metadata, tensors
@@ -157,6 +167,32 @@ impl Llama {
         let unused = vb.unused_keys();
         if !unused.is_empty() {
             return Err(NnError::Other(format!("GGUF has tensors the model does not use: {}", unused.join(", "))));
+        }
+        Ok(m)
+    }
+
+    /// Loads an HF folder: `config.json`, one `model.safetensors` (keys `model.*`, `lm_head.weight`).
+    pub fn from_hf_dir(dir: &std::path::Path) -> Result<Llama, NnError> {
+        let cp = dir.join("config.json");
+        let text = std::fs::read_to_string(&cp).map_err(|e| NnError::file(&cp, e))?;
+        let mut cfg: LlamaConfig = serde_json::from_str(&text).map_err(|e| NnError::file(&cp, e))?;
+        if cfg.num_key_value_heads == 0 {
+            cfg.num_key_value_heads = cfg.num_attention_heads;
+        }
+        let wp = dir.join("model.safetensors");
+        if !wp.is_file() && dir.join("model.safetensors.index.json").is_file() {
+            return Err(NnError::file(&wp, "sharded checkpoints (model.safetensors.index.json) are not supported yet"));
+        }
+        let mut t: HashMap<String, Tensor> = crate::hf_strip(fmlab_nn::safetensors_io::load(&wp)?, "model.");
+        if cfg.tie_word_embeddings {
+            t.remove("lm_head.weight");
+        }
+        t.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
+        let vb = VarBuilder::from_tensors(t, DType::F32);
+        let m = Llama::load(&vb, &cfg).map_err(|e| NnError::file(&wp, e))?;
+        let unused = vb.unused_keys();
+        if !unused.is_empty() {
+            return Err(NnError::file(&wp, format!("tensors the model does not use: {}", unused.join(", "))));
         }
         Ok(m)
     }

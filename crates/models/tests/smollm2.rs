@@ -142,3 +142,30 @@ fn chat_template_renders_like_transformers() {
     assert_eq!(t.render(&m, true), fixture()["chat_prompt"].as_str().unwrap());
     assert!(fmlab_models::chat::ChatTemplate::parse("{{ messages }}").is_err());
 }
+
+#[test]
+fn the_same_model_loads_from_an_hf_safetensors_folder() {
+    // Export the GGUF-loaded weights as an HF folder (config.json, model.safetensors with `model.`
+    // keys, tokenizer.json), load that through the HF path, and require identical logits and ids.
+    let g = Gguf::open(&gguf_path()).expect("run scripts/fetch-assets.sh smollm2");
+    let m = Llama::from_gguf(&g).unwrap();
+    let tok = tokenizer_from_gguf(&g).unwrap();
+    let d = std::env::temp_dir().join(format!("fmlab-hf-llama-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    let named: Vec<(String, Tensor)> = m.vars.iter().map(|(k, v)| (format!("model.{k}"), v.clone())).collect();
+    fmlab_nn::safetensors_io::save(&d.join("model.safetensors"), &named, None).unwrap();
+    std::fs::write(d.join("config.json"), serde_json::to_string(&m.cfg).unwrap()).unwrap();
+    tok.save_hf_json(&d.join("tokenizer.json")).unwrap();
+    let m2 = Llama::from_hf_dir(&d).unwrap();
+    let tok2 = fmlab_tokenizer::Tokenizer::from_hf_json(&d.join("tokenizer.json")).unwrap();
+    let text = "In 2024, 3 cats met 12 dogs.";
+    let ids = tok.encode(text, &AllowedSpecial::All);
+    assert_eq!(tok2.encode(text, &AllowedSpecial::All), ids);
+    let _ng = fmlab_tensor::no_grad();
+    let x = Tensor::from_vec(ids.iter().map(|&t| t as i32).collect(), &[1, ids.len()]);
+    let (a, b) = (m.forward(&x, &mut KvCache::default()), m2.forward(&x, &mut KvCache::default()));
+    assert_eq!(a.to_vec::<f32>(), b.to_vec::<f32>());
+    std::fs::remove_file(d.join("model.safetensors")).unwrap();
+    let e = Llama::from_hf_dir(&d).err().unwrap().to_string();
+    assert!(e.contains("model.safetensors"), "{e}");
+}

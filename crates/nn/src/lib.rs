@@ -28,7 +28,7 @@ pub enum NnError {
 }
 
 impl NnError {
-    pub(crate) fn file(path: &std::path::Path, msg: impl std::fmt::Display) -> NnError {
+    pub fn file(path: &std::path::Path, msg: impl std::fmt::Display) -> NnError {
         NnError::File { path: path.display().to_string(), msg: msg.to_string() }
     }
 }

@@ -255,8 +255,15 @@ impl Tokenizer {
     }
 }
 
-/// The pre-tokenizer of a HF tokenizer.json: a `Split` regex if there is one, else GPT-2's.
+/// The pre-tokenizer of a HF tokenizer.json: a `Split` regex if there is one; SmolLM's
+/// `Digits(individual_digits)` + ByteLevel; else GPT-2's.
 fn hf_pattern(v: &serde_json::Value) -> Pattern {
+    fn has_digits(p: &serde_json::Value) -> bool {
+        (p["type"] == "Digits" && p["individual_digits"] == true) || p["pretokenizers"].as_array().is_some_and(|a| a.iter().any(has_digits))
+    }
+    if has_digits(&v["pre_tokenizer"]) {
+        return Pattern::Custom(crate::pretok::SMOLLM_PATTERN.to_string());
+    }
     fn find(p: &serde_json::Value) -> Option<String> {
         if p["type"] == "Split" {
             return p["pattern"]["Regex"].as_str().map(|s| s.to_string());

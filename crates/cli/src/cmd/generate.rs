@@ -17,7 +17,8 @@ use crate::sampling::{sample_token, SamplingParams};
 
 #[derive(Args, Clone)]
 pub struct GenArgs {
-    /// `smollm2` (the asset cache's SmolLM2-135M-Instruct GGUF) or a path to a llama GGUF file.
+    /// `smollm2` (the asset cache's SmolLM2-135M-Instruct GGUF), a llama GGUF file, or an HF folder
+    /// (config.json, model.safetensors, tokenizer.json[, tokenizer_config.json with chat_template]).
     #[arg(long, default_value = "smollm2")]
     model: String,
     #[arg(long, default_value_t = 256)]
@@ -77,8 +78,20 @@ impl Lm {
         } else {
             PathBuf::from(spec)
         };
+        if path.is_dir() {
+            let model = Llama::from_hf_dir(&path)?;
+            let tok = Tokenizer::from_hf_json(&path.join("tokenizer.json"))?;
+            let template = std::fs::read_to_string(path.join("tokenizer_config.json"))
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| v["chat_template"].as_str().map(str::to_string))
+                .map(|t| ChatTemplate::parse(&t).map_err(anyhow::Error::msg))
+                .transpose()?;
+            let stops = ["<|endoftext|>", "<|im_end|>", "</s>"].iter().filter_map(|s| tok.special_id(s)).collect();
+            return Ok(Lm { model, tok, template, stops });
+        }
         if !path.is_file() {
-            bail!("--model {spec}: no such file (expected `smollm2` or a .gguf path)");
+            bail!("--model {spec}: no such file or folder (expected `smollm2`, a .gguf file or an HF folder)");
         }
         let g = Gguf::open(&path)?;
         let tok = tokenizer_from_gguf(&g).with_context(|| format!("{}", path.display()))?;
