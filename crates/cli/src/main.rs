@@ -20,6 +20,9 @@ enum Cmd {
     /// Byte-level BPE: train, encode, decode, stats.
     #[command(subcommand)]
     Tokenizer(cmd::tokenizer::TokenizerCmd),
+    /// Corpora → token shards.
+    #[command(subcommand)]
+    Data(cmd::data::DataCmd),
     /// Train models.
     #[command(subcommand)]
     Train(cmd::train::TrainCmd),
@@ -72,6 +75,7 @@ fn main() {
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Tokenizer(c) => cmd::tokenizer::run(c),
+        Cmd::Data(c) => cmd::data::run(c),
         Cmd::Train(c) => cmd::train::run(c),
         Cmd::Sample(a) => cmd::sample::run(a),
         Cmd::Eval(a) => cmd::eval::run(a),

@@ -169,3 +169,33 @@ fn generate_and_embed_bad_inputs_are_clear_errors() {
     let long = "word ".repeat(9000);
     fails_with(bin().env("FMLAB_CACHE", &cache).args(["generate", "--max-tokens", "1", "--prompt", &long]), "context is 8192");
 }
+
+#[test]
+fn data_prepare_reads_every_format_and_trains_from_shards() {
+    let d = tmp("prepare");
+    let c = corpus(&d);
+    let tok = tokenizer(&d, &c);
+    // TinyStories .txt: documents separated by <|endoftext|>.
+    let stories: String = (0..20).map(|i| format!("Once upon a time the king {i} spoke of the sea.\n<|endoftext|>\n")).collect();
+    std::fs::write(d.join("stories.txt"), stories).unwrap();
+    // .jsonl with a "text" field (TinyStories/OpenWebText jsonl).
+    let jsonl: String = (0..10).map(|i| format!("{{\"text\": \"A fool dreams of the crown {i}.\"}}\n")).collect();
+    std::fs::write(d.join("docs.jsonl"), jsonl).unwrap();
+    // OpenWebText style: a folder of .txt files, one document each (the corpus folder).
+    let out = d.join("shards");
+    let (okk, _, err) = run(bin().args(["data", "prepare", "--val-frac", "0.1", "--tokenizer"]).arg(&tok).arg("--input").arg(d.join("stories.txt")).arg(d.join("docs.jsonl")).arg(&c).arg("--out").arg(&out));
+    assert!(okk, "{err}");
+    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("prepare.json")).unwrap()).unwrap();
+    assert_eq!(stats["documents"], 20 + 10 + 6, "{stats}");
+    assert_eq!(stats["val_documents"], 4);
+    assert!(stats["train_tokens"].as_u64().unwrap() > 1000);
+    // The shards train directly.
+    ok(bin().args(["train", "gpt", "--preset", "cpu-tiny", "--batch", "2", "--seq", "16", "--steps", "2", "--eval-every", "2", "--eval-batches", "1", "--tokenizer"])
+        .arg(&tok).arg("--data").arg(out.join("train.tok")).arg("--val-data").arg(out.join("val.tok")).arg("--out").arg(d.join("run")));
+    // A shard made with another tokenizer is refused.
+    let other = d.join("other.fmtok");
+    ok(bin().args(["tokenizer", "train", "--vocab-size", "280", "--out"]).arg(&other).arg("--input").arg(&c));
+    fails_with(bin().args(["train", "gpt", "--preset", "cpu-tiny", "--steps", "1", "--tokenizer"]).arg(&other).arg("--data").arg(out.join("train.tok")).arg("--val-data").arg(out.join("val.tok")).arg("--out").arg(d.join("r2")), "tokenized with `tok.fmtok`");
+    std::fs::write(d.join("bad.jsonl"), "{\"text\": \"ok\"}\n{\"txt\": 3}\n").unwrap();
+    fails_with(bin().args(["data", "prepare", "--tokenizer"]).arg(&tok).arg("--input").arg(d.join("bad.jsonl")).arg("--out").arg(d.join("s2")), "bad.jsonl line 2");
+}

@@ -1,0 +1,139 @@
+//! `fmlab data prepare`: documents → train/val token shards, split by document (whole plays,
+//! whole years, whole files — never random lines), tokenized in parallel, streamed in batches of
+//! documents so a corpus larger than memory passes through.
+//!
+//! Document readers, chosen by file name:
+//! - `*.jsonl`: one JSON object per line, its `"text"` field is a document (OpenWebText/TinyStories
+//!   jsonl);
+//! - any other file: text; if it contains `<|endoftext|>`, each separated piece is a document
+//!   (TinyStories `.txt`), otherwise the whole file is one (a play, an address, an OWT file).
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use fmlab_data::Shard;
+use fmlab_tokenizer::AllowedSpecial;
+use rayon::prelude::*;
+
+use crate::assets::{cache_dir, expand_inputs, load_tokenizer};
+
+#[derive(Subcommand)]
+pub enum DataCmd {
+    /// Tokenize a corpus into train/val shards (held out by document).
+    Prepare(PrepareArgs),
+}
+
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// A named corpus from the asset cache: shakespeare or sotu.
+    #[arg(long)]
+    corpus: Option<String>,
+    /// Files or folders instead of (or in addition to) --corpus.
+    #[arg(long, num_args = 1..)]
+    input: Vec<PathBuf>,
+    #[arg(long, default_value = "gpt2")]
+    tokenizer: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Fraction of documents held out for validation (the last ones, in file-name order).
+    #[arg(long, default_value_t = 0.1)]
+    val_frac: f64,
+}
+
+/// The documents of one file.
+pub fn read_documents(path: &Path) -> Result<Vec<String>> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    if name.ends_with(".jsonl") {
+        let f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+        let mut docs = Vec::new();
+        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
+            let line = line.with_context(|| format!("{}", path.display()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
+            let t = v["text"].as_str().with_context(|| format!("{} line {}: no string field \"text\"", path.display(), i + 1))?;
+            docs.push(t.to_string());
+        }
+        return Ok(docs);
+    }
+    let text = std::fs::read_to_string(path).with_context(|| format!("{} (not UTF-8 text?)", path.display()))?;
+    Ok(if text.contains("<|endoftext|>") {
+        text.split("<|endoftext|>").map(|d| d.trim_start_matches('\n').to_string()).filter(|d| !d.trim().is_empty()).collect()
+    } else {
+        vec![text]
+    })
+}
+
+pub fn run(cmd: DataCmd) -> Result<()> {
+    let DataCmd::Prepare(a) = cmd;
+    if !(0.0..1.0).contains(&a.val_frac) {
+        bail!("--val-frac {}: must be in [0, 1)", a.val_frac);
+    }
+    let mut paths = a.input.clone();
+    if let Some(c) = &a.corpus {
+        let d = cache_dir().join(c);
+        match c.as_str() {
+            "shakespeare" | "sotu" => {}
+            _ => bail!("--corpus {c}: known corpora are shakespeare and sotu"),
+        }
+        if !d.is_dir() {
+            bail!("--corpus {c}: {} is missing; run `scripts/fetch-assets.sh {c}`", d.display());
+        }
+        paths.push(d);
+    }
+    let files = expand_inputs(&paths)?;
+    if files.is_empty() {
+        bail!("nothing to prepare: give --corpus or --input");
+    }
+    let tok = load_tokenizer(&a.tokenizer)?;
+    let tok_name = if a.tokenizer == "gpt2" { "gpt2".to_string() } else { Path::new(&a.tokenizer).file_name().unwrap().to_string_lossy().to_string() };
+    let eot = tok.special_id("<|endoftext|>");
+    // Documents in file order (and order within a file); the last val_frac of them are held out.
+    let t0 = Instant::now();
+    let mut docs: Vec<String> = Vec::new();
+    for f in &files {
+        docs.extend(read_documents(f)?);
+    }
+    if docs.is_empty() {
+        bail!("--input: no documents found in {} files", files.len());
+    }
+    let n_val = if a.val_frac > 0.0 { ((docs.len() as f64 * a.val_frac).round() as usize).clamp(1, docs.len().saturating_sub(1).max(1)) } else { 0 };
+    let n_train = docs.len() - n_val;
+    let bytes: usize = docs.iter().map(|d| d.len()).sum();
+    let mut train = Vec::new();
+    let mut val = Vec::new();
+    // Tokenize in parallel, a batch of documents at a time (bounded memory per batch).
+    for (bi, batch) in docs.chunks(1024).enumerate() {
+        let enc: Vec<Vec<u32>> = batch.par_iter().map_init(|| tok.encoder(), |e, d| e.encode(d, &AllowedSpecial::All)).collect();
+        for (j, ids) in enc.into_iter().enumerate() {
+            let dst = if bi * 1024 + j < n_train { &mut train } else { &mut val };
+            dst.extend(ids);
+            if let Some(e) = eot {
+                dst.push(e);
+            }
+        }
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    std::fs::create_dir_all(&a.out).with_context(|| format!("--out {}", a.out.display()))?;
+    let (tp, vp) = (a.out.join("train.tok"), a.out.join("val.tok"));
+    let (nt, nv) = (train.len(), val.len());
+    Shard { tokenizer: tok_name.clone(), tokens: train }.save(&tp)?;
+    Shard { tokenizer: tok_name.clone(), tokens: val }.save(&vp)?;
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let stats = serde_json::json!({
+        "files": files.len(), "documents": docs.len(), "train_documents": n_train, "val_documents": n_val,
+        "bytes": bytes, "train_tokens": nt, "val_tokens": nv, "tokenizer": tok_name,
+        "seconds": secs, "tokens_per_second": (nt + nv) as f64 / secs,
+        "train_shard_bytes": size(&tp), "val_shard_bytes": size(&vp),
+    });
+    std::fs::write(a.out.join("prepare.json"), serde_json::to_string_pretty(&stats)?)?;
+    eprintln!(
+        "{} documents ({} files, {:.1} MB) → {nt} train / {nv} val tokens in {secs:.2}s ({:.0} tokens/s); shards {} ({} bytes), {} ({} bytes)",
+        docs.len(), files.len(), bytes as f64 / 1e6, (nt + nv) as f64 / secs, tp.display(), size(&tp), vp.display(), size(&vp)
+    );
+    Ok(())
+}
