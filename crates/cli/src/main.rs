@@ -4,6 +4,7 @@ mod assets;
 mod checkpoint;
 mod cmd;
 mod corpus;
+mod ledger;
 mod sampling;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,9 @@ enum Cmd {
     Chat(cmd::generate::ChatArgs),
     /// Sentence embeddings (all-MiniLM-L6-v2).
     Embed(cmd::embed::EmbedArgs),
+    /// The experiment ledger: runs/<id>/ folders.
+    #[command(subcommand)]
+    Runs(cmd::runs::RunsCmd),
     /// Model presets.
     #[command(subcommand)]
     Model(cmd::model::ModelCmd),
@@ -82,6 +86,7 @@ fn main() {
         Cmd::Embed(a) => cmd::embed::run(a),
         Cmd::Generate(a) => cmd::generate::run_generate(a),
         Cmd::Chat(a) => cmd::generate::run_chat(a),
+        Cmd::Runs(c) => cmd::runs::run(c),
         Cmd::Model(c) => cmd::model::run(c),
         Cmd::Index(c) => cmd::index::run(c),
         Cmd::Bench(c) => cmd::bench::run(c),

@@ -98,6 +98,17 @@ fn resume_continues_bit_identically() {
     assert!(out.starts_with("the king"), "{out}");
     let ev = ok(bin().arg("eval").arg("--checkpoint").arg(d.join("split")).arg("--data").arg(c.join("doc5.txt")));
     assert!(ev.contains("perplexity") && ev.contains("bits per byte"), "{ev}");
+    // The ledger: both runs listed with the same config hash (same resolved config), compared.
+    let list = ok(bin().args(["runs", "list"]).arg(&d));
+    let rows: Vec<&str> = list.lines().filter(|l| l.starts_with("| straight") || l.starts_with("| split")).collect();
+    assert_eq!(rows.len(), 2, "{list}");
+    let hash = |row: &str| row.split('|').nth(8).unwrap().trim().to_string();
+    assert_eq!(hash(rows[0]), hash(rows[1]));
+    let cmp = ok(bin().args(["runs", "compare"]).arg(d.join("straight")).arg(d.join("split")));
+    assert!(cmp.contains("val loss"), "{cmp}");
+    let info: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("split/run.json")).unwrap()).unwrap();
+    assert_eq!(info["seed"], 1337);
+    fails_with(bin().args(["runs", "show"]).arg(d.join("nope")), "not a run folder");
 }
 
 #[test]

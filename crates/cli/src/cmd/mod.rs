@@ -5,6 +5,7 @@ pub mod eval;
 pub mod generate;
 pub mod index;
 pub mod model;
+pub mod runs;
 pub mod sample;
 pub mod tokenizer;
 pub mod train;

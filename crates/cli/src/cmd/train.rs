@@ -277,7 +277,11 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         step = meta.step;
         eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
     }
-    std::fs::write(run_dir.join("config.json"), serde_json::to_string_pretty(&cfg)?)?;
+    let cfg_json = serde_json::to_string_pretty(&cfg)?;
+    std::fs::write(run_dir.join("config.json"), &cfg_json)?;
+    if resume_from.is_none() {
+        crate::ledger::write_run_info(&run_dir, "train gpt", &cfg_json, cfg.seed)?;
+    }
     eprintln!(
         "model: gpt2 {} ({} params), batch {} × seq {} × accum {} = {} tokens/step, {} steps, lr {} → {} (warmup {}), wd {}",
         cfg.preset,
@@ -355,6 +359,7 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         }
     }
     pb.finish_and_clear();
+    crate::ledger::write_final(&run_dir, serde_json::json!({"step": step, "val_loss": last_val, "unigram_baseline": baseline}))?;
     eprintln!("done: {} steps, val loss {last_val:.4} (unigram baseline {baseline:.4}), checkpoint in {}", step, run_dir.join("checkpoint").display());
     Ok(())
 }
