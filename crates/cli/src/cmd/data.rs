@@ -28,7 +28,8 @@ pub enum DataCmd {
 
 #[derive(Args)]
 pub struct PrepareArgs {
-    /// A named corpus from the asset cache: shakespeare or sotu.
+    /// A named corpus from the asset cache: shakespeare, sotu, linux-docs, python-docs, or mix
+    /// (all four; each held out separately, so validation has documents of every kind).
     #[arg(long)]
     corpus: Option<String>,
     /// Files or folders instead of (or in addition to) --corpus.
@@ -73,49 +74,67 @@ pub fn run(cmd: DataCmd) -> Result<()> {
     if !(0.0..1.0).contains(&a.val_frac) {
         bail!("--val-frac {}: must be in [0, 1)", a.val_frac);
     }
-    let mut paths = a.input.clone();
-    if let Some(c) = &a.corpus {
-        let d = cache_dir().join(c);
-        match c.as_str() {
-            "shakespeare" | "sotu" => {}
-            _ => bail!("--corpus {c}: known corpora are shakespeare and sotu"),
-        }
-        if !d.is_dir() {
-            bail!("--corpus {c}: {} is missing; run `scripts/fetch-assets.sh {c}`", d.display());
-        }
-        paths.push(d);
+    // Groups of files: each group is split into train/val on its own.
+    let mut groups: Vec<Vec<PathBuf>> = Vec::new();
+    if !a.input.is_empty() {
+        groups.push(expand_inputs(&a.input)?);
     }
-    let files = expand_inputs(&paths)?;
+    if let Some(c) = &a.corpus {
+        let names: Vec<&str> = match c.as_str() {
+            "mix" => vec!["shakespeare", "sotu", "linux-docs", "python-docs"],
+            "shakespeare" | "sotu" | "linux-docs" | "python-docs" => vec![c.as_str()],
+            _ => bail!("--corpus {c}: known corpora are shakespeare, sotu, linux-docs, python-docs and mix"),
+        };
+        for n in names {
+            let d = cache_dir().join(n);
+            if !d.join(".ok").is_file() {
+                bail!("--corpus {c}: {} is missing; run `scripts/fetch-assets.sh {n}`", d.display());
+            }
+            let mut files = expand_inputs(&[d])?;
+            files.retain(|f| !f.file_name().is_some_and(|x| x == ".ok"));
+            groups.push(files);
+        }
+    }
+    let files: Vec<PathBuf> = groups.iter().flatten().cloned().collect();
     if files.is_empty() {
         bail!("nothing to prepare: give --corpus or --input");
     }
     let tok = load_tokenizer(&a.tokenizer)?;
     let tok_name = if a.tokenizer == "gpt2" { "gpt2".to_string() } else { Path::new(&a.tokenizer).file_name().unwrap().to_string_lossy().to_string() };
     let eot = tok.special_id("<|endoftext|>");
-    // Documents in file order (and order within a file); the last val_frac of them are held out.
+    // Documents in file order (and order within a file); the last val_frac of each group's
+    // documents are held out.
     let t0 = Instant::now();
-    let mut docs: Vec<String> = Vec::new();
-    for f in &files {
-        docs.extend(read_documents(f)?);
-    }
-    if docs.is_empty() {
-        bail!("--input: no documents found in {} files", files.len());
-    }
-    let n_val = if a.val_frac > 0.0 { ((docs.len() as f64 * a.val_frac).round() as usize).clamp(1, docs.len().saturating_sub(1).max(1)) } else { 0 };
-    let n_train = docs.len() - n_val;
-    let bytes: usize = docs.iter().map(|d| d.len()).sum();
+    let (mut n_docs, mut n_val_docs, mut bytes) = (0usize, 0usize, 0usize);
     let mut train = Vec::new();
     let mut val = Vec::new();
-    // Tokenize in parallel, a batch of documents at a time (bounded memory per batch).
-    for (bi, batch) in docs.chunks(1024).enumerate() {
-        let enc: Vec<Vec<u32>> = batch.par_iter().map_init(|| tok.encoder(), |e, d| e.encode(d, &AllowedSpecial::All)).collect();
-        for (j, ids) in enc.into_iter().enumerate() {
-            let dst = if bi * 1024 + j < n_train { &mut train } else { &mut val };
-            dst.extend(ids);
-            if let Some(e) = eot {
-                dst.push(e);
+    for group in &groups {
+        let mut docs: Vec<String> = Vec::new();
+        for f in group {
+            docs.extend(read_documents(f)?);
+        }
+        if docs.is_empty() {
+            continue;
+        }
+        let n_val = if a.val_frac > 0.0 { ((docs.len() as f64 * a.val_frac).round() as usize).clamp(1, docs.len().saturating_sub(1).max(1)) } else { 0 };
+        let n_train = docs.len() - n_val;
+        n_docs += docs.len();
+        n_val_docs += n_val;
+        bytes += docs.iter().map(|d| d.len()).sum::<usize>();
+        // Tokenize in parallel, a batch of documents at a time (bounded memory per batch).
+        for (bi, batch) in docs.chunks(1024).enumerate() {
+            let enc: Vec<Vec<u32>> = batch.par_iter().map_init(|| tok.encoder(), |e, d| e.encode(d, &AllowedSpecial::All)).collect();
+            for (j, ids) in enc.into_iter().enumerate() {
+                let dst = if bi * 1024 + j < n_train { &mut train } else { &mut val };
+                dst.extend(ids);
+                if let Some(e) = eot {
+                    dst.push(e);
+                }
             }
         }
+    }
+    if n_docs == 0 {
+        bail!("--input: no documents found in {} files", files.len());
     }
     let secs = t0.elapsed().as_secs_f64();
     std::fs::create_dir_all(&a.out).with_context(|| format!("--out {}", a.out.display()))?;
@@ -125,7 +144,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
     Shard { tokenizer: tok_name.clone(), tokens: val }.save(&vp)?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     let stats = serde_json::json!({
-        "files": files.len(), "documents": docs.len(), "train_documents": n_train, "val_documents": n_val,
+        "files": files.len(), "documents": n_docs, "train_documents": n_docs - n_val_docs, "val_documents": n_val_docs,
         "bytes": bytes, "train_tokens": nt, "val_tokens": nv, "tokenizer": tok_name,
         "seconds": secs, "tokens_per_second": (nt + nv) as f64 / secs,
         "train_shard_bytes": size(&tp), "val_shard_bytes": size(&vp),
@@ -133,7 +152,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
     std::fs::write(a.out.join("prepare.json"), serde_json::to_string_pretty(&stats)?)?;
     eprintln!(
         "{} documents ({} files, {:.1} MB) → {nt} train / {nv} val tokens in {secs:.2}s ({:.0} tokens/s); shards {} ({} bytes), {} ({} bytes)",
-        docs.len(), files.len(), bytes as f64 / 1e6, (nt + nv) as f64 / secs, tp.display(), size(&tp), vp.display(), size(&vp)
+        n_docs, files.len(), bytes as f64 / 1e6, (nt + nv) as f64 / secs, tp.display(), size(&tp), vp.display(), size(&vp)
     );
     Ok(())
 }
