@@ -98,6 +98,11 @@ fn resume_continues_bit_identically() {
     assert!(out.starts_with("the king"), "{out}");
     let ev = ok(bin().arg("eval").arg("--checkpoint").arg(d.join("split")).arg("--data").arg(c.join("doc5.txt")));
     assert!(ev.contains("perplexity") && ev.contains("bits per byte"), "{ev}");
+    // A sliding window predicts every token exactly once too.
+    let count = |s: &str| s.lines().find(|l| l.starts_with("tokens evaluated")).unwrap().split_whitespace().nth(2).unwrap().to_string();
+    let ev2 = ok(bin().args(["eval", "--seq", "32", "--stride", "8", "--checkpoint"]).arg(d.join("split")).arg("--data").arg(c.join("doc5.txt")));
+    assert_eq!(count(&ev), count(&ev2), "{ev}\n{ev2}");
+    fails_with(bin().args(["eval", "--seq", "32", "--stride", "40", "--checkpoint"]).arg(d.join("split")).arg("--data").arg(c.join("doc5.txt")), "--stride 40");
     // The ledger: both runs listed with the same config hash (same resolved config), compared.
     let list = ok(bin().args(["runs", "list"]).arg(&d));
     let rows: Vec<&str> = list.lines().filter(|l| l.starts_with("| straight") || l.starts_with("| split")).collect();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use fmlab_tensor::no_grad;
+use fmlab_tensor::{no_grad, Tensor};
 
 use crate::assets::expand_inputs;
 use crate::checkpoint;
@@ -18,9 +18,14 @@ pub struct EvalArgs {
     /// Text files / directories (or token shards: then bits-per-byte is not reported).
     #[arg(long, required = true, num_args = 1..)]
     data: Vec<PathBuf>,
-    /// Window length (default: the model's n_ctx); windows do not overlap.
+    /// Window length (default: the model's n_ctx).
     #[arg(long)]
     seq: Option<usize>,
+    /// Sliding window: advance by this many tokens; each window scores only the tokens the
+    /// previous one did not, so every token is predicted once with up to seq - stride tokens of
+    /// context. Default: seq (non-overlapping windows).
+    #[arg(long)]
+    stride: Option<usize>,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
@@ -38,21 +43,48 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if tokens.len() < 2 {
         bail!("--data: fewer than 2 tokens to evaluate");
     }
+    let stride = a.stride.unwrap_or(seq);
+    if stride == 0 || stride > seq {
+        bail!("--stride {stride}: must be in 1..=seq ({seq})");
+    }
     let _ng = no_grad();
     let mut nats = 0.0;
     let mut n = 0usize;
     let mut predicted: Vec<u32> = Vec::with_capacity(tokens.len());
-    for (x, y) in fmlab_data::eval_windows(&tokens, seq) {
-        let l = y.numel();
-        nats += model.loss(&x, &y, None).item() * l as f64;
-        n += l;
-        predicted.extend(y.to_vec::<i32>().into_iter().map(|t| t as u32));
+    // `scored_to`: targets with absolute index < scored_to are already counted.
+    let mut scored_to = 1usize;
+    let mut start = 0usize;
+    while scored_to < tokens.len() {
+        let end = (start + seq + 1).min(tokens.len()); // window tokens [start, end)
+        let l = end - start - 1;
+        let x: Vec<i32> = tokens[start..start + l].iter().map(|&t| t as i32).collect();
+        let mut y: Vec<i32> = Vec::with_capacity(l);
+        for i in 0..l {
+            let abs = start + 1 + i;
+            if abs >= scored_to {
+                y.push(tokens[abs] as i32);
+                predicted.push(tokens[abs]);
+            } else {
+                y.push(-100); // context only
+            }
+        }
+        let k = y.iter().filter(|&&t| t != -100).count();
+        if k > 0 {
+            let loss = model.loss(&Tensor::from_vec(x, &[1, l]), &Tensor::from_vec(y, &[1, l]), None).item();
+            nats += loss * k as f64;
+            n += k;
+        }
+        scored_to = end;
+        if end == tokens.len() {
+            break;
+        }
+        start += stride;
     }
     // Bytes of the text the predicted tokens spell (specials such as <|endoftext|> count as
     // their literal text; they are a handful).
     let bytes = tok.decode_bytes(&predicted)?.len();
     let loss = nats / n as f64;
-    println!("tokens evaluated  {n}");
+    println!("tokens evaluated  {n} (windows of {seq}, stride {stride})");
     println!("loss (nats/token) {loss:.4}");
     println!("perplexity        {:.3}", loss.exp());
     println!("bits per byte     {:.4}", nats / std::f64::consts::LN_2 / bytes as f64);
