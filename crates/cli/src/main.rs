@@ -37,6 +37,10 @@ enum Cmd {
     Chat(cmd::generate::ChatArgs),
     /// Sentence embeddings (all-MiniLM-L6-v2).
     Embed(cmd::embed::EmbedArgs),
+    /// A grid of training runs in one ledger group (resumable).
+    Sweep(cmd::sweep::SweepArgs),
+    /// A markdown report with SVG plots from a sweep group's ledger.
+    Report(cmd::sweep::ReportArgs),
     /// The experiment ledger: runs/<id>/ folders.
     #[command(subcommand)]
     Runs(cmd::runs::RunsCmd),
@@ -86,6 +90,8 @@ fn main() {
         Cmd::Embed(a) => cmd::embed::run(a),
         Cmd::Generate(a) => cmd::generate::run_generate(a),
         Cmd::Chat(a) => cmd::generate::run_chat(a),
+        Cmd::Sweep(a) => cmd::sweep::run_sweep(a),
+        Cmd::Report(a) => cmd::sweep::run_report(a),
         Cmd::Runs(c) => cmd::runs::run(c),
         Cmd::Model(c) => cmd::model::run(c),
         Cmd::Index(c) => cmd::index::run(c),

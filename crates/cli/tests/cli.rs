@@ -215,3 +215,38 @@ fn data_prepare_reads_every_format_and_trains_from_shards() {
     std::fs::write(d.join("bad.jsonl"), "{\"text\": \"ok\"}\n{\"txt\": 3}\n").unwrap();
     fails_with(bin().args(["data", "prepare", "--tokenizer"]).arg(&tok).arg("--input").arg(d.join("bad.jsonl")).arg("--out").arg(d.join("s2")), "bad.jsonl line 2");
 }
+
+#[test]
+fn an_interrupted_sweep_resumes_exactly_and_reports() {
+    let d = tmp("sweep");
+    let c = corpus(&d);
+    let tok = tokenizer(&d, &c);
+    let train: Vec<String> = ["--preset", "cpu-tiny", "--batch", "4", "--seq", "32", "--steps", "12", "--eval-every", "4", "--eval-batches", "2", "--warmup", "2", "--dropout", "0.1", "--data"]
+        .iter().map(|s| s.to_string()).chain([c.display().to_string(), "--tokenizer".into(), tok.display().to_string()]).collect();
+    let sweep = |root: &Path| {
+        ok(bin().args(["sweep", "--group", "g", "--grid", "lr=1e-3,3e-3", "--root"]).arg(root).arg("--").args(&train));
+    };
+    sweep(&d.join("a"));
+    // "Kill" one run of a second, identical sweep after 5 of its 12 steps, then run the sweep.
+    let partial = d.join("b/g/lr1e-3_seed1337");
+    ok(bin().args(["train", "gpt"]).args(&train).args(["--seed", "1337", "--lr", "1e-3", "--stop-after", "5", "--out"]).arg(&partial));
+    sweep(&d.join("b"));
+    for run in ["lr1e-3_seed1337", "lr3e-3_seed1337"] {
+        let (x, y) = (metrics(&d.join("a/g").join(run)), metrics(&d.join("b/g").join(run)));
+        assert_eq!(x.len(), 12);
+        for (p, q) in x.iter().zip(&y) {
+            for k in ["step", "loss", "grad_norm", "val_loss"] {
+                assert_eq!(p.get(k), q.get(k), "{run}: {k} at step {}", p["step"]);
+            }
+        }
+        assert_eq!(y.len(), 12, "{run}: redone steps must not be logged twice");
+    }
+    ok(bin().args(["report", "--group"]).arg(d.join("b/g")));
+    let md = std::fs::read_to_string(d.join("b/g/report.md")).unwrap();
+    assert!(md.contains("| lr1e-3_seed1337 |") && md.contains("fmlab report --group"), "{md}");
+    for f in ["train_loss.svg", "val_loss.svg", "heatmap.svg"] {
+        assert!(std::fs::read_to_string(d.join("b/g").join(f)).unwrap().starts_with("<svg"));
+    }
+    fails_with(bin().args(["sweep", "--group", "x", "--grid", "lr=1e-3", "--root"]).arg(&d).args(["--", "--lr", "1"]), "--lr is set by the sweep");
+    fails_with(bin().args(["sweep", "--group", "x", "--grid", "momentum=1", "--root"]).arg(&d), "unknown parameter `momentum`");
+}

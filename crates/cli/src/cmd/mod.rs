@@ -7,5 +7,6 @@ pub mod index;
 pub mod model;
 pub mod runs;
 pub mod sample;
+pub mod sweep;
 pub mod tokenizer;
 pub mod train;

@@ -1,0 +1,268 @@
+//! `fmlab sweep`: a grid of `train gpt` runs (one ledger folder each, sequential), resumable:
+//! running the same sweep again skips finished runs and resumes interrupted ones exactly.
+//! `fmlab report`: a markdown report with SVG plots, generated from the group's ledger.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::ledger::{list, RunSummary};
+
+#[derive(Args)]
+pub struct SweepArgs {
+    /// `lr=1e-3,3e-3` or `wd=0,0.1` (repeatable): the grid is their product.
+    #[arg(long = "grid", required = true)]
+    grids: Vec<String>,
+    /// Seeds per grid point (seed, seed+1, ...).
+    #[arg(long, default_value_t = 1)]
+    seeds: u64,
+    #[arg(long, default_value_t = 1337)]
+    seed: u64,
+    /// Group name: runs go to ROOT/<group>/<run>.
+    #[arg(long)]
+    group: String,
+    #[arg(long, default_value = "runs")]
+    root: PathBuf,
+    /// Arguments for every `fmlab train gpt` run (after `--`).
+    #[arg(last = true)]
+    train_args: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// The group folder written by `fmlab sweep`.
+    #[arg(long)]
+    group: PathBuf,
+}
+
+fn parse_grid(g: &str) -> Result<(String, Vec<String>)> {
+    let (k, v) = g.split_once('=').with_context(|| format!("--grid {g}: expected name=v1,v2,..."))?;
+    let flag = match k {
+        "lr" => "--lr",
+        "wd" | "weight_decay" => "--weight-decay",
+        "batch" => "--batch",
+        "warmup" => "--warmup",
+        _ => bail!("--grid {g}: unknown parameter `{k}` (lr, wd, batch, warmup)"),
+    };
+    let vals: Vec<String> = v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
+    for x in &vals {
+        x.parse::<f64>().with_context(|| format!("--grid {g}: `{x}` is not a number"))?;
+    }
+    if vals.is_empty() {
+        bail!("--grid {g}: no values");
+    }
+    Ok((flag.to_string(), vals))
+}
+
+pub fn run_sweep(a: SweepArgs) -> Result<()> {
+    let grids: Vec<(String, Vec<String>)> = a.grids.iter().map(|g| parse_grid(g)).collect::<Result<_>>()?;
+    // The sweep owns the seed, the output folder and every swept parameter.
+    let owned: Vec<&str> = ["--seed", "--out", "--resume"].into_iter().chain(grids.iter().map(|g| g.0.as_str())).collect();
+    if let Some(x) = a.train_args.iter().find(|x| owned.contains(&x.as_str())) {
+        bail!("train argument {x} is set by the sweep; remove it after `--`");
+    }
+    let dir = a.root.join(&a.group);
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("group.json"),
+        serde_json::to_string_pretty(&serde_json::json!({"argv": std::env::args().collect::<Vec<_>>(), "grid": a.grids, "seeds": a.seeds, "train_args": a.train_args}))?,
+    )?;
+    // Cartesian product of the grid, then seeds.
+    let mut points: Vec<Vec<(String, String)>> = vec![vec![]];
+    for (flag, vals) in &grids {
+        points = points.iter().flat_map(|p| vals.iter().map(move |v| [p.clone(), vec![(flag.clone(), v.clone())]].concat())).collect();
+    }
+    let exe = std::env::current_exe()?;
+    let total = points.len() as u64 * a.seeds;
+    let mut k = 0;
+    for p in &points {
+        for s in 0..a.seeds {
+            k += 1;
+            let seed = a.seed + s;
+            let name = p.iter().map(|(f, v)| format!("{}{v}", f.trim_start_matches("--").replace("weight-decay", "wd"))).collect::<Vec<_>>().join("_") + &format!("_seed{seed}");
+            let run = dir.join(&name);
+            let done = RunSummary::load(&run).ok().is_some_and(|r| run.join("final.json").is_file() && r.metrics.last().and_then(|m| m["step"].as_u64()) == r.config["steps"].as_u64());
+            if done {
+                eprintln!("[{k}/{total}] {name}: finished, skipped");
+                continue;
+            }
+            let mut cmd = Command::new(&exe);
+            cmd.args(["train", "gpt"]);
+            if run.join("checkpoint").is_dir() || run.join("checkpoint.old").is_dir() {
+                eprintln!("[{k}/{total}] {name}: resuming");
+                cmd.arg("--resume").arg(&run);
+            } else {
+                eprintln!("[{k}/{total}] {name}");
+                cmd.args(&a.train_args).arg("--seed").arg(seed.to_string()).arg("--out").arg(&run);
+                for (f, v) in p {
+                    cmd.arg(f).arg(v);
+                }
+            }
+            let st = cmd.status().with_context(|| format!("running {}", exe.display()))?;
+            if !st.success() {
+                bail!("run {name} failed ({st}); fix it and run the same sweep again to continue");
+            }
+        }
+    }
+    eprintln!("sweep done: {total} runs in {}; `fmlab report --group {}`", dir.display(), dir.display());
+    Ok(())
+}
+
+/// Global L2 norm of the decayed weights (matrices other than embeddings) of a run's checkpoint.
+fn weight_norm(run: &Path) -> Option<f64> {
+    let t = fmlab_nn::safetensors_io::load(&run.join("checkpoint/model.safetensors")).ok()?;
+    let mut sq = 0.0;
+    for (k, v) in &t {
+        if fmlab_nn::optim::default_decay(k, v) {
+            sq += v.to_vec_f64().iter().map(|x| x * x).sum::<f64>();
+        }
+    }
+    Some(sq.sqrt())
+}
+
+const COLORS: [&str; 10] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
+
+/// A line chart of `series` (name, points) as SVG.
+fn line_svg(title: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
+    let (w, h, l, r, t, b) = (760.0, 420.0, 60.0, 220.0, 30.0, 40.0);
+    let pts = series.iter().flat_map(|s| s.1.iter());
+    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+    for &(x, y) in pts {
+        x0 = x0.min(x);
+        x1 = x1.max(x);
+        y0 = y0.min(y);
+        y1 = y1.max(y);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    if y1 <= y0 {
+        y1 = y0 + 1.0;
+    }
+    let sx = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
+    let sy = |y: f64| t + (y1 - y) / (y1 - y0) * (h - t - b);
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{l}' y='18' font-size='13'>{title}</text>\n");
+    let _ = writeln!(s, "<line x1='{l}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{l}' y1='{t}' x2='{l}' y2='{}' stroke='black'/>", h - b, w - r, h - b, h - b);
+    for i in 0..=4 {
+        let yv = y0 + (y1 - y0) * i as f64 / 4.0;
+        let xv = x0 + (x1 - x0) * i as f64 / 4.0;
+        let _ = writeln!(s, "<text x='{}' y='{}' text-anchor='end'>{yv:.3}</text><text x='{}' y='{}' text-anchor='middle'>{xv:.0}</text>", l - 4.0, sy(yv) + 4.0, sx(xv), h - b + 14.0);
+    }
+    let _ = writeln!(s, "<text x='{}' y='{}' text-anchor='middle'>step</text><text x='12' y='{}' transform='rotate(-90 12 {})'>{ylabel}</text>", (l + w - r) / 2.0, h - 6.0, h / 2.0, h / 2.0);
+    for (i, (name, p)) in series.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let path: Vec<String> = p.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
+        let _ = writeln!(s, "<polyline fill='none' stroke='{c}' stroke-width='1.5' points='{}'/>", path.join(" "));
+        let _ = writeln!(s, "<rect x='{}' y='{}' width='10' height='10' fill='{c}'/><text x='{}' y='{}'>{name}</text>", w - r + 10.0, t + 16.0 * i as f64, w - r + 24.0, t + 9.0 + 16.0 * i as f64);
+    }
+    s + "</svg>\n"
+}
+
+/// A heatmap of `cells[(row, col)] = value` as SVG (darker = lower).
+fn heatmap_svg(title: &str, rows: &[String], cols: &[String], val: &dyn Fn(usize, usize) -> Option<f64>, rlabel: &str, clabel: &str) -> String {
+    let (cw, ch, l, t) = (90.0, 40.0, 90.0, 50.0);
+    let vals: Vec<f64> = (0..rows.len()).flat_map(|i| (0..cols.len()).filter_map(move |j| val(i, j))).collect();
+    let (lo, hi) = vals.iter().fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
+    let w = l + cw * cols.len() as f64 + 20.0;
+    let h = t + ch * rows.len() as f64 + 30.0;
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='18' font-size='13'>{title}</text>\n<text x='{}' y='38' text-anchor='middle'>{clabel}</text><text x='10' y='{}'>{rlabel}</text>\n", l + cw * cols.len() as f64 / 2.0, t - 20.0);
+    for (j, c) in cols.iter().enumerate() {
+        let _ = writeln!(s, "<text x='{}' y='{}' text-anchor='middle'>{c}</text>", l + cw * (j as f64 + 0.5), t - 4.0);
+    }
+    for (i, r) in rows.iter().enumerate() {
+        let _ = writeln!(s, "<text x='{}' y='{}' text-anchor='end'>{r}</text>", l - 6.0, t + ch * (i as f64 + 0.6));
+        for j in 0..cols.len() {
+            let (x, y) = (l + cw * j as f64, t + ch * i as f64);
+            match val(i, j) {
+                Some(v) => {
+                    let f = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
+                    let g = (60.0 + 190.0 * f) as u8;
+                    let _ = writeln!(s, "<rect x='{x}' y='{y}' width='{cw}' height='{ch}' fill='rgb({g},{g},255)' stroke='white'/><text x='{}' y='{}' text-anchor='middle'>{v:.4}</text>", x + cw / 2.0, y + ch * 0.6);
+                }
+                None => {
+                    let _ = writeln!(s, "<rect x='{x}' y='{y}' width='{cw}' height='{ch}' fill='#eee' stroke='white'/>");
+                }
+            }
+        }
+    }
+    s + "</svg>\n"
+}
+
+pub fn run_report(a: ReportArgs) -> Result<()> {
+    let runs = list(&a.group)?;
+    if runs.is_empty() {
+        bail!("--group {}: no runs (folders with run.json)", a.group.display());
+    }
+    let f = |r: &RunSummary, k: &str| r.config[k].as_f64().unwrap_or(f64::NAN);
+    let mut md = String::new();
+    let _ = writeln!(md, "# Sweep report: {}\n", a.group.display());
+    let _ = writeln!(md, "Regenerate: `fmlab report --group {}` (from the ledger; nothing typed by hand).", a.group.display());
+    if let Ok(g) = std::fs::read_to_string(a.group.join("group.json")) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&g) {
+            let argv: Vec<String> = v["argv"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default();
+            let _ = writeln!(md, "Runs made by: `{}`\n", argv.join(" "));
+        }
+    }
+    let _ = writeln!(md, "| run | lr | wd | seed | steps | train loss | val loss | weight norm (decayed matrices) |");
+    let _ = writeln!(md, "|---|---|---|---|---|---|---|---|");
+    for r in &runs {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} | {} | {:.4} | {:.4} | {} |",
+            r.id(),
+            f(r, "lr"),
+            f(r, "weight_decay"),
+            r.config["seed"],
+            r.metrics.last().and_then(|m| m["step"].as_u64()).unwrap_or(0),
+            r.last("loss").unwrap_or(f64::NAN),
+            r.last("val_loss").unwrap_or(f64::NAN),
+            weight_norm(&r.dir).map_or("-".into(), |x| format!("{x:.3}"))
+        );
+    }
+    let series = |key: &str| -> Vec<(String, Vec<(f64, f64)>)> {
+        runs.iter().map(|r| (r.id(), r.metrics.iter().filter_map(|m| Some((m["step"].as_f64()?, m[key].as_f64()?))).collect())).collect()
+    };
+    std::fs::write(a.group.join("train_loss.svg"), line_svg("train loss per run", "loss (nats/token)", &series("loss")))?;
+    std::fs::write(a.group.join("val_loss.svg"), line_svg("validation loss per run", "loss (nats/token)", &series("val_loss")))?;
+    // lr × wd heatmap of final val loss, averaged over seeds; seed spread alongside.
+    let mut lrs: Vec<f64> = runs.iter().map(|r| f(r, "lr")).collect();
+    let mut wds: Vec<f64> = runs.iter().map(|r| f(r, "weight_decay")).collect();
+    lrs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    lrs.dedup();
+    wds.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    wds.dedup();
+    let cell = |i: usize, j: usize| -> Vec<f64> { runs.iter().filter(|r| f(r, "lr") == lrs[i] && f(r, "weight_decay") == wds[j]).filter_map(|r| r.last("val_loss")).collect() };
+    let mean = |i: usize, j: usize| -> Option<f64> {
+        let v = cell(i, j);
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    let rows: Vec<String> = lrs.iter().map(|x| format!("{x}")).collect();
+    let cols: Vec<String> = wds.iter().map(|x| format!("{x}")).collect();
+    std::fs::write(a.group.join("heatmap.svg"), heatmap_svg("final val loss (mean over seeds)", &rows, &cols, &mean, "lr", "weight decay"))?;
+    let _ = writeln!(md, "\n![train loss](train_loss.svg)\n\n![validation loss](val_loss.svg)\n\n![lr × wd](heatmap.svg)\n");
+    let _ = writeln!(md, "| lr \\ wd | {} |", cols.join(" | "));
+    let _ = writeln!(md, "|---|{}", "---|".repeat(cols.len()));
+    for i in 0..lrs.len() {
+        let cells: Vec<String> = (0..wds.len())
+            .map(|j| {
+                let v = cell(i, j);
+                match v.len() {
+                    0 => "-".into(),
+                    1 => format!("{:.4}", v[0]),
+                    n => {
+                        let m = v.iter().sum::<f64>() / n as f64;
+                        let sd = (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+                        format!("{m:.4} ± {sd:.4} ({n} seeds)")
+                    }
+                }
+            })
+            .collect();
+        let _ = writeln!(md, "| {} | {} |", rows[i], cells.join(" | "));
+    }
+    std::fs::write(a.group.join("report.md"), md)?;
+    eprintln!("wrote {}", a.group.join("report.md").display());
+    Ok(())
+}
