@@ -111,16 +111,10 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
     Ok(())
 }
 
-/// Global L2 norm of the decayed weights (matrices other than embeddings) of a run's checkpoint.
+/// Global L2 norm of the decayed weights, as `train` records it in final.json.
 fn weight_norm(run: &Path) -> Option<f64> {
-    let t = fmlab_nn::safetensors_io::load(&run.join("checkpoint/model.safetensors")).ok()?;
-    let mut sq = 0.0;
-    for (k, v) in &t {
-        if fmlab_nn::optim::default_decay(k, v) {
-            sq += v.to_vec_f64().iter().map(|x| x * x).sum::<f64>();
-        }
-    }
-    Some(sq.sqrt())
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("final.json")).ok()?).ok()?;
+    v["weight_norm"].as_f64()
 }
 
 const COLORS: [&str; 10] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
@@ -163,12 +157,12 @@ fn line_svg(title: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>)]) -> 
 
 /// A heatmap of `cells[(row, col)] = value` as SVG (darker = lower).
 fn heatmap_svg(title: &str, rows: &[String], cols: &[String], val: &dyn Fn(usize, usize) -> Option<f64>, rlabel: &str, clabel: &str) -> String {
-    let (cw, ch, l, t) = (90.0, 40.0, 90.0, 50.0);
+    let (cw, ch, l, t) = (90.0, 40.0, 90.0, 72.0);
     let vals: Vec<f64> = (0..rows.len()).flat_map(|i| (0..cols.len()).filter_map(move |j| val(i, j))).collect();
     let (lo, hi) = vals.iter().fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
     let w = l + cw * cols.len() as f64 + 20.0;
     let h = t + ch * rows.len() as f64 + 30.0;
-    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='18' font-size='13'>{title}</text>\n<text x='{}' y='38' text-anchor='middle'>{clabel}</text><text x='10' y='{}'>{rlabel}</text>\n", l + cw * cols.len() as f64 / 2.0, t - 20.0);
+    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='18' font-size='13'>{title}</text>\n<text x='{}' y='42' text-anchor='middle'>{clabel}</text><text x='{}' y='{}' text-anchor='end'>{rlabel} ↓</text>\n", l + cw * cols.len() as f64 / 2.0, l - 6.0, t - 4.0);
     for (j, c) in cols.iter().enumerate() {
         let _ = writeln!(s, "<text x='{}' y='{}' text-anchor='middle'>{c}</text>", l + cw * (j as f64 + 0.5), t - 4.0);
     }

@@ -365,7 +365,9 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         }
     }
     pb.finish_and_clear();
-    crate::ledger::write_final(&run_dir, serde_json::json!({"step": step, "val_loss": last_val, "unigram_baseline": baseline}))?;
+    // Global L2 norm of the weight-decayed matrices: what weight decay acts on (see docs/concepts.md).
+    let wnorm = vars.iter().filter(|(n, v)| default_decay(n, v)).map(|(_, v)| v.with_f32(|x| x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>())).sum::<f64>().sqrt();
+    crate::ledger::write_final(&run_dir, serde_json::json!({"step": step, "val_loss": last_val, "unigram_baseline": baseline, "weight_norm": wnorm}))?;
     eprintln!("done: {} steps, val loss {last_val:.4} (unigram baseline {baseline:.4}), checkpoint in {}", step, run_dir.join("checkpoint").display());
     Ok(())
 }
