@@ -102,6 +102,8 @@ fn resume_continues_bit_identically() {
     let count = |s: &str| s.lines().find(|l| l.starts_with("tokens evaluated")).unwrap().split_whitespace().nth(2).unwrap().to_string();
     let ev2 = ok(bin().args(["eval", "--seq", "32", "--stride", "8", "--checkpoint"]).arg(d.join("split")).arg("--data").arg(c.join("doc5.txt")));
     assert_eq!(count(&ev), count(&ev2), "{ev}\n{ev2}");
+    let evals = std::fs::read_to_string(d.join("split/evals.jsonl")).unwrap();
+    assert_eq!(evals.lines().count(), 2, "each eval of a run's checkpoint is recorded in its folder");
     fails_with(bin().args(["eval", "--seq", "32", "--stride", "40", "--checkpoint"]).arg(d.join("split")).arg("--data").arg(c.join("doc5.txt")), "--stride 40");
     // The ledger: both runs listed with the same config hash (same resolved config), compared.
     let list = ok(bin().args(["runs", "list"]).arg(&d));

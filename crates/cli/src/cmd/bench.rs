@@ -166,6 +166,13 @@ fn bench_train(a: TrainBench) -> Result<()> {
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = times[times.len() / 2];
     let tokens = (a.batch * a.seq) as f64;
+    // Ledger: runs/bench-<preset>-<time>/ with provenance and the result.
+    let dir = std::path::PathBuf::from("runs").join(format!("bench-{}-{}", a.preset, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)));
+    std::fs::create_dir_all(&dir)?;
+    let cfg_json = serde_json::to_string_pretty(&serde_json::json!({"preset": a.preset, "model": cfg, "batch": a.batch, "seq": a.seq, "steps": a.steps, "warmup": a.warmup}))?;
+    std::fs::write(dir.join("config.json"), &cfg_json)?;
+    crate::ledger::write_run_info(&dir, "bench train", &cfg_json, 0)?;
+    crate::ledger::write_final(&dir, serde_json::json!({"step_median_s": median, "step_min_s": times[0], "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq)}))?;
     println!(
         "fmlab  preset {} B={} T={} threads={}: step median {:.1} ms (min {:.1}), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula), loss {:.3}",
         a.preset,

@@ -89,5 +89,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
     println!("perplexity        {:.3}", loss.exp());
     println!("bits per byte     {:.4}", nats / std::f64::consts::LN_2 / bytes as f64);
     println!("bytes             {bytes}");
+    // Ledger: an evaluation of a run's checkpoint is recorded in that run's folder.
+    if let Some(run) = dir.parent().filter(|r| r.join("run.json").is_file()) {
+        use std::io::Write;
+        let rec = serde_json::json!({
+            "data": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(), "seq": seq, "stride": stride,
+            "tokens": n, "loss": loss, "perplexity": loss.exp(), "bits_per_byte": nats / std::f64::consts::LN_2 / bytes as f64,
+            "checkpoint_step": meta.step, "git_commit": crate::checkpoint::git_commit(),
+        });
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(run.join("evals.jsonl"))?;
+        writeln!(f, "{rec}")?;
+    }
     Ok(())
 }
