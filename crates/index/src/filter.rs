@@ -77,10 +77,10 @@ impl Filter {
             match (c.op, v) {
                 (CmpOp::Eq, Some(Value::Num(x))) => c.num == Some(*x),
                 (CmpOp::Eq, Some(Value::Str(s))) => *s == c.text,
-                (CmpOp::Eq, Some(Value::List(l))) => l.iter().any(|s| *s == c.text),
+                (CmpOp::Eq, Some(Value::List(l))) => l.contains(&c.text),
                 (CmpOp::Ne, Some(Value::Num(x))) => c.num != Some(*x),
                 (CmpOp::Ne, Some(Value::Str(s))) => *s != c.text,
-                (CmpOp::Ne, Some(Value::List(l))) => !l.iter().any(|s| *s == c.text),
+                (CmpOp::Ne, Some(Value::List(l))) => !l.contains(&c.text),
                 (CmpOp::Ne, None) => true,
                 (op, Some(Value::Num(x))) => {
                     let y = c.num.unwrap();

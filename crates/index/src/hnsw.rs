@@ -196,7 +196,7 @@ impl Hnsw {
 
     /// Builds an index over `n = vectors.len() / dim` points (ids 0..n) using all rayon threads.
     pub fn build(vectors: &[f32], dim: usize, metric: Metric, p: HnswParams) -> Hnsw {
-        assert!(dim > 0 && vectors.len() % dim == 0, "{} floats is not a whole number of {dim}-d vectors", vectors.len());
+        assert!(dim > 0 && vectors.len().is_multiple_of(dim), "{} floats is not a whole number of {dim}-d vectors", vectors.len());
         let n = vectors.len() / dim;
         let mut h = Hnsw::empty(metric, dim, p);
         let ml = 1.0 / (p.m as f64).ln();

@@ -78,7 +78,7 @@ fn read_fvecs(b: &[u8]) -> Result<(Vec<f32>, usize), String> {
     }
     let dim = i32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
     let row = 4 + 4 * dim;
-    if dim == 0 || b.len() % row != 0 {
+    if dim == 0 || !b.len().is_multiple_of(row) {
         return Err(format!("size {} is not a multiple of a {dim}-d row (truncated?)", b.len()));
     }
     let mut v = Vec::with_capacity(b.len() / row * dim);

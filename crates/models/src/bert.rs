@@ -129,9 +129,9 @@ impl Bert {
             let mut mask = Vec::with_capacity(chunk.len() * t);
             for s in chunk {
                 ids.extend(s.iter().map(|&x| x as i32));
-                ids.extend(std::iter::repeat(pad_id as i32).take(t - s.len()));
-                mask.extend(std::iter::repeat(1u8).take(s.len()));
-                mask.extend(std::iter::repeat(0u8).take(t - s.len()));
+                ids.extend(std::iter::repeat_n(pad_id as i32, t - s.len()));
+                mask.extend(std::iter::repeat_n(1u8, s.len()));
+                mask.extend(std::iter::repeat_n(0u8, t - s.len()));
             }
             let b = chunk.len();
             outs.push(self.embed(&Tensor::from_vec(ids, &[b, t]), &Tensor::from_vec(mask, &[b, t])));

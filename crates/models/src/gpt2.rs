@@ -58,7 +58,7 @@ impl Gpt2Config {
     }
 
     pub fn check(&self) -> Result<(), String> {
-        if self.n_embd % self.n_head != 0 {
+        if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(format!("n_embd {} is not divisible by n_head {}", self.n_embd, self.n_head));
         }
         if self.vocab_size == 0 || self.n_ctx == 0 || self.n_layer == 0 {

@@ -247,7 +247,7 @@ impl Gguf {
             NnError::file(&self.path, format!("tensor `{name}` has unsupported type {} ({}); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1", type_name(t.ggml_type), t.ggml_type))
         })?;
         let n: usize = t.shape.iter().product();
-        if n % per != 0 {
+        if !n.is_multiple_of(per) {
             return Err(NnError::file(&self.path, format!("tensor `{name}`: {n} elements is not a whole number of blocks")));
         }
         let start = self.data_start + t.offset as usize;

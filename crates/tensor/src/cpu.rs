@@ -230,8 +230,8 @@ fn binary_apply<T: VecOf + NumLike>(a: &[T], la: &Layout, b: &[T], lb: &Layout, 
         BinaryOp::Mul => binary_map(a, la, b, lb, |x, y| x * y),
         BinaryOp::Div => binary_map(a, la, b, lb, |x, y| x / y),
         // NaN-propagating, like torch.maximum.
-        BinaryOp::Maximum => binary_map(a, la, b, lb, |x: T, y: T| if x != x || x > y { x } else { y }),
-        BinaryOp::Minimum => binary_map(a, la, b, lb, |x: T, y: T| if x != x || x < y { x } else { y }),
+        BinaryOp::Maximum => binary_map(a, la, b, lb, |x: T, y: T| if x.is_nan() || x > y { x } else { y }),
+        BinaryOp::Minimum => binary_map(a, la, b, lb, |x: T, y: T| if x.is_nan() || x < y { x } else { y }),
     }
 }
 
@@ -242,8 +242,8 @@ fn half_binary<H: VecOf>(a: &[H], la: &Layout, b: &[H], lb: &Layout, op: BinaryO
         BinaryOp::Sub => x - y,
         BinaryOp::Mul => x * y,
         BinaryOp::Div => x / y,
-        BinaryOp::Maximum => if x != x || x > y { x } else { y },
-        BinaryOp::Minimum => if x != x || x < y { x } else { y },
+        BinaryOp::Maximum => if x.is_nan() || x > y { x } else { y },
+        BinaryOp::Minimum => if x.is_nan() || x < y { x } else { y },
     };
     binary_map(a, la, b, lb, |x: H, y: H| to(f(from(x), from(y))))
 }
@@ -428,8 +428,8 @@ impl CpuStorage {
                     *o = match op {
                         // Summed in f64: one rounding per output instead of one per element.
                         ReduceOp::Sum => T::from_f64(row.iter().map(|x| x.to_f64()).sum::<f64>()),
-                        ReduceOp::Max => row.iter().fold(T::neg_infinity(), |m, &x| if x > m || x != x { x } else { m }),
-                        ReduceOp::Min => row.iter().fold(-T::neg_infinity(), |m, &x| if x < m || x != x { x } else { m }),
+                        ReduceOp::Max => row.iter().fold(T::neg_infinity(), |m, &x| if x > m || x.is_nan() { x } else { m }),
+                        ReduceOp::Min => row.iter().fold(-T::neg_infinity(), |m, &x| if x < m || x.is_nan() { x } else { m }),
                     };
                 }
             });

@@ -99,6 +99,7 @@ pub mod num_like {
         fn erf(self) -> Self;
         fn lit(v: f64) -> Self;
         fn neg_infinity() -> Self;
+        fn is_nan(self) -> bool;
     }
     macro_rules! num_like {
         ($t:ty) => {
@@ -114,6 +115,7 @@ pub mod num_like {
                 #[inline(always)] fn erf(self) -> Self { <$t as ErfImpl>::erf_impl(self) }
                 #[inline(always)] fn lit(v: f64) -> Self { v as $t }
                 #[inline(always)] fn neg_infinity() -> Self { <$t>::NEG_INFINITY }
+                #[inline(always)] fn is_nan(self) -> bool { <$t>::is_nan(self) }
             }
         };
     }

@@ -26,7 +26,7 @@ fn main() {
     let texts: Vec<String> = files.iter().map(|f| std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{f}: {e}"))).collect();
     let bytes: usize = texts.iter().map(|t| t.len()).sum();
     let cache = std::env::var("FMLAB_CACHE").unwrap_or_else(|_| ".cache/fmlab".into());
-    let ours = Tokenizer::from_gpt2_files(&format!("{cache}/gpt2/encoder.json").as_ref(), &format!("{cache}/gpt2/vocab.bpe").as_ref()).unwrap();
+    let ours = Tokenizer::from_gpt2_files(format!("{cache}/gpt2/encoder.json").as_ref(), format!("{cache}/gpt2/vocab.bpe").as_ref()).unwrap();
     let tt = tiktoken_rs::r50k_base().unwrap();
 
     // Same ids, or the comparison means nothing.

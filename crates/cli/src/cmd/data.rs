@@ -91,7 +91,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
                 bail!("--corpus {c}: {} is missing; run `scripts/fetch-assets.sh {n}`", d.display());
             }
             let mut files = expand_inputs(&[d])?;
-            files.retain(|f| !f.file_name().is_some_and(|x| x == ".ok"));
+            files.retain(|f| f.file_name().is_none_or(|x| x != ".ok"));
             groups.push(files);
         }
     }

@@ -350,7 +350,7 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         let dt = ts.elapsed().as_secs_f64();
         let tok_s = tokens_per_step as f64 / dt;
         let mut rec = serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tok_s": tok_s, "step_s": dt});
-        if step % cfg.eval_every == 0 || step == cfg.steps {
+        if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
             last_val = val_loss(&model, &corpus.val, cfg.batch, cfg.seq, cfg.eval_batches);
             rec["val_loss"] = serde_json::json!(last_val);
             let line = format!("step {step:>5}: train loss {loss:.4}  val loss {last_val:.4}  (unigram baseline {baseline:.4})  lr {lr:.2e}  {tok_s:.0} tok/s");
@@ -360,7 +360,7 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         writeln!(metrics, "{rec}")?;
         pb.set_message(format!("loss {loss:.4} | val {last_val:.4} | {tok_s:.0} tok/s | lr {lr:.1e}"));
         pb.set_position(step);
-        if step % cfg.checkpoint_every == 0 || step == cfg.steps || step == stop_at {
+        if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || step == stop_at {
             save(step, &opt, &sampler, &drop_rng)?;
         }
     }
