@@ -35,7 +35,6 @@ pub struct Shard {
 impl Shard {
     /// Writes atomically; u16 tokens when every id fits.
     pub fn save(&self, path: &Path) -> Result<(), DataError> {
-        use std::io::Write;
         let wide = self.tokens.iter().any(|&t| t > u16::MAX as u32);
         let mut out = Vec::with_capacity(32 + self.tokens.len() * 4);
         out.extend_from_slice(MAGIC);
@@ -51,14 +50,7 @@ impl Shard {
                 out.extend_from_slice(&(t as u16).to_le_bytes());
             }
         }
-        let tmp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("shard")));
-        (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&out)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        })()
-        .map_err(|e| ferr(path, e))
+        fmlab_fs::write_atomic(path, &out).map_err(|e| ferr(path, e))
     }
 
     pub fn load(path: &Path) -> Result<Shard, DataError> {

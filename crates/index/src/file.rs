@@ -68,20 +68,13 @@ pub fn save(h: &Hnsw, payloads: Option<&[Payload]>, path: &Path) -> Result<(), I
     }
     body.extend_from_slice(&payload_json);
     let sum = checksum(&body);
-    let tmp = path.with_file_name(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("index"), std::process::id()));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+    fmlab_fs::write_atomic_with(path, |f| {
         f.write_all(MAGIC)?;
         f.write_all(&VERSION.to_le_bytes())?;
         f.write_all(&body)?;
-        f.write_all(&sum.to_le_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    res.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        IndexError::file(path, e)
+        f.write_all(&sum.to_le_bytes())
     })
+    .map_err(|e| IndexError::file(path, e))
 }
 
 pub fn load(path: &Path) -> Result<(Hnsw, Option<Vec<Payload>>), IndexError> {

@@ -33,21 +33,10 @@ fn from_st(d: Dtype) -> Option<DType> {
     })
 }
 
-/// Writes `bytes` to `path` via a temporary file in the same directory and a rename, so a crash
-/// leaves either the old file or the new one, never a torn one.
+/// Writes `bytes` to `path` atomically (see `fmlab_fs`): a crash leaves the old file or the new
+/// one, never a torn one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NnError> {
-    use std::io::Write;
-    let tmp = path.with_file_name(format!(".{}.tmp{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("file"), std::process::id()));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    res.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        NnError::file(path, e)
-    })
+    fmlab_fs::write_atomic(path, bytes).map_err(|e| NnError::file(path, e))
 }
 
 pub fn serialize(tensors: &[(String, Tensor)], metadata: Option<HashMap<String, String>>) -> Result<Vec<u8>, NnError> {

@@ -29,25 +29,9 @@ fn read_string(path: &Path) -> Result<String, Error> {
     std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
 }
 
-/// Writes `bytes` to `path` atomically (temp file in the same directory, fsync, rename).
+/// Writes `bytes` to `path` atomically (see `fmlab_fs`).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!(
-        "{}.tmp{}",
-        path.extension().and_then(|e| e.to_str()).unwrap_or(""),
-        std::process::id()
-    ));
-    let res = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = res {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(Error::io(path, e));
-    }
-    Ok(())
+    fmlab_fs::write_atomic(path, bytes).map_err(|e| Error::io(path, e))
 }
 
 impl Tokenizer {

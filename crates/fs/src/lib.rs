@@ -1,0 +1,58 @@
+//! Crash-safe writes. Every artifact fmlab writes (tokenizers, checkpoints, shards, indexes) goes
+//! through `write_atomic`: the bytes go to a temporary file in the same directory, are fsynced,
+//! and the file is renamed over the target. A crash leaves the old file or the new one, never a
+//! torn one, and a failed write removes its temporary file.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The temporary name for `path`: hidden, in the same directory (so the rename stays on one
+/// filesystem), unique per process.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
+}
+
+/// Writes the file through `fill`, then atomically replaces `path` with it.
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>) -> io::Result<()> {
+    let tmp = temp_path(path);
+    let res = (|| {
+        let mut w = io::BufWriter::new(File::create(&tmp)?);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// `write_atomic_with` for bytes already in memory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_atomically_and_cleans_up_on_failure() {
+        let d = std::env::temp_dir().join(format!("fmlab-fs-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("a.bin");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let e = write_atomic_with(&p, |w| {
+            w.write_all(b"partial")?;
+            Err(io::Error::other("simulated crash"))
+        });
+        assert!(e.is_err());
+        assert_eq!(std::fs::read(&p).unwrap(), b"two", "a failed write leaves the old file");
+        assert!(!temp_path(&p).exists(), "and no temporary file");
+    }
+}
