@@ -14,7 +14,8 @@ cargo build --release -p fmlab
 fmlab=target/release/fmlab
 data=${FMLAB_CACHE:-.cache/fmlab}/shakespeare
 
-mkdir -p "$run"
+# Each main job is a fresh run (the folder is a generated artifact).
+rm -rf "$run" && mkdir -p "$run"
 $fmlab tokenizer train --input "$data" --vocab-size 4096 --out "$run/tokenizer.fmtok"
 # The last tenth of the plays (sorted by name) is held out for validation by `train`.
 $fmlab train gpt --preset cpu-small --tokenizer "$run/tokenizer.fmtok" --data "$data" --out "$run" \

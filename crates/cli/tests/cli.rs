@@ -82,6 +82,7 @@ fn resume_continues_bit_identically() {
     ok(&mut train_args(&tok, &c, &d.join("straight"), 8));
     ok(train_args(&tok, &c, &d.join("split"), 8).args(["--stop-after", "5"]));
     assert_eq!(metrics(&d.join("split")).len(), 5);
+    fails_with(&mut train_args(&tok, &c, &d.join("split"), 8), "already holds a run");
     ok(bin().args(["train", "gpt", "--resume"]).arg(d.join("split")));
     let (a, b) = (metrics(&d.join("straight")), metrics(&d.join("split")));
     assert_eq!(a.len(), 8);

@@ -221,6 +221,10 @@ fn train_gpt(a: GptArgs) -> Result<()> {
             let tok = load_tokenizer(&a.tokenizer)?;
             let cfg = resolve(&a, tok.vocab_size())?;
             let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", a.preset, unix_time())));
+            // A run folder holds one run: appending a second would mix two ledgers.
+            if ["run.json", "metrics.jsonl", "checkpoint"].iter().any(|f| dir.join(f).exists()) {
+                bail!("--out {}: already holds a run; continue it with --resume {}, or choose another --out", dir.display(), dir.display());
+            }
             (cfg, dir, None)
         }
     };
