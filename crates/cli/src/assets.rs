@@ -49,6 +49,14 @@ pub fn load_tokenizer(spec: &str) -> Result<Tokenizer> {
     tok.with_context(|| format!("--tokenizer {spec}"))
 }
 
+/// The id stored in token shards for a `--tokenizer` spec: `gpt2`, or the tokenizer file's name.
+pub fn tokenizer_id(spec: &str) -> String {
+    if spec == "gpt2" {
+        return spec.to_string();
+    }
+    std::path::Path::new(spec).file_name().map_or_else(|| spec.to_string(), |n| n.to_string_lossy().to_string())
+}
+
 /// Expands `--input` paths: files as given, directories recursively (sorted, regular files).
 pub fn expand_inputs(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut out = Vec::new();

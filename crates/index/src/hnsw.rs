@@ -316,10 +316,10 @@ impl Hnsw {
         }
     }
 
-    /// Copies the links of `i` on `layer` into `out` (under its lock when `LOCKED`).
+    /// Copies the links of `i` on `layer` into `out` under the point's lock (while building).
     #[inline]
-    fn read_links<const LOCKED: bool>(&self, i: u32, layer: usize, out: &mut Vec<u32>) {
-        let _g = if LOCKED { Some(self.locks[i as usize].lock().unwrap()) } else { None };
+    fn read_links_locked(&self, i: u32, layer: usize, out: &mut Vec<u32>) {
+        let _g = self.locks[i as usize].lock().unwrap();
         out.clear();
         // SAFETY: see links_ptr.
         unsafe {
@@ -393,7 +393,7 @@ impl Hnsw {
     #[inline]
     fn links<'a, const LOCKED: bool>(&'a self, i: u32, layer: usize, buf: &'a mut Vec<u32>) -> &'a [u32] {
         if LOCKED {
-            self.read_links::<true>(i, layer, buf);
+            self.read_links_locked(i, layer, buf);
             buf
         } else {
             // SAFETY: no writers once built; count and links are in bounds by construction.

@@ -79,7 +79,7 @@ impl Bert {
     /// Loads HF tensors; buffers the model does not use (`position_ids`, the pooler) are dropped,
     /// any other unused tensor is an error.
     pub fn load_hf(mut t: std::collections::HashMap<String, Tensor>, cfg: &BertConfig) -> Result<Bert, NnError> {
-        t = t.into_iter().map(|(k, v)| (k.strip_prefix("bert.").map(str::to_string).unwrap_or(k), v)).collect();
+        t = crate::hf_strip(t, "bert.");
         t.retain(|k, _| k != "embeddings.position_ids" && !k.starts_with("pooler."));
         let vb = VarBuilder::from_tensors(t, DType::F32);
         let m = Bert::load(&vb, cfg)?;

@@ -110,8 +110,7 @@ impl Gpt2 {
     /// Loads HF GPT-2 tensors (with or without the `transformer.` prefix; `lm_head.weight`, if
     /// present, must equal `wte.weight` since the embeddings are tied).
     pub fn load_hf(tensors: std::collections::HashMap<String, Tensor>, cfg: &Gpt2Config, dtype: DType) -> Result<(Gpt2, VarBuilder), NnError> {
-        let mut t: std::collections::HashMap<String, Tensor> =
-            tensors.into_iter().map(|(k, v)| (k.strip_prefix("transformer.").map(|s| s.to_string()).unwrap_or(k), v)).collect();
+        let mut t = crate::hf_strip(tensors, "transformer.");
         // HF stores causal-mask buffers as `h.N.attn.bias`/`masked_bias` in old checkpoints.
         t.retain(|k, _| !k.ends_with(".attn.masked_bias") && !(k.ends_with(".attn.bias") && !k.contains("c_")));
         let lm_head = t.remove("lm_head.weight");

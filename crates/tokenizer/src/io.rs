@@ -21,6 +21,14 @@ use crate::{Error, Tokenizer};
 const MAGIC: &[u8; 8] = b"FMLABTOK";
 const VERSION: u32 = 1;
 
+/// A format error found while reading `path` becomes an error naming the file.
+fn in_file(path: &Path) -> impl Fn(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Format(m) => Error::file(path, m),
+        e => e,
+    }
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
 }
@@ -45,10 +53,7 @@ impl Tokenizer {
                 Error::file(vocab_bpe, format!("merge line {l:?} is not two tokens separated by a space"))
             })
         }), &["<|endoftext|>"], Pattern::Gpt2)
-        .map_err(|e| match e {
-            Error::Format(m) => Error::file(encoder_json, m),
-            e => e,
-        })
+        .map_err(in_file(encoder_json))
     }
 
     /// Loads a tiktoken rank file (`base64-token rank` per line); merges are recovered by running
@@ -62,10 +67,7 @@ impl Tokenizer {
             let rank: u32 = rank.trim().parse().map_err(|_| Error::file(path, format!("line {}: bad rank {rank:?}", ln + 1)))?;
             ranked.push((rank, bytes));
         }
-        from_ranks(ranked, specials, pattern).map_err(|e| match e {
-            Error::Format(m) => Error::file(path, m),
-            e => e,
-        })
+        from_ranks(ranked, specials, pattern).map_err(in_file(path))
     }
 
     /// Reads the BPE part of a HF `tokenizer.json` (byte-level models: GPT-2, RoBERTa, Llama 3,
@@ -96,10 +98,7 @@ impl Tokenizer {
             }
         }
         let names: Vec<&str> = special_names.iter().map(|s| s.as_str()).collect();
-        build_from_str_vocab(&vocab, merges, &names, hf_pattern(&v)).map_err(|e| match e {
-            Error::Format(m) => Error::file(path, m),
-            e => e,
-        })
+        build_from_str_vocab(&vocab, merges, &names, hf_pattern(&v)).map_err(in_file(path))
     }
 
     /// A byte-level BPE from parallel lists, as GGUF stores it (`tokenizer.ggml.tokens`,
@@ -155,10 +154,7 @@ impl Tokenizer {
         if r.pos != data.len() {
             return Err(bad("trailing bytes"));
         }
-        Tokenizer::from_parts(vocab, merges, specials, Pattern::from_name(&pattern)).map_err(|e| match e {
-            Error::Format(m) => Error::file(path, m),
-            e => e,
-        })
+        Tokenizer::from_parts(vocab, merges, specials, Pattern::from_name(&pattern)).map_err(in_file(path))
     }
 
     /// Saves in our own format (atomically).

@@ -100,7 +100,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         bail!("nothing to prepare: give --corpus or --input");
     }
     let tok = load_tokenizer(&a.tokenizer)?;
-    let tok_name = if a.tokenizer == "gpt2" { "gpt2".to_string() } else { Path::new(&a.tokenizer).file_name().unwrap().to_string_lossy().to_string() };
+    let tok_name = crate::assets::tokenizer_id(&a.tokenizer);
     let eot = tok.special_id("<|endoftext|>");
     // Documents in file order (and order within a file); the last val_frac of each group's
     // documents are held out.

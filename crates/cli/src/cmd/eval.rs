@@ -38,7 +38,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         bail!("--seq {seq}: must be in 1..={}", meta.config.model.n_ctx);
     }
     let files = expand_inputs(&a.data)?;
-    let tok_name = if meta.config.tokenizer == "gpt2" { "gpt2".to_string() } else { std::path::Path::new(&meta.config.tokenizer).file_name().unwrap().to_string_lossy().to_string() };
+    let tok_name = crate::assets::tokenizer_id(&meta.config.tokenizer);
     let (tokens, _) = corpus::tokens_of(&files, &tok, &tok_name)?;
     if tokens.len() < 2 {
         bail!("--data: fewer than 2 tokens to evaluate");

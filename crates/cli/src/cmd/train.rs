@@ -2,7 +2,7 @@
 //! checkpoints and exact resume.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -238,7 +238,7 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         Some((ck, _)) => Some(ck.join("tokenizer.fmtok")).filter(|p| p.is_file()),
         None => (cfg.tokenizer != "gpt2").then(|| PathBuf::from(&cfg.tokenizer)),
     };
-    let tok_name = if cfg.tokenizer == "gpt2" { "gpt2".to_string() } else { Path::new(&cfg.tokenizer).file_name().unwrap().to_string_lossy().to_string() };
+    let tok_name = crate::assets::tokenizer_id(&cfg.tokenizer);
 
     let t0 = Instant::now();
     let corpus = corpus::load(&cfg.data, &cfg.val_data, &tok, &tok_name)?;
