@@ -15,6 +15,11 @@ pub fn config_hash(cfg_json: &str) -> String {
     format!("{h:016x}")
 }
 
+/// Writes a file of the ledger (or any artifact) crash-safely, with the path in the error.
+pub fn write_file(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
+    fmlab_fs::write_atomic(path, bytes.as_ref()).with_context(|| format!("writing {}", path.display()))
+}
+
 pub fn write_run_info(dir: &Path, command: &str, cfg_json: &str, seed: u64) -> Result<()> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
@@ -28,11 +33,11 @@ pub fn write_run_info(dir: &Path, command: &str, cfg_json: &str, seed: u64) -> R
         "started_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "fmlab_version": env!("CARGO_PKG_VERSION"),
     });
-    std::fs::write(dir.join("run.json"), serde_json::to_string_pretty(&info)?).with_context(|| format!("{}", dir.join("run.json").display()))
+    write_file(&dir.join("run.json"), serde_json::to_string_pretty(&info)?)
 }
 
 pub fn write_final(dir: &Path, v: serde_json::Value) -> Result<()> {
-    std::fs::write(dir.join("final.json"), serde_json::to_string_pretty(&v)?).with_context(|| format!("{}", dir.join("final.json").display()))
+    write_file(&dir.join("final.json"), serde_json::to_string_pretty(&v)?)
 }
 
 pub struct RunSummary {

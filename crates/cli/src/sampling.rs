@@ -52,6 +52,34 @@ pub fn sample_token(logits: &[f32], p: &SamplingParams, rng: &mut Rng) -> u32 {
     cand[probs.len() - 1].0
 }
 
+/// Writes generated tokens as text as soon as they form whole UTF-8 characters (a character may
+/// span several byte-level tokens); `finish` flushes whatever is left, with replacement chars.
+#[derive(Default)]
+pub struct TextStream {
+    pending: Vec<u32>,
+}
+
+impl TextStream {
+    pub fn push(&mut self, tok: &fmlab_tokenizer::Tokenizer, id: u32, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+        self.pending.push(id);
+        let bytes = tok.decode_bytes(&self.pending)?;
+        if let Ok(s) = std::str::from_utf8(&bytes) {
+            write!(out, "{s}")?;
+            out.flush()?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+
+    pub fn finish(&mut self, tok: &fmlab_tokenizer::Tokenizer, out: &mut dyn std::io::Write) -> anyhow::Result<()> {
+        if !self.pending.is_empty() {
+            write!(out, "{}", tok.decode(&self.pending)?)?;
+            self.pending.clear();
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

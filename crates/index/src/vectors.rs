@@ -119,7 +119,7 @@ pub fn write_npy(path: &Path, v: &[f32], dim: usize) -> Result<(), IndexError> {
     for x in v {
         out.extend_from_slice(&x.to_le_bytes());
     }
-    std::fs::write(path, out).map_err(|e| IndexError::file(path, e))
+    fmlab_fs::write_atomic(path, &out).map_err(|e| IndexError::file(path, e))
 }
 
 #[cfg(test)]

@@ -170,7 +170,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
     let dir = std::path::PathBuf::from("runs").join(format!("bench-{}-{}", a.preset, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)));
     std::fs::create_dir_all(&dir)?;
     let cfg_json = serde_json::to_string_pretty(&serde_json::json!({"preset": a.preset, "model": cfg, "batch": a.batch, "seq": a.seq, "steps": a.steps, "warmup": a.warmup}))?;
-    std::fs::write(dir.join("config.json"), &cfg_json)?;
+    crate::ledger::write_file(&dir.join("config.json"), &cfg_json)?;
     crate::ledger::write_run_info(&dir, "bench train", &cfg_json, 0)?;
     crate::ledger::write_final(&dir, serde_json::json!({"step_median_s": median, "step_min_s": times[0], "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq)}))?;
     println!(

@@ -13,7 +13,7 @@ use fmlab_nn::gguf::Gguf;
 use fmlab_tensor::{no_grad, Rng, Tensor};
 use fmlab_tokenizer::{AllowedSpecial, Tokenizer};
 
-use crate::sampling::{sample_token, SamplingParams};
+use crate::sampling::{sample_token, SamplingParams, TextStream};
 
 #[derive(Args, Clone)]
 pub struct GenArgs {
@@ -119,23 +119,22 @@ impl Lm {
         let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
         let mut rng = Rng::new(a.seed);
         let mut cache = KvCache::default();
-        let mut seen: Vec<u32> = ids.clone();
+        // Tokens in the context so far, for the repetition penalty (kept incrementally).
+        let mut seen: std::collections::HashSet<u32> = ids.iter().copied().collect();
+        let mut len = ids.len();
         let mut input = ids;
-        let mut pending: Vec<u32> = Vec::new();
+        let mut text = TextStream::default();
         let t0 = Instant::now();
         let mut n = 0;
-        while n < a.max_tokens && seen.len() < ctx {
+        while n < a.max_tokens && len < ctx {
             let x = Tensor::from_vec(input.iter().map(|&t| t as i32).collect(), &[1, input.len()]);
             let logits = self.model.forward(&x, &mut cache); // [1, T, V]
             let mut last = logits.narrow(1, input.len() - 1, 1).to_vec::<f32>();
             if a.repetition_penalty != 1.0 {
                 let p = a.repetition_penalty as f32;
-                let mut done = std::collections::HashSet::new();
                 for &t in &seen {
-                    if done.insert(t) {
-                        let l = &mut last[t as usize];
-                        *l = if *l > 0.0 { *l / p } else { *l * p };
-                    }
+                    let l = &mut last[t as usize];
+                    *l = if *l > 0.0 { *l / p } else { *l * p };
                 }
             }
             let next = sample_token(&last, &params, &mut rng);
@@ -143,19 +142,12 @@ impl Lm {
             if !a.ignore_eos && self.stops.contains(&next) {
                 break;
             }
-            seen.push(next);
+            seen.insert(next);
+            len += 1;
             input = vec![next];
-            pending.push(next);
-            let bytes = self.tok.decode_bytes(&pending)?;
-            if let Ok(s) = std::str::from_utf8(&bytes) {
-                write!(out, "{s}")?;
-                out.flush()?;
-                pending.clear();
-            }
+            text.push(&self.tok, next, out)?;
         }
-        if !pending.is_empty() {
-            write!(out, "{}", self.tok.decode(&pending)?)?;
-        }
+        text.finish(&self.tok, out)?;
         Ok((n, t0.elapsed().as_secs_f64()))
     }
 }

@@ -9,7 +9,7 @@ use fmlab_tensor::{no_grad, Rng, Tensor};
 use fmlab_tokenizer::AllowedSpecial;
 
 use crate::checkpoint;
-use crate::sampling::{sample_token, SamplingParams};
+use crate::sampling::{sample_token, SamplingParams, TextStream};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -66,7 +66,7 @@ pub fn run(a: SampleArgs) -> Result<()> {
             writeln!(out, "--- sample {} ---", i + 1)?;
         }
         write!(out, "{}", a.prompt)?;
-        let mut pending: Vec<u32> = Vec::new();
+        let mut text = TextStream::default();
         for _ in 0..a.max_tokens {
             // No KV cache yet: re-run the window of the last n_ctx tokens.
             let ctx = &ids[ids.len().saturating_sub(n_ctx)..];
@@ -78,18 +78,9 @@ pub fn run(a: SampleArgs) -> Result<()> {
                 break;
             }
             ids.push(next);
-            // Print only whole UTF-8 sequences (a character may span tokens).
-            pending.push(next);
-            let bytes = tok.decode_bytes(&pending)?;
-            if let Ok(s) = std::str::from_utf8(&bytes) {
-                write!(out, "{s}")?;
-                out.flush()?;
-                pending.clear();
-            }
+            text.push(&tok, next, &mut out)?;
         }
-        if !pending.is_empty() {
-            write!(out, "{}", tok.decode(&pending)?)?;
-        }
+        text.finish(&tok, &mut out)?;
         writeln!(out)?;
     }
     Ok(())

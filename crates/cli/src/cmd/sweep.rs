@@ -66,8 +66,8 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
     }
     let dir = a.root.join(&a.group);
     std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("group.json"),
+    crate::ledger::write_file(
+        &dir.join("group.json"),
         serde_json::to_string_pretty(&serde_json::json!({"argv": std::env::args().collect::<Vec<_>>(), "grid": a.grids, "seeds": a.seeds, "train_args": a.train_args}))?,
     )?;
     // Cartesian product of the grid, then seeds.
@@ -219,8 +219,8 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
     let series = |key: &str| -> Vec<(String, Vec<(f64, f64)>)> {
         runs.iter().map(|r| (r.id(), r.metrics.iter().filter_map(|m| Some((m["step"].as_f64()?, m[key].as_f64()?))).collect())).collect()
     };
-    std::fs::write(a.group.join("train_loss.svg"), line_svg("train loss per run", "loss (nats/token)", &series("loss")))?;
-    std::fs::write(a.group.join("val_loss.svg"), line_svg("validation loss per run", "loss (nats/token)", &series("val_loss")))?;
+    crate::ledger::write_file(&a.group.join("train_loss.svg"), line_svg("train loss per run", "loss (nats/token)", &series("loss")))?;
+    crate::ledger::write_file(&a.group.join("val_loss.svg"), line_svg("validation loss per run", "loss (nats/token)", &series("val_loss")))?;
     // lr × wd heatmap of final val loss, averaged over seeds; seed spread alongside.
     let mut lrs: Vec<f64> = runs.iter().map(|r| f(r, "lr")).collect();
     let mut wds: Vec<f64> = runs.iter().map(|r| f(r, "weight_decay")).collect();
@@ -235,7 +235,7 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
     };
     let rows: Vec<String> = lrs.iter().map(|x| format!("{x}")).collect();
     let cols: Vec<String> = wds.iter().map(|x| format!("{x}")).collect();
-    std::fs::write(a.group.join("heatmap.svg"), heatmap_svg("final val loss (mean over seeds)", &rows, &cols, &mean, "lr", "weight decay"))?;
+    crate::ledger::write_file(&a.group.join("heatmap.svg"), heatmap_svg("final val loss (mean over seeds)", &rows, &cols, &mean, "lr", "weight decay"))?;
     let _ = writeln!(md, "\n![train loss](train_loss.svg)\n\n![validation loss](val_loss.svg)\n\n![lr × wd](heatmap.svg)\n");
     let _ = writeln!(md, "| lr \\ wd | {} |", cols.join(" | "));
     let _ = writeln!(md, "|---|{}", "---|".repeat(cols.len()));
@@ -256,7 +256,7 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
             .collect();
         let _ = writeln!(md, "| {} | {} |", rows[i], cells.join(" | "));
     }
-    std::fs::write(a.group.join("report.md"), md)?;
+    crate::ledger::write_file(&a.group.join("report.md"), md)?;
     eprintln!("wrote {}", a.group.join("report.md").display());
     Ok(())
 }

@@ -283,12 +283,12 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         let mp = run_dir.join("metrics.jsonl");
         if let Ok(text) = std::fs::read_to_string(&mp) {
             let kept: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)).collect();
-            std::fs::write(&mp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+            crate::ledger::write_file(&mp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
         }
         eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
     }
     let cfg_json = serde_json::to_string_pretty(&cfg)?;
-    std::fs::write(run_dir.join("config.json"), &cfg_json)?;
+    crate::ledger::write_file(&run_dir.join("config.json"), &cfg_json)?;
     if resume_from.is_none() {
         crate::ledger::write_run_info(&run_dir, "train gpt", &cfg_json, cfg.seed)?;
     }
