@@ -2,6 +2,10 @@
 """PyTorch reference for `fmlab bench train`: the identical GPT-2 (HF GPT2LMHeadModel, tied
 embeddings, GELU-tanh, no dropout) and step (forward, backward, clip 1.0, AdamW) on random tokens.
 
+On CUDA it is the strong baseline the issue names: bf16 autocast (fp32 master weights), SDPA
+attention (flash), fused AdamW; --compile adds torch.compile. Peak memory is
+torch.cuda.max_memory_allocated over the timed steps.
+
 usage: python3 tools/bench_gpt2_torch.py --preset gpt2-mini --batch 4 --seq 256 --steps 5 [--device cpu|cuda] [--compile]
 """
 import argparse, time
@@ -21,18 +25,20 @@ a = ap.parse_args()
 d, l, h, ctx = PRESETS[a.preset]
 cfg = GPT2Config(vocab_size=50257, n_positions=ctx, n_embd=d, n_layer=l, n_head=h, resid_pdrop=0.0,
                  embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new", bos_token_id=0, eos_token_id=0)
-model = GPT2LMHeadModel(cfg).to(a.device)
+model = GPT2LMHeadModel(cfg, attn_implementation="sdpa").to(a.device)
+cuda = a.device.startswith("cuda")
 model.train()
 decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
 rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
-opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.95))
+opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.95), **({"fused": True} if cuda else {}))
 fwd = torch.compile(model) if a.compile else model
 
 def step():
     x = torch.randint(0, 50257, (a.batch, a.seq), device=a.device)
     y = torch.randint(0, 50257, (a.batch, a.seq), device=a.device)
-    logits = fwd(x).logits
-    loss = torch.nn.functional.cross_entropy(logits.view(-1, 50257), y.view(-1))
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+        logits = fwd(x).logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, 50257).float() if not cuda else logits.view(-1, 50257), y.view(-1))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
@@ -41,15 +47,20 @@ def step():
 
 times = []
 for i in range(a.warmup + a.steps):
-    if a.device == "cuda":
+    if cuda and i == a.warmup:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    if cuda:
         torch.cuda.synchronize()
     t = time.perf_counter()
     loss = step()
     loss.item()
-    if a.device == "cuda":
+    if cuda:
         torch.cuda.synchronize()
     if i >= a.warmup:
         times.append(time.perf_counter() - t)
 times.sort()
 med = times[len(times) // 2]
-print(f"torch  preset {a.preset} B={a.batch} T={a.seq} threads={torch.get_num_threads()}: step median {med*1e3:.1f} ms (min {times[0]*1e3:.1f}), {a.batch*a.seq/med:.0f} tok/s, loss {loss.item():.3f} (torch {torch.__version__})")
+peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else ""
+mode = ("compile " if a.compile else "eager ") + ("bf16-autocast" if cuda else "fp32")
+print(f"torch  preset {a.preset} {mode} B={a.batch} T={a.seq} threads={torch.get_num_threads()}: step median {med*1e3:.1f} ms (min {times[0]*1e3:.1f}), {a.batch*a.seq/med:.0f} tok/s{peak}, loss {loss.item():.3f} (torch {torch.__version__})")

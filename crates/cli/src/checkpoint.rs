@@ -43,6 +43,13 @@ pub struct RunConfig {
     pub eval_batches: usize,
     pub checkpoint_every: u64,
     pub seed: u64,
+    /// Activation dtype of the run: "fp32", or "bf16" (mixed precision). Older runs: fp32.
+    #[serde(default = "fp32")]
+    pub precision: String,
+}
+
+fn fp32() -> String {
+    "fp32".into()
 }
 
 #[derive(Serialize, Deserialize)]

@@ -4,6 +4,7 @@ mod assets;
 mod checkpoint;
 mod cmd;
 mod corpus;
+mod device;
 mod ledger;
 mod sampling;
 
@@ -80,6 +81,7 @@ fn tune_malloc() {
 
 fn main() {
     tune_malloc();
+    device::install_panic_hook();
     let cli = Cli::parse();
     let res = match cli.cmd {
         Cmd::Tokenizer(c) => cmd::tokenizer::run(c),

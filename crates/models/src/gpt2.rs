@@ -81,6 +81,9 @@ pub struct Gpt2 {
     wpe: Embedding,
     h: Vec<Block>,
     ln_f: LayerNorm,
+    /// Activation dtype: F32, or BF16 for mixed precision (fp32 master weights, bf16 GEMMs and
+    /// activations, fp32 norms and loss). Not part of the architecture: set per run.
+    pub compute_dtype: DType,
 }
 
 impl Gpt2 {
@@ -104,7 +107,7 @@ impl Gpt2 {
             });
         }
         let ln_f = LayerNorm::new(&vb.pp("ln_f"), c, true, cfg.layer_norm_eps)?;
-        Ok(Gpt2 { cfg: cfg.clone(), wte, wpe, h, ln_f })
+        Ok(Gpt2 { cfg: cfg.clone(), wte, wpe, h, ln_f, compute_dtype: DType::F32 })
     }
 
     /// Loads HF GPT-2 tensors (with or without the `transformer.` prefix; `lm_head.weight`, if
@@ -133,7 +136,7 @@ impl Gpt2 {
         let (b, t) = (ids.dim(0), ids.dim(1));
         assert!(t <= self.cfg.n_ctx, "sequence of {t} tokens exceeds n_ctx {}", self.cfg.n_ctx);
         let pos = Tensor::arange(t, DType::I32);
-        let mut x = self.wte.forward(ids).add(&self.wpe.forward(&pos)); // [B, T, C]
+        let mut x = self.wte.forward(ids).add(&self.wpe.forward(&pos)).to_dtype(self.compute_dtype); // [B, T, C]
         let p = self.cfg.dropout;
         let mut drop = |x: Tensor| match rng.as_deref_mut() {
             Some(r) if p > 0.0 => x.dropout(p, r),
@@ -149,7 +152,7 @@ impl Gpt2 {
         let x = self.ln_f.forward(&x);
         let c = self.cfg.n_embd;
         // Tied LM head: logits = x · wteᵀ.
-        x.reshape(&[b * t, c]).matmul(&self.wte.weight.t()).reshape(&[b, t, self.cfg.vocab_size])
+        x.reshape(&[b * t, c]).matmul(&self.wte.weight.t().to_dtype(x.dtype())).reshape(&[b, t, self.cfg.vocab_size])
     }
 
     /// Mean next-token cross-entropy of ids [B, T] against targets [B, T] (-100 = ignored).

@@ -7,16 +7,31 @@
 //! - gradients: 1e-4 · max(1, max|grad|) per tensor (backward accumulates over B·T positions).
 //! - AdamW losses: 1e-3 absolute after 10 steps (Adam normalizes by sqrt(v), which amplifies tiny
 //!   gradient differences where v is small; observed differences are far smaller).
+//!
+//! The same tests run on a GPU with FMLAB_TEST_DEVICE=cuda (scripts/gpu-check.sh). The bf16
+//! mixed-precision test holds fmlab's bf16 run to PyTorch's fp32 numbers with bf16 tolerances:
+//! activations and GEMM inputs are rounded to 8 mantissa bits (relative 2^-9 per rounding, a few
+//! roundings deep), so logits/loss within 3e-2, gradients within 5e-2 of their scale.
 
 use std::collections::HashMap;
 
 use fmlab_models::{Gpt2, Gpt2Config};
 use fmlab_nn::optim::default_decay;
 use fmlab_nn::{AdamW, AdamWConfig};
-use fmlab_tensor::{DType, Tensor};
+use fmlab_tensor::{DType, Device, Tensor};
+
+/// FMLAB_TEST_DEVICE (cpu, cuda, cuda:N), default cpu.
+fn test_device() -> Device {
+    let d = std::env::var("FMLAB_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let dev = Device::parse(&d).unwrap_or_else(|| panic!("FMLAB_TEST_DEVICE={d}"));
+    dev.init().unwrap_or_else(|e| panic!("FMLAB_TEST_DEVICE={d}: {e}"));
+    dev
+}
 
 fn fixture() -> HashMap<String, Tensor> {
     let p = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gpt2_tiny.safetensors");
+    // A carried test binary (scripts/gpu-check.sh) runs from the repository root elsewhere.
+    let p = if std::path::Path::new(p).exists() { p } else { "crates/models/tests/fixtures/gpt2_tiny.safetensors" };
     fmlab_nn::safetensors_io::load(p.as_ref()).unwrap()
 }
 
@@ -33,6 +48,7 @@ fn build(fx: &HashMap<String, Tensor>) -> (Gpt2, Vec<(String, Tensor)>) {
     let params: HashMap<String, Tensor> =
         fx.iter().filter_map(|(k, v)| k.strip_prefix("param.").map(|n| (n.to_string(), v.clone()))).collect();
     let (model, vb) = Gpt2::load_hf(params, &cfg(), DType::F32).unwrap();
+    vb.to_device(test_device());
     (model, vb.vars())
 }
 
@@ -83,6 +99,55 @@ fn ten_adamw_steps_match_pytorch() {
         assert!(d < 1e-3, "{name} after 10 steps differs by {d}");
     }
     eprintln!("adamw losses: {got:?}");
+}
+
+#[test]
+fn bf16_mixed_precision_matches_pytorch_within_bf16_tolerance() {
+    let fx = fixture();
+    let (mut model, vars) = build(&fx);
+    model.compute_dtype = DType::BF16;
+    let (ids, targets) = (&fx["ids"], &fx["targets"]);
+    let logits = model.forward(ids, None);
+    assert_eq!(logits.dtype(), DType::BF16);
+    let want_logits = &fx["logits"];
+    let scale = want_logits.to_vec_f64().iter().fold(1.0f64, |m, x| m.max(x.abs()));
+    let d = max_diff(&logits, want_logits);
+    assert!(d < 3e-2 * scale, "bf16 logits differ by {d} (scale {scale})");
+    let loss = model.loss(ids, targets, None);
+    let (got, want) = (loss.item(), fx["loss"].item());
+    assert!((got - want).abs() < 3e-2, "bf16 loss {got} vs {want}");
+    loss.backward();
+    for (name, v) in &vars {
+        let g = v.grad().unwrap_or_else(|| panic!("no gradient for {name}"));
+        assert_eq!(g.dtype(), DType::F32, "{name}: master gradients are fp32");
+        let want = &fx[&format!("grad.{name}")];
+        let scale = want.to_vec_f64().iter().fold(1e-3f64, |m, x| m.max(x.abs()));
+        let d = max_diff(&g, want);
+        assert!(d < 5e-2 * scale, "bf16 grad of {name} differs by {d} (scale {scale})");
+    }
+    for v in &vars {
+        v.1.zero_grad();
+    }
+    let mut opt = AdamW::new(vars.clone(), AdamWConfig { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, default_decay);
+    let want = fx["losses_adamw"].to_vec_f64();
+    let mut losses = Vec::new();
+    for _ in 0..10 {
+        opt.zero_grad();
+        let loss = model.loss(ids, targets, None);
+        loss.backward();
+        opt.step();
+        losses.push(loss.item());
+    }
+    // Against PyTorch's fp32 trajectory: the first steps agree to bf16 rounding; later, at this
+    // fixture's high learning rate (1e-2, one batch), the bf16 run drifts (it descended slightly
+    // faster when measured: 2.14 vs 2.24 at step 10), so later steps are held to 6% and to
+    // falling monotonically.
+    for (i, (g, w)) in losses.iter().zip(&want).enumerate() {
+        let tol = if i < 3 { 1e-2 } else { 6e-2 * w };
+        assert!((g - w).abs() < tol, "bf16 step {i}: loss {g} vs PyTorch fp32 {w}\nall: {losses:?}\nwant: {want:?}");
+    }
+    assert!(losses.windows(2).all(|w| w[1] < w[0]), "bf16 losses must fall: {losses:?}");
+    eprintln!("bf16 on {}: logits max diff {d:.2e}, adamw losses {losses:?}", test_device());
 }
 
 #[test]

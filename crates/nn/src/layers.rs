@@ -1,6 +1,13 @@
 //! Layers: plain structs with `forward`, built from a `VarBuilder`.
 
-use fmlab_tensor::{attention, AttnMask, Tensor};
+use fmlab_tensor::{attention, AttnMask, DType, Tensor};
+
+/// Mixed precision without a global mode: parameters (fp32 masters) are cast to the dtype of the
+/// activations that reach them, so a model run on bf16 activations does its GEMMs in bf16 and
+/// the Cast's backward returns fp32 gradients to the masters. A no-op when the dtypes agree.
+fn like(p: &Tensor, x: &Tensor) -> Tensor {
+    p.to_dtype(x.dtype())
+}
 
 use crate::{Init, NnError, VarBuilder};
 
@@ -36,9 +43,9 @@ impl Linear {
             WeightLayout::OutIn => self.weight.t(),
             WeightLayout::InOut => self.weight.clone(),
         };
-        let y = x.matmul(&w);
+        let y = x.matmul(&like(&w, x));
         match &self.bias {
-            Some(b) => y.add(b),
+            Some(b) => y.add(&like(b, x)),
             None => y,
         }
     }
@@ -74,8 +81,15 @@ impl LayerNorm {
         let bias = if bias { Some(vb.get(&[d], "bias", Init::Zeros)?) } else { None };
         Ok(LayerNorm { weight, bias, eps })
     }
+    /// Statistics in fp32 for 16-bit inputs; the output has the input's dtype.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.layer_norm(&self.weight, self.bias.as_ref(), self.eps)
+        let dt = x.dtype();
+        if matches!(dt, DType::BF16 | DType::F16) {
+            let b = self.bias.as_ref().map(|b| b.to_dtype(DType::F32));
+            return x.to_dtype(DType::F32).layer_norm(&self.weight.to_dtype(DType::F32), b.as_ref(), self.eps).to_dtype(dt);
+        }
+        let b = self.bias.as_ref().map(|b| like(b, x));
+        x.layer_norm(&like(&self.weight, x), b.as_ref(), self.eps)
     }
 }
 
@@ -89,8 +103,13 @@ impl RmsNorm {
     pub fn new(vb: &VarBuilder, d: usize, eps: f64) -> Result<RmsNorm, NnError> {
         Ok(RmsNorm { weight: vb.get(&[d], "weight", Init::Ones)?, eps })
     }
+    /// Statistics in fp32 for 16-bit inputs; the output has the input's dtype.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.rms_norm(&self.weight, self.eps)
+        let dt = x.dtype();
+        if matches!(dt, DType::BF16 | DType::F16) {
+            return x.to_dtype(DType::F32).rms_norm(&self.weight.to_dtype(DType::F32), self.eps).to_dtype(dt);
+        }
+        x.rms_norm(&like(&self.weight, x), self.eps)
     }
 }
 

@@ -1,11 +1,11 @@
 //! Optimizers and gradient clipping.
 //!
-//! AdamW's `step` is a fused CPU loop over each parameter (one pass, no temporaries); `step_slow`
+//! AdamW's `step` is one fused kernel per parameter (`fmlab_tensor::adamw_update`: a CPU loop or a CUDA kernel, one pass, no temporaries); `step_slow`
 //! is its twin composed of tensor ops, which the tests hold it to. Both follow PyTorch's
 //! single-tensor AdamW exactly: decoupled decay first, `m.lerp_(g, 1-β1)`,
 //! `v = β2 v + (1-β2) g²`, `p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)`.
 
-use fmlab_tensor::{no_grad, DType, Tensor};
+use fmlab_tensor::{adamw_update, no_grad, DType, Tensor};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
@@ -50,8 +50,8 @@ impl AdamW {
             .into_iter()
             .map(|(name, var)| {
                 let decay = decay(&name, &var);
-                let m = Tensor::new_var(&Tensor::zeros(var.shape(), DType::F32));
-                let v = Tensor::new_var(&Tensor::zeros(var.shape(), DType::F32));
+                let m = Tensor::new_var(&Tensor::zeros_on(var.shape(), DType::F32, var.device()));
+                let v = Tensor::new_var(&Tensor::zeros_on(var.shape(), DType::F32, var.device()));
                 Param { name, var, decay, m, v }
             })
             .collect();
@@ -75,7 +75,8 @@ impl AdamW {
         (self.cfg.lr / bc1, bc2.sqrt(), self.cfg.lr * self.cfg.weight_decay)
     }
 
-    /// One update of every parameter that has a gradient (fused CPU loop, f32 parameters).
+    /// One update of every parameter that has a gradient (one fused kernel per f32 parameter, on
+    /// its device: `fmlab_tensor::adamw_update`).
     pub fn step(&mut self) {
         self.step += 1;
         let (step_size, bc2_sqrt, lr_wd) = self.scalars();
@@ -89,22 +90,7 @@ impl AdamW {
                 continue;
             }
             let decay = if p.decay { (1.0 - lr_wd) as f32 } else { 1.0 };
-            g.with_f32(|g| {
-                p.m.with_f32_mut(|m| {
-                    p.v.with_f32_mut(|v| {
-                        p.var.with_f32_mut(|w| {
-                            for i in 0..w.len() {
-                                let gi = g[i];
-                                w[i] *= decay;
-                                m[i] += one_m_b1 * (gi - m[i]);
-                                v[i] = v[i] * b2 + (gi * gi) * one_m_b2;
-                                let denom = v[i].sqrt() / bc2_sqrt + eps;
-                                w[i] -= step_size * (m[i] / denom);
-                            }
-                        })
-                    })
-                })
-            });
+            adamw_update(&p.var, &g, &p.m, &p.v, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
         }
     }
 
@@ -129,7 +115,7 @@ fn step_slow_one(p: &Param, g: &Tensor, cfg: &AdamWConfig, step: u64) {
     let w = if p.decay { w.scale(1.0 - cfg.lr * cfg.weight_decay) } else { w };
     let m = p.m.add(&g.sub(&p.m).scale(1.0 - cfg.beta1));
     let v = p.v.scale(cfg.beta2).add(&g.mul(&g).scale(1.0 - cfg.beta2));
-    let denom = v.sqrt().div(&Tensor::scalar(bc2_sqrt, DType::F32)).add_scalar(cfg.eps);
+    let denom = v.sqrt().div(&v.scalar_like(bc2_sqrt)).add_scalar(cfg.eps);
     let w = w.sub(&m.div(&denom).scale(cfg.lr / bc1));
     p.m.set_data(&m);
     p.v.set_data(&v);
@@ -173,13 +159,18 @@ impl Sgd {
 /// before clipping; non-finite if any gradient is.
 pub fn clip_grad_norm(vars: &[Tensor], max_norm: f64) -> f64 {
     let _ng = no_grad();
-    let mut sq = 0.0f64;
+    // Sum of squares in f64 on the gradients' device; one host read for the whole model.
+    let mut sq: Option<Tensor> = None;
     for v in vars {
         if let Some(g) = v.grad() {
-            sq += g.with_f32(|x| x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>());
+            let s = g.to_dtype(DType::F64).sqr().sum_all();
+            sq = Some(match sq {
+                Some(a) => a.add(&s),
+                None => s,
+            });
         }
     }
-    let norm = sq.sqrt();
+    let norm = sq.map_or(0.0, |s| s.item()).sqrt();
     let coef = (max_norm / (norm + 1e-6)).min(1.0);
     if coef < 1.0 {
         for v in vars {

@@ -129,6 +129,13 @@ impl VarBuilder {
         v
     }
 
+    /// Moves every variable created so far to `device`, in place (models holding them follow).
+    pub fn to_device(&self, device: fmlab_tensor::Device) {
+        for (_, v) in self.vars() {
+            v.move_to_device(device);
+        }
+    }
+
     /// The variables created so far, in order.
     pub fn vars(&self) -> Vec<(String, Tensor)> {
         self.inner.lock().unwrap().map.all()

@@ -54,7 +54,7 @@ impl Tensor {
     /// (so successive calls accumulate, as for gradient accumulation over micro-batches).
     pub fn backward(&self) {
         assert_eq!(self.numel(), 1, "backward from a tensor of shape {:?}; reduce it to a scalar first", self.shape());
-        let grads = self.grads_wrt_graph(&Tensor::ones(self.shape(), self.dtype()));
+        let grads = self.grads_wrt_graph(&Tensor::full_on(1.0, self.shape(), self.dtype(), self.device()));
         for (t, g) in grads {
             t.accumulate_grad(&g);
         }
@@ -98,7 +98,7 @@ impl Tensor {
                         // d/dx erf = 2/sqrt(pi) exp(-x^2)
                         UnaryOp::Erf => g.mul(&x.sqr().neg().exp().scale(std::f64::consts::FRAC_2_SQRT_PI)),
                         UnaryOp::Recip => g.mul(&node.sqr()).neg(),
-                        UnaryOp::Relu => g.mul(&x.gt(&Tensor::scalar(0.0, x.dtype())).to_dtype(x.dtype())),
+                        UnaryOp::Relu => g.mul(&x.gt(&x.scalar_like(0.0)).to_dtype(x.dtype())),
                         UnaryOp::Affine(m, _) => g.scale(m),
                         UnaryOp::Powf(p) => g.mul(&x.powf(p - 1.0).scale(p)),
                     };
@@ -125,8 +125,8 @@ impl Tensor {
                         // The gradient goes to the chosen operand; on ties it is split evenly.
                         let (ma, mb) = (a.eq(&node).to_dtype(g.dtype()), b.eq(&node).to_dtype(g.dtype()));
                         let share = ma.add(&mb);
-                        add(a, g.mul(&ma).div(&share.maximum(&Tensor::scalar(1.0, share.dtype()))));
-                        add(b, g.mul(&mb).div(&share.maximum(&Tensor::scalar(1.0, share.dtype()))));
+                        add(a, g.mul(&ma).div(&share.maximum(&share.scalar_like(1.0))));
+                        add(b, g.mul(&mb).div(&share.maximum(&share.scalar_like(1.0))));
                     }
                 },
                 Op::Reduce(x, r, _) => match r {
@@ -158,13 +158,13 @@ impl Tensor {
                     let mut sh = x.shape().to_vec();
                     if start > 0 {
                         sh[dim] = start;
-                        parts.push(Tensor::zeros(&sh, g.dtype()));
+                        parts.push(Tensor::zeros_on(&sh, g.dtype(), g.device()));
                     }
                     parts.push(g.clone());
                     let after = x.dim(dim) - start - len;
                     if after > 0 {
                         sh[dim] = after;
-                        parts.push(Tensor::zeros(&sh, g.dtype()));
+                        parts.push(Tensor::zeros_on(&sh, g.dtype(), g.device()));
                     }
                     add(x, if parts.len() == 1 { g.contiguous() } else { Tensor::cat(&parts, dim) })
                 }
@@ -187,7 +187,7 @@ impl Tensor {
                     add(src, g.gather(idx, *dim));
                 }
                 Op::Where(c, a, b) => {
-                    let z = Tensor::zeros(&[], g.dtype());
+                    let z = g.scalar_like(0.0);
                     add(a, c.where_cond(&g, &z));
                     add(b, c.where_cond(&z, &g));
                 }
@@ -200,7 +200,7 @@ impl Tensor {
 }
 
 fn sign(x: &Tensor) -> Tensor {
-    let z = Tensor::scalar(0.0, x.dtype());
+    let z = x.scalar_like(0.0);
     let pos = x.gt(&z).to_dtype(x.dtype());
     let neg = x.lt(&z).to_dtype(x.dtype());
     pos.sub(&neg)

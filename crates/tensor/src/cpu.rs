@@ -633,6 +633,31 @@ impl CpuStorage {
         }
     }
 
+    /// The raw bytes of all elements (host byte order, which is little-endian on every target
+    /// fmlab builds for).
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: plain-old-data element types; the slice covers exactly the Vec's elements.
+        with_vec!(self, v => unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v.as_slice())) })
+    }
+
+    /// Elements of `dtype` from little-endian bytes.
+    pub fn from_bytes(dtype: DType, bytes: &[u8]) -> CpuStorage {
+        macro_rules! rd {
+            ($t:ty, $k:expr) => {
+                bytes.chunks_exact($k).map(|c| <$t>::from_le_bytes(c.try_into().unwrap())).collect::<Vec<$t>>()
+            };
+        }
+        match dtype {
+            DType::F32 => CpuStorage::F32(rd!(f32, 4)),
+            DType::F64 => CpuStorage::F64(rd!(f64, 8)),
+            DType::BF16 => CpuStorage::BF16(rd!(bf16, 2)),
+            DType::F16 => CpuStorage::F16(rd!(f16, 2)),
+            DType::I32 => CpuStorage::I32(rd!(i32, 4)),
+            DType::U32 => CpuStorage::U32(rd!(u32, 4)),
+            DType::U8 => CpuStorage::U8(bytes.to_vec()),
+        }
+    }
+
     /// Index values (i32/u32 tensors) as usize, checked against `bound`.
     pub fn to_indices(&self, l: &Layout, bound: usize, what: &str) -> Vec<usize> {
         let v: Vec<i64> = match self {

@@ -9,8 +9,11 @@
 use rayon::prelude::*;
 
 use crate::cpu::CpuStorage;
+use crate::cuda::storage::sfx;
+use crate::cuda::{grid_for, Args, CudaStorage};
 use crate::op::Op;
-use crate::{DType, Tensor};
+use crate::tensor::Storage;
+use crate::{no_grad, DType, Tensor};
 
 /// Rows below this many elements in total are done on one thread.
 const PAR_MIN: usize = 1 << 16;
@@ -22,19 +25,49 @@ fn rows<T: Copy + Send + Sync>(x: &[T], v: usize) -> impl IndexedParallelIterato
 impl Tensor {
     /// Mean cross-entropy of `logits` [N, V] against integer `targets` [N]; targets equal to
     /// `ignore_index` are skipped (not counted in the mean). Fused; see the module docs.
+    /// The loss is f32 for 16-bit logits (f64 for f64): losses accumulate in fp32 under mixed
+    /// precision, and the gradient comes back in the logits' dtype.
     pub fn cross_entropy(&self, targets: &Tensor, ignore_index: Option<i64>) -> Tensor {
         assert_eq!(self.rank(), 2, "cross_entropy: logits must be [N, V], got {:?}", self.shape());
         assert_eq!(targets.shape(), &[self.dim(0)], "cross_entropy: targets {:?} for logits {:?}", targets.shape(), self.shape());
-        if !matches!(self.dtype(), DType::F32 | DType::F64) {
-            return self.to_dtype(DType::F32).cross_entropy(targets, ignore_index).to_dtype(self.dtype());
+        let on_gpu = self.device().is_cuda();
+        // The CPU kernel is f32/f64; on the GPU 16-bit logits are read directly (f32 math), so
+        // the [N, V] logits are never widened to f32 in memory.
+        if !matches!(self.dtype(), DType::F32 | DType::F64) && !on_gpu {
+            return self.to_dtype(DType::F32).cross_entropy(targets, ignore_index);
         }
         let (n, v) = (self.dim(0), self.dim(1));
         let t = targets.to_dtype(DType::I32).to_vec::<i32>();
         for (i, &ti) in t.iter().enumerate() {
             assert!(Some(ti as i64) == ignore_index || (ti >= 0 && (ti as usize) < v), "cross_entropy: target {ti} at row {i} is outside 0..{v}");
         }
+        let kept = t.iter().filter(|&&ti| Some(ti as i64) != ignore_index).count();
+        // Ignored rows are stored as -1 so backward needs no ignore_index (which may be a valid id).
+        let stored: Vec<i32> = t.iter().map(|&ti| if Some(ti as i64) == ignore_index { -1 } else { ti }).collect();
         let x = self.contiguous();
-        let (lse, loss): (Vec<f64>, f64) = x.with_cpu_storage(|s| {
+        if on_gpu {
+            let dev = x.device();
+            let tt = Tensor::from_vec(stored, &[n]).to_device(dev);
+            let acc = if self.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+            let (lse, loss) = (Tensor::zeros_on(&[n], acc, dev), Tensor::zeros_on(&[n], acc, dev));
+            x.with_storage(|xs| {
+                let Storage::Cuda(xs) = xs else { unreachable!() };
+                let (pt, pl, pp) = (cuda_ptr(&tt), cuda_ptr(&lse), cuda_ptr(&loss));
+                Args::new().push(xs.ptr).push(pt).push(pl).push(pp).push(v as u32).launch(&xs.dev, &format!("ce_fwd_{}", sfx(self.dtype())), n as u32, 512, 0);
+            });
+            // NaN when every target is ignored, as in PyTorch.
+            let mean = {
+                let _g = no_grad();
+                loss.sum_all().scale(1.0 / kept as f64)
+            };
+            let s = mean.with_storage(|s| match s {
+                Storage::Cuda(c) => Storage::Cuda(c.copy_strided(mean.layout())),
+                _ => unreachable!(),
+            });
+            return Tensor::from_any(s, &[], Some(Op::CrossEntropy(x, tt, lse, kept)));
+        }
+        let (lse, loss): (Vec<f64>, f64) = x.with_storage(|s| {
+            let Storage::Cpu(s) = s else { unreachable!() };
             fn go<T: crate::dtype::Float>(x: &[T], v: usize, t: &[i32], ig: Option<i64>) -> (Vec<f64>, f64) {
                 let per_row = |(i, row): (usize, &[T])| -> (f64, f64) {
                     let m = row.iter().fold(T::neg_infinity(), |m, &a| if a > m { a } else { m });
@@ -52,22 +85,29 @@ impl Tensor {
                 _ => unreachable!(),
             }
         });
-        let kept = t.iter().filter(|&&ti| Some(ti as i64) != ignore_index).count();
         let mean = loss / kept as f64; // NaN when every target is ignored, as in PyTorch
         let lse = Tensor::from_f64(&lse, &[n], DType::F64);
-        // Ignored rows are stored as -1 so backward needs no ignore_index (which may be a valid id).
-        let stored: Vec<i32> = t.iter().map(|&ti| if Some(ti as i64) == ignore_index { -1 } else { ti }).collect();
         let tt = Tensor::from_vec(stored, &[n]);
-        Tensor::from_op_scalar(mean, self.dtype(), Op::CrossEntropy(x, tt, lse, kept))
+        Tensor::from_any(Storage::Cpu(CpuStorage::from_f64(self.dtype(), &[mean])), &[], Some(Op::CrossEntropy(x, tt, lse, kept)))
     }
 
     /// Backward of the fused cross-entropy: dlogits for an upstream gradient `g` (a scalar).
     pub(crate) fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Tensor, kept: usize, g: f64) -> Tensor {
         let (n, v) = (logits.dim(0), logits.dim(1));
+        let scale = g / kept as f64;
+        if logits.device().is_cuda() {
+            let s = logits.with_storage(|xs| {
+                let Storage::Cuda(xs) = xs else { unreachable!() };
+                let d = CudaStorage::alloc(&xs.dev, xs.dtype(), n * v);
+                Args::new().push(xs.ptr).push(cuda_ptr(targets)).push(cuda_ptr(lse)).push(d.ptr).push(v as u32).push(scale).launch(&xs.dev, &format!("ce_bwd_{}", sfx(xs.dtype())), n as u32, 512, 0);
+                Storage::Cuda(d)
+            });
+            return Tensor::from_any(s, &[n, v], None);
+        }
         let t = targets.to_vec::<i32>();
         let lse = lse.to_vec::<f64>();
-        let scale = g / kept as f64;
-        let out = logits.with_cpu_storage(|s| {
+        let out = logits.with_storage(|s| {
+            let Storage::Cpu(s) = s else { unreachable!() };
             fn go<T: crate::dtype::Float>(x: &[T], v: usize, t: &[i32], lse: &[f64], scale: f64) -> Vec<T> {
                 let mut d = vec![T::zero(); x.len()];
                 let body = |(i, (drow, row)): (usize, (&mut [T], &[T]))| {
@@ -96,4 +136,67 @@ impl Tensor {
         });
         Tensor::from_storage(out, &[n, v])
     }
+}
+
+/// Device address of a contiguous CUDA tensor's first element.
+pub(crate) fn cuda_ptr(t: &Tensor) -> u64 {
+    assert!(t.is_contiguous(), "cuda_ptr: tensor {:?} is not contiguous", t.shape());
+    t.with_storage(|s| match s {
+        Storage::Cuda(c) => c.at(t.layout().offset),
+        s => panic!("cuda_ptr: tensor on {}", s.device()),
+    })
+}
+
+/// One AdamW update of an f32 variable `w` from its gradient `g` (f32 or bf16) and f32 moments
+/// `m`, `v`, in place, on the variable's device: the fused kernel behind `nn::AdamW::step`.
+/// Scalars as in nn/optim.rs: `decay` = 1 - lr·wd (or 1), `step_size` = lr / (1 - β1^t),
+/// `bc2_sqrt` = sqrt(1 - β2^t).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, decay: f32, one_m_b1: f32, b2: f32, one_m_b2: f32, eps: f32, step_size: f32, bc2_sqrt: f32) {
+    assert!(w.dtype() == DType::F32 && m.dtype() == DType::F32 && v.dtype() == DType::F32, "adamw_update: parameters and moments must be f32");
+    assert!(w.is_var() && m.is_var() && v.is_var(), "adamw_update: updates variables in place");
+    if w.device().is_cuda() {
+        let g = if g.is_contiguous() { g.clone() } else { g.contiguous() };
+        let kernel = match g.dtype() {
+            DType::F32 => "adamw_f32",
+            DType::BF16 => "adamw_bf16g",
+            d => panic!("adamw_update: gradient dtype {d}"),
+        };
+        let n = w.numel();
+        let dev = w.with_storage(|s| match s {
+            Storage::Cuda(c) => c.dev.clone(),
+            _ => unreachable!(),
+        });
+        Args::new()
+            .push(cuda_ptr(w))
+            .push(cuda_ptr(&g))
+            .push(cuda_ptr(m))
+            .push(cuda_ptr(v))
+            .push(n as u32)
+            .push(decay)
+            .push(one_m_b1)
+            .push(b2)
+            .push(one_m_b2)
+            .push(eps)
+            .push(step_size)
+            .push(bc2_sqrt)
+            .launch(&dev, kernel, grid_for(n, 256), 256, 0);
+        return;
+    }
+    g.with_f32(|g| {
+        m.with_f32_mut(|m| {
+            v.with_f32_mut(|v| {
+                w.with_f32_mut(|w| {
+                    for i in 0..w.len() {
+                        let gi = g[i];
+                        w[i] *= decay;
+                        m[i] += one_m_b1 * (gi - m[i]);
+                        v[i] = v[i] * b2 + (gi * gi) * one_m_b2;
+                        let denom = v[i].sqrt() / bc2_sqrt + eps;
+                        w[i] -= step_size * (m[i] / denom);
+                    }
+                })
+            })
+        })
+    });
 }

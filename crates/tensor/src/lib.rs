@@ -5,6 +5,7 @@
 //! and the shapes; nothing here reads files or the network.
 
 mod backward;
+pub mod cuda;
 mod fused;
 pub mod cpu;
 pub mod dtype;
@@ -19,4 +20,5 @@ pub use dtype::{DType, WithDType};
 pub use layout::Layout;
 pub use ops::{attention, rope_tables, AttnMask};
 pub use rng::Rng;
+pub use fused::adamw_update;
 pub use tensor::{grad_enabled, no_grad, Device, NoGradGuard, Storage, Tensor, TensorId};

@@ -68,8 +68,8 @@ impl Tensor {
         match ignore_index {
             None => lsm.gather(&t.unsqueeze(1), 1).mean_all().neg(),
             Some(ig) => {
-                let keep = t.ne(&Tensor::scalar(ig as f64, DType::I32));
-                let safe = keep.where_cond(&t, &Tensor::zeros(&[], DType::I32));
+                let keep = t.ne(&t.scalar_like(ig as f64));
+                let safe = keep.where_cond(&t, &t.scalar_like(0.0));
                 let picked = lsm.gather(&safe.unsqueeze(1), 1).squeeze(1);
                 let keepf = keep.to_dtype(self.dtype());
                 let n = keepf.sum_all().item();
@@ -83,7 +83,7 @@ impl Tensor {
         if p == 0.0 {
             return self.clone();
         }
-        let keep = Tensor::rand_uniform(self.shape(), 0.0, 1.0, self.dtype(), rng).ge(&Tensor::scalar(p, self.dtype()));
+        let keep = Tensor::rand_uniform(self.shape(), 0.0, 1.0, self.dtype(), rng).to_device(self.device()).ge(&self.scalar_like(p));
         self.mul(&keep.to_dtype(self.dtype()).scale(1.0 / (1.0 - p)))
     }
 
@@ -131,6 +131,27 @@ pub enum AttnMask {
     Custom(Tensor),
 }
 
+/// The u8 [T, S] causal mask on `device`, built once per shape and device (each layer of every
+/// step asks for the same one; on a GPU that saves an upload per layer).
+fn causal_mask(t: usize, s: usize, device: crate::Device) -> Tensor {
+    thread_local! {
+        static CACHE: std::cell::RefCell<std::collections::HashMap<(usize, usize, crate::Device), Tensor>> = Default::default();
+    }
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() > 32 {
+            c.clear(); // generation asks for a new key length every token: keep this small
+        }
+        c.entry((t, s, device))
+            .or_insert_with(|| {
+                let off = s - t;
+                let m: Vec<u8> = (0..t).flat_map(|i| (0..s).map(move |j| (j <= i + off) as u8)).collect();
+                Tensor::from_vec(m, &[t, s]).to_device(device)
+            })
+            .clone()
+    })
+}
+
 /// Scaled dot-product attention. q [B, H, T, D], k/v [B, H, S, D] (cross-attention when S != T)
 /// → [B, H, T, D].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Tensor {
@@ -142,9 +163,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Tensor 
         AttnMask::None => None,
         AttnMask::Causal => {
             assert!(s >= t, "causal attention with {t} queries and only {s} keys");
-            let off = s - t;
-            let m: Vec<u8> = (0..t).flat_map(|i| (0..s).map(move |j| (j <= i + off) as u8)).collect();
-            Some(Tensor::from_vec(m, &[t, s]))
+            Some(causal_mask(t, s, q.device()))
         }
         AttnMask::KeyPadding(p) => {
             let b = p.dim(0);
@@ -153,7 +172,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Tensor 
         AttnMask::Custom(m) => Some(m.clone()),
     };
     let scores = match allowed {
-        Some(m) => m.where_cond(&scores, &Tensor::scalar(f64::NEG_INFINITY, scores.dtype())),
+        Some(m) => m.where_cond(&scores, &scores.scalar_like(f64::NEG_INFINITY)),
         None => scores,
     };
     scores.softmax(3).matmul(v)

@@ -6,27 +6,114 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::cpu::{CpuStorage, VecOf};
+use crate::cuda::CudaStorage;
 use crate::dtype::DType;
 use crate::layout::{broadcast_shape, contiguous_strides, Layout};
 use crate::op::{BinaryOp, CmpOp, Op, ReduceOp, UnaryOp};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Device {
     Cpu,
+    Cuda(usize),
 }
 
-/// Where elements live. One variant per backend, dispatched by `match` (a CUDA variant joins later).
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Device::Cpu => write!(f, "cpu"),
+            Device::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+impl Device {
+    pub fn is_cuda(&self) -> bool {
+        matches!(self, Device::Cuda(_))
+    }
+    /// `cpu`, `cuda` (= cuda:0), `cuda:N`; `auto` is resolved by the caller (see `Device::auto`).
+    pub fn parse(s: &str) -> Option<Device> {
+        match s {
+            "cpu" => Some(Device::Cpu),
+            "cuda" => Some(Device::Cuda(0)),
+            _ => s.strip_prefix("cuda:").and_then(|n| n.parse().ok()).map(Device::Cuda),
+        }
+    }
+    /// cuda:0 if a GPU can be initialized, else the CPU with the reason it was not used.
+    pub fn auto() -> (Device, Option<String>) {
+        match crate::cuda::device(0) {
+            Ok(_) => (Device::Cuda(0), None),
+            Err(e) => (Device::Cpu, Some(e.to_string())),
+        }
+    }
+    /// Initializes the device (CUDA: libraries, context, kernels): the place where a missing
+    /// driver or GPU becomes an error rather than a panic inside an op.
+    pub fn init(&self) -> Result<(), crate::cuda::CudaError> {
+        match self {
+            Device::Cpu => Ok(()),
+            Device::Cuda(i) => crate::cuda::device(*i).map(|_| ()),
+        }
+    }
+}
+
+fn cuda_dev(i: usize) -> std::sync::Arc<crate::cuda::CudaDevice> {
+    crate::cuda::device(i).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Where elements live. One variant per backend, dispatched by `match`.
 #[derive(Debug)]
 pub enum Storage {
     Cpu(CpuStorage),
+    Cuda(CudaStorage),
 }
 
 impl Storage {
-    fn cpu(&self) -> &CpuStorage {
+    pub fn device(&self) -> Device {
         match self {
-            Storage::Cpu(s) => s,
+            Storage::Cpu(_) => Device::Cpu,
+            Storage::Cuda(s) => Device::Cuda(s.dev.ordinal),
         }
     }
+    /// A contiguous copy of the elements viewed by `l`, on the same device.
+    fn copy_strided(&self, l: &Layout) -> Storage {
+        match self {
+            Storage::Cpu(s) => Storage::Cpu(s.copy_strided(l)),
+            Storage::Cuda(s) => Storage::Cuda(s.copy_strided(l)),
+        }
+    }
+    /// A contiguous host copy of the elements viewed by `l`.
+    fn to_host(&self, l: &Layout) -> CpuStorage {
+        match self {
+            Storage::Cpu(s) => s.copy_strided(l),
+            Storage::Cuda(s) => {
+                // Copy just the view on the device first, so only its bytes cross the bus.
+                if l.is_contiguous() && l.offset == 0 && l.numel() == s.len() {
+                    s.to_cpu()
+                } else {
+                    s.copy_strided(l).to_cpu()
+                }
+            }
+        }
+    }
+    /// A contiguous copy of the view on `dev`.
+    fn to_device(&self, l: &Layout, dev: Device) -> Storage {
+        match (self, dev) {
+            (Storage::Cpu(s), Device::Cpu) => Storage::Cpu(s.copy_strided(l)),
+            (Storage::Cuda(s), Device::Cuda(i)) if s.dev.ordinal == i => Storage::Cuda(s.copy_strided(l)),
+            (_, Device::Cpu) => Storage::Cpu(self.to_host(l)),
+            (_, Device::Cuda(i)) => Storage::Cuda(CudaStorage::from_cpu(&cuda_dev(i), &self.to_host(l))),
+        }
+    }
+}
+
+/// Runs the CPU or the CUDA arm of an op on two storages of one device.
+macro_rules! dispatch2 {
+    ($what:expr, $a:expr, $b:expr, |$x:ident, $y:ident| $cpu:expr, |$cx:ident, $cy:ident| $cuda:expr) => {
+        match (&*$a, &*$b) {
+            (Storage::Cpu($x), Storage::Cpu($y)) => Storage::Cpu($cpu),
+            (Storage::Cuda($cx), Storage::Cuda($cy)) => Storage::Cuda($cuda),
+            (x, y) => panic!("{}: operands on {} and {}", $what, x.device(), y.device()),
+        }
+    };
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -94,24 +181,27 @@ impl Tensor {
     }
 
     fn from_cpu(s: CpuStorage, shape: &[usize], op: Option<Op>) -> Tensor {
-        let dtype = s.dtype();
-        assert_eq!(s.len(), shape.iter().product::<usize>(), "storage of {} elements for shape {shape:?}", s.len());
-        Tensor::make(Storage::Cpu(s), Layout::contiguous(shape), dtype, op)
+        Tensor::from_any(Storage::Cpu(s), shape, op)
+    }
+
+    /// A contiguous tensor over `s`.
+    pub(crate) fn from_any(s: Storage, shape: &[usize], op: Option<Op>) -> Tensor {
+        let (dtype, len) = match &s {
+            Storage::Cpu(c) => (c.dtype(), c.len()),
+            Storage::Cuda(c) => (c.dtype(), c.len()),
+        };
+        assert_eq!(len, shape.iter().product::<usize>(), "storage of {len} elements for shape {shape:?}");
+        Tensor::make(s, Layout::contiguous(shape), dtype, op)
     }
 
     pub(crate) fn from_storage(s: CpuStorage, shape: &[usize]) -> Tensor {
         Tensor::from_cpu(s, shape, None)
     }
 
-    /// A 0-d result of a fused op.
-    pub(crate) fn from_op_scalar(v: f64, dtype: DType, op: Op) -> Tensor {
-        Tensor::from_cpu(CpuStorage::from_f64(dtype, &[v]), &[], Some(op))
-    }
-
-    /// Runs `f` on the CPU storage (for fused kernels; pair with `layout()`).
-    pub(crate) fn with_cpu_storage<R>(&self, f: impl FnOnce(&CpuStorage) -> R) -> R {
+    /// Runs `f` on the storage (for fused kernels; pair with `layout()`).
+    pub(crate) fn with_storage<R>(&self, f: impl FnOnce(&Storage) -> R) -> R {
         let s = self.0.storage.read().unwrap();
-        f(s.cpu())
+        f(&s)
     }
 
     pub fn from_vec<T: VecOf>(v: Vec<T>, shape: &[usize]) -> Tensor {
@@ -132,6 +222,47 @@ impl Tensor {
         Tensor::from_cpu(CpuStorage::zeros(dtype, shape.iter().product()), shape, None)
     }
 
+    pub fn zeros_on(shape: &[usize], dtype: DType, device: Device) -> Tensor {
+        match device {
+            Device::Cpu => Tensor::zeros(shape, dtype),
+            Device::Cuda(i) => Tensor::from_any(Storage::Cuda(CudaStorage::zeros(&cuda_dev(i), dtype, shape.iter().product())), shape, None),
+        }
+    }
+
+    pub fn full_on(v: f64, shape: &[usize], dtype: DType, device: Device) -> Tensor {
+        match device {
+            Device::Cpu => Tensor::full(v, shape, dtype),
+            Device::Cuda(i) => Tensor::from_any(Storage::Cuda(CudaStorage::full(&cuda_dev(i), dtype, shape.iter().product(), v)), shape, None),
+        }
+    }
+
+    /// A 0-d constant on this tensor's device and of its dtype.
+    pub fn scalar_like(&self, v: f64) -> Tensor {
+        Tensor::full_on(v, &[], self.dtype(), self.device())
+    }
+
+    /// A contiguous copy on `device` (no history: for data and constants; variables move with
+    /// `move_to_device`). Returns `self` if it is already there.
+    pub fn to_device(&self, device: Device) -> Tensor {
+        if self.device() == device {
+            return self.clone();
+        }
+        let s = self.0.storage.read().unwrap().to_device(self.layout(), device);
+        Tensor::from_any(s, self.shape(), None)
+    }
+
+    /// Moves a variable's values to `device` in place (it stays the same variable, so models and
+    /// optimizers that hold it follow). Its gradient is dropped.
+    pub fn move_to_device(&self, device: Device) {
+        assert!(self.is_var(), "move_to_device on a tensor that is not a variable");
+        if self.device() == device {
+            return;
+        }
+        let new = self.0.storage.read().unwrap().to_device(self.layout(), device);
+        *self.0.storage.write().unwrap() = new;
+        self.zero_grad();
+    }
+
     pub fn full(v: f64, shape: &[usize], dtype: DType) -> Tensor {
         Tensor::from_f64(&vec![v; shape.iter().product()], shape, dtype)
     }
@@ -145,15 +276,15 @@ impl Tensor {
     }
 
     pub fn zeros_like(&self) -> Tensor {
-        Tensor::zeros(self.shape(), self.dtype())
+        Tensor::zeros_on(self.shape(), self.dtype(), self.device())
     }
 
-    /// A trainable leaf holding a copy of `t`'s values.
+    /// A trainable leaf holding a copy of `t`'s values (on `t`'s device).
     pub fn new_var(t: &Tensor) -> Tensor {
         let s = t.contiguous_storage();
         Tensor(Arc::new(TensorInner {
             id: next_id(),
-            storage: Arc::new(RwLock::new(Storage::Cpu(s))),
+            storage: Arc::new(RwLock::new(s)),
             layout: Layout::contiguous(t.shape()),
             dtype: t.dtype(),
             op: None,
@@ -186,7 +317,7 @@ impl Tensor {
         self.0.dtype
     }
     pub fn device(&self) -> Device {
-        Device::Cpu
+        self.0.storage.read().unwrap().device()
     }
     pub fn layout(&self) -> &Layout {
         &self.0.layout
@@ -208,24 +339,41 @@ impl Tensor {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
     }
 
-    /// Runs `f` on the CPU storage and this tensor's layout.
-    fn with_cpu<R>(&self, f: impl FnOnce(&CpuStorage, &Layout) -> R) -> R {
+    /// Runs `f` on the storage's CPU or CUDA arm with this tensor's layout; the result is a
+    /// new contiguous tensor storage on the same device.
+    fn map_storage(&self, cpu: impl FnOnce(&CpuStorage, &Layout) -> CpuStorage, cuda: impl FnOnce(&CudaStorage, &Layout) -> CudaStorage) -> Storage {
         let s = self.0.storage.read().unwrap();
-        f(s.cpu(), &self.0.layout)
+        match &*s {
+            Storage::Cpu(c) => Storage::Cpu(cpu(c, &self.0.layout)),
+            Storage::Cuda(c) => Storage::Cuda(cuda(c, &self.0.layout)),
+        }
     }
 
-    fn contiguous_storage(&self) -> CpuStorage {
-        self.with_cpu(|s, l| s.copy_strided(l))
+    /// A contiguous copy of the viewed elements on the same device.
+    fn contiguous_storage(&self) -> Storage {
+        self.0.storage.read().unwrap().copy_strided(&self.0.layout)
+    }
+
+    /// A contiguous host copy of the viewed elements (a device-to-host copy for CUDA tensors).
+    pub fn to_host_storage(&self) -> CpuStorage {
+        self.0.storage.read().unwrap().to_host(&self.0.layout)
     }
 
     pub fn to_vec_f64(&self) -> Vec<f64> {
-        self.with_cpu(|s, l| s.to_f64_vec(l))
+        let h = self.to_host_storage();
+        h.to_f64_vec(&Layout::contiguous(self.shape()))
     }
 
     pub fn to_vec<T: VecOf>(&self) -> Vec<T> {
         let t = if self.dtype() == T::DTYPE { self.clone() } else { self.to_dtype(T::DTYPE) };
-        let s = t.contiguous_storage();
+        let s = t.to_host_storage();
         T::slice(&s).unwrap().to_vec()
+    }
+
+    /// Index values of an i32/u32 tensor on any device, range-checked against `bound`.
+    fn host_indices(&self, bound: usize, what: &str) -> Vec<usize> {
+        let h = self.to_host_storage();
+        h.to_indices(&Layout::contiguous(self.shape()), bound, what)
     }
 
     /// The single value of a one-element tensor.
@@ -246,8 +394,8 @@ impl Tensor {
         assert!(self.is_var(), "set_data on a tensor that is not a variable");
         assert_eq!(self.shape(), src.shape(), "set_data: shape {:?} into {:?}", src.shape(), self.shape());
         let src = if src.dtype() == self.dtype() { src.clone() } else { src.to_dtype(self.dtype()) };
-        let new = src.contiguous_storage();
-        *self.0.storage.write().unwrap() = Storage::Cpu(new);
+        let new = src.0.storage.read().unwrap().to_device(src.layout(), self.device());
+        *self.0.storage.write().unwrap() = new;
     }
 
     /// The gradient accumulated on this variable by `backward` calls since the last `zero_grad`.
@@ -273,8 +421,8 @@ impl Tensor {
 
     pub fn unary(&self, op: UnaryOp) -> Tensor {
         assert!(self.dtype().is_float(), "{op:?}: needs a float tensor, got {}", self.dtype());
-        let s = self.with_cpu(|s, l| s.unary(l, op));
-        Tensor::from_cpu(s, self.shape(), Some(Op::Unary(self.clone(), op)))
+        let s = self.map_storage(|s, l| s.unary(l, op), |s, l| s.unary(l, op));
+        Tensor::from_any(s, self.shape(), Some(Op::Unary(self.clone(), op)))
     }
     pub fn neg(&self) -> Tensor { self.unary(UnaryOp::Neg) }
     pub fn exp(&self) -> Tensor { self.unary(UnaryOp::Exp) }
@@ -296,19 +444,21 @@ impl Tensor {
     /// Both operands broadcast to a common shape (expand views recorded for autograd).
     fn broadcast_pair(&self, rhs: &Tensor, what: &str) -> (Tensor, Tensor) {
         assert_eq!(self.dtype(), rhs.dtype(), "{what}: dtypes {} and {} differ", self.dtype(), rhs.dtype());
-        let shape = broadcast_shape(self.shape(), rhs.shape())
-            .unwrap_or_else(|| panic!("{what}: shapes {} and {} do not broadcast", shape_str(self.shape()), shape_str(rhs.shape())));
-        (self.expand(&shape), rhs.expand(&shape))
+        let (lhs, rhs) = same_device(self, rhs, what);
+        let lhs = &lhs;
+        let shape = broadcast_shape(lhs.shape(), rhs.shape())
+            .unwrap_or_else(|| panic!("{what}: shapes {} and {} do not broadcast", shape_str(lhs.shape()), shape_str(rhs.shape())));
+        (lhs.expand(&shape), rhs.expand(&shape))
     }
 
     pub fn binary(&self, rhs: &Tensor, op: BinaryOp) -> Tensor {
         let (a, b) = self.broadcast_pair(rhs, &format!("{op:?}"));
         let s = {
             let (sa, sb) = (a.0.storage.read().unwrap(), b.0.storage.read().unwrap());
-            sa.cpu().binary(a.layout(), sb.cpu(), b.layout(), op)
+            dispatch2!(format!("{op:?}"), sa, sb, |x, y| x.binary(a.layout(), y, b.layout(), op), |x, y| x.binary(a.layout(), y, b.layout(), op))
         };
         let shape = a.shape().to_vec();
-        Tensor::from_cpu(s, &shape, Some(Op::Binary(a, b, op)))
+        Tensor::from_any(s, &shape, Some(Op::Binary(a, b, op)))
     }
     pub fn add(&self, rhs: &Tensor) -> Tensor { self.binary(rhs, BinaryOp::Add) }
     pub fn sub(&self, rhs: &Tensor) -> Tensor { self.binary(rhs, BinaryOp::Sub) }
@@ -325,9 +475,9 @@ impl Tensor {
         };
         let s = {
             let (sa, sb) = (a.0.storage.read().unwrap(), b.0.storage.read().unwrap());
-            sa.cpu().cmp(a.layout(), sb.cpu(), b.layout(), op)
+            dispatch2!(format!("{op:?}"), sa, sb, |x, y| x.cmp(a.layout(), y, b.layout(), op), |x, y| x.cmp(a.layout(), y, b.layout(), op))
         };
-        Tensor::from_cpu(s, a.shape(), None)
+        Tensor::from_any(s, a.shape(), None)
     }
     pub fn eq(&self, rhs: &Tensor) -> Tensor { self.cmp(rhs, CmpOp::Eq) }
     pub fn ne(&self, rhs: &Tensor) -> Tensor { self.cmp(rhs, CmpOp::Ne) }
@@ -336,7 +486,7 @@ impl Tensor {
     pub fn gt(&self, rhs: &Tensor) -> Tensor { self.cmp(rhs, CmpOp::Gt) }
     pub fn ge(&self, rhs: &Tensor) -> Tensor { self.cmp(rhs, CmpOp::Ge) }
     pub fn cmp_scalar(&self, v: f64, op: CmpOp) -> Tensor {
-        self.cmp(&Tensor::scalar(v, self.dtype()), op)
+        self.cmp(&self.scalar_like(v), op)
     }
 
     /// `self ? on_true : on_false`, with `self` a u8 mask; all three broadcast together.
@@ -346,22 +496,28 @@ impl Tensor {
         let shape = broadcast_shape(self.shape(), on_true.shape())
             .and_then(|s| broadcast_shape(&s, on_false.shape()))
             .unwrap_or_else(|| panic!("where_cond: shapes {:?}, {:?}, {:?} do not broadcast", self.shape(), on_true.shape(), on_false.shape()));
-        let c = { let _g = no_grad(); self.expand(&shape) };
+        let (on_true, on_false) = same_device(on_true, on_false, "where_cond");
+        let dev = on_true.device();
+        let c = { let _g = no_grad(); self.to_device(dev).expand(&shape) };
         let (a, b) = (on_true.expand(&shape), on_false.expand(&shape));
         let s = {
             let (sc, sa, sb) = (c.0.storage.read().unwrap(), a.0.storage.read().unwrap(), b.0.storage.read().unwrap());
-            CpuStorage::where_cond(sc.cpu(), c.layout(), sa.cpu(), a.layout(), sb.cpu(), b.layout())
+            match (&*sc, &*sa, &*sb) {
+                (Storage::Cpu(x), Storage::Cpu(y), Storage::Cpu(z)) => Storage::Cpu(CpuStorage::where_cond(x, c.layout(), y, a.layout(), z, b.layout())),
+                (Storage::Cuda(x), Storage::Cuda(y), Storage::Cuda(z)) => Storage::Cuda(CudaStorage::where_cond(x, c.layout(), y, a.layout(), z, b.layout())),
+                _ => unreachable!("moved to one device above"),
+            }
         };
-        Tensor::from_cpu(s, &shape, Some(Op::Where(c, a, b)))
+        Tensor::from_any(s, &shape, Some(Op::Where(c, a, b)))
     }
 
     pub fn to_dtype(&self, dtype: DType) -> Tensor {
         if dtype == self.dtype() {
             return self.clone();
         }
-        let s = self.with_cpu(|s, l| s.cast(l, dtype));
+        let s = self.map_storage(|s, l| s.cast(l, dtype), |s, l| s.cast(l, dtype));
         let op = if dtype.is_float() && self.dtype().is_float() { Some(Op::Cast(self.clone())) } else { None };
-        Tensor::from_cpu(s, self.shape(), op)
+        Tensor::from_any(s, self.shape(), op)
     }
 
     // ---- reductions ----------------------------------------------------------------------------
@@ -373,9 +529,9 @@ impl Tensor {
         for &d in &dims {
             assert!(d < self.rank(), "{op:?}: dim {d} out of range for shape {:?}", self.shape());
         }
-        let s = self.with_cpu(|s, l| s.reduce(l, op, &dims));
+        let s = self.map_storage(|s, l| s.reduce(l, op, &dims), |s, l| s.reduce(l, op, &dims));
         let kept: Vec<usize> = self.shape().iter().enumerate().map(|(i, &d)| if dims.contains(&i) { 1 } else { d }).collect();
-        let out = Tensor::from_cpu(s, &kept, Some(Op::Reduce(self.clone(), op, dims.clone())));
+        let out = Tensor::from_any(s, &kept, Some(Op::Reduce(self.clone(), op, dims.clone())));
         if keepdim {
             out
         } else {
@@ -422,9 +578,9 @@ impl Tensor {
         let b = rhs.expand(&[batch.clone(), vec![k, n]].concat());
         let s = {
             let (sa, sb) = (a.0.storage.read().unwrap(), b.0.storage.read().unwrap());
-            sa.cpu().matmul(a.layout(), sb.cpu(), b.layout())
+            dispatch2!("matmul", sa, sb, |x, y| x.matmul(a.layout(), y, b.layout()), |x, y| x.matmul(a.layout(), y, b.layout()))
         };
-        Tensor::from_cpu(s, &[batch, vec![m, n]].concat(), Some(Op::Matmul(a, b)))
+        Tensor::from_any(s, &[batch, vec![m, n]].concat(), Some(Op::Matmul(a, b)))
     }
 
     // ---- movement (views where possible) -------------------------------------------------------
@@ -483,7 +639,7 @@ impl Tensor {
             return self.clone();
         }
         let s = self.contiguous_storage();
-        Tensor::from_cpu(s, self.shape(), Some(Op::Contiguous(self.clone())))
+        Tensor::from_any(s, self.shape(), Some(Op::Contiguous(self.clone())))
     }
 
     pub fn unsqueeze(&self, dim: usize) -> Tensor {
@@ -512,14 +668,23 @@ impl Tensor {
                 assert!(d == dim || p.dim(d) == parts[0].dim(d), "cat along {dim}: shapes {:?} and {:?}", p.shape(), parts[0].shape());
             }
         }
+        let dev = parts[0].device();
+        assert!(parts.iter().all(|p| p.device() == dev), "cat: parts on different devices");
         let guards: Vec<_> = parts.iter().map(|p| p.0.storage.read().unwrap()).collect();
-        let refs: Vec<(&CpuStorage, &Layout)> = guards.iter().zip(parts).map(|(g, p)| (g.cpu(), p.layout())).collect();
-        let s = CpuStorage::cat(&refs, dim);
-        drop(refs);
+        let s = match dev {
+            Device::Cpu => {
+                let refs: Vec<(&CpuStorage, &Layout)> = guards.iter().zip(parts).map(|(g, p)| (match &**g { Storage::Cpu(c) => c, _ => unreachable!() }, p.layout())).collect();
+                Storage::Cpu(CpuStorage::cat(&refs, dim))
+            }
+            Device::Cuda(_) => {
+                let refs: Vec<(&CudaStorage, &Layout)> = guards.iter().zip(parts).map(|(g, p)| (match &**g { Storage::Cuda(c) => c, _ => unreachable!() }, p.layout())).collect();
+                Storage::Cuda(CudaStorage::cat(&refs, dim))
+            }
+        };
         drop(guards);
         let mut shape = parts[0].shape().to_vec();
         shape[dim] = parts.iter().map(|p| p.dim(dim)).sum();
-        Tensor::from_cpu(s, &shape, Some(Op::Cat(parts.to_vec(), dim)))
+        Tensor::from_any(s, &shape, Some(Op::Cat(parts.to_vec(), dim)))
     }
 
     // ---- indexing ------------------------------------------------------------------------------
@@ -527,11 +692,11 @@ impl Tensor {
     /// `out[.., i, ..] = self[.., ids[i], ..]` along `dim` (ids: 1-D i32/u32). Embedding lookup.
     pub fn index_select(&self, ids: &Tensor, dim: usize) -> Tensor {
         assert_eq!(ids.rank(), 1, "index_select: ids must be 1-D, got {:?}", ids.shape());
-        let idx = ids.with_cpu(|s, l| s.to_indices(l, self.dim(dim), "index_select"));
-        let s = self.with_cpu(|s, l| s.index_select(l, &idx, dim));
+        let idx = ids.host_indices(self.dim(dim), "index_select");
+        let s = self.map_storage(|s, l| s.index_select(l, &idx, dim), |s, l| s.index_select(l, &idx, dim));
         let mut shape = self.shape().to_vec();
         shape[dim] = idx.len();
-        Tensor::from_cpu(s, &shape, Some(Op::IndexSelect(self.clone(), ids.clone(), dim)))
+        Tensor::from_any(s, &shape, Some(Op::IndexSelect(self.clone(), ids.clone(), dim)))
     }
 
     /// `out = self; out[.., ids[i], ..] += src[.., i, ..]`.
@@ -539,34 +704,40 @@ impl Tensor {
         let mut want = self.shape().to_vec();
         want[dim] = ids.numel();
         assert_eq!(src.shape(), &want[..], "index_add: source {:?} for base {:?} and {} ids", src.shape(), self.shape(), ids.numel());
-        let idx = ids.with_cpu(|s, l| s.to_indices(l, self.dim(dim), "index_add"));
+        let idx = ids.host_indices(self.dim(dim), "index_add");
         let base = self.contiguous_storage();
-        let s = src.with_cpu(|ss, ls| base.index_add(self.shape(), &idx, ss, ls, dim));
-        Tensor::from_cpu(s, self.shape(), Some(Op::IndexAdd(self.clone(), ids.clone(), src.clone(), dim)))
+        let s = {
+            let ss = src.0.storage.read().unwrap();
+            dispatch2!("index_add", &base, ss, |b, x| b.index_add(self.shape(), &idx, x, src.layout(), dim), |b, x| b.index_add(self.shape(), &idx, x, src.layout(), dim))
+        };
+        Tensor::from_any(s, self.shape(), Some(Op::IndexAdd(self.clone(), ids.clone(), src.clone(), dim)))
     }
 
     /// `out[i][j] = self[i][idx[i][j]]` (dim 1; any rank/dim alike). `idx` has the output shape.
     pub fn gather(&self, idx: &Tensor, dim: usize) -> Tensor {
         assert_eq!(idx.rank(), self.rank(), "gather: index rank {} for source {:?}", idx.rank(), self.shape());
-        let ix = idx.with_cpu(|s, l| s.to_indices(l, self.dim(dim), "gather"));
-        let s = self.with_cpu(|s, l| s.gather(l, &ix, idx.shape(), dim));
-        Tensor::from_cpu(s, idx.shape(), Some(Op::Gather(self.clone(), idx.clone(), dim)))
+        let ix = idx.host_indices(self.dim(dim), "gather");
+        let s = self.map_storage(|s, l| s.gather(l, &ix, idx.shape(), dim), |s, l| s.gather(l, &ix, idx.shape(), dim));
+        Tensor::from_any(s, idx.shape(), Some(Op::Gather(self.clone(), idx.clone(), dim)))
     }
 
     /// `out = self; out[i][idx[i][j]] += src[i][j]`.
     pub fn scatter_add(&self, idx: &Tensor, src: &Tensor, dim: usize) -> Tensor {
         assert_eq!(idx.shape(), src.shape(), "scatter_add: index {:?} and source {:?}", idx.shape(), src.shape());
-        let ix = idx.with_cpu(|s, l| s.to_indices(l, self.dim(dim), "scatter_add"));
+        let ix = idx.host_indices(self.dim(dim), "scatter_add");
         let base = self.contiguous_storage();
-        let s = src.with_cpu(|ss, ls| base.scatter_add(self.shape(), &ix, idx.shape(), ss, ls, dim));
-        Tensor::from_cpu(s, self.shape(), Some(Op::ScatterAdd(self.clone(), idx.clone(), src.clone(), dim)))
+        let s = {
+            let ss = src.0.storage.read().unwrap();
+            dispatch2!("scatter_add", &base, ss, |b, x| b.scatter_add(self.shape(), &ix, idx.shape(), x, src.layout(), dim), |b, x| b.scatter_add(self.shape(), &ix, idx.shape(), x, src.layout(), dim))
+        };
+        Tensor::from_any(s, self.shape(), Some(Op::ScatterAdd(self.clone(), idx.clone(), src.clone(), dim)))
     }
 
     // ---- raw access for optimizers / IO --------------------------------------------------------
 
     /// Raw little-endian bytes of the (contiguous) values.
     pub fn to_le_bytes(&self) -> Vec<u8> {
-        let s = self.contiguous_storage();
+        let s = self.to_host_storage();
         fn bytes<T: Copy>(v: &[T], f: impl Fn(T) -> Vec<u8>) -> Vec<u8> {
             v.iter().flat_map(|&x| f(x)).collect()
         }
@@ -608,7 +779,7 @@ impl Tensor {
         let mut g = self.0.storage.write().unwrap();
         match &mut *g {
             Storage::Cpu(CpuStorage::F32(v)) => f(v),
-            _ => unreachable!(),
+            s => panic!("with_f32_mut: needs a CPU f32 variable, this one is on {}", s.device()),
         }
     }
 
@@ -616,11 +787,26 @@ impl Tensor {
     pub fn with_f32<R>(&self, f: impl FnOnce(&[f32]) -> R) -> R {
         if self.dtype() == DType::F32 && self.is_contiguous() {
             let g = self.0.storage.read().unwrap();
-            let Storage::Cpu(CpuStorage::F32(v)) = &*g else { unreachable!() };
-            let o = self.layout().offset;
-            return f(&v[o..o + self.numel()]);
+            if let Storage::Cpu(CpuStorage::F32(v)) = &*g {
+                let o = self.layout().offset;
+                return f(&v[o..o + self.numel()]);
+            }
         }
         let v: Vec<f32> = self.to_vec();
         f(&v)
+    }
+}
+
+/// Both tensors on one device. Constants made on the host (no gradient history) are copied to the
+/// other operand's GPU; a tracked CPU tensor meeting a GPU tensor is a bug in the caller.
+fn same_device(a: &Tensor, b: &Tensor, what: &str) -> (Tensor, Tensor) {
+    let (da, db) = (a.device(), b.device());
+    if da == db {
+        return (a.clone(), b.clone());
+    }
+    match (da, db) {
+        (Device::Cpu, _) if !a.track_grad() => (a.to_device(db), b.clone()),
+        (_, Device::Cpu) if !b.track_grad() => (a.clone(), b.to_device(da)),
+        _ => panic!("{what}: operands on {da} ({:?}) and {db} ({:?}); move them to one device first", a.shape(), b.shape()),
     }
 }

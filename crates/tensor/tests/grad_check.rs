@@ -1,11 +1,22 @@
 //! Every primitive and composite op: backward vs central finite differences in f64, at awkward
 //! inputs (0, ±2, large magnitudes) and on non-contiguous and broadcast layouts.
 //!
+//! The same checks run on a GPU with `FMLAB_TEST_DEVICE=cuda` (scripts/gpu-check.sh): inputs,
+//! perturbations and weights are moved there; constants the ops make are uploaded by the engine.
+//!
 //! Tolerance: central differences with h = 1e-6 in f64 have truncation error O(h²·f''') ≈ 1e-12
 //! and rounding error O(ε·|f|/h) ≈ 1e-10·|f|; we accept |analytic − numeric| ≤ 1e-6·(1 + |numeric|),
 //! far above both and far below any real bug.
 
-use fmlab_tensor::{attention, rope_tables, AttnMask, DType, Rng, Tensor};
+use fmlab_tensor::{attention, rope_tables, AttnMask, DType, Device, Rng, Tensor};
+
+/// The device under test: `FMLAB_TEST_DEVICE` (cpu, cuda, cuda:N), default cpu.
+fn test_device() -> Device {
+    let d = std::env::var("FMLAB_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    let dev = Device::parse(&d).unwrap_or_else(|| panic!("FMLAB_TEST_DEVICE={d}: expected cpu, cuda or cuda:N"));
+    dev.init().unwrap_or_else(|e| panic!("FMLAB_TEST_DEVICE={d}: {e}"));
+    dev
+}
 
 const H: f64 = 1e-6;
 const TOL: f64 = 1e-6;
@@ -13,10 +24,13 @@ const TOL: f64 = 1e-6;
 /// Checks d(sum(f(xs) * w))/dxs against finite differences, w a fixed random weighting so every
 /// output element matters with a different weight.
 fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
+    let dev = test_device();
+    let inputs: Vec<Tensor> = inputs.iter().map(|t| t.to_device(dev)).collect();
     let vars: Vec<Tensor> = inputs.iter().map(Tensor::new_var).collect();
     let out = f(&vars);
+    assert_eq!(out.device(), dev, "{name}: output left the device under test");
     let mut rng = Rng::new(99);
-    let w = Tensor::randn(out.shape(), 0.0, 1.0, DType::F64, &mut rng);
+    let w = Tensor::randn(out.shape(), 0.0, 1.0, DType::F64, &mut rng).to_device(dev);
     let loss = |o: &Tensor| o.mul(&w).sum_all();
     loss(&out).backward();
     for (vi, v) in vars.iter().enumerate() {
@@ -27,7 +41,7 @@ fn check(name: &str, inputs: &[Tensor], f: impl Fn(&[Tensor]) -> Tensor) {
                 let mut x = base.clone();
                 x[i] += d;
                 let mut ins: Vec<Tensor> = inputs.to_vec();
-                ins[vi] = Tensor::from_f64(&x, inputs[vi].shape(), DType::F64);
+                ins[vi] = Tensor::from_f64(&x, inputs[vi].shape(), DType::F64).to_device(dev);
                 loss(&f(&ins)).item()
             };
             let numeric = (eval(H) - eval(-H)) / (2.0 * H);

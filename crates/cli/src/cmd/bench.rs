@@ -50,6 +50,12 @@ pub struct TrainBench {
     steps: usize,
     #[arg(long, default_value_t = 1)]
     warmup: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// auto (bf16 mixed precision on a GPU, fp32 on the CPU), fp32 or bf16.
+    #[arg(long, default_value = "auto")]
+    precision: String,
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
@@ -138,8 +144,12 @@ fn bench_ann(a: AnnBench) -> Result<()> {
 fn bench_train(a: TrainBench) -> Result<()> {
     let cfg = Gpt2Config::preset(&a.preset).with_context(|| format!("--preset {}: unknown", a.preset))?;
     anyhow::ensure!(a.seq <= cfg.n_ctx, "--seq {} exceeds n_ctx {}", a.seq, cfg.n_ctx);
+    let device = crate::device::resolve(&a.device)?;
+    let precision = crate::device::precision(&a.precision, device)?;
     let vb = VarBuilder::new(DType::F32, 0);
-    let model = Gpt2::load(&vb, &cfg)?;
+    let mut model = Gpt2::load(&vb, &cfg)?;
+    vb.to_device(device);
+    model.compute_dtype = precision;
     let vars = vb.vars();
     let vt: Vec<Tensor> = vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(vars, AdamWConfig { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, default_decay);
@@ -153,7 +163,12 @@ fn bench_train(a: TrainBench) -> Result<()> {
     for i in 0..a.warmup + a.steps {
         let (x, y) = (ids(), ids());
         let t = Instant::now();
-        let loss = model.loss(&x, &y, None);
+        if i == a.warmup {
+            if let fmlab_tensor::Device::Cuda(d) = device {
+                fmlab_tensor::cuda::device(d)?.reset_peak();
+            }
+        }
+        let loss = model.loss(&x.to_device(device), &y, None);
         loss.backward();
         clip_grad_norm(&vt, 1.0);
         opt.step();
@@ -172,10 +187,14 @@ fn bench_train(a: TrainBench) -> Result<()> {
     let cfg_json = serde_json::to_string_pretty(&serde_json::json!({"preset": a.preset, "model": cfg, "batch": a.batch, "seq": a.seq, "steps": a.steps, "warmup": a.warmup}))?;
     crate::ledger::write_file(&dir.join("config.json"), &cfg_json)?;
     crate::ledger::write_run_info(&dir, "bench train", &cfg_json, 0)?;
-    crate::ledger::write_final(&dir, serde_json::json!({"step_median_s": median, "step_min_s": times[0], "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq)}))?;
+    let mem = crate::device::mem_json(device);
+    let mfu = if device.is_cuda() { Some(cfg.flops_per_token(a.seq) * tokens / median / crate::cmd::train::H100_BF16_PEAK) } else { None };
+    crate::ledger::write_final(&dir, serde_json::json!({"step_median_s": median, "step_min_s": times[0], "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;
+    let peak = mem.get("peak").and_then(|v| v.as_u64()).map(|b| format!(", peak GPU memory {:.2} GiB (live tensors; reserved {:.2} GiB)", b as f64 / (1u64 << 30) as f64, mem["peak_reserved"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64)).unwrap_or_default();
     println!(
-        "fmlab  preset {} B={} T={} threads={}: step median {:.1} ms (min {:.1}), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula), loss {:.3}",
+        "fmlab  preset {} on {device} {} B={} T={} threads={}: step median {:.1} ms (min {:.1}), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula){}{peak}, loss {:.3}",
         a.preset,
+        crate::device::precision_name(precision),
         a.batch,
         a.seq,
         rayon::current_num_threads(),
@@ -183,6 +202,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
         times[0] * 1e3,
         tokens / median,
         cfg.flops_per_token(a.seq) * tokens / median / 1e9,
+        mfu.map(|m| format!(", MFU {:.1}% of 989 TFLOP/s", m * 100.0)).unwrap_or_default(),
         last_loss
     );
     Ok(())

@@ -11,7 +11,7 @@ use fmlab_data::WindowSampler;
 use fmlab_models::{Gpt2, Gpt2Config};
 use fmlab_nn::optim::default_decay;
 use fmlab_nn::{clip_grad_norm, AdamW, AdamWConfig, Schedule, VarBuilder};
-use fmlab_tensor::{no_grad, DType, Rng, Tensor};
+use fmlab_tensor::{no_grad, DType, Device, Rng, Tensor};
 
 use crate::assets::load_tokenizer;
 use crate::checkpoint::{self, Meta, RunConfig};
@@ -84,6 +84,13 @@ pub struct GptArgs {
     /// --resume. The schedule still runs to --steps.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// auto (a GPU if one starts, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Activations: auto (bf16 mixed precision on a GPU, fp32 on the CPU), fp32 or bf16. Master
+    /// weights and optimizer state are fp32 either way. Fixed by the run on --resume.
+    #[arg(long, default_value = "auto")]
+    precision: String,
 }
 
 pub fn run(cmd: TrainCmd) -> Result<()> {
@@ -96,7 +103,7 @@ fn preset(a: &GptArgs) -> Result<Gpt2Config> {
     Gpt2Config::preset(&a.preset).with_context(|| format!("--preset {}: unknown preset (known: {})", a.preset, Gpt2Config::PRESETS.join(", ")))
 }
 
-fn resolve(a: &GptArgs, vocab: usize) -> Result<RunConfig> {
+fn resolve(a: &GptArgs, vocab: usize, precision: DType) -> Result<RunConfig> {
     let mut model = preset(a)?;
     model.vocab_size = vocab;
     let steps = a.steps.unwrap_or(200);
@@ -146,12 +153,13 @@ fn resolve(a: &GptArgs, vocab: usize) -> Result<RunConfig> {
         eval_batches: a.eval_batches,
         checkpoint_every: a.checkpoint_every,
         seed: a.seed,
+        precision: crate::device::precision_name(precision).into(),
     })
 }
 
 /// Mean loss over the first `n` non-overlapping windows of the validation tokens (the same
 /// windows every time, so evaluations are comparable across steps and runs).
-pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize) -> f64 {
+pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize, device: Device) -> f64 {
     let _ng = no_grad();
     let mut total = 0.0;
     let mut count = 0;
@@ -172,7 +180,7 @@ pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize) -
         if b == 0 {
             continue;
         }
-        let l = model.loss(&Tensor::from_vec(x, &[b, seq]), &Tensor::from_vec(y, &[b, seq]), None).item();
+        let l = model.loss(&Tensor::from_vec(x, &[b, seq]).to_device(device), &Tensor::from_vec(y, &[b, seq]), None).item();
         total += l * b as f64;
         count += b;
     }
@@ -202,6 +210,7 @@ fn first_non_finite(vars: &[(String, Tensor)]) -> String {
 }
 
 fn train_gpt(a: GptArgs) -> Result<()> {
+    let device = crate::device::resolve(&a.device)?;
     // Resume: the run folder's checkpoint fixes the config; only --steps may grow.
     let (cfg, run_dir, resume_from) = match &a.resume {
         Some(dir) => {
@@ -219,7 +228,7 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         None => {
             preset(&a)?;
             let tok = load_tokenizer(&a.tokenizer)?;
-            let cfg = resolve(&a, tok.vocab_size())?;
+            let cfg = resolve(&a, tok.vocab_size(), crate::device::precision(&a.precision, device)?)?;
             let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", a.preset, unix_time())));
             // A run folder holds one run: appending a second would mix two ledgers.
             if ["run.json", "metrics.jsonl", "checkpoint"].iter().any(|f| dir.join(f).exists()) {
@@ -256,13 +265,16 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         baseline
     );
 
-    let (model, vb) = match &resume_from {
+    // Initialized on the CPU (the same weights for a seed on every device), then moved.
+    let (mut model, vb) = match &resume_from {
         Some((ck, meta)) => checkpoint::load_model(ck, meta)?,
         None => {
             let vb = VarBuilder::new(DType::F32, cfg.seed);
             (Gpt2::load(&vb, &cfg.model)?, vb)
         }
     };
+    vb.to_device(device);
+    model.compute_dtype = if cfg.precision == "bf16" { DType::BF16 } else { DType::F32 };
     let vars = vb.vars();
     let var_tensors: Vec<Tensor> = vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(
@@ -293,9 +305,10 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         crate::ledger::write_run_info(&run_dir, "train gpt", &cfg_json, cfg.seed)?;
     }
     eprintln!(
-        "model: gpt2 {} ({} params), batch {} × seq {} × accum {} = {} tokens/step, {} steps, lr {} → {} (warmup {}), wd {}",
+        "model: gpt2 {} ({} params) on {device} in {}, batch {} × seq {} × accum {} = {} tokens/step, {} steps, lr {} → {} (warmup {}), wd {}",
         cfg.preset,
         cfg.model.num_params(),
+        cfg.precision,
         cfg.batch,
         cfg.seq,
         cfg.grad_accum,
@@ -333,7 +346,7 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         let mut loss_sum = 0.0;
         for _ in 0..cfg.grad_accum {
             let (x, y) = sampler.batch(&corpus.train, cfg.batch, cfg.seq);
-            let loss = model.loss(&x, &y, Some(&mut drop_rng));
+            let loss = model.loss(&x.to_device(device), &y, Some(&mut drop_rng));
             let l = loss.item();
             if !l.is_finite() {
                 let ck = run_dir.join("checkpoint");
@@ -353,9 +366,12 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         step += 1;
         let dt = ts.elapsed().as_secs_f64();
         let tok_s = tokens_per_step as f64 / dt;
-        let mut rec = serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tok_s": tok_s, "step_s": dt});
+        let mut rec = serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tok_s": tok_s, "step_s": dt, "mfu": mfu(&cfg, tok_s, device)});
+        if device.is_cuda() {
+            rec["memory"] = crate::device::mem_json(device);
+        }
         if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
-            last_val = val_loss(&model, &corpus.val, cfg.batch, cfg.seq, cfg.eval_batches);
+            last_val = val_loss(&model, &corpus.val, cfg.batch, cfg.seq, cfg.eval_batches, device);
             rec["val_loss"] = serde_json::json!(last_val);
             let line = format!("step {step:>5}: train loss {loss:.4}  val loss {last_val:.4}  (unigram baseline {baseline:.4})  lr {lr:.2e}  {tok_s:.0} tok/s");
             // Not a terminal (CI, logs): indicatif draws nothing, so print plainly.
@@ -370,11 +386,24 @@ fn train_gpt(a: GptArgs) -> Result<()> {
     }
     pb.finish_and_clear();
     // Global L2 norm of the weight-decayed matrices: what weight decay acts on (see docs/concepts.md).
-    let wnorm = vars.iter().filter(|(n, v)| default_decay(n, v)).map(|(_, v)| v.with_f32(|x| x.iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>())).sum::<f64>().sqrt();
+    let wnorm = vars.iter().filter(|(n, v)| default_decay(n, v)).map(|(_, v)| v.to_vec::<f32>().iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>()).sum::<f64>().sqrt();
     crate::ledger::write_final(&run_dir, serde_json::json!({"step": step, "val_loss": last_val, "unigram_baseline": baseline, "weight_norm": wnorm}))?;
     eprintln!("done: {} steps, val loss {last_val:.4} (unigram baseline {baseline:.4}), checkpoint in {}", step, run_dir.join("checkpoint").display());
     Ok(())
 }
+
+/// Model FLOPs utilization: achieved training FLOP/s (`Gpt2Config::flops_per_token`, the 6N + 12·L·C·T
+/// formula) over the device's dense bf16 peak; null on the CPU, whose peak we do not claim to know.
+pub fn mfu(cfg: &RunConfig, tok_s: f64, device: Device) -> serde_json::Value {
+    match device {
+        Device::Cuda(_) => serde_json::json!(cfg.model.flops_per_token(cfg.seq) * tok_s / H100_BF16_PEAK),
+        Device::Cpu => serde_json::Value::Null,
+    }
+}
+
+/// H100 SXM dense bf16 tensor-core peak (989.4 TFLOP/s, NVIDIA datasheet); cuBLASLt reaches
+/// ≈797 TFLOP/s on large GEMMs on the lent machine (GPU.md).
+pub const H100_BF16_PEAK: f64 = 989.4e12;
 
 fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

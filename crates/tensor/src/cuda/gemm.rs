@@ -1,0 +1,161 @@
+//! Every GEMM goes through this one cuBLASLt wrapper: row-major batched C = A·B with any
+//! operand given by strides (transposed views need no copy), f32/f64 exact (no TF32), bf16/f16 in
+//! and out with f32 accumulation. Plans (descriptors + the heuristic's algorithm) are cached per
+//! shape, strides, dtype and pointer alignment.
+
+use std::collections::HashMap;
+
+use cudarc::cublaslt::{result as lt, sys};
+
+use super::{CudaDevice, CudaError};
+use crate::DType;
+
+/// One operand as cuBLASLt sees it (column-major): stored rows × cols, leading dim, transposed?
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Operand {
+    pub trans: bool,
+    pub rows: u64,
+    pub cols: u64,
+    pub ld: i64,
+    pub batch_stride: i64,
+}
+
+/// The column-major operand for Xᵀ, where X is the row-major r×c matrix with element strides
+/// (sr, sc). None when neither dim is unit-stride (the caller copies first).
+pub(crate) fn transposed_view(r: usize, c: usize, sr: usize, sc: usize, batch_stride: usize) -> Option<Operand> {
+    let (r64, c64) = (r as u64, c as u64);
+    if sc == 1 || c == 1 {
+        let ld = if r == 1 { c } else { sr };
+        if ld >= c.max(1) {
+            return Some(Operand { trans: false, rows: c64, cols: r64, ld: ld as i64, batch_stride: batch_stride as i64 });
+        }
+    }
+    if sr == 1 || r == 1 {
+        let ld = if c == 1 { r } else { sc };
+        if ld >= r.max(1) {
+            return Some(Operand { trans: true, rows: r64, cols: c64, ld: ld as i64, batch_stride: batch_stride as i64 });
+        }
+    }
+    None
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Key {
+    dtype: DType,
+    a: Operand,
+    b: Operand,
+    m: u64,
+    n: u64,
+    batch: u64,
+    align: [u32; 3],
+}
+
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    la: sys::cublasLtMatrixLayout_t,
+    lb: sys::cublasLtMatrixLayout_t,
+    lc: sys::cublasLtMatrixLayout_t,
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+pub(crate) struct Blas {
+    handle: sys::cublasLtHandle_t,
+    ws: u64,
+    ws_size: usize,
+    plans: HashMap<Key, Plan>,
+}
+// The handle and plans are used only under the device's mutex.
+unsafe impl Send for Blas {}
+
+const WORKSPACE: usize = 32 << 20;
+
+fn blas_err(what: &str) -> impl Fn(lt::CublasError) -> CudaError + '_ {
+    move |e| CudaError::Blas { what: what.to_string(), msg: format!("{e:?}") }
+}
+
+fn align_of(p: u64) -> u32 {
+    let tz = p.trailing_zeros().min(8);
+    1u32 << tz
+}
+
+fn types(d: DType) -> (sys::cudaDataType, sys::cublasComputeType_t, sys::cudaDataType) {
+    use sys::cudaDataType_t::*;
+    use sys::cublasComputeType_t::*;
+    match d {
+        DType::F32 => (CUDA_R_32F, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+        DType::F64 => (CUDA_R_64F, CUBLAS_COMPUTE_64F, CUDA_R_64F),
+        DType::BF16 => (CUDA_R_16BF, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+        DType::F16 => (CUDA_R_16F, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+        d => panic!("matmul on CUDA: no GEMM for {d} tensors"),
+    }
+}
+
+impl Blas {
+    fn new(dev: &CudaDevice) -> Result<Blas, CudaError> {
+        let handle = lt::create_handle().map_err(blas_err("creating the handle"))?;
+        let (ws, ws_size) = dev.pool.lock().unwrap().alloc(WORKSPACE)?;
+        Ok(Blas { handle, ws, ws_size, plans: HashMap::new() })
+    }
+
+    fn plan(&mut self, key: Key) -> Result<&Plan, CudaError> {
+        if !self.plans.contains_key(&key) {
+            let (dt, compute, scale) = types(key.dtype);
+            let layout = |rows: u64, cols: u64, ld: i64, stride: i64| -> Result<sys::cublasLtMatrixLayout_t, CudaError> {
+                let l = lt::create_matrix_layout(dt, rows, cols, ld).map_err(blas_err("matrix layout"))?;
+                if key.batch > 1 {
+                    let count = key.batch as i32;
+                    unsafe {
+                        lt::set_matrix_layout_attribute(l, sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count as *const i32 as *const _, 4).map_err(blas_err("batch count"))?;
+                        lt::set_matrix_layout_attribute(l, sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride as *const i64 as *const _, 8).map_err(blas_err("batch stride"))?;
+                    }
+                }
+                Ok(l)
+            };
+            let la = layout(key.a.rows, key.a.cols, key.a.ld, key.a.batch_stride)?;
+            let lb = layout(key.b.rows, key.b.cols, key.b.ld, key.b.batch_stride)?;
+            let lc = layout(key.m, key.n, key.m as i64, (key.m * key.n) as i64)?;
+            let desc = lt::create_matmul_desc(compute, scale).map_err(blas_err("matmul descriptor"))?;
+            let (ta, tb) = (key.a.trans as i32, key.b.trans as i32);
+            unsafe {
+                lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as *const _, 4).map_err(blas_err("transa"))?;
+                lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as *const _, 4).map_err(blas_err("transb"))?;
+            }
+            let pref = lt::create_matmul_pref().map_err(blas_err("preference"))?;
+            unsafe {
+                use sys::cublasLtMatmulPreferenceAttributes_t::*;
+                lt::set_matmul_pref_attribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &self.ws_size as *const usize as *const _, 8).map_err(blas_err("workspace"))?;
+                for (attr, al) in [(CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align[0]), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align[1]), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align[2]), (CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align[2])] {
+                    lt::set_matmul_pref_attribute(pref, attr, &al as *const u32 as *const _, 4).map_err(blas_err("alignment"))?;
+                }
+            }
+            let heur = unsafe { lt::get_matmul_algo_heuristic(self.handle, desc, la, lb, lc, lc, pref) };
+            unsafe { lt::destroy_matmul_pref(pref) }.map_err(blas_err("preference"))?;
+            let heur = heur.map_err(|e| CudaError::Blas { what: format!("choosing an algorithm for {key:?}"), msg: format!("{e:?}") })?;
+            self.plans.insert(key, Plan { desc, la, lb, lc, algo: heur.algo });
+        }
+        Ok(&self.plans[&key])
+    }
+}
+
+/// Row-major C[batch, M, N] = A[batch, M, K] · B[batch, K, N]; `a`/`b` are the column-major
+/// operands for Aᵀ and Bᵀ (see `transposed_view`), C is contiguous.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u64, b: Operand, pc: u64, m: usize, n: usize, batch: usize) -> Result<(), CudaError> {
+    let mut g = dev.blas.lock().unwrap();
+    if g.is_none() {
+        *g = Some(Blas::new(dev)?);
+    }
+    let blas = g.as_mut().unwrap();
+    // Column-major: Cᵀ[N, M] = Bᵀ[N, K] · Aᵀ[K, M].
+    let key = Key { dtype, a: b, b: a, m: n as u64, n: m as u64, batch: batch as u64, align: [align_of(pb), align_of(pa), align_of(pc)] };
+    let (handle, ws, ws_size) = (blas.handle, blas.ws, blas.ws_size);
+    let plan = blas.plan(key)?;
+    let (one64, zero64) = (1.0f64, 0.0f64);
+    let (one32, zero32) = (1.0f32, 0.0f32);
+    let (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void) =
+        if dtype == DType::F64 { (&one64 as *const f64 as *const _, &zero64 as *const f64 as *const _) } else { (&one32 as *const f32 as *const _, &zero32 as *const f32 as *const _) };
+    unsafe {
+        lt::matmul(handle, plan.desc, alpha, beta, pb as *const _, plan.la, pa as *const _, plan.lb, pc as *const _, plan.lc, pc as *mut _, plan.lc, &plan.algo, ws as *mut _, ws_size, dev.cu_stream() as *mut _)
+    }
+    .map_err(|e| CudaError::Blas { what: format!("matmul [{batch}×{m}×{n}] {dtype}"), msg: format!("{e:?}") })
+}

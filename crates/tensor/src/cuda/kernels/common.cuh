@@ -1,0 +1,110 @@
+// Shared by every fmlab kernel source (prepended before NVRTC compiles it). No CUDA headers:
+// bf16/f16 are raw 16-bit values converted here, so only libnvrtc is needed at run time.
+typedef unsigned int u32;
+typedef unsigned long long u64;
+typedef unsigned char u8;
+struct bf16 { unsigned short x; };
+struct f16 { unsigned short x; };
+
+// Acc<T>: the type arithmetic runs in (f32 for 16-bit floats, as on the CPU engine).
+template <typename T> struct Acc { typedef float t; };
+template <> struct Acc<double> { typedef double t; };
+template <> struct Acc<int> { typedef double t; };
+template <> struct Acc<u32> { typedef double t; };
+template <> struct Acc<u8> { typedef double t; };
+
+__device__ __forceinline__ float ld(float v) { return v; }
+__device__ __forceinline__ double ld(double v) { return v; }
+__device__ __forceinline__ float ld(bf16 v) { return __uint_as_float(((u32)v.x) << 16); }
+__device__ __forceinline__ float ld(f16 v) { float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v.x)); return f; }
+__device__ __forceinline__ double ld(int v) { return (double)v; }
+__device__ __forceinline__ double ld(u32 v) { return (double)v; }
+__device__ __forceinline__ double ld(u8 v) { return (double)v; }
+
+template <typename T> __device__ __forceinline__ T st(double v);
+template <typename T> __device__ __forceinline__ T st(float v);
+template <> __device__ __forceinline__ float st<float>(float v) { return v; }
+template <> __device__ __forceinline__ float st<float>(double v) { return (float)v; }
+template <> __device__ __forceinline__ double st<double>(double v) { return v; }
+template <> __device__ __forceinline__ double st<double>(float v) { return (double)v; }
+__device__ __forceinline__ unsigned short f2bf(float f) {
+    u32 u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u); // NaN stays NaN
+    u += 0x7fffu + ((u >> 16) & 1u); // round to nearest even
+    return (unsigned short)(u >> 16);
+}
+template <> __device__ __forceinline__ bf16 st<bf16>(float v) { bf16 r; r.x = f2bf(v); return r; }
+template <> __device__ __forceinline__ bf16 st<bf16>(double v) { bf16 r; r.x = f2bf((float)v); return r; }
+__device__ __forceinline__ unsigned short f2h(float f) { unsigned short h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h; }
+template <> __device__ __forceinline__ f16 st<f16>(float v) { f16 r; r.x = f2h(v); return r; }
+template <> __device__ __forceinline__ f16 st<f16>(double v) { f16 r; r.x = f2h((float)v); return r; }
+// Float -> integer casts truncate toward zero and saturate, like Rust's `as`.
+__device__ __forceinline__ int sat_i32(double v) { if (v != v) return 0; if (v >= 2147483647.0) return 2147483647; if (v <= -2147483648.0) return (-2147483647 - 1); return (int)v; }
+__device__ __forceinline__ u32 sat_u32(double v) { if (!(v > 0.0)) return 0; if (v >= 4294967295.0) return 4294967295u; return (u32)v; }
+__device__ __forceinline__ u8 sat_u8(double v) { if (!(v > 0.0)) return 0; if (v >= 255.0) return 255; return (u8)v; }
+template <> __device__ __forceinline__ int st<int>(double v) { return sat_i32(v); }
+template <> __device__ __forceinline__ int st<int>(float v) { return sat_i32((double)v); }
+template <> __device__ __forceinline__ u32 st<u32>(double v) { return sat_u32(v); }
+template <> __device__ __forceinline__ u32 st<u32>(float v) { return sat_u32((double)v); }
+template <> __device__ __forceinline__ u8 st<u8>(double v) { return sat_u8(v); }
+template <> __device__ __forceinline__ u8 st<u8>(float v) { return sat_u8((double)v); }
+
+// Explicit f32/f64 overloads: the f32 path must call the f32 functions (expf, not exp).
+#define MATH1(name, f32fn, f64fn) \
+__device__ __forceinline__ float m_##name(float x) { return f32fn(x); } \
+__device__ __forceinline__ double m_##name(double x) { return f64fn(x); }
+MATH1(exp, expf, exp) MATH1(log, logf, log) MATH1(sqrt, sqrtf, sqrt) MATH1(tanh, tanhf, tanh)
+MATH1(sin, sinf, sin) MATH1(cos, cosf, cos) MATH1(abs, fabsf, fabs) MATH1(erf, erff, erf)
+__device__ __forceinline__ float m_pow(float x, float p) { return powf(x, p); }
+__device__ __forceinline__ double m_pow(double x, double p) { return pow(x, p); }
+
+// Up to 4 operands over a shape of rank <= 6 (dims coalesced on the host), element strides.
+#define MAXR 6
+struct Geom {
+    u32 rank;
+    u32 n;
+    u32 shape[MAXR];
+    u32 st[4][MAXR];
+};
+// Offset of the i-th element (row-major over `shape`) in operand k.
+__device__ __forceinline__ u32 goff(const Geom& g, u32 i, int k) {
+    u32 o = 0;
+    for (int d = (int)g.rank - 1; d >= 0; --d) {
+        u32 s = g.shape[d];
+        u32 q = i / s;
+        o += (i - q * s) * g.st[k][d];
+        i = q;
+    }
+    return o;
+}
+
+__device__ __forceinline__ float warp_sum(float v) { for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o); return v; }
+__device__ __forceinline__ double warp_sum(double v) { for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o); return v; }
+__device__ __forceinline__ float warp_max(float v) { for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o)); return v; }
+__device__ __forceinline__ double warp_max(double v) { for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o)); return v; }
+
+// Block-wide sum (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
+template <typename A> __device__ A block_sum(A v) {
+    __shared__ A sh[32];
+    v = warp_sum(v);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    A r = (A)0;
+    int nw = blockDim.x >> 5;
+    for (int i = 0; i < nw; ++i) r += sh[i];
+    return r;
+}
+template <typename A> __device__ A block_max(A v) {
+    __shared__ A sh[32];
+    v = warp_max(v);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    A r = sh[0];
+    int nw = blockDim.x >> 5;
+    for (int i = 1; i < nw; ++i) r = r > sh[i] ? r : sh[i];
+    return r;
+}

@@ -1,0 +1,60 @@
+// Fused kernels: softmax cross-entropy (forward + backward) and the AdamW update.
+
+// One block per row of logits [N, V]. t[row] < 0 marks an ignored row. Math in Acc<T> (f32 for
+// bf16/f16/f32 logits, f64 for f64); lse stored in the same type.
+template <typename T> __device__ void ce_fwd_k(const T* x, const int* t, typename Acc<T>::t* lse, typename Acc<T>::t* loss, u32 v) {
+    typedef typename Acc<T>::t A;
+    const T* row = x + (u64)blockIdx.x * v;
+    A m = -1.0 / 0.0;
+    for (u32 j = threadIdx.x; j < v; j += blockDim.x) { A a = ld(row[j]); m = a > m ? a : m; }
+    m = block_max<A>(m);
+    A s = 0;
+    for (u32 j = threadIdx.x; j < v; j += blockDim.x) s += m_exp((A)ld(row[j]) - m);
+    s = block_sum<A>(s);
+    if (threadIdx.x == 0) {
+        A l = m + m_log(s);
+        lse[blockIdx.x] = l;
+        int ti = t[blockIdx.x];
+        loss[blockIdx.x] = ti < 0 ? (A)0 : l - (A)ld(row[ti]);
+    }
+}
+// d[row, j] = (exp(x - lse) - [j == t]) * scale; ignored rows get 0.
+template <typename T> __device__ void ce_bwd_k(const T* x, const int* t, const typename Acc<T>::t* lse, T* d, u32 v, double scale) {
+    typedef typename Acc<T>::t A;
+    const T* row = x + (u64)blockIdx.x * v;
+    T* drow = d + (u64)blockIdx.x * v;
+    int ti = t[blockIdx.x];
+    A l = lse[blockIdx.x], sc = (A)scale;
+    for (u32 j = threadIdx.x; j < v; j += blockDim.x) {
+        A r = ti < 0 ? (A)0 : (m_exp((A)ld(row[j]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
+        drow[j] = st<T>(r);
+    }
+}
+#define CE(T, N) \
+extern "C" __global__ void ce_fwd_##N(const T* x, const int* t, Acc<T>::t* lse, Acc<T>::t* loss, u32 v) { ce_fwd_k<T>(x, t, lse, loss, v); } \
+extern "C" __global__ void ce_bwd_##N(const T* x, const int* t, const Acc<T>::t* lse, T* d, u32 v, double scale) { ce_bwd_k<T>(x, t, lse, d, v, scale); }
+CE(float, f32)
+CE(double, f64)
+CE(bf16, bf16)
+CE(f16, f16)
+
+// AdamW on f32 parameters, the same arithmetic as the CPU loop in nn/optim.rs (PyTorch's
+// single-tensor AdamW): decay, m.lerp_(g, 1-b1), v = b2 v + (1-b2) g², p -= step · m / denom.
+template <typename G> __device__ void adamw_k(float* w, const G* g, float* m, float* v, u32 n, float decay, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
+    for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        float gi = ld(g[i]);
+        float wi = w[i] * decay;
+        float mi = m[i] + one_m_b1 * (gi - m[i]);
+        float vi = v[i] * b2 + (gi * gi) * one_m_b2;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        w[i] = wi - step_size * (mi / denom);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+extern "C" __global__ void adamw_f32(float* w, const float* g, float* m, float* v, u32 n, float decay, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
+    adamw_k<float>(w, g, m, v, n, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+}
+extern "C" __global__ void adamw_bf16g(float* w, const bf16* g, float* m, float* v, u32 n, float decay, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
+    adamw_k<bf16>(w, g, m, v, n, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+}

@@ -1,0 +1,284 @@
+//! The CUDA backend (cudarc 0.19, `dynamic-loading`: the binary builds and runs on machines
+//! without CUDA; the libraries are found at run time by `libs`).
+//!
+//! One `CudaDevice` per GPU, made on first use: a context, one stream (every op is ordered on it,
+//! so buffers can be reused as soon as they are freed), a caching allocator, the kernel modules
+//! (NVRTC-compiled from the `.cu` sources under kernels/, cached in-process and on disk), and the
+//! cuBLASLt handle.
+//!
+//! Tensor ops are infallible by design (misuse panics), so a failure inside an op on the GPU —
+//! out of memory, a failed launch — panics with the typed `CudaError`'s message; the CLI turns
+//! that into a plain error. Fallible steps that the world can cause up front (no driver, no GPU,
+//! missing library, kernel compile error) come back from `device()` as `Result`.
+
+mod alloc;
+pub(crate) mod gemm;
+pub mod libs;
+pub(crate) mod storage;
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{result as drv, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+
+pub use alloc::MemStats;
+pub use storage::CudaStorage;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CudaError {
+    #[error("CUDA library {lib} ({what}) not found; looked on the loader path and in: {searched}. Set FMLAB_CUDA_LIBS to the folder that holds it")]
+    LibraryMissing { lib: String, what: String, searched: String },
+    #[error("no CUDA device cuda:{ordinal}: {reason}")]
+    NoDevice { ordinal: usize, reason: String },
+    #[error("CUDA driver error during {what}: {msg}")]
+    Driver { what: String, msg: String },
+    #[error("NVRTC could not compile kernel source `{kernel}` for {arch}:\n{log}")]
+    Compile { kernel: String, arch: String, log: String },
+    #[error(
+        "out of GPU memory on cuda:{device}: requested {requested} bytes; fmlab holds {allocated} bytes in live tensors and {reserved} reserved ({free} of {total} bytes free on the device). Hint: lower --batch (keep the tokens per step with --tokens-per-step, i.e. gradient accumulation) or --seq"
+    )]
+    OutOfMemory { device: usize, requested: usize, allocated: usize, reserved: usize, free: usize, total: usize },
+    #[error("cuBLASLt error during {what}: {msg}")]
+    Blas { what: String, msg: String },
+}
+
+pub(crate) fn drv_err(what: &str) -> impl Fn(drv::DriverError) -> CudaError + '_ {
+    move |e| CudaError::Driver { what: what.to_string(), msg: format!("{e:?}") }
+}
+
+/// Kernel sources, compiled as one module each. `common.cuh` is prepended to every one.
+const COMMON: &str = include_str!("kernels/common.cuh");
+const SOURCES: &[(&str, &str)] = &[
+    ("elementwise", include_str!("kernels/elementwise.cu")),
+    ("reduce", include_str!("kernels/reduce.cu")),
+    ("index", include_str!("kernels/index.cu")),
+    ("fused", include_str!("kernels/fused.cu")),
+];
+
+pub struct CudaDevice {
+    pub ordinal: usize,
+    pub name: String,
+    /// e.g. "sm_90"
+    pub arch: String,
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    modules: Vec<(&'static str, Arc<CudaModule>)>,
+    funcs: Mutex<HashMap<String, CudaFunction>>,
+    pub(crate) pool: Mutex<alloc::Pool>,
+    pub(crate) blas: Mutex<Option<gemm::Blas>>,
+}
+
+impl std::fmt::Debug for CudaDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cuda:{} ({})", self.ordinal, self.name)
+    }
+}
+
+static DEVICES: Mutex<Vec<Option<Arc<CudaDevice>>>> = Mutex::new(Vec::new());
+
+/// The device `cuda:ordinal`, initialized on first call (libraries, context, kernels).
+pub fn device(ordinal: usize) -> Result<Arc<CudaDevice>, CudaError> {
+    let mut g = DEVICES.lock().unwrap();
+    if let Some(Some(d)) = g.get(ordinal) {
+        return Ok(d.clone());
+    }
+    let d = Arc::new(CudaDevice::new(ordinal)?);
+    if g.len() <= ordinal {
+        g.resize(ordinal + 1, None);
+    }
+    g[ordinal] = Some(d.clone());
+    Ok(d)
+}
+
+/// Number of CUDA devices (0 when there is no driver or no GPU).
+pub fn device_count() -> usize {
+    if libs::preload().is_err() {
+        return 0;
+    }
+    CudaContext::device_count().map(|n| n.max(0) as usize).unwrap_or(0)
+}
+
+impl CudaDevice {
+    fn new(ordinal: usize) -> Result<CudaDevice, CudaError> {
+        libs::preload()?;
+        let n = CudaContext::device_count().map_err(|e| CudaError::NoDevice { ordinal, reason: format!("the driver reports no usable GPU ({e:?})") })?;
+        if ordinal >= n.max(0) as usize {
+            return Err(CudaError::NoDevice { ordinal, reason: format!("this machine has {n} CUDA device(s)") });
+        }
+        let ctx = CudaContext::new(ordinal).map_err(drv_err("context creation"))?;
+        // One stream, ordered: cudarc's per-buffer event tracking is not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(drv_err("stream creation"))?;
+        let (maj, min) = ctx.compute_capability().map_err(drv_err("device query"))?;
+        let arch = format!("sm_{maj}{min}");
+        let name = ctx.name().map_err(drv_err("device query"))?;
+        let mut modules = Vec::new();
+        for (kname, src) in SOURCES {
+            let bin = compile_cached(kname, &format!("{COMMON}\n{src}"), &arch)?;
+            let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {kname}")))?;
+            modules.push((*kname, m));
+        }
+        Ok(CudaDevice { ordinal, name, arch, ctx, stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(alloc::Pool::new(ordinal)), blas: Mutex::new(None) })
+    }
+
+    /// The kernel `name` (from any module).
+    pub(crate) fn func(&self, name: &str) -> CudaFunction {
+        let mut g = self.funcs.lock().unwrap();
+        if let Some(f) = g.get(name) {
+            return f.clone();
+        }
+        for (_, m) in &self.modules {
+            if let Ok(f) = m.load_function(name) {
+                g.insert(name.to_string(), f.clone());
+                return f;
+            }
+        }
+        panic!("no CUDA kernel named `{name}` in fmlab's kernel sources (an op/dtype pair without a kernel)");
+    }
+
+    pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.stream.synchronize().map_err(drv_err("synchronize"))
+    }
+
+    pub fn mem_stats(&self) -> MemStats {
+        self.pool.lock().unwrap().stats()
+    }
+    pub fn reset_peak(&self) {
+        self.pool.lock().unwrap().reset_peak()
+    }
+
+    pub(crate) fn cu_stream(&self) -> sys::CUstream {
+        self.stream.cu_stream()
+    }
+
+    pub(crate) fn bind(&self) {
+        self.ctx.bind_to_thread().unwrap_or_else(|e| panic!("{}", CudaError::Driver { what: "binding the context".into(), msg: format!("{e:?}") }));
+    }
+}
+
+/// Kernel arguments, each kept in its own buffer until the launch.
+pub(crate) struct Args(Vec<Box<[u64]>>);
+
+impl Args {
+    pub fn new() -> Args {
+        Args(Vec::with_capacity(12))
+    }
+    pub fn push<T: Copy>(&mut self, v: T) -> &mut Args {
+        let n = std::mem::size_of::<T>().div_ceil(8).max(1);
+        let mut b = vec![0u64; n].into_boxed_slice();
+        // SAFETY: the buffer holds at least size_of::<T>() bytes; T is Copy (plain data).
+        unsafe { std::ptr::copy_nonoverlapping(&v as *const T as *const u8, b.as_mut_ptr() as *mut u8, std::mem::size_of::<T>()) };
+        self.0.push(b);
+        self
+    }
+    /// Launches `name` on the device's stream.
+    pub fn launch(&mut self, dev: &CudaDevice, name: &str, grid: u32, block: u32, shmem: u32) {
+        let f = dev.func(name);
+        let mut ptrs: Vec<*mut c_void> = self.0.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
+        // SAFETY: the argument list matches the kernel's parameters (each call site mirrors its
+        // kernel's signature); pointers are live device buffers on this stream.
+        let r = unsafe { drv::launch_kernel(f.cu_function(), (grid.max(1), 1, 1), (block, 1, 1), shmem, dev.cu_stream(), &mut ptrs) };
+        if let Err(e) = r {
+            panic!("{}", CudaError::Driver { what: format!("launching kernel {name}"), msg: format!("{e:?}") });
+        }
+        if std::env::var_os("FMLAB_CUDA_SYNC").is_some() {
+            // Debugging aid: surface an asynchronous fault at the launch that caused it.
+            if let Err(e) = dev.stream.synchronize() {
+                panic!("{}", CudaError::Driver { what: format!("running kernel {name}"), msg: format!("{e:?}") });
+            }
+        }
+    }
+}
+
+/// Grid size for `n` elements at `block` threads, capped (kernels grid-stride beyond it).
+pub(crate) fn grid_for(n: usize, block: u32) -> u32 {
+    (n.div_ceil(block as usize)).clamp(1, 65535 * 8) as u32
+}
+
+fn fnv64(s: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for &b in s {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Where compiled kernels are kept: $FMLAB_KERNEL_CACHE, else $FMLAB_CACHE/kernels, else
+/// ~/.cache/fmlab/kernels.
+fn kernel_cache_dir() -> Option<PathBuf> {
+    if let Ok(d) = std::env::var("FMLAB_KERNEL_CACHE") {
+        return Some(d.into());
+    }
+    if let Ok(d) = std::env::var("FMLAB_CACHE") {
+        return Some(PathBuf::from(d).join("kernels"));
+    }
+    std::env::var("HOME").ok().map(|h| PathBuf::from(h).join(".cache/fmlab/kernels"))
+}
+
+fn versions() -> (i32, (i32, i32)) {
+    let mut drv_v = 0;
+    unsafe { sys::cuDriverGetVersion(&mut drv_v) };
+    let (mut a, mut b) = (0, 0);
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut a, &mut b) };
+    (drv_v, (a, b))
+}
+
+/// CUBIN for `src` on `arch`: from the disk cache (keyed by source hash, arch, driver and NVRTC
+/// versions) or compiled by NVRTC and stored (temp file + rename: a crash leaves no torn entry).
+fn compile_cached(kname: &str, src: &str, arch: &str) -> Result<Vec<u8>, CudaError> {
+    let (drv_v, (na, nb)) = versions();
+    let key = format!("{kname}-{:016x}-{arch}-drv{drv_v}-nvrtc{na}.{nb}.cubin", fnv64(src.as_bytes()));
+    let dir = kernel_cache_dir();
+    if let Some(d) = &dir {
+        if let Ok(b) = std::fs::read(d.join(&key)) {
+            if !b.is_empty() {
+                return Ok(b);
+            }
+        }
+    }
+    let bin = nvrtc_cubin(kname, src, arch)?;
+    if let Some(d) = &dir {
+        if std::fs::create_dir_all(d).is_ok() {
+            let tmp = d.join(format!(".{key}.{}.tmp", std::process::id()));
+            if std::fs::write(&tmp, &bin).is_ok() && std::fs::rename(&tmp, d.join(&key)).is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+        }
+    }
+    Ok(bin)
+}
+
+/// NVRTC straight to SASS for the device's arch (no PTX JIT at load).
+pub fn nvrtc_cubin(kname: &str, src: &str, arch: &str) -> Result<Vec<u8>, CudaError> {
+    use cudarc::nvrtc::{result, sys as nsys};
+    libs::preload_nvrtc()?;
+    let err = |log: String| CudaError::Compile { kernel: kname.to_string(), arch: arch.to_string(), log };
+    let csrc = std::ffi::CString::new(src).unwrap();
+    let prog = result::create_program(&csrc, None).map_err(|e| err(format!("{e:?}")))?;
+    let opts = [format!("--gpu-architecture={arch}"), "-std=c++17".to_string(), "-default-device".to_string()];
+    let r = unsafe { result::compile_program(prog, &opts) };
+    if let Err(e) = r {
+        let log = unsafe { result::get_program_log(prog) }.map(|l| l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect::<Vec<u8>>()).unwrap_or_default();
+        let _ = unsafe { result::destroy_program(prog) };
+        return Err(err(format!("{e:?}\n{}", String::from_utf8_lossy(&log))));
+    }
+    let mut n = 0usize;
+    unsafe { nsys::nvrtcGetCUBINSize(prog, &mut n) }.result().map_err(|e| err(format!("{e:?}")))?;
+    let mut buf = vec![0u8; n];
+    unsafe { nsys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _) }.result().map_err(|e| err(format!("{e:?}")))?;
+    let _ = unsafe { result::destroy_program(prog) };
+    Ok(buf)
+}
+
+/// Compiles every kernel source for `arch` without a GPU (only libnvrtc is needed): the check
+/// that the sources build, run by the tests on any machine that has NVRTC.
+pub fn compile_all(arch: &str) -> Result<usize, CudaError> {
+    let mut total = 0;
+    for (kname, src) in SOURCES {
+        total += nvrtc_cubin(kname, &format!("{COMMON}\n{src}"), arch)?.len();
+    }
+    Ok(total)
+}

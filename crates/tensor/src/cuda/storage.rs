@@ -1,0 +1,407 @@
+//! `CudaStorage`: a device buffer (from the caching allocator) plus dtype and length, and the
+//! primitive ops with the same contracts as `CpuStorage`'s (layouts in, contiguous result out).
+
+use std::sync::Arc;
+
+use cudarc::driver::result as drv;
+
+use super::{gemm, grid_for, Args, CudaDevice, CudaError};
+use crate::cpu::CpuStorage;
+use crate::layout::{coalesce, contiguous_strides, Layout};
+use crate::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
+use crate::DType;
+
+pub struct CudaStorage {
+    pub(crate) ptr: u64,
+    size: usize,
+    len: usize,
+    dtype: DType,
+    pub(crate) dev: Arc<CudaDevice>,
+}
+
+impl std::fmt::Debug for CudaStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CudaStorage({} × {} on {:?})", self.len, self.dtype, self.dev)
+    }
+}
+
+impl Drop for CudaStorage {
+    fn drop(&mut self) {
+        self.dev.pool.lock().unwrap().free(self.ptr, self.size);
+    }
+}
+
+pub(crate) fn sfx(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F64 => "f64",
+        DType::BF16 => "bf16",
+        DType::F16 => "f16",
+        DType::I32 => "i32",
+        DType::U32 => "u32",
+        DType::U8 => "u8",
+    }
+}
+
+/// Kernel geometry; mirrors `struct Geom` in kernels/common.cuh.
+const MAXR: usize = 6;
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Geom {
+    rank: u32,
+    n: u32,
+    shape: [u32; MAXR],
+    st: [[u32; MAXR]; 4],
+}
+
+fn to_u32(v: usize, what: &str) -> u32 {
+    u32::try_from(v).unwrap_or_else(|_| panic!("CUDA kernels index with 32 bits: {what} {v} is too large"))
+}
+
+/// Geometry of up to 4 operands over `shape` (dims coalesced); also whether every operand is
+/// plainly contiguous (then kernels skip the index arithmetic).
+fn geom<const N: usize>(shape: &[usize], strides: [&[usize]; N]) -> (Geom, bool) {
+    let (sh, st) = coalesce(shape, strides);
+    assert!(sh.len() <= MAXR, "CUDA elementwise ops support up to {MAXR} non-mergeable dims, got shape {shape:?}");
+    let n: usize = shape.iter().product();
+    let mut g = Geom { rank: sh.len() as u32, n: to_u32(n, "element count"), shape: [1; MAXR], st: [[0; MAXR]; 4] };
+    for (d, &s) in sh.iter().enumerate() {
+        g.shape[d] = s as u32;
+        for k in 0..N {
+            g.st[k][d] = to_u32(st[k][d], "stride");
+        }
+    }
+    let contig = sh.len() == 1 && (0..N).all(|k| st[k][0] == 1 || sh[0] == 1);
+    (g, contig)
+}
+
+fn fail(e: CudaError) -> ! {
+    panic!("{e}")
+}
+
+impl CudaStorage {
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn device(&self) -> &Arc<CudaDevice> {
+        &self.dev
+    }
+
+    /// Uninitialized buffer of `len` elements.
+    pub(crate) fn alloc(dev: &Arc<CudaDevice>, dtype: DType, len: usize) -> CudaStorage {
+        dev.bind();
+        let (ptr, size) = dev.pool.lock().unwrap().alloc(len * dtype.size_in_bytes()).unwrap_or_else(|e| fail(e));
+        CudaStorage { ptr, size, len, dtype, dev: dev.clone() }
+    }
+
+    /// Device address of element `i`.
+    pub(crate) fn at(&self, i: usize) -> u64 {
+        self.ptr + (i * self.dtype.size_in_bytes()) as u64
+    }
+
+    pub fn zeros(dev: &Arc<CudaDevice>, dtype: DType, len: usize) -> CudaStorage {
+        let s = CudaStorage::alloc(dev, dtype, len);
+        unsafe { drv::memset_d8_async(s.ptr, 0, len * dtype.size_in_bytes(), dev.cu_stream()) }.unwrap_or_else(|e| fail(CudaError::Driver { what: "memset".into(), msg: format!("{e:?}") }));
+        s
+    }
+
+    pub fn full(dev: &Arc<CudaDevice>, dtype: DType, len: usize, v: f64) -> CudaStorage {
+        let s = CudaStorage::alloc(dev, dtype, len);
+        Args::new().push(s.ptr).push(to_u32(len, "length")).push(v).launch(dev, &format!("fill_{}", sfx(dtype)), grid_for(len, 256), 256, 0);
+        s
+    }
+
+    pub fn from_cpu(dev: &Arc<CudaDevice>, c: &CpuStorage) -> CudaStorage {
+        let s = CudaStorage::alloc(dev, c.dtype(), c.len());
+        let bytes = c.as_bytes();
+        if !bytes.is_empty() {
+            // Synchronous: the host slice may be freed as soon as this returns.
+            unsafe { drv::memcpy_htod_async(s.ptr, bytes, dev.cu_stream()) }.unwrap_or_else(|e| fail(CudaError::Driver { what: "host-to-device copy".into(), msg: format!("{e:?}") }));
+            dev.synchronize().unwrap_or_else(|e| fail(e));
+        }
+        s
+    }
+
+    /// A host copy of all `len` elements (synchronizes the stream).
+    pub fn to_cpu(&self) -> CpuStorage {
+        let mut bytes = vec![0u8; self.len * self.dtype.size_in_bytes()];
+        self.dev.bind();
+        if !bytes.is_empty() {
+            unsafe { drv::memcpy_dtoh_async(&mut bytes, self.ptr, self.dev.cu_stream()) }.unwrap_or_else(|e| fail(CudaError::Driver { what: "device-to-host copy".into(), msg: format!("{e:?}") }));
+        }
+        self.dev.synchronize().unwrap_or_else(|e| fail(e));
+        CpuStorage::from_bytes(self.dtype, &bytes)
+    }
+
+    /// A contiguous copy of the viewed elements.
+    pub fn copy_strided(&self, l: &Layout) -> CudaStorage {
+        let n = l.numel();
+        let out = CudaStorage::alloc(&self.dev, self.dtype, n);
+        if n == 0 {
+            return out;
+        }
+        if l.is_contiguous() {
+            let b = n * self.dtype.size_in_bytes();
+            unsafe { drv::memcpy_dtod_async(out.ptr, self.at(l.offset), b, self.dev.cu_stream()) }.unwrap_or_else(|e| fail(CudaError::Driver { what: "device copy".into(), msg: format!("{e:?}") }));
+            return out;
+        }
+        self.copy_into(l, &out, &Layout::contiguous(&l.shape));
+        out
+    }
+
+    /// Writes the elements viewed by `l` into `dst` viewed by `dl` (same shape).
+    pub(crate) fn copy_into(&self, l: &Layout, dst: &CudaStorage, dl: &Layout) {
+        let (g, _) = geom(&l.shape, [&l.strides, &dl.strides]);
+        let n = l.numel();
+        Args::new().push(self.at(l.offset)).push(dst.at(dl.offset)).push(g).launch(&self.dev, &format!("copy_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+    }
+
+    pub fn cast(&self, l: &Layout, to: DType) -> CudaStorage {
+        let n = l.numel();
+        let out = CudaStorage::alloc(&self.dev, to, n);
+        if n > 0 {
+            let (g, _) = geom(&l.shape, [&l.strides]);
+            Args::new().push(self.at(l.offset)).push(out.ptr).push(g).launch(&self.dev, &format!("cast_{}_{}", sfx(self.dtype), sfx(to)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    pub fn unary(&self, l: &Layout, op: UnaryOp) -> CudaStorage {
+        let (code, p0, p1) = match op {
+            UnaryOp::Neg => (0, 0.0, 0.0),
+            UnaryOp::Exp => (1, 0.0, 0.0),
+            UnaryOp::Log => (2, 0.0, 0.0),
+            UnaryOp::Sqrt => (3, 0.0, 0.0),
+            UnaryOp::Tanh => (4, 0.0, 0.0),
+            UnaryOp::Sin => (5, 0.0, 0.0),
+            UnaryOp::Cos => (6, 0.0, 0.0),
+            UnaryOp::Abs => (7, 0.0, 0.0),
+            UnaryOp::Erf => (8, 0.0, 0.0),
+            UnaryOp::Recip => (9, 0.0, 0.0),
+            UnaryOp::Relu => (10, 0.0, 0.0),
+            UnaryOp::Affine(m, a) => (11, m, a),
+            // Small integer powers by multiplication, as on the CPU.
+            UnaryOp::Powf(p) if p == 2.0 => (12, p, 0.0),
+            UnaryOp::Powf(p) if p == 3.0 => (13, p, 0.0),
+            UnaryOp::Powf(p) => (14, p, 0.0),
+        };
+        let n = l.numel();
+        let out = CudaStorage::alloc(&self.dev, self.dtype, n);
+        if n > 0 {
+            let (g, contig) = geom(&l.shape, [&l.strides]);
+            Args::new().push(self.at(l.offset)).push(out.ptr).push(g).push(code as i32).push(p0).push(p1).push(contig as i32).launch(&self.dev, &format!("unary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    pub fn binary(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, op: BinaryOp) -> CudaStorage {
+        let code = match op {
+            BinaryOp::Add => 0,
+            BinaryOp::Sub => 1,
+            BinaryOp::Mul => 2,
+            BinaryOp::Div => 3,
+            BinaryOp::Maximum => 4,
+            BinaryOp::Minimum => 5,
+        };
+        let n = la.numel();
+        let out = CudaStorage::alloc(&self.dev, self.dtype, n);
+        if n > 0 {
+            let (g, contig) = geom(&la.shape, [&la.strides, &lb.strides]);
+            Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).push(contig as i32).launch(&self.dev, &format!("binary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    pub fn cmp(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, op: CmpOp) -> CudaStorage {
+        let code = match op {
+            CmpOp::Eq => 0,
+            CmpOp::Ne => 1,
+            CmpOp::Lt => 2,
+            CmpOp::Le => 3,
+            CmpOp::Gt => 4,
+            CmpOp::Ge => 5,
+        };
+        let n = la.numel();
+        let out = CudaStorage::alloc(&self.dev, DType::U8, n);
+        if n > 0 {
+            let (g, _) = geom(&la.shape, [&la.strides, &lb.strides]);
+            Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).launch(&self.dev, &format!("cmp_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    pub fn where_cond(c: &CudaStorage, lc: &Layout, a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout) -> CudaStorage {
+        let n = la.numel();
+        let out = CudaStorage::alloc(&a.dev, a.dtype, n);
+        if n > 0 {
+            let (g, _) = geom(&la.shape, [&lc.strides, &la.strides, &lb.strides]);
+            Args::new().push(c.at(lc.offset)).push(a.at(la.offset)).push(b.at(lb.offset)).push(out.ptr).push(g).launch(&a.dev, &format!("where_{}", sfx(a.dtype)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    /// Reduces over `dims` (sorted, unique), keeping them as size 1; output contiguous.
+    pub fn reduce(&self, l: &Layout, op: ReduceOp, dims: &[usize]) -> CudaStorage {
+        assert!(self.dtype.is_float(), "reduce {op:?} on CUDA needs a float tensor, got {}", self.dtype);
+        let kept: Vec<usize> = (0..l.rank()).filter(|d| !dims.contains(d)).collect();
+        let ks: Vec<usize> = kept.iter().map(|&d| l.shape[d]).collect();
+        let kst: Vec<usize> = kept.iter().map(|&d| l.strides[d]).collect();
+        let rs: Vec<usize> = dims.iter().map(|&d| l.shape[d]).collect();
+        let rst: Vec<usize> = dims.iter().map(|&d| l.strides[d]).collect();
+        let n_out: usize = ks.iter().product();
+        let red: usize = rs.iter().product();
+        let out = CudaStorage::alloc(&self.dev, self.dtype, n_out);
+        if n_out == 0 {
+            return out;
+        }
+        let (go, _) = geom(&ks, [&kst]);
+        let (gr, _) = geom(&rs, [&rst]);
+        let code = match op {
+            ReduceOp::Sum => 0,
+            ReduceOp::Max => 1,
+            ReduceOp::Min => 2,
+        };
+        // One block per output; small reductions get a single warp.
+        let block = if red <= 64 { 32 } else if red <= 2048 { 128 } else { 256 };
+        Args::new().push(self.at(l.offset)).push(out.ptr).push(go).push(gr).push(code as i32).launch(&self.dev, &format!("reduce_{}", sfx(self.dtype)), n_out.min(65535 * 16) as u32, block, 0);
+        out
+    }
+
+    /// Batched matmul: `la` [.., M, K], `lb` [.., K, N], batch dims broadcast to the same shape.
+    pub fn matmul(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout) -> CudaStorage {
+        let r = la.rank();
+        let (m, k, n) = (la.shape[r - 2], la.shape[r - 1], lb.shape[r - 1]);
+        let batch_shape = &la.shape[..r - 2];
+        let nb: usize = batch_shape.iter().product();
+        let out = CudaStorage::alloc(&self.dev, self.dtype, nb * m * n);
+        if nb * m * n == 0 {
+            return out;
+        }
+        if k == 0 {
+            return CudaStorage::zeros(&self.dev, self.dtype, nb * m * n);
+        }
+        // One uniform batch stride per operand (dims merged); broadcast batches are materialized.
+        let batch_stride = |l: &Layout| -> Option<usize> {
+            let (sh, [st]) = coalesce(&l.shape[..r - 2], [&l.strides[..r - 2]]);
+            if nb == 1 {
+                return Some(0);
+            }
+            (sh.len() == 1 && st[0] != 0).then_some(st[0])
+        };
+        let operand = |l: &Layout, rows: usize, cols: usize| -> Option<gemm::Operand> {
+            let bs = batch_stride(l)?;
+            gemm::transposed_view(rows, cols, l.strides[r - 2], l.strides[r - 1], bs)
+        };
+        let (ca, cla);
+        let (a_st, la) = match operand(la, m, k) {
+            Some(_) => (self, la.clone()),
+            None => {
+                ca = self.copy_strided(la);
+                cla = Layout::contiguous(&la.shape);
+                (&ca, cla)
+            }
+        };
+        let (cb, clb);
+        let (b_st, lb) = match operand(lb, k, n) {
+            Some(_) => (rhs, lb.clone()),
+            None => {
+                cb = rhs.copy_strided(lb);
+                clb = Layout::contiguous(&lb.shape);
+                (&cb, clb)
+            }
+        };
+        let oa = operand(&la, m, k).expect("contiguous operand");
+        let ob = operand(&lb, k, n).expect("contiguous operand");
+        gemm::matmul(&self.dev, self.dtype, a_st.at(la.offset), oa, b_st.at(lb.offset), ob, out.ptr, m, n, nb).unwrap_or_else(|e| fail(e));
+        out
+    }
+
+    fn upload_ids(&self, ids: &[usize]) -> CudaStorage {
+        let v: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        CudaStorage::from_cpu(&self.dev, &CpuStorage::I32(v))
+    }
+
+    /// `out[.., i, ..] = self[.., ids[i], ..]` along `dim`; ids already range-checked.
+    pub fn index_select(&self, l: &Layout, ids: &[usize], dim: usize) -> CudaStorage {
+        let src = if l.is_contiguous() && l.offset == 0 { None } else { Some(self.copy_strided(l)) };
+        let s = src.as_ref().unwrap_or(self);
+        let outer: usize = l.shape[..dim].iter().product();
+        let inner: usize = l.shape[dim + 1..].iter().product();
+        let n = outer * ids.len() * inner;
+        let out = CudaStorage::alloc(&self.dev, self.dtype, n);
+        if n > 0 {
+            let d_ids = self.upload_ids(ids);
+            Args::new().push(s.ptr).push(d_ids.ptr).push(out.ptr).push(to_u32(outer, "outer")).push(to_u32(l.shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("index_select_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    /// `self` (contiguous, `shape`) with `src` added at `ids` along `dim`: a new storage.
+    pub fn index_add(&self, shape: &[usize], ids: &[usize], src: &CudaStorage, ls: &Layout, dim: usize) -> CudaStorage {
+        let out = self.copy_strided(&Layout::contiguous(shape));
+        let s = src.copy_strided(ls);
+        let outer: usize = shape[..dim].iter().product();
+        let inner: usize = shape[dim + 1..].iter().product();
+        let n = outer * ids.len() * inner;
+        if n > 0 {
+            let d_ids = self.upload_ids(ids);
+            Args::new().push(out.ptr).push(d_ids.ptr).push(s.ptr).push(to_u32(outer, "outer")).push(to_u32(shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("index_add_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    fn outer_inner(shape: &[usize], idx_shape: &[usize], dim: usize, what: &str) -> (usize, usize) {
+        for d in 0..shape.len() {
+            assert!(d == dim || shape[d] == idx_shape[d], "{what} on CUDA: index shape {idx_shape:?} must match source {shape:?} outside dim {dim}");
+        }
+        (shape[..dim].iter().product(), shape[dim + 1..].iter().product())
+    }
+
+    /// `out[i][j][k] = self[i][idx[i][j][k]][k]` (dim = 1); idx has the output shape.
+    pub fn gather(&self, l: &Layout, idx: &[usize], idx_shape: &[usize], dim: usize) -> CudaStorage {
+        let (outer, inner) = CudaStorage::outer_inner(&l.shape, idx_shape, dim, "gather");
+        let s = self.copy_strided(l);
+        let out = CudaStorage::alloc(&self.dev, self.dtype, idx.len());
+        if !idx.is_empty() {
+            let d_idx = self.upload_ids(idx);
+            Args::new().push(s.ptr).push(d_idx.ptr).push(out.ptr).push(to_u32(outer, "outer")).push(to_u32(l.shape[dim], "dim")).push(to_u32(idx_shape[dim], "k")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("gather_{}", sfx(self.dtype)), grid_for(idx.len(), 256), 256, 0);
+        }
+        out
+    }
+
+    /// `self[i][idx[i][j][k]][k] += src[i][j][k]`; self contiguous of `shape`; a new storage.
+    pub fn scatter_add(&self, shape: &[usize], idx: &[usize], idx_shape: &[usize], src: &CudaStorage, ls: &Layout, dim: usize) -> CudaStorage {
+        let (outer, inner) = CudaStorage::outer_inner(shape, idx_shape, dim, "scatter_add");
+        let out = self.copy_strided(&Layout::contiguous(shape));
+        let s = if src.dtype == self.dtype { src.copy_strided(ls) } else { src.cast(ls, self.dtype) };
+        if !idx.is_empty() {
+            let d_idx = self.upload_ids(idx);
+            Args::new().push(out.ptr).push(d_idx.ptr).push(s.ptr).push(to_u32(outer, "outer")).push(to_u32(shape[dim], "dim")).push(to_u32(idx_shape[dim], "k")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("scatter_add_{}", sfx(self.dtype)), grid_for(idx.len(), 256), 256, 0);
+        }
+        out
+    }
+
+    /// Concatenates `parts` along `dim` (each copied into its slice of the output).
+    pub fn cat(parts: &[(&CudaStorage, &Layout)], dim: usize) -> CudaStorage {
+        let mut shape = parts[0].1.shape.clone();
+        shape[dim] = parts.iter().map(|(_, l)| l.shape[dim]).sum();
+        let n: usize = shape.iter().product();
+        let out = CudaStorage::alloc(&parts[0].0.dev, parts[0].0.dtype, n);
+        let ost = contiguous_strides(&shape);
+        let mut start = 0;
+        for (s, l) in parts {
+            if l.numel() > 0 {
+                let dl = Layout { shape: l.shape.clone(), strides: ost.clone(), offset: start * ost[dim] };
+                s.copy_into(l, &out, &dl);
+            }
+            start += l.shape[dim];
+        }
+        out
+    }
+}

@@ -1,0 +1,300 @@
+//! The CUDA backend against the CPU engine: every primitive in f32 (and bf16 where the model
+//! uses it), on strided and broadcast layouts, plus the fused kernels (cross-entropy, AdamW).
+//! Needs a GPU: `scripts/gpu-check.sh` runs these with `--ignored` on the GPU machine.
+//! (The f64 finite-difference checks in grad_check.rs also run there, with FMLAB_TEST_DEVICE=cuda.)
+//!
+//! Tolerances, and why:
+//! - f32 elementwise: 2e-6 relative — CUDA's expf/tanhf/erff are within 2 ulp of the CPU's.
+//! - f32 sums: 1e-6 relative — both accumulate in f64, in different orders.
+//! - f32 GEMM: 1e-5 relative to the output's scale — cuBLAS (no TF32) vs the gemm crate, both
+//!   fp32 FMA, in different orders.
+//! - bf16: both devices compute in f32 and round once to bf16 (8 bits of mantissa), so results
+//!   agree within 1 bf16 ulp: 2^-7 = 0.0078 relative; GEMMs accumulate in f32 on both sides but
+//!   round only at the end, 1e-2 relative to scale.
+
+use fmlab_tensor::{adamw_update, attention, AttnMask, DType, Device, Rng, Tensor};
+
+fn gpu() -> Device {
+    let d = Device::Cuda(0);
+    d.init().unwrap_or_else(|e| panic!("these tests need a GPU: {e}"));
+    d
+}
+
+fn rnd(shape: &[usize], seed: u64, dtype: DType) -> Tensor {
+    Tensor::randn(shape, 0.0, 1.0, DType::F32, &mut Rng::new(seed)).to_dtype(dtype)
+}
+
+/// max |a - b| / max(|b|_inf, floor)
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape(), "shapes differ");
+    let (x, y) = (a.to_vec_f64(), b.to_vec_f64());
+    let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    let mut worst = 0.0f64;
+    for (p, q) in x.iter().zip(&y) {
+        if p.is_nan() || q.is_nan() {
+            assert!(p.is_nan() && q.is_nan(), "NaN mismatch: {p} vs {q}");
+            continue;
+        }
+        if p.is_infinite() || q.is_infinite() {
+            assert_eq!(p, q, "inf mismatch");
+            continue;
+        }
+        worst = worst.max((p - q).abs() / scale);
+    }
+    worst
+}
+
+fn close(name: &str, got: &Tensor, want: &Tensor, tol: f64) {
+    assert_eq!(got.device(), Device::Cuda(0), "{name}: result not on the GPU");
+    assert_eq!(got.dtype(), want.dtype(), "{name}: dtype");
+    let e = rel(got, want);
+    assert!(e <= tol, "{name}: relative error {e:.3e} > {tol:.1e}");
+}
+
+/// Runs `f` on CPU inputs and on their GPU copies and compares.
+fn same(name: &str, inputs: &[Tensor], tol: f64, f: impl Fn(&[Tensor]) -> Tensor) {
+    let g = gpu();
+    let want = f(inputs);
+    let gi: Vec<Tensor> = inputs.iter().map(|t| t.to_device(g)).collect();
+    let got = f(&gi);
+    close(name, &got, &want, tol);
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn transfers_round_trip_every_dtype() {
+    let g = gpu();
+    for dt in [DType::F32, DType::F64, DType::BF16, DType::F16, DType::I32, DType::U32, DType::U8] {
+        let x = Tensor::from_f64(&(0..1000).map(|i| (i % 200) as f64).collect::<Vec<_>>(), &[10, 100], dt);
+        let y = x.to_device(g);
+        assert_eq!(y.device(), g);
+        assert_eq!(y.to_vec_f64(), x.to_vec_f64(), "{dt}");
+        // A strided view crosses as its own elements.
+        assert_eq!(y.t().to_vec_f64(), x.t().to_vec_f64(), "{dt} transposed");
+        assert_eq!(y.narrow(1, 3, 7).to_device(Device::Cpu).to_vec_f64(), x.narrow(1, 3, 7).to_vec_f64());
+    }
+    let z = Tensor::zeros_on(&[3, 5], DType::BF16, g);
+    assert_eq!(z.to_vec_f64(), vec![0.0; 15]);
+    let f = Tensor::full_on(2.5, &[4], DType::F32, g);
+    assert_eq!(f.to_vec_f64(), vec![2.5; 4]);
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn unary_ops_f32_bf16_strided() {
+    let x = rnd(&[37, 53], 1, DType::F32);
+    let pos = x.abs().add_scalar(0.1);
+    for (dt, tol) in [(DType::F32, 2e-6), (DType::BF16, 8e-3), (DType::F64, 1e-14)] {
+        let (x, pos) = (x.to_dtype(dt), pos.to_dtype(dt));
+        same("neg", &[x.t()], tol, |v| v[0].neg());
+        same("exp", &[x.t()], tol, |v| v[0].exp());
+        same("log", &[pos.clone()], tol, |v| v[0].log());
+        same("sqrt", &[pos.t()], tol, |v| v[0].sqrt());
+        same("tanh", &[x.clone()], tol, |v| v[0].tanh());
+        same("sin", &[x.clone()], tol, |v| v[0].sin());
+        same("cos", &[x.clone()], tol, |v| v[0].cos());
+        same("abs", &[x.clone()], tol, |v| v[0].abs());
+        same("erf", &[x.clone()], tol.max(2e-6), |v| v[0].erf());
+        same("recip", &[pos.clone()], tol, |v| v[0].recip());
+        same("relu", &[x.t()], tol, |v| v[0].relu());
+        same("affine", &[x.narrow(1, 5, 20)], tol, |v| v[0].affine(1.5, -0.25));
+        same("powf 2", &[x.clone()], tol, |v| v[0].powf(2.0));
+        same("powf 3", &[x.clone()], tol, |v| v[0].powf(3.0));
+        same("powf 0.5", &[pos.clone()], tol, |v| v[0].powf(0.5));
+        same("gelu_tanh", &[x.clone()], tol * 4.0, |v| v[0].gelu_tanh());
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn binary_compare_where_with_broadcast() {
+    for (dt, tol) in [(DType::F32, 1e-7), (DType::BF16, 8e-3)] {
+        let a = rnd(&[4, 1, 33], 2, dt);
+        let b = rnd(&[5, 33], 3, dt);
+        same("add", &[a.clone(), b.clone()], tol, |v| v[0].add(&v[1]));
+        same("sub", &[a.clone(), b.t().t()], tol, |v| v[0].sub(&v[1]));
+        same("mul", &[a.clone(), b.clone()], tol, |v| v[0].mul(&v[1]));
+        same("div", &[a.clone(), b.abs().add_scalar(0.5)], tol, |v| v[0].div(&v[1]));
+        same("maximum", &[a.clone(), b.clone()], 0.0, |v| v[0].maximum(&v[1]));
+        same("minimum", &[a.clone(), b.clone()], 0.0, |v| v[0].minimum(&v[1]));
+        same("add transposed", &[rnd(&[33, 5], 4, dt).t(), b.clone()], tol, |v| v[0].add(&v[1]));
+        same("gt", &[a.clone(), b.clone()], 0.0, |v| v[0].gt(&v[1]));
+        same("le scalar", &[a.clone()], 0.0, |v| v[0].le(&v[0].scalar_like(0.1)));
+        same("eq", &[a.clone(), a.clone()], 0.0, |v| v[0].eq(&v[1]));
+        let mask = a.gt(&b);
+        same("where", &[mask, a.clone(), b.clone()], 0.0, |v| v[0].where_cond(&v[1], &v[2]));
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn casts_between_all_dtypes() {
+    let x = Tensor::from_f64(&[-3.7, -1.0, -0.5, 0.0, 0.49, 1.5, 2.5, 255.9, 300.0, 1e6, 65504.0, 1e-3], &[12], DType::F64);
+    let dts = [DType::F32, DType::F64, DType::BF16, DType::F16, DType::I32, DType::U32, DType::U8];
+    for &from in &dts {
+        for &to in &dts {
+            same(&format!("cast {from} -> {to}"), &[x.to_dtype(from)], 0.0, |v| v[0].to_dtype(to));
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn reductions_over_any_dims() {
+    for (dt, tol) in [(DType::F32, 1e-6), (DType::BF16, 8e-3), (DType::F64, 1e-14)] {
+        let x = rnd(&[6, 7, 300], 5, dt);
+        same("sum last", &[x.clone()], tol, |v| v[0].sum(&[2], true));
+        same("sum first", &[x.clone()], tol, |v| v[0].sum(&[0], false));
+        same("sum 0,2", &[x.clone()], tol, |v| v[0].sum(&[0, 2], true));
+        same("sum all", &[x.clone()], tol, |v| v[0].sum_all());
+        same("max", &[x.clone()], 0.0, |v| v[0].max(&[1], true));
+        same("min strided", &[x.permute(&[2, 0, 1])], 0.0, |v| v[0].min(&[0], true));
+        same("mean", &[x.clone()], tol, |v| v[0].mean(&[2], true));
+        same("softmax", &[x.clone()], tol * 4.0, |v| v[0].softmax(2));
+        same("large reduce", &[rnd(&[2, 100_000], 6, dt)], tol * 4.0, |v| v[0].sum(&[1], true));
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn matmul_layouts_and_dtypes() {
+    for (dt, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2), (DType::F64, 1e-12)] {
+        same("2d", &[rnd(&[65, 33], 7, dt), rnd(&[33, 17], 8, dt)], tol, |v| v[0].matmul(&v[1]));
+        same("a transposed", &[rnd(&[33, 65], 9, dt).t(), rnd(&[33, 17], 10, dt)], tol, |v| v[0].matmul(&v[1]));
+        same("b transposed", &[rnd(&[65, 33], 11, dt), rnd(&[17, 33], 12, dt).t()], tol, |v| v[0].matmul(&v[1]));
+        same("batched", &[rnd(&[3, 4, 20, 16], 13, dt), rnd(&[3, 4, 16, 24], 14, dt)], tol, |v| v[0].matmul(&v[1]));
+        same("batched qk^T", &[rnd(&[2, 3, 20, 16], 15, dt), rnd(&[2, 3, 24, 16], 16, dt)], tol, |v| v[0].matmul(&v[1].t()));
+        same("broadcast batch", &[rnd(&[2, 1, 5, 8], 17, dt), rnd(&[3, 8, 4], 18, dt)], tol, |v| v[0].matmul(&v[1]));
+        same("rows @ 2d", &[rnd(&[2, 7, 33], 19, dt), rnd(&[33, 9], 20, dt)], tol, |v| v[0].matmul(&v[1]));
+        same("permuted heads", &[rnd(&[2, 9, 3, 8], 21, dt).transpose(1, 2), rnd(&[2, 9, 3, 8], 22, dt).transpose(1, 2).t()], tol, |v| v[0].matmul(&v[1]));
+        same("narrowed operand", &[rnd(&[10, 48], 23, dt).narrow(1, 16, 16), rnd(&[16, 5], 24, dt)], tol, |v| v[0].matmul(&v[1]));
+        same("k = 1", &[rnd(&[5, 1], 25, dt), rnd(&[1, 6], 26, dt)], tol, |v| v[0].matmul(&v[1]));
+    }
+    // A GPT-2 mini sized GEMM with the LM head's odd N.
+    same("lm head", &[rnd(&[512, 256], 27, DType::BF16), rnd(&[50257, 256], 28, DType::BF16).t()], 1e-2, |v| v[0].matmul(&v[1]));
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn indexing_movement_and_cat() {
+    let ids = Tensor::from_vec(vec![2i32, 0, 2, 1, 4], &[5]);
+    for dt in [DType::F32, DType::BF16] {
+        let x = rnd(&[5, 7], 30, dt);
+        same("index_select", &[x.clone()], 0.0, |v| v[0].index_select(&ids, 0));
+        same("index_select dim1 strided", &[x.t()], 0.0, |v| v[0].index_select(&ids, 1));
+        same("contiguous", &[x.t()], 0.0, |v| v[0].contiguous());
+        same("cat", &[x.clone(), rnd(&[5, 3], 31, dt)], 0.0, |v| Tensor::cat(&[v[0].clone(), v[1].t().t()], 1));
+        same("cat dim0 views", &[x.clone()], 0.0, |v| Tensor::cat(&[v[0].narrow(0, 1, 2), v[0].t().contiguous().t()], 0));
+    }
+    // Accumulating ops: repeated ids add up (atomics: order-dependent rounding in f32).
+    let base = rnd(&[5, 7], 32, DType::F32);
+    let src = rnd(&[5, 7], 33, DType::F32);
+    same("index_add", &[base.clone(), src.clone()], 1e-6, |v| v[0].index_add(&ids, &v[1], 0));
+    let idx = Tensor::from_vec(vec![1i32, 0, 2, 2, 1, 0, 6, 6, 6, 3], &[2, 5]);
+    same("gather", &[rnd(&[2, 7], 34, DType::F32)], 0.0, |v| v[0].gather(&idx, 1));
+    same("scatter_add", &[rnd(&[2, 7], 35, DType::F32), rnd(&[2, 5], 36, DType::F32)], 1e-6, |v| v[0].scatter_add(&idx, &v[1], 1));
+    same("index_add bf16", &[base.to_dtype(DType::BF16), src.to_dtype(DType::BF16)], 1.6e-2, |v| v[0].index_add(&ids, &v[1], 0));
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn fused_cross_entropy_forward_backward() {
+    let g = gpu();
+    let targets = Tensor::from_vec((0..64).map(|i| if i % 7 == 3 { -100 } else { (i * 37 % 1000) as i32 }).collect::<Vec<_>>(), &[64]);
+    for (dt, tol) in [(DType::F32, 1e-5), (DType::F64, 1e-12), (DType::BF16, 1e-2)] {
+        let logits = rnd(&[64, 1000], 40, DType::F32).scale(3.0).to_dtype(dt);
+        let run = |x: &Tensor, slow: bool| {
+            let v = Tensor::new_var(x);
+            let l = if slow { v.cross_entropy_slow(&targets, Some(-100)) } else { v.cross_entropy(&targets, Some(-100)) };
+            l.scale(2.0).backward();
+            (l, v.grad().unwrap())
+        };
+        let (l_cpu, g_cpu) = run(&logits.to_dtype(if dt == DType::BF16 { DType::F32 } else { dt }), false);
+        let (l_gpu, g_gpu) = run(&logits.to_device(g), false);
+        assert_eq!(l_gpu.dtype(), if dt == DType::F64 { DType::F64 } else { DType::F32 });
+        let lt = if dt == DType::BF16 { 8e-3 } else { tol };
+        assert!((l_gpu.item() - l_cpu.item()).abs() <= lt * l_cpu.item().abs(), "{dt}: loss {} vs {}", l_gpu.item(), l_cpu.item());
+        close(&format!("ce grad {dt}"), &g_gpu.to_dtype(DType::F32).to_dtype(g_cpu.dtype()), &g_cpu.to_dtype(g_cpu.dtype()), tol);
+        // The fused op against its composite twin, both on the GPU.
+        if dt != DType::BF16 {
+            let (l_slow, g_slow) = run(&logits.to_device(g), true);
+            assert!((l_gpu.item() - l_slow.item()).abs() <= tol * l_slow.item().abs(), "{dt}: fused {} vs slow {}", l_gpu.item(), l_slow.item());
+            close("ce vs slow", &g_gpu, &g_slow, tol);
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn adamw_kernel_matches_cpu_loop() {
+    let g = gpu();
+    let mk = |seed| rnd(&[1000, 3], seed, DType::F32);
+    let (w, m, v, grad) = (mk(50), mk(51).scale(0.1), mk(52).abs().scale(0.01), mk(53));
+    let cpu = [Tensor::new_var(&w), Tensor::new_var(&m), Tensor::new_var(&v)];
+    let gpu_ = [Tensor::new_var(&w.to_device(g)), Tensor::new_var(&m.to_device(g)), Tensor::new_var(&v.to_device(g))];
+    for step in 1..=5 {
+        let bc1 = 1.0 - 0.9f64.powi(step);
+        let bc2 = (1.0 - 0.95f64.powi(step)).sqrt();
+        let args = (0.999f32, 0.1f32, 0.95f32, 0.05f32, 1e-8f32, (1e-3 / bc1) as f32, bc2 as f32);
+        adamw_update(&cpu[0], &grad, &cpu[1], &cpu[2], args.0, args.1, args.2, args.3, args.4, args.5, args.6);
+        adamw_update(&gpu_[0], &grad.to_device(g), &gpu_[1], &gpu_[2], args.0, args.1, args.2, args.3, args.4, args.5, args.6);
+    }
+    for (a, b) in gpu_.iter().zip(&cpu) {
+        close("adamw", a, b, 1e-6);
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn attention_and_layernorm_gradients_match_cpu() {
+    let g = gpu();
+    let (b, h, t, d) = (2, 3, 17, 16);
+    let inputs = [rnd(&[b, h, t, d], 60, DType::F32), rnd(&[b, h, t, d], 61, DType::F32), rnd(&[b, h, t, d], 62, DType::F32), rnd(&[d], 63, DType::F32)];
+    let run = |dev: Device| {
+        let vars: Vec<Tensor> = inputs.iter().map(|x| Tensor::new_var(&x.to_device(dev))).collect();
+        let y = attention(&vars[0], &vars[1], &vars[2], &AttnMask::Causal).layer_norm(&vars[3], None, 1e-5);
+        y.sqr().sum_all().backward();
+        (y, vars.iter().map(|v| v.grad().unwrap()).collect::<Vec<_>>())
+    };
+    let (y_cpu, g_cpu) = run(Device::Cpu);
+    let (y_gpu, g_gpu) = run(g);
+    close("attention+ln forward", &y_gpu, &y_cpu, 1e-5);
+    for (i, (a, c)) in g_gpu.iter().zip(&g_cpu).enumerate() {
+        close(&format!("grad {i}"), a, c, 1e-4);
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn allocator_reuses_blocks_and_reports_out_of_memory() {
+    let g = gpu();
+    let dev = fmlab_tensor::cuda::device(0).unwrap();
+    {
+        let _a = Tensor::zeros_on(&[1 << 20], DType::F32, g);
+    }
+    let before = dev.mem_stats();
+    for _ in 0..10 {
+        let _a = Tensor::zeros_on(&[1 << 20], DType::F32, g);
+    }
+    let after = dev.mem_stats();
+    assert_eq!(before.driver_allocs, after.driver_allocs, "freed blocks must be reused");
+    assert!(after.peak >= 4 << 20);
+    // 2^40 bytes: far beyond any GPU. The panic message is the typed error's.
+    let r = std::panic::catch_unwind(|| Tensor::zeros_on(&[1usize << 38], DType::F32, g));
+    let msg = match r {
+        Ok(_) => panic!("a 1 TiB allocation succeeded"),
+        Err(e) => e.downcast_ref::<String>().cloned().unwrap_or_default(),
+    };
+    assert!(msg.contains("out of GPU memory") && msg.contains("requested 1099511627776 bytes") && msg.contains("reserved") && msg.contains("--batch"), "{msg}");
+}
+
+/// The kernel sources compile for Hopper and Ampere with NVRTC alone (no driver or GPU needed):
+/// `FMLAB_CUDA_LIBS=<dir with libnvrtc.so.13> cargo test -p fmlab-tensor --test cuda_ops -- --ignored kernel_sources`.
+#[test]
+#[ignore = "needs libnvrtc (scripts/gpu-check.sh, or FMLAB_CUDA_LIBS on any machine)"]
+fn kernel_sources_compile() {
+    for arch in ["sm_90", "sm_80"] {
+        let bytes = fmlab_tensor::cuda::compile_all(arch).unwrap_or_else(|e| panic!("{e}"));
+        assert!(bytes > 10_000, "{arch}: {bytes} bytes of CUBIN");
+    }
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The CUDA backend's checks and benchmark in one GPU-machine call (build here, run there).
+#
+#   scripts/gpu-check.sh build          # dev machine: test binaries + CLI into gpu/ (git-ignored)
+#   scripts/gpu-check.sh run [WHAT...]  # GPU machine: WHAT = tests bench train (default: tests bench)
+#
+# `run` needs no Rust: it runs the carried binaries, finds the CUDA libraries itself (fmlab's
+# loader searches the toolkit and the pip wheels; see crates/tensor/src/cuda/libs.rs), and prints
+# a summary table last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-run}; shift || true
+case "$mode" in
+build)
+  set -e
+  rm -rf gpu && mkdir -p gpu
+  cargo build --release -p fmlab
+  cp target/release/fmlab gpu/
+  cargo test --release --no-run -p fmlab-tensor -p fmlab-models --message-format=json 2>/dev/null \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m=json.loads(l)
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"] in ("cuda_ops","grad_check","gpt2_parity"):
+        print(m["target"]["name"], m["executable"])' | while read -r name exe; do cp "$exe" "gpu/$name"; done
+  strip gpu/* ; ls -la gpu; du -sh gpu
+  ;;
+run)
+  [ -x gpu/fmlab ] || { echo "gpu/ is missing: run 'scripts/gpu-check.sh build' on the dev machine and carry gpu/"; exit 1; }
+  export FMLAB_KERNEL_CACHE=${FMLAB_KERNEL_CACHE:-/tmp/fmlab-kernels} PYTHONUNBUFFERED=1
+  what=${*:-tests bench}
+  summary=()
+  nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader || true
+  for w in $what; do case $w in
+  tests)
+    for t in "cuda_ops --ignored" "grad_check" "gpt2_parity"; do
+      set -- $t
+      log=$(FMLAB_TEST_DEVICE=cuda "gpu/$1" ${2:-} --test-threads=1 2>&1); rc=$?
+      echo "$log" | grep -E "^test |panicked|error|relative|differ|parity|adamw|bf16" | head -60
+      summary+=("| $1 (cuda) | $(echo "$log" | grep -E '^test result' | tail -1) |")
+    done ;;
+  bench)
+    b=${BENCH_BATCH:-32}; t=${BENCH_SEQ:-1024}; n=${BENCH_STEPS:-10}
+    ours=$(gpu/fmlab bench train --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --warmup 2 --device cuda 2>&1 | tail -1); echo "$ours"
+    eager=$(python3 tools/bench_gpt2_torch.py --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --warmup 2 --device cuda 2>&1 | grep '^torch'); echo "$eager"
+    comp=$(python3 tools/bench_gpt2_torch.py --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --warmup 3 --device cuda --compile 2>&1 | grep '^torch'); echo "$comp"
+    summary+=("$(python3 - "$ours" "$eager" "$comp" <<'PY'
+import re, sys
+rows = []
+for name, s in zip(["fmlab bf16", "PyTorch eager bf16-autocast", "PyTorch torch.compile"], sys.argv[1:]):
+    ms = re.search(r"step median ([0-9.]+) ms", s); tok = re.search(r"([0-9]+) tok/s", s); mem = re.search(r"peak GPU memory ([0-9.]+) GiB", s)
+    rows.append((name, float(ms.group(1)) if ms else float("nan"), tok.group(1) if tok else "?", mem.group(1) if mem else "?"))
+out = ["| engine (gpt2-mini, same batch) | step median (ms) | tok/s | peak GiB | speed vs this |", "|---|---|---|---|---|"]
+for n, m, t, g in rows:
+    out.append(f"| {n} | {m:.1f} | {t} | {g} | fmlab is {m / rows[0][1]:.2f}x |")
+print("\n".join(out))
+PY
+)") ;;
+  esac; done
+  echo; echo "== summary =="; printf '%s\n' "${summary[@]}"
+  ;;
+*) echo "usage: $0 build | run [tests] [bench]"; exit 2 ;;
+esac
