@@ -35,14 +35,15 @@ run)
     for t in "cuda_ops --ignored" "grad_check" "gpt2_parity"; do
       set -- $t
       log=$(FMLAB_TEST_DEVICE=cuda "gpu/$1" ${2:-} --test-threads=1 2>&1); rc=$?
-      echo "$log" | grep -E "^test |panicked|error|relative|differ|parity|adamw|bf16" | head -60
+      echo "$log" | grep -E -A3 "^test |panicked|error|relative|differ|parity|adamw|bf16" | grep -v "^test .* ok$" | head -80
       summary+=("| $1 (cuda) | $(echo "$log" | grep -E '^test result' | tail -1) |")
     done ;;
   bench)
     b=${BENCH_BATCH:-32}; t=${BENCH_SEQ:-1024}; n=${BENCH_STEPS:-10}
-    ours=$(gpu/fmlab bench train --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --warmup 2 --device cuda 2>&1 | tail -1); echo "$ours"
-    eager=$(python3 tools/bench_gpt2_torch.py --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --warmup 2 --device cuda 2>&1 | grep '^torch'); echo "$eager"
-    comp=$(python3 tools/bench_gpt2_torch.py --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --warmup 3 --device cuda --compile 2>&1 | grep '^torch'); echo "$comp"
+    ours=$(gpu/fmlab bench train --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --warmup 2 --device cuda 2>&1 | grep '^fmlab '); echo "$ours"
+    py() { out=$(python3 tools/bench_gpt2_torch.py --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --device cuda "$@" 2>&1); echo "$out" | grep '^torch' || echo "$out" | tail -5 >&2; }
+    eager=$(py --warmup 2); echo "$eager"
+    comp=$(py --warmup 3 --compile); echo "$comp"
     summary+=("$(python3 - "$ours" "$eager" "$comp" <<'PY'
 import re, sys
 rows = []
@@ -55,6 +56,9 @@ for n, m, t, g in rows:
 print("\n".join(out))
 PY
 )") ;;
+  profile)
+    # Where the time goes: per-kernel breakdown of 2 steps (synchronized around each launch).
+    FMLAB_CUDA_PROFILE=1 gpu/fmlab bench train --preset gpt2-mini --batch "${BENCH_BATCH:-32}" --seq "${BENCH_SEQ:-1024}" --steps 2 --warmup 1 --device cuda 2>&1 | tail -32 ;;
   esac; done
   echo; echo "== summary =="; printf '%s\n' "${summary[@]}"
   ;;

@@ -25,7 +25,7 @@ a = ap.parse_args()
 d, l, h, ctx = PRESETS[a.preset]
 cfg = GPT2Config(vocab_size=50257, n_positions=ctx, n_embd=d, n_layer=l, n_head=h, resid_pdrop=0.0,
                  embd_pdrop=0.0, attn_pdrop=0.0, activation_function="gelu_new", bos_token_id=0, eos_token_id=0)
-model = GPT2LMHeadModel(cfg, attn_implementation="sdpa").to(a.device)
+model = GPT2LMHeadModel(cfg).to(a.device)
 cuda = a.device.startswith("cuda")
 model.train()
 decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]

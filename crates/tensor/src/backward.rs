@@ -193,6 +193,7 @@ impl Tensor {
                 }
                 Op::Cast(x) => add(x, g.to_dtype(x.dtype())),
                 Op::CrossEntropy(x, t, lse, kept) => add(x, Tensor::cross_entropy_backward(x, t, lse, *kept, g.item())),
+                Op::SoftmaxScaled(x, p, scale, _) => add(x, Tensor::softmax_scaled_backward(p, &g, *scale)),
             }
         }
         out

@@ -1,6 +1,10 @@
 //! Fused ops. Each has its forward and backward here and a `_slow` twin composed of primitives
 //! (in ops.rs) that the tests hold it to.
 //!
+//! `softmax_scaled`: softmax(scale · x) over the last dim with an optional causal limit, in one
+//! pass (attention's scale, mask, max, exp, sum and divide: six full-size temporaries and their
+//! backward passes fewer per layer). Backward: dx = scale · p · (g − Σ g·p).
+//!
 //! `cross_entropy`: log-softmax + NLL in one pass per row, never materializing the [N, V]
 //! log-probabilities (for GPT-2's 50257-way head that is ~10 full-size temporaries less per step).
 //! Forward keeps the per-row log-sum-exp; backward recomputes softmax from it:
@@ -199,4 +203,109 @@ pub fn adamw_update(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, decay: f32, 
             })
         })
     });
+}
+
+impl Tensor {
+    /// softmax(scale · x) over the last dim; with `causal`, row i of the last-but-one dim (T
+    /// queries) sees keys j ≤ i + (S − T) only (the rest get probability 0). Fused; the twin is
+    /// `softmax_scaled_slow`.
+    pub fn softmax_scaled(&self, scale: f64, causal: bool) -> Tensor {
+        let r = self.rank();
+        assert!(r >= 2 || !causal, "softmax_scaled: causal needs [.., T, S], got {:?}", self.shape());
+        let s = self.dim(r - 1);
+        let t = if r >= 2 { self.dim(r - 2) } else { 1 };
+        assert!(!causal || s >= t, "softmax_scaled: causal with {t} queries and {s} keys");
+        let x = self.contiguous();
+        let rows = x.numel() / s.max(1);
+        let probs = if self.device().is_cuda() {
+            let st = x.with_storage(|xs| {
+                let Storage::Cuda(xs) = xs else { unreachable!() };
+                let y = CudaStorage::alloc(&xs.dev, xs.dtype(), x.numel());
+                if rows > 0 {
+                    let block = if s >= 1024 { 256 } else if s >= 256 { 128 } else { 32 };
+                    Args::new().push(xs.ptr).push(y.ptr).push(s as u32).push(t as u32).push(scale).push(causal as i32).launch(&xs.dev, &format!("softmax_fwd_{}", sfx(xs.dtype())), rows as u32, block, 0);
+                }
+                Storage::Cuda(y)
+            });
+            Tensor::from_any(st, self.shape(), None)
+        } else if matches!(self.dtype(), DType::F32 | DType::F64) {
+            let st = x.with_storage(|xs| {
+                fn go<T: crate::dtype::Float>(x: &[T], s: usize, t: usize, scale: f64, causal: bool) -> Vec<T> {
+                    let mut y = vec![T::zero(); x.len()];
+                    let body = |(r, (yr, xr)): (usize, (&mut [T], &[T]))| {
+                        let lim = if causal { r % t + (s - t) + 1 } else { s };
+                        let sc = T::lit(scale);
+                        let m = xr[..lim].iter().fold(T::neg_infinity(), |m, &a| if a * sc > m { a * sc } else { m });
+                        // Summed in f64 and divided (not multiplied by a reciprocal), as the
+                        // composite softmax does: the same rounding as PyTorch's softmax.
+                        let mut sum = 0.0f64;
+                        for (o, &a) in yr[..lim].iter_mut().zip(&xr[..lim]) {
+                            *o = (a * sc - m).exp();
+                            sum += o.to_f64();
+                        }
+                        let sum = T::lit(sum);
+                        for o in &mut yr[..lim] {
+                            *o = *o / sum;
+                        }
+                    };
+                    if x.len() >= PAR_MIN {
+                        y.par_chunks_mut(s).zip(x.par_chunks(s)).enumerate().for_each(body);
+                    } else {
+                        y.chunks_mut(s).zip(x.chunks(s)).enumerate().for_each(body);
+                    }
+                    y
+                }
+                let n = x.numel();
+                match xs {
+                    Storage::Cpu(CpuStorage::F32(a)) => CpuStorage::F32(go(&a[..n], s, t, scale, causal)),
+                    Storage::Cpu(CpuStorage::F64(a)) => CpuStorage::F64(go(&a[..n], s, t, scale, causal)),
+                    _ => unreachable!(),
+                }
+            });
+            Tensor::from_storage(st, self.shape())
+        } else {
+            // 16-bit on the CPU: compute in f32, round once.
+            let p = self.to_dtype(DType::F32).detach().softmax_scaled(scale, causal).to_dtype(self.dtype());
+            p.detach()
+        };
+        if !(crate::grad_enabled() && self.track_grad()) {
+            return probs;
+        }
+        probs.with_op(Op::SoftmaxScaled(x, probs.clone(), scale, causal))
+    }
+
+    /// The composite twin of `softmax_scaled`, for tests.
+    pub fn softmax_scaled_slow(&self, scale: f64, causal: bool) -> Tensor {
+        let r = self.rank();
+        let x = self.scale(scale);
+        if !causal {
+            return x.softmax(r - 1);
+        }
+        let (t, s) = (self.dim(r - 2), self.dim(r - 1));
+        let m: Vec<u8> = (0..t).flat_map(|i| (0..s).map(move |j| (j <= i + (s - t)) as u8)).collect();
+        let mask = Tensor::from_vec(m, &[t, s]).to_device(self.device());
+        mask.where_cond(&x, &x.scalar_like(f64::NEG_INFINITY)).softmax(r - 1)
+    }
+
+    /// dx = scale · p · (g − Σ_j g_j p_j) over the last dim.
+    pub(crate) fn softmax_scaled_backward(p: &Tensor, g: &Tensor, scale: f64) -> Tensor {
+        let s = p.dim(p.rank() - 1);
+        if p.device().is_cuda() {
+            let g = if g.is_contiguous() && g.dtype() == p.dtype() { g.clone() } else { g.to_dtype(p.dtype()).contiguous() };
+            let rows = p.numel() / s.max(1);
+            let st = p.with_storage(|ps| {
+                let Storage::Cuda(ps) = ps else { unreachable!() };
+                let d = CudaStorage::alloc(&ps.dev, ps.dtype(), p.numel());
+                if rows > 0 {
+                    let block = if s >= 1024 { 256 } else if s >= 256 { 128 } else { 32 };
+                    Args::new().push(cuda_ptr(p)).push(cuda_ptr(&g)).push(d.ptr).push(s as u32).push(scale).launch(&ps.dev, &format!("softmax_bwd_{}", sfx(ps.dtype())), rows as u32, block, 0);
+                }
+                Storage::Cuda(d)
+            });
+            return Tensor::from_any(st, p.shape(), None);
+        }
+        let r = p.rank() - 1;
+        let dot = g.mul(p).sum(&[r], true);
+        p.mul(&g.sub(&dot)).scale(scale)
+    }
 }

@@ -77,6 +77,9 @@ pub enum Op {
     /// Fused cross-entropy: (contiguous logits, targets i32 with ignored rows as given, per-row
     /// log-sum-exp f64, number of kept rows).
     CrossEntropy(Tensor, Tensor, Tensor, usize),
+    /// Fused scaled (optionally causal) softmax over the last dim: (input, output probabilities
+    /// held without history, scale, causal).
+    SoftmaxScaled(Tensor, Tensor, f64, bool),
 }
 
 impl Op {
@@ -88,7 +91,7 @@ impl Op {
             Op::IndexAdd(a, _, s, _) | Op::ScatterAdd(a, _, s, _) => vec![a, s],
             Op::Where(_, a, b) => vec![a, b],
             Op::Cat(v, _) => v.iter().collect(),
-            Op::CrossEntropy(x, ..) => vec![x],
+            Op::CrossEntropy(x, ..) | Op::SoftmaxScaled(x, ..) => vec![x],
         }
     }
     pub fn name(&self) -> String {
@@ -110,6 +113,7 @@ impl Op {
             Op::Where(..) => "where".into(),
             Op::Cast(_) => "cast".into(),
             Op::CrossEntropy(..) => "cross_entropy".into(),
+            Op::SoftmaxScaled(..) => "softmax_scaled".into(),
         }
     }
 }

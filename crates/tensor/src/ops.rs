@@ -158,7 +158,13 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Tensor 
     assert_eq!(q.rank(), 4, "attention: q must be [B, H, T, D], got {:?}", q.shape());
     let (t, d) = (q.dim(2), q.dim(3));
     let s = k.dim(2);
-    let scores = q.matmul(&k.t()).scale(1.0 / (d as f64).sqrt()); // [B, H, T, S]
+    let scale = 1.0 / (d as f64).sqrt();
+    // No mask or the causal one: the fused scaled softmax (one pass, no mask tensor).
+    if matches!(mask, AttnMask::None | AttnMask::Causal) {
+        assert!(s >= t || matches!(mask, AttnMask::None), "causal attention with {t} queries and only {s} keys");
+        return q.matmul(&k.t()).softmax_scaled(scale, matches!(mask, AttnMask::Causal)).matmul(v);
+    }
+    let scores = q.matmul(&k.t()).scale(scale); // [B, H, T, S]
     let allowed = match mask {
         AttnMask::None => None,
         AttnMask::Causal => {

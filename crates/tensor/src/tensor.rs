@@ -174,6 +174,12 @@ impl Tensor {
         Tensor(Arc::new(TensorInner { id: next_id(), storage: Arc::new(RwLock::new(storage)), layout, dtype, op, is_var: false, grad: Mutex::new(None) }))
     }
 
+    /// A tensor sharing this one's storage whose history is `op` (a fused op's output: `self`
+    /// holds the values without history, kept in `op` for backward).
+    pub(crate) fn with_op(&self, op: Op) -> Tensor {
+        Tensor(Arc::new(TensorInner { id: next_id(), storage: self.0.storage.clone(), layout: self.0.layout.clone(), dtype: self.0.dtype, op: Some(op), is_var: false, grad: Mutex::new(None) }))
+    }
+
     /// A new tensor sharing this one's storage under another layout (a view).
     fn view(&self, layout: Layout, op: Op) -> Tensor {
         let op = if grad_enabled() && self.track_grad() { Some(op) } else { None };

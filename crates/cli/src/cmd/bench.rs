@@ -168,6 +168,9 @@ fn bench_train(a: TrainBench) -> Result<()> {
                 fmlab_tensor::cuda::device(d)?.reset_peak();
             }
         }
+        if i == a.warmup {
+            fmlab_tensor::cuda::profile::reset();
+        }
         let loss = model.loss(&x.to_device(device), &y, None);
         loss.backward();
         clip_grad_norm(&vt, 1.0);
@@ -205,5 +208,18 @@ fn bench_train(a: TrainBench) -> Result<()> {
         mfu.map(|m| format!(", MFU {:.1}% of 989 TFLOP/s", m * 100.0)).unwrap_or_default(),
         last_loss
     );
+    let prof = fmlab_tensor::cuda::profile::report();
+    if !prof.is_empty() {
+        let total: f64 = prof.iter().map(|r| r.2).sum();
+        println!("per-kernel time over {} timed steps (FMLAB_CUDA_PROFILE: synchronized around each launch):", a.steps);
+        println!("| kernel | calls/step | ms/step | share |");
+        println!("|---|---|---|---|");
+        for (k, n, t) in prof.iter().take(25) {
+            println!("| {k} | {:.0} | {:.2} | {:.1}% |", *n as f64 / a.steps as f64, t * 1e3 / a.steps as f64, 100.0 * t / total);
+        }
+        if let fmlab_tensor::Device::Cuda(d) = device {
+            println!("allocator: {:?}", fmlab_tensor::cuda::device(d)?.mem_stats());
+        }
+    }
     Ok(())
 }

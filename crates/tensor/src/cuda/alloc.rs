@@ -25,6 +25,8 @@ pub struct MemStats {
     pub peak_reserved: usize,
     /// Driver allocations made (cache misses).
     pub driver_allocs: u64,
+    /// Times the cache was emptied to satisfy an allocation (each one synchronizes the device).
+    pub flushes: u64,
 }
 
 pub(crate) struct Pool {
@@ -65,6 +67,7 @@ impl Pool {
                     Ok(p) => p,
                     Err(_) => {
                         self.release_cached();
+                        self.stats.flushes += 1;
                         unsafe { drv::malloc_sync(size) }.map_err(|_| {
                             let (free, total) = drv::mem_get_info().unwrap_or((0, 0));
                             CudaError::OutOfMemory { device: self.device, requested: bytes, allocated: self.stats.allocated, reserved: self.stats.reserved, free, total }

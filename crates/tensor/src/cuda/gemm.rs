@@ -141,6 +141,7 @@ impl Blas {
 /// operands for Aᵀ and Bᵀ (see `transposed_view`), C is contiguous.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u64, b: Operand, pc: u64, m: usize, n: usize, batch: usize) -> Result<(), CudaError> {
+    let _p = super::profile::Scope::new(dev, if batch > 1 { "gemm batched" } else { "gemm" });
     let mut g = dev.blas.lock().unwrap();
     if g.is_none() {
         *g = Some(Blas::new(dev)?);

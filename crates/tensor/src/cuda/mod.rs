@@ -13,6 +13,7 @@
 
 mod alloc;
 pub(crate) mod gemm;
+pub mod profile;
 pub mod libs;
 pub(crate) mod storage;
 
@@ -175,6 +176,7 @@ impl Args {
     }
     /// Launches `name` on the device's stream.
     pub fn launch(&mut self, dev: &CudaDevice, name: &str, grid: u32, block: u32, shmem: u32) {
+        let _p = profile::Scope::new(dev, name);
         let f = dev.func(name);
         let mut ptrs: Vec<*mut c_void> = self.0.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
         // SAFETY: the argument list matches the kernel's parameters (each call site mirrors its
@@ -258,7 +260,9 @@ pub fn nvrtc_cubin(kname: &str, src: &str, arch: &str) -> Result<Vec<u8>, CudaEr
     let err = |log: String| CudaError::Compile { kernel: kname.to_string(), arch: arch.to_string(), log };
     let csrc = std::ffi::CString::new(src).unwrap();
     let prog = result::create_program(&csrc, None).map_err(|e| err(format!("{e:?}")))?;
-    let opts = [format!("--gpu-architecture={arch}"), "-std=c++17".to_string(), "-default-device".to_string()];
+    // --fmad=false: no contraction of a*b+c into one FMA, so elementwise results round like the
+    // CPU engine's (and the fused AdamW equals its tensor-op twin bit for bit on the GPU too).
+    let opts = [format!("--gpu-architecture={arch}"), "-std=c++17".to_string(), "-default-device".to_string(), "--fmad=false".to_string()];
     let r = unsafe { result::compile_program(prog, &opts) };
     if let Err(e) = r {
         let log = unsafe { result::get_program_log(prog) }.map(|l| l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect::<Vec<u8>>()).unwrap_or_default();

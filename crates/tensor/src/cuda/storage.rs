@@ -96,7 +96,9 @@ impl CudaStorage {
     /// Uninitialized buffer of `len` elements.
     pub(crate) fn alloc(dev: &Arc<CudaDevice>, dtype: DType, len: usize) -> CudaStorage {
         dev.bind();
-        let (ptr, size) = dev.pool.lock().unwrap().alloc(len * dtype.size_in_bytes()).unwrap_or_else(|e| fail(e));
+        // The pool's lock is released before a failure panics (a panic under it would poison it).
+        let r = dev.pool.lock().unwrap().alloc(len * dtype.size_in_bytes());
+        let (ptr, size) = r.unwrap_or_else(|e| fail(e));
         CudaStorage { ptr, size, len, dtype, dev: dev.clone() }
     }
 
