@@ -19,9 +19,10 @@ stage)
   c=${FMLAB_CACHE:-.cache/fmlab}
   ls "$c"/sotu/*.txt | sort | tail -23 | xargs -I{} cp {} gpu/data/sotu_val/
   ls "$c"/shakespeare/*.txt | sort | tail -4 | xargs -I{} cp {} gpu/data/shakespeare_val/
+  mkdir -p gpu/data/gpt2 && cp "$c"/gpt2/encoder.json "$c"/gpt2/vocab.bpe gpu/data/gpt2/  # the tokenizer
   du -sh gpu ;;
 run)
-  export FMLAB_KERNEL_CACHE=${FMLAB_KERNEL_CACHE:-/tmp/fmlab-kernels}
+  export FMLAB_KERNEL_CACHE=${FMLAB_KERNEL_CACHE:-/tmp/fmlab-kernels} FMLAB_CACHE=$PWD/gpu/data
   out=${OUT:-/tmp/out}; mkdir -p "$out"; R=/tmp/fmlab-runs; rm -rf $R; mkdir -p $R
   f=gpu/fmlab; d=gpu/data
   STEPS=${MAIN_STEPS:-600}; SW=${SWEEP_STEPS:-150}
