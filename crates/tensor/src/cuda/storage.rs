@@ -31,16 +31,9 @@ impl Drop for CudaStorage {
     }
 }
 
+/// Kernel-name suffix of a dtype (`unary_bf16`, ...): the dtype's own name.
 pub(crate) fn sfx(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::F64 => "f64",
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-        DType::I32 => "i32",
-        DType::U32 => "u32",
-        DType::U8 => "u8",
-    }
+    d.name()
 }
 
 /// Kernel geometry; mirrors `struct Geom` in kernels/common.cuh.
