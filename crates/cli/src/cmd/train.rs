@@ -159,7 +159,7 @@ fn resolve(a: &GptArgs, vocab: usize, precision: DType) -> Result<RunConfig> {
 
 /// Mean loss over the first `n` non-overlapping windows of the validation tokens (the same
 /// windows every time, so evaluations are comparable across steps and runs).
-pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize, device: Device) -> f64 {
+pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize) -> f64 {
     let _ng = no_grad();
     let mut total = 0.0;
     let mut count = 0;
@@ -180,7 +180,7 @@ pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize, d
         if b == 0 {
             continue;
         }
-        let l = model.loss(&Tensor::from_vec(x, &[b, seq]).to_device(device), &Tensor::from_vec(y, &[b, seq]), None).item();
+        let l = model.loss(&Tensor::from_vec(x, &[b, seq]), &Tensor::from_vec(y, &[b, seq]), None).item();
         total += l * b as f64;
         count += b;
     }
@@ -346,7 +346,9 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         let mut loss_sum = 0.0;
         for _ in 0..cfg.grad_accum {
             let (x, y) = sampler.batch(&corpus.train, cfg.batch, cfg.seq);
-            let loss = model.loss(&x.to_device(device), &y, Some(&mut drop_rng));
+            // Token ids stay on the host: the embedding lookup range-checks them there and
+            // uploads them once (moving them first would cost a download to check them).
+            let loss = model.loss(&x, &y, Some(&mut drop_rng));
             let l = loss.item();
             if !l.is_finite() {
                 let ck = run_dir.join("checkpoint");
@@ -371,7 +373,7 @@ fn train_gpt(a: GptArgs) -> Result<()> {
             rec["memory"] = crate::device::mem_json(device);
         }
         if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
-            last_val = val_loss(&model, &corpus.val, cfg.batch, cfg.seq, cfg.eval_batches, device);
+            last_val = val_loss(&model, &corpus.val, cfg.batch, cfg.seq, cfg.eval_batches);
             rec["val_loss"] = serde_json::json!(last_val);
             let line = format!("step {step:>5}: train loss {loss:.4}  val loss {last_val:.4}  (unigram baseline {baseline:.4})  lr {lr:.2e}  {tok_s:.0} tok/s");
             // Not a terminal (CI, logs): indicatif draws nothing, so print plainly.
