@@ -2,7 +2,7 @@
 # The CUDA backend's checks and benchmark in one GPU-machine call (build here, run there).
 #
 #   scripts/gpu-check.sh build          # dev machine: test binaries + CLI into gpu/ (git-ignored)
-#   scripts/gpu-check.sh run [WHAT...]  # GPU machine: WHAT = tests bench train (default: tests bench)
+#   scripts/gpu-check.sh run [WHAT...]  # GPU machine: WHAT = tests ops bench profile (default: tests bench)
 #
 # `run` needs no Rust: it runs the carried binaries, finds the CUDA libraries itself (fmlab's
 # loader searches the toolkit and the pip wheels; see crates/tensor/src/cuda/libs.rs), and prints
@@ -56,6 +56,10 @@ for n, m, t, g in rows:
 print("\n".join(out))
 PY
 )") ;;
+  ops)
+    # Standalone kernel benchmarks at the training step's shapes, each checked against the CPU.
+    ops=$(gpu/fmlab bench ops --device cuda 2>&1); echo "$ops"
+    summary+=("$(echo "$ops" | grep '^|')") ;;
   profile)
     # Where the time goes: per-kernel breakdown of 2 steps (synchronized around each launch).
     FMLAB_CUDA_PROFILE=1 gpu/fmlab bench train --preset gpt2-mini --batch "${BENCH_BATCH:-32}" --seq "${BENCH_SEQ:-1024}" --steps 2 --warmup 1 --device cuda 2>&1 | tail -32 ;;

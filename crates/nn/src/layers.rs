@@ -81,15 +81,10 @@ impl LayerNorm {
         let bias = if bias { Some(vb.get(&[d], "bias", Init::Zeros)?) } else { None };
         Ok(LayerNorm { weight, bias, eps })
     }
-    /// Statistics in fp32 for 16-bit inputs; the output has the input's dtype.
+    /// Statistics in fp32 for 16-bit inputs; the output has the input's dtype. The fused op
+    /// takes fp32 masters with 16-bit activations directly (no cast pass; fp32 gradients).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let dt = x.dtype();
-        if matches!(dt, DType::BF16 | DType::F16) {
-            let b = self.bias.as_ref().map(|b| b.to_dtype(DType::F32));
-            return x.to_dtype(DType::F32).layer_norm(&self.weight.to_dtype(DType::F32), b.as_ref(), self.eps).to_dtype(dt);
-        }
-        let b = self.bias.as_ref().map(|b| like(b, x));
-        x.layer_norm(&like(&self.weight, x), b.as_ref(), self.eps)
+        x.layer_norm(&self.weight, self.bias.as_ref(), self.eps)
     }
 }
 

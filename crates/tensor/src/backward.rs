@@ -194,6 +194,15 @@ impl Tensor {
                 Op::Cast(x) => add(x, g.to_dtype(x.dtype())),
                 Op::CrossEntropy(x, t, lse, kept) => add(x, Tensor::cross_entropy_backward(x, t, lse, *kept, g.item())),
                 Op::SoftmaxScaled(x, p, scale, _) => add(x, Tensor::softmax_scaled_backward(p, &g, *scale)),
+                Op::LayerNorm(x, w, b, mean, rstd) => {
+                    let (dx, dw, db) = Tensor::layer_norm_backward(x, w, mean, rstd, &g);
+                    add(x, dx);
+                    add(w, dw);
+                    if let Some(b) = b {
+                        add(b, db);
+                    }
+                }
+                Op::Gelu(x, approx) => add(x, Tensor::gelu_backward(x, &g, *approx)),
             }
         }
         out

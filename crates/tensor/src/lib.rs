@@ -7,6 +7,7 @@
 mod backward;
 pub mod cuda;
 mod fused;
+mod fused_layers;
 pub mod cpu;
 pub mod dtype;
 pub mod layout;

@@ -80,6 +80,11 @@ pub enum Op {
     /// Fused scaled (optionally causal) softmax over the last dim: (input, output probabilities
     /// held without history, scale, causal).
     SoftmaxScaled(Tensor, Tensor, f64, bool),
+    /// Fused LayerNorm: (contiguous input, weight, bias, per-row mean, per-row rstd), the
+    /// statistics held without history.
+    LayerNorm(Tensor, Tensor, Option<Tensor>, Tensor, Tensor),
+    /// Fused GELU of the contiguous input; true = tanh approximation, false = erf.
+    Gelu(Tensor, bool),
 }
 
 impl Op {
@@ -91,7 +96,8 @@ impl Op {
             Op::IndexAdd(a, _, s, _) | Op::ScatterAdd(a, _, s, _) => vec![a, s],
             Op::Where(_, a, b) => vec![a, b],
             Op::Cat(v, _) => v.iter().collect(),
-            Op::CrossEntropy(x, ..) | Op::SoftmaxScaled(x, ..) => vec![x],
+            Op::CrossEntropy(x, ..) | Op::SoftmaxScaled(x, ..) | Op::Gelu(x, _) => vec![x],
+            Op::LayerNorm(x, w, b, ..) => std::iter::once(x).chain(std::iter::once(w)).chain(b.as_ref()).collect(),
         }
     }
     pub fn name(&self) -> String {
@@ -114,6 +120,8 @@ impl Op {
             Op::Cast(_) => "cast".into(),
             Op::CrossEntropy(..) => "cross_entropy".into(),
             Op::SoftmaxScaled(..) => "softmax_scaled".into(),
+            Op::LayerNorm(..) => "layer_norm".into(),
+            Op::Gelu(_, approx) => if *approx { "gelu_tanh" } else { "gelu_erf" }.into(),
         }
     }
 }

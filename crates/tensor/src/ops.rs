@@ -5,15 +5,15 @@ use crate::{DType, Rng, Tensor};
 const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
 
 impl Tensor {
-    /// GELU, tanh approximation (GPT-2's `gelu_new`).
-    pub fn gelu_tanh(&self) -> Tensor {
+    /// GELU, tanh approximation (GPT-2's `gelu_new`): the composite twin of the fused `gelu_tanh`.
+    pub fn gelu_tanh_slow(&self) -> Tensor {
         // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
         let inner = self.add(&self.powf(3.0).scale(0.044715)).scale(SQRT_2_OVER_PI);
         self.mul(&inner.tanh().add_scalar(1.0)).scale(0.5)
     }
 
-    /// GELU, exact: 0.5 x (1 + erf(x / sqrt 2)).
-    pub fn gelu_erf(&self) -> Tensor {
+    /// GELU, exact: 0.5 x (1 + erf(x / sqrt 2)): the composite twin of the fused `gelu_erf`.
+    pub fn gelu_erf_slow(&self) -> Tensor {
         self.mul(&self.scale(std::f64::consts::FRAC_1_SQRT_2).erf().add_scalar(1.0)).scale(0.5)
     }
 
@@ -40,8 +40,9 @@ impl Tensor {
         shifted.sub(&shifted.exp().sum(&[dim], true).log())
     }
 
-    /// LayerNorm over the last dim: (x - mean) / sqrt(var + eps) * weight + bias (biased var).
-    pub fn layer_norm(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Tensor {
+    /// LayerNorm over the last dim: (x - mean) / sqrt(var + eps) * weight + bias (biased var):
+    /// the composite twin of the fused `layer_norm`.
+    pub fn layer_norm_slow(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Tensor {
         let d = self.rank() - 1;
         let xc = self.sub(&self.mean(&[d], true));
         let var = xc.sqr().mean(&[d], true);

@@ -266,6 +266,65 @@ fn attention_and_layernorm_gradients_match_cpu() {
     }
 }
 
+/// Mixed precision as the model runs it: bf16 activations, fp32 LayerNorm weights (gradients
+/// back in fp32), against the CPU computing the same in f32 through casts. bf16 tolerance 1e-2:
+/// both round the f32 result to bf16 once; dw/db are f32 sums of the same bf16 gradients.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn fused_layer_norm_and_gelu_mixed_precision() {
+    let g = gpu();
+    for (rows, c) in [(300, 256), (33, 70), (5, 1000)] {
+        let inputs = [rnd(&[rows, c], 70, DType::F32).affine(2.0, 0.5).to_dtype(DType::BF16), rnd(&[c], 71, DType::F32), rnd(&[c], 72, DType::F32)];
+        let up = rnd(&[rows, c], 73, DType::BF16);
+        let run = |dev: Device| {
+            let vars: Vec<Tensor> = inputs.iter().map(|x| Tensor::new_var(&x.to_device(dev))).collect();
+            let y = vars[0].layer_norm(&vars[1], Some(&vars[2]), 1e-5);
+            assert_eq!(y.dtype(), DType::BF16);
+            y.mul(&up.to_device(dev)).to_dtype(DType::F32).sum_all().backward();
+            (y, vars.iter().map(|v| v.grad().unwrap()).collect::<Vec<_>>())
+        };
+        let (yc, gc) = run(Device::Cpu);
+        let (yg, gg) = run(g);
+        close(&format!("layer_norm bf16 [{rows}, {c}]"), &yg, &yc, 1e-2);
+        for (i, (a, b)) in gg.iter().zip(&gc).enumerate() {
+            assert_eq!(a.dtype(), inputs[i].dtype(), "gradient {i} dtype");
+            close(&format!("layer_norm bf16 [{rows}, {c}] grad {i}"), a, b, 1e-2);
+        }
+    }
+    // GELU: vectorized body plus a scalar tail (67067 elements), and an unaligned view.
+    for approx in [true, false] {
+        let x = rnd(&[1001, 67], 74, DType::F32).scale(3.0);
+        for (dt, tol) in [(DType::F32, 4e-6), (DType::BF16, 8e-3)] {
+            let f = |v: &[Tensor]| if approx { v[0].gelu_tanh() } else { v[0].gelu_erf() };
+            same("gelu", &[x.to_dtype(dt)], tol, f);
+            same("gelu offset view", &[x.to_dtype(dt).narrow(0, 1, 1000)], tol, f);
+            let run = |dev: Device| {
+                let v = Tensor::new_var(&x.to_dtype(dt).to_device(dev));
+                f(&[v.clone()]).mul(&x.to_dtype(dt).to_device(dev)).to_dtype(DType::F32).sum_all().backward();
+                v.grad().unwrap()
+            };
+            close("gelu grad", &run(g), &run(Device::Cpu), tol);
+        }
+    }
+}
+
+/// Sums/maxima over leading dims of contiguous tensors (bias gradients): the column kernel,
+/// with one and with several row splits.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn column_reductions() {
+    for (dt, tol) in [(DType::F32, 1e-6), (DType::BF16, 8e-3), (DType::F64, 1e-14)] {
+        for shape in [[3000usize, 70], [20, 33], [100000, 3]] {
+            let x = rnd(&shape, 80, dt);
+            same("sum dim 0", &[x.clone()], tol, |v| v[0].sum(&[0], false));
+            same("max dim 0", &[x.clone()], tol, |v| v[0].max(&[0], true));
+            same("min dim 0", &[x.clone()], tol, |v| v[0].min(&[0], true));
+        }
+        let x = rnd(&[40, 30, 9], 81, dt);
+        same("sum dims 0,1", &[x.clone()], tol, |v| v[0].sum(&[0, 1], false));
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU (scripts/gpu-check.sh)"]
 fn allocator_reuses_blocks_and_reports_out_of_memory() {

@@ -174,6 +174,8 @@ fn composite_ops() {
     let x = awkward();
     check("gelu_tanh", &[x.clone()], |v| v[0].gelu_tanh());
     check("gelu_erf", &[x.clone()], |v| v[0].gelu_erf());
+    check("gelu_tanh_slow", &[x.clone()], |v| v[0].gelu_tanh_slow());
+    check("gelu_erf_slow", &[x.clone()], |v| v[0].gelu_erf_slow());
     check("sigmoid", &[x.clone()], |v| v[0].sigmoid());
     check("silu", &[x.clone()], |v| v[0].silu());
     // Large logits: softmax must stay finite (the max shift), and so must its gradient.
@@ -184,6 +186,11 @@ fn composite_ops() {
     let w = rnd(&[4], 31, 1.0);
     let b = rnd(&[4], 32, 1.0);
     check("layer_norm", &[x.clone(), w.clone(), b.clone()], |v| v[0].layer_norm(&v[1], Some(&v[2]), 1e-5));
+    check("layer_norm no bias", &[x.clone(), w.clone()], |v| v[0].layer_norm(&v[1], None, 1e-5));
+    check("layer_norm_slow", &[x.clone(), w.clone(), b.clone()], |v| v[0].layer_norm_slow(&v[1], Some(&v[2]), 1e-5));
+    // Rows wider than a warp and not a multiple of 32, strided input.
+    let (wx, ww, wb) = (rnd(&[70, 3], 39, 2.0), rnd(&[70], 40, 1.0), rnd(&[70], 41, 1.0));
+    check("layer_norm wide strided", &[wx, ww, wb], |v| v[0].t().layer_norm(&v[1], Some(&v[2]), 1e-5));
     check("rms_norm", &[x.clone(), w.clone()], |v| v[0].rms_norm(&v[1], 1e-6));
     let targets = Tensor::from_vec(vec![3i32, 0, 1], &[3]);
     check("cross_entropy", &[logits.clone()], |v| v[0].cross_entropy(&targets, None));
@@ -258,4 +265,32 @@ fn gradients_accumulate_across_backward_calls_and_no_grad_records_nothing() {
     };
     assert!(!y.track_grad());
     assert!(!w.mul(&w).detach().track_grad());
+}
+
+/// The fused ops against their composite twins in f64: values and every input's gradient.
+#[test]
+fn fused_ops_match_their_twins() {
+    let dev = test_device();
+    fn run(dev: Device, inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor) -> Vec<Vec<f64>> {
+        let vars: Vec<Tensor> = inputs.iter().map(|t| Tensor::new_var(&t.to_device(dev))).collect();
+        let y = f(&vars);
+        let w = rnd(y.shape(), 7, 1.0).to_device(dev);
+        y.mul(&w).sum_all().backward();
+        let mut out = vec![y.to_vec_f64()];
+        out.extend(vars.iter().map(|v| v.grad().expect("a gradient").to_vec_f64()));
+        out
+    }
+    let close = |name: &str, a: Vec<Vec<f64>>, b: Vec<Vec<f64>>| {
+        for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+            let d = x.iter().zip(y).map(|(p, q)| (p - q).abs() / (1.0 + q.abs())).fold(0.0, f64::max);
+            assert!(d < 1e-12, "{name}: {} differs from the twin by {d}", if k == 0 { "output".to_string() } else { format!("gradient {}", k - 1) });
+        }
+    };
+    let x = rnd(&[9, 70], 50, 3.0).add_scalar(1.5);
+    let (w, b) = (rnd(&[70], 51, 1.0), rnd(&[70], 52, 1.0));
+    close("layer_norm", run(dev, &[x.clone(), w.clone(), b.clone()], &|v| v[0].layer_norm(&v[1], Some(&v[2]), 1e-5)), run(dev, &[x.clone(), w.clone(), b.clone()], &|v| v[0].layer_norm_slow(&v[1], Some(&v[2]), 1e-5)));
+    close("layer_norm no bias", run(dev, &[x.clone(), w.clone()], &|v| v[0].layer_norm(&v[1], None, 1e-5)), run(dev, &[x.clone(), w.clone()], &|v| v[0].layer_norm_slow(&v[1], None, 1e-5)));
+    let g = Tensor::from_f64(&(0..241).map(|i| (i as f64 - 120.0) / 15.0).collect::<Vec<_>>(), &[241], DType::F64);
+    close("gelu_tanh", run(dev, &[g.clone()], &|v| v[0].gelu_tanh()), run(dev, &[g.clone()], &|v| v[0].gelu_tanh_slow()));
+    close("gelu_erf", run(dev, &[g.clone()], &|v| v[0].gelu_erf()), run(dev, &[g.clone()], &|v| v[0].gelu_erf_slow()));
 }

@@ -14,6 +14,8 @@ use fmlab_tensor::{DType, Rng, Tensor};
 pub enum BenchCmd {
     /// Training-step throughput.
     Train(TrainBench),
+    /// GPU kernels at a training step's shapes: ms, GB/s or TFLOP/s, error vs the CPU engine.
+    Ops(crate::cmd::bench_ops::OpsBench),
     /// HNSW: recall@10 vs QPS on a real dataset, build time, memory, filter selectivity sweep.
     Ann(AnnBench),
 }
@@ -62,6 +64,7 @@ pub fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Train(a) => bench_train(a),
         BenchCmd::Ann(a) => bench_ann(a),
+        BenchCmd::Ops(a) => crate::cmd::bench_ops::bench_ops(a),
     }
 }
 

@@ -1,4 +1,5 @@
 pub mod bench;
+pub mod bench_ops;
 pub mod data;
 pub mod embed;
 pub mod eval;

@@ -56,6 +56,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("reduce", include_str!("kernels/reduce.cu")),
     ("index", include_str!("kernels/index.cu")),
     ("fused", include_str!("kernels/fused.cu")),
+    ("layers", include_str!("kernels/layers.cu")),
 ];
 
 pub struct CudaDevice {
@@ -176,12 +177,16 @@ impl Args {
     }
     /// Launches `name` on the device's stream.
     pub fn launch(&mut self, dev: &CudaDevice, name: &str, grid: u32, block: u32, shmem: u32) {
+        self.launch3(dev, name, (grid.max(1), 1, 1), (block, 1, 1), shmem)
+    }
+    /// `launch` with 3-D grid and block shapes.
+    pub fn launch3(&mut self, dev: &CudaDevice, name: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shmem: u32) {
         let _p = profile::Scope::new(dev, name);
         let f = dev.func(name);
         let mut ptrs: Vec<*mut c_void> = self.0.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
         // SAFETY: the argument list matches the kernel's parameters (each call site mirrors its
         // kernel's signature); pointers are live device buffers on this stream.
-        let r = unsafe { drv::launch_kernel(f.cu_function(), (grid.max(1), 1, 1), (block, 1, 1), shmem, dev.cu_stream(), &mut ptrs) };
+        let r = unsafe { drv::launch_kernel(f.cu_function(), grid, block, shmem, dev.cu_stream(), &mut ptrs) };
         if let Err(e) = r {
             panic!("{}", CudaError::Driver { what: format!("launching kernel {name}"), msg: format!("{e:?}") });
         }
@@ -195,8 +200,10 @@ impl Args {
 }
 
 /// Grid size for `n` elements at `block` threads, capped (kernels grid-stride beyond it).
+/// Capped at 4096 blocks (≈ 2 waves of 256-thread blocks on an H100): past that, grid-striding
+/// threads amortize their setup over more elements.
 pub(crate) fn grid_for(n: usize, block: u32) -> u32 {
-    (n.div_ceil(block as usize)).clamp(1, 65535 * 8) as u32
+    (n.div_ceil(block as usize)).clamp(1, 4096) as u32
 }
 
 fn fnv64(s: &[u8]) -> u64 {

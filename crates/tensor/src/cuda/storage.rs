@@ -68,6 +68,11 @@ fn geom<const N: usize>(shape: &[usize], strides: [&[usize]; N]) -> (Geom, bool)
     (g, contig)
 }
 
+/// Whether every address is 16-byte aligned (the vectorized kernels' requirement).
+fn aligned16(ptrs: &[u64]) -> bool {
+    ptrs.iter().all(|p| p % 16 == 0)
+}
+
 fn fail(e: CudaError) -> ! {
     panic!("{e}")
 }
@@ -190,6 +195,11 @@ impl CudaStorage {
         let out = CudaStorage::alloc(&self.dev, self.dtype, n);
         if n > 0 {
             let (g, contig) = geom(&l.shape, [&l.strides]);
+            if contig && aligned16(&[self.at(l.offset), out.ptr]) {
+                let blocks = grid_for(n.div_ceil(16 / self.dtype.size_in_bytes()), 256);
+                Args::new().push(self.at(l.offset)).push(out.ptr).push(g.n).push(code as i32).push(p0).push(p1).launch(&self.dev, &format!("unary_vec_{}", sfx(self.dtype)), blocks, 256, 0);
+                return out;
+            }
             Args::new().push(self.at(l.offset)).push(out.ptr).push(g).push(code as i32).push(p0).push(p1).push(contig as i32).launch(&self.dev, &format!("unary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
         }
         out
@@ -208,6 +218,11 @@ impl CudaStorage {
         let out = CudaStorage::alloc(&self.dev, self.dtype, n);
         if n > 0 {
             let (g, contig) = geom(&la.shape, [&la.strides, &lb.strides]);
+            if contig && aligned16(&[self.at(la.offset), rhs.at(lb.offset), out.ptr]) {
+                let blocks = grid_for(n.div_ceil(16 / self.dtype.size_in_bytes()), 256);
+                Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(code as i32).launch(&self.dev, &format!("binary_vec_{}", sfx(self.dtype)), blocks, 256, 0);
+                return out;
+            }
             Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).push(contig as i32).launch(&self.dev, &format!("binary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
         }
         out
@@ -255,13 +270,36 @@ impl CudaStorage {
         if n_out == 0 {
             return out;
         }
-        let (go, _) = geom(&ks, [&kst]);
-        let (gr, _) = geom(&rs, [&rst]);
         let code = match op {
             ReduceOp::Sum => 0,
             ReduceOp::Max => 1,
             ReduceOp::Min => 2,
         };
+        // Reduced dims leading a contiguous input, kept dims trailing: the coalesced column kernel.
+        let leading = dims.iter().enumerate().all(|(i, &d)| i == d);
+        if l.is_contiguous() && leading && n_out > 1 && red > 1 {
+            let (r, k) = (red, n_out);
+            let col_blocks = k.div_ceil(32);
+            // Enough blocks to fill the GPU, each split at least 64 rows.
+            let splits = (2048 / col_blocks).clamp(1, r.div_ceil(64).max(1));
+            let rps = r.div_ceil(splits);
+            let splits = r.div_ceil(rps);
+            let part = (splits > 1).then(|| CudaStorage::alloc(&self.dev, DType::F64, splits * k));
+            let pp = part.as_ref().map_or(0, |p| p.ptr);
+            Args::new().push(self.at(l.offset)).push(pp).push(out.ptr).push(to_u32(r, "rows")).push(to_u32(k, "cols")).push(to_u32(rps, "rows")).push(code as i32).launch3(
+                &self.dev,
+                &format!("reduce_cols_{}", sfx(self.dtype)),
+                (to_u32(col_blocks, "blocks"), splits as u32, 1),
+                (32, 8, 1),
+                0,
+            );
+            if splits > 1 {
+                Args::new().push(pp).push(out.ptr).push(to_u32(k, "cols")).push(splits as u32).push(code as i32).launch(&self.dev, &format!("reduce_cols_final_{}", sfx(self.dtype)), grid_for(k, 256), 256, 0);
+            }
+            return out;
+        }
+        let (go, _) = geom(&ks, [&kst]);
+        let (gr, _) = geom(&rs, [&rst]);
         // One block per output; small reductions get a single warp.
         let block = if red <= 64 { 32 } else if red <= 2048 { 128 } else { 256 };
         Args::new().push(self.at(l.offset)).push(out.ptr).push(go).push(gr).push(code as i32).launch(&self.dev, &format!("reduce_{}", sfx(self.dtype)), n_out.min(65535 * 16) as u32, block, 0);

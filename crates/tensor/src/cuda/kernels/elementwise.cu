@@ -77,7 +77,34 @@ template <typename T> __device__ void fill_k(T* y, u32 n, double v) {
     GRID_LOOP(n) { y[i] = st<T>(v); }
 }
 
+// Contiguous fast paths (Pack, VEC_LOOP in common.cuh); the host launches these only when every
+// operand is contiguous and 16-byte aligned.
+template <typename T> __device__ void unary_vec_k(const T* x, T* y, u32 n, int op, double p0, double p1) {
+    typedef typename Acc<T>::t A;
+    VEC_LOOP(T, n)
+    for (u32 i = tid; i < nv; i += stride) {
+        Pack<T> a = ((const Pack<T>*)x)[i], r;
+#pragma unroll
+        for (u32 k = 0; k < V; ++k) r.v[k] = st<T>(unary_f<A>(op, (A)ld(a.v[k]), p0, p1));
+        ((Pack<T>*)y)[i] = r;
+    }
+    for (u32 i = nv * V + tid; i < n; i += stride) y[i] = st<T>(unary_f<A>(op, (A)ld(x[i]), p0, p1));
+}
+template <typename T> __device__ void binary_vec_k(const T* a, const T* b, T* y, u32 n, int op) {
+    typedef typename Acc<T>::t A;
+    VEC_LOOP(T, n)
+    for (u32 i = tid; i < nv; i += stride) {
+        Pack<T> pa = ((const Pack<T>*)a)[i], pb = ((const Pack<T>*)b)[i], r;
+#pragma unroll
+        for (u32 k = 0; k < V; ++k) r.v[k] = st<T>(binary_f<A>(op, (A)ld(pa.v[k]), (A)ld(pb.v[k])));
+        ((Pack<T>*)y)[i] = r;
+    }
+    for (u32 i = nv * V + tid; i < n; i += stride) y[i] = st<T>(binary_f<A>(op, (A)ld(a[i]), (A)ld(b[i])));
+}
+
 #define FLOAT_KERNELS(T, N) \
+extern "C" __global__ void unary_vec_##N(const T* x, T* y, u32 n, int op, double p0, double p1) { unary_vec_k<T>(x, y, n, op, p0, p1); } \
+extern "C" __global__ void binary_vec_##N(const T* a, const T* b, T* y, u32 n, int op) { binary_vec_k<T>(a, b, y, n, op); } \
 extern "C" __global__ void unary_##N(const T* x, T* y, Geom g, int op, double p0, double p1, int contig) { unary_k<T>(x, y, g, op, p0, p1, contig); } \
 extern "C" __global__ void binary_##N(const T* a, const T* b, T* y, Geom g, int op, int contig) { binary_k<T>(a, b, y, g, op, contig); }
 FLOAT_KERNELS(float, f32)

@@ -39,3 +39,41 @@ REDUCE(float, f32)
 REDUCE(double, f64)
 REDUCE(bf16, bf16)
 REDUCE(f16, f16)
+
+// Column reduction of a contiguous [R, K] (the reduced dims lead, the kept ones are contiguous:
+// bias gradients, sum_to over a batch): the generic kernel above would read each column with a
+// stride of K elements. Block (32, 8): 32 adjacent columns (coalesced reads) × 8 row lanes; grid
+// (K/32, splits), each split a contiguous run of rows. Partials are f64 [splits, K]; with one split
+// the result goes straight to y, otherwise `reduce_cols_final` combines the splits in order
+// (deterministic).
+template <typename T> __device__ void reduce_cols_k(const T* x, double* part, T* y, u32 r, u32 k, u32 rows_per_split, int op) {
+    typedef typename Acc<T>::t F;
+    __shared__ double sh[8][33];
+    const double init = op == 0 ? 0.0 : (op == 1 ? -1.0 / 0.0 : 1.0 / 0.0);
+    u32 c = blockIdx.x * 32 + threadIdx.x;
+    u32 r0 = blockIdx.y * rows_per_split, r1 = min(r, r0 + rows_per_split);
+    double acc = init;
+    if (c < k)
+        for (u32 i = r0 + threadIdx.y; i < r1; i += 8) acc = comb<double>(op, acc, (double)(F)ld(x[(u64)i * k + c]));
+    sh[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < k) {
+        for (int j = 1; j < 8; ++j) acc = comb<double>(op, acc, sh[j][threadIdx.x]);
+        if (gridDim.y == 1) y[c] = st<T>(acc);
+        else part[(u64)blockIdx.y * k + c] = acc;
+    }
+}
+template <typename T> __device__ void reduce_cols_final_k(const double* part, T* y, u32 k, u32 splits, int op) {
+    for (u32 c = blockIdx.x * blockDim.x + threadIdx.x; c < k; c += gridDim.x * blockDim.x) {
+        double acc = part[c];
+        for (u32 s = 1; s < splits; ++s) acc = comb<double>(op, acc, part[(u64)s * k + c]);
+        y[c] = st<T>(acc);
+    }
+}
+#define REDUCE_COLS(T, N) \
+extern "C" __global__ void reduce_cols_##N(const T* x, double* part, T* y, u32 r, u32 k, u32 rps, int op) { reduce_cols_k<T>(x, part, y, r, k, rps, op); } \
+extern "C" __global__ void reduce_cols_final_##N(const double* part, T* y, u32 k, u32 splits, int op) { reduce_cols_final_k<T>(part, y, k, splits, op); }
+REDUCE_COLS(float, f32)
+REDUCE_COLS(double, f64)
+REDUCE_COLS(bf16, bf16)
+REDUCE_COLS(f16, f16)

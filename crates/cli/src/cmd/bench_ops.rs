@@ -1,0 +1,209 @@
+//! `fmlab bench ops`: standalone benchmarks of the kernels a gpt2-mini training step is made of,
+//! at that step's shapes (B·T = 32768 rows by default), each first validated against the CPU
+//! engine on a smaller input. Prints milliseconds per call and the achieved GB/s (bytes read +
+//! written once, the minimum any implementation moves) or TFLOP/s, then one table.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use fmlab_tensor::{DType, Device, Rng, Tensor};
+
+#[derive(Args)]
+pub struct OpsBench {
+    /// Rows (B·T) of the activation-shaped inputs.
+    #[arg(long, default_value_t = 32768)]
+    rows: usize,
+    /// Model width C (LayerNorm width; the MLP is 4C).
+    #[arg(long, default_value_t = 256)]
+    width: usize,
+    /// Timed calls per op (after 2 untimed).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// cuda or cuda:N (the CPU engine is the reference).
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// Only ops whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+struct Row {
+    name: String,
+    shape: String,
+    ms: f64,
+    rate: String,
+    err: f64,
+}
+
+/// max |a − b| / max |b|
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let (x, y) = (a.to_vec_f64(), b.to_vec_f64());
+    let scale = y.iter().fold(0.0f64, |m, v| m.max(v.abs())).max(1e-30);
+    x.iter().zip(&y).map(|(p, q)| (p - q).abs() / scale).fold(0.0, f64::max)
+}
+
+fn rnd(shape: &[usize], seed: u64, dt: DType) -> Tensor {
+    Tensor::randn(shape, 0.0, 1.0, DType::F32, &mut Rng::new(seed)).to_dtype(dt)
+}
+
+fn sync(dev: Device) {
+    if let Device::Cuda(d) = dev {
+        fmlab_tensor::cuda::device(d).and_then(|d| d.synchronize()).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// Median seconds per call of `f` on `dev` (each timed call synchronized).
+fn time(dev: Device, iters: usize, mut f: impl FnMut() -> Tensor) -> f64 {
+    for _ in 0..2 {
+        let _ = f();
+    }
+    sync(dev);
+    let mut ts = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let t = Instant::now();
+        let y = f();
+        sync(dev);
+        ts.push(t.elapsed().as_secs_f64());
+        drop(y);
+    }
+    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    ts[ts.len() / 2]
+}
+
+/// The gradient of every input of `f` for a fixed upstream gradient, as one tensor list.
+fn grads(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor, seed_of: &dyn Fn(&Tensor) -> Tensor) -> Vec<Tensor> {
+    let vars: Vec<Tensor> = inputs.iter().map(Tensor::new_var).collect();
+    let y = f(&vars);
+    let g = y.grads_wrt_graph(&seed_of(&y));
+    vars.iter().map(|v| g.iter().find(|(t, _)| t.id() == v.id()).map(|(_, g)| g.clone()).unwrap_or_else(|| v.zeros_like())).collect()
+}
+
+pub fn bench_ops(a: OpsBench) -> Result<()> {
+    let dev = crate::device::resolve(&a.device)?;
+    anyhow::ensure!(dev.is_cuda(), "--device {}: bench ops measures a GPU (the CPU engine is its reference)", a.device);
+    let (n, c) = (a.rows, a.width);
+    let want = |name: &str| a.only.as_deref().is_none_or(|o| name.contains(o));
+    let mut rows: Vec<Row> = Vec::new();
+    let gbs = |bytes: f64, s: f64| format!("{:.0} GB/s", bytes / s / 1e9);
+    let bf = DType::BF16;
+
+    // Checks against the CPU on a small input: the same function on both devices.
+    let check = |inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor| -> f64 {
+        let want = f(inputs);
+        let got = f(&inputs.iter().map(|t| t.to_device(dev)).collect::<Vec<_>>());
+        rel(&got, &want)
+    };
+    let check_grads = |inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor| -> f64 {
+        let seed = |y: &Tensor| rnd(y.shape(), 9, y.dtype()).to_device(y.device());
+        let want = grads(inputs, f, &seed);
+        let got = grads(&inputs.iter().map(|t| t.to_device(dev)).collect::<Vec<_>>(), f, &seed);
+        got.iter().zip(&want).map(|(g, w)| rel(g, &w.to_dtype(g.dtype()))).fold(0.0, f64::max)
+    };
+
+    // Elementwise primitives on [rows, 4C] bf16: what GELU's and the residual's composites cost.
+    let h = 4 * c;
+    let small = [97, h];
+    if want("unary") {
+        let x = rnd(&[n, h], 1, bf).to_device(dev);
+        let s = time(dev, a.iters, || x.tanh());
+        rows.push(Row { name: "unary tanh".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 1, bf)], &|v| v[0].tanh()) });
+    }
+    if want("binary") {
+        let (x, y) = (rnd(&[n, h], 1, bf).to_device(dev), rnd(&[n, h], 2, bf).to_device(dev));
+        let s = time(dev, a.iters, || x.add(&y));
+        rows.push(Row { name: "binary add".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((6 * n * h) as f64, s), err: check(&[rnd(&small, 1, bf), rnd(&small, 2, bf)], &|v| v[0].add(&v[1])) });
+        let b = rnd(&[h], 3, bf).to_device(dev);
+        let s = time(dev, a.iters, || x.add(&b));
+        rows.push(Row { name: "binary add bias (broadcast)".into(), shape: format!("[{n}, {h}] + [{h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 1, bf), rnd(&[h], 3, bf)], &|v| v[0].add(&v[1])) });
+    }
+    if want("copy") {
+        // The attention heads' transpose: [B, T, H, D] -> [B, H, T, D].
+        let (bb, t, hh) = (n / 1024.min(n), 1024.min(n), 8);
+        let x = rnd(&[bb, t, hh, c / hh], 4, bf).to_device(dev);
+        let s = time(dev, a.iters, || x.transpose(1, 2).contiguous());
+        rows.push(Row { name: "copy transpose(1, 2)".into(), shape: format!("[{bb}, {t}, {hh}, {}] bf16", c / hh), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&[rnd(&[2, 33, hh, c / hh], 4, bf)], &|v| v[0].transpose(1, 2).contiguous()) });
+    }
+    if want("cast") {
+        let x = rnd(&[50257, c], 5, DType::F32).to_device(dev);
+        let s = time(dev, a.iters, || x.to_dtype(bf));
+        rows.push(Row { name: "cast f32→bf16".into(), shape: format!("[50257, {c}]"), ms: s * 1e3, rate: gbs((6 * 50257 * c) as f64, s), err: check(&[rnd(&[501, c], 5, DType::F32)], &|v| v[0].to_dtype(bf)) });
+    }
+    if want("reduce") {
+        let x = rnd(&[n, h], 6, bf).to_device(dev);
+        let s = time(dev, a.iters, || x.sum(&[0], false));
+        rows.push(Row { name: "reduce sum rows (bias grad)".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((2 * n * h) as f64, s), err: check(&[rnd(&[3001, h], 6, bf)], &|v| v[0].sum(&[0], false)) });
+        let x = rnd(&[n, c], 7, DType::F32).to_device(dev);
+        let s = time(dev, a.iters, || x.sum(&[1], true));
+        rows.push(Row { name: "reduce sum last dim".into(), shape: format!("[{n}, {c}] f32"), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&[rnd(&[97, c], 7, DType::F32)], &|v| v[0].sum(&[1], true)) });
+    }
+    if want("layer_norm") {
+        let (x, w, b) = (rnd(&[n, c], 8, bf).to_device(dev), rnd(&[c], 9, DType::F32).to_device(dev), rnd(&[c], 10, DType::F32).to_device(dev));
+        let f = |v: &[Tensor]| v[0].layer_norm(&v[1], Some(&v[2]), 1e-5);
+        let s = time(dev, a.iters, || f(&[x.clone(), w.clone(), b.clone()]));
+        let sm = [97, c];
+        let ins = [rnd(&sm, 8, bf), rnd(&[c], 9, DType::F32), rnd(&[c], 10, DType::F32)];
+        rows.push(Row { name: "layer_norm fwd (fused)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&ins, &f) });
+        let (vx, vw, vb) = (Tensor::new_var(&x), Tensor::new_var(&w), Tensor::new_var(&b));
+        let up = rnd(&[n, c], 11, bf).to_device(dev);
+        let sb = time(dev, a.iters, || {
+            let y = f(&[vx.clone(), vw.clone(), vb.clone()]);
+            let g = y.grads_wrt_graph(&up);
+            g[0].1.clone()
+        }) - s;
+        rows.push(Row { name: "layer_norm bwd (fused)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: sb * 1e3, rate: gbs((6 * n * c) as f64, sb), err: check_grads(&ins, &f) });
+        let slow = |v: &[Tensor]| v[0].to_dtype(DType::F32).layer_norm_slow(&v[1], Some(&v[2]), 1e-5).to_dtype(bf);
+        let s = time(dev, a.iters, || slow(&[x.clone(), w.clone(), b.clone()]));
+        rows.push(Row { name: "layer_norm fwd (composite twin)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&ins, &slow) });
+    }
+    if want("gelu") {
+        let x = rnd(&[n, h], 12, bf).to_device(dev);
+        let s = time(dev, a.iters, || x.gelu_tanh());
+        rows.push(Row { name: "gelu_tanh fwd (fused)".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 12, bf)], &|v| v[0].gelu_tanh()) });
+        let vx = Tensor::new_var(&x);
+        let up = rnd(&[n, h], 13, bf).to_device(dev);
+        let sb = time(dev, a.iters, || vx.gelu_tanh().grads_wrt_graph(&up)[0].1.clone()) - s;
+        rows.push(Row { name: "gelu_tanh bwd (fused)".into(), shape: format!("[{n}, {h}] bf16"), ms: sb * 1e3, rate: gbs((6 * n * h) as f64, sb), err: check_grads(&[rnd(&small, 12, bf)], &|v| v[0].gelu_tanh()) });
+        let s = time(dev, a.iters, || x.gelu_tanh_slow());
+        rows.push(Row { name: "gelu_tanh fwd (composite twin)".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 12, bf)], &|v| v[0].gelu_tanh_slow()) });
+    }
+    if want("softmax") {
+        let (bh, t) = ((n / 1024.max(1)) * 8, 1024.min(n));
+        let x = rnd(&[bh, t, t], 14, bf).to_device(dev);
+        let s = time(dev, a.iters, || x.softmax_scaled(0.17, true));
+        rows.push(Row { name: "softmax_scaled causal fwd".into(), shape: format!("[{bh}, {t}, {t}] bf16"), ms: s * 1e3, rate: gbs((4 * bh * t * t) as f64, s), err: check(&[rnd(&[3, 67, 67], 14, bf)], &|v| v[0].softmax_scaled(0.17, true)) });
+    }
+    if want("cross_entropy") {
+        let v = 50257;
+        let x = rnd(&[n, v], 15, bf).to_device(dev);
+        let tg: Vec<i32> = (0..n).map(|i| ((i * 7919) % v) as i32).collect();
+        let t = Tensor::from_vec(tg.clone(), &[n]);
+        let s = time(dev, a.iters.min(5), || x.cross_entropy(&t, None));
+        let ts = Tensor::from_vec(tg[..61].to_vec(), &[61]);
+        rows.push(Row { name: "cross_entropy fwd".into(), shape: format!("[{n}, {v}] bf16"), ms: s * 1e3, rate: gbs((2 * n * v) as f64, s), err: check(&[rnd(&[61, v], 15, bf)], &|w| w[0].cross_entropy(&ts, None)) });
+    }
+    if want("matmul") {
+        let (x, w) = (rnd(&[n, c], 16, bf).to_device(dev), rnd(&[c, h], 17, bf).to_device(dev));
+        let s = time(dev, a.iters, || x.matmul(&w));
+        rows.push(Row { name: "matmul (cuBLASLt)".into(), shape: format!("[{n}, {c}] x [{c}, {h}] bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 2.0 * (n * c * h) as f64 / s / 1e12), err: check(&[rnd(&[97, c], 16, bf), rnd(&[c, h], 17, bf)], &|v| v[0].matmul(&v[1])) });
+    }
+    if want("adamw") {
+        let np = 22_600_000usize.min(n * 700);
+        let mk = |s| Tensor::new_var(&rnd(&[np], s, DType::F32).to_device(dev));
+        let (w, m, v2) = (mk(18), Tensor::new_var(&Tensor::zeros_on(&[np], DType::F32, dev)), Tensor::new_var(&Tensor::zeros_on(&[np], DType::F32, dev)));
+        let g = rnd(&[np], 19, DType::F32).to_device(dev);
+        let s = time(dev, a.iters, || {
+            fmlab_tensor::adamw_update(&w, &g, &m, &v2, 0.9999, 0.1, 0.95, 0.05, 1e-8, 1e-3, 0.5);
+            w.clone()
+        });
+        rows.push(Row { name: "adamw (per tensor kernel)".into(), shape: format!("[{np}] f32"), ms: s * 1e3, rate: gbs((28 * np) as f64, s), err: f64::NAN });
+    }
+
+    println!("| op | shape | ms/call | throughput | max rel. error vs CPU |");
+    println!("|---|---|---|---|---|");
+    for r in &rows {
+        let err = if r.err.is_nan() { "(cuda_ops test)".to_string() } else { format!("{:.1e}", r.err) };
+        println!("| {} | {} | {:.3} | {} | {err} |", r.name, r.shape, r.ms, r.rate);
+    }
+    Ok(())
+}

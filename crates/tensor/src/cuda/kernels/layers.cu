@@ -1,0 +1,160 @@
+// Fused layer kernels: LayerNorm forward/backward and GELU forward/backward.
+// x/y/gradients have the activation dtype T; LayerNorm's weight and bias have W (T or f32: the
+// fp32 masters under mixed precision); statistics and arithmetic in Acc<T> (f32, f64 for f64).
+
+// One warp per row of x [rows, c]: mean, rstd = 1/sqrt(var + eps) (biased variance), and
+// y = (x - mean) · rstd · w + b. `b` may be null.
+template <typename T, typename W> __device__ void ln_fwd_k(const T* x, const W* w, const W* b, T* y, typename Acc<T>::t* mean, typename Acc<T>::t* rstd, u32 rows, u32 c, double eps) {
+    typedef typename Acc<T>::t A;
+    u32 row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const T* xr = x + (u64)row * c;
+    T* yr = y + (u64)row * c;
+    A s = 0;
+    for (u32 j = lane; j < c; j += 32) s += (A)ld(xr[j]);
+    A m = warp_sum(s) / (A)c;
+    A v = 0;
+    for (u32 j = lane; j < c; j += 32) { A d = (A)ld(xr[j]) - m; v += d * d; }
+    A r = (A)1 / m_sqrt(warp_sum(v) / (A)c + (A)eps);
+    for (u32 j = lane; j < c; j += 32) {
+        A o = ((A)ld(xr[j]) - m) * r * (A)ld(w[j]);
+        if (b) o += (A)ld(b[j]);
+        yr[j] = st<T>(o);
+    }
+    if (lane == 0) { mean[row] = m; rstd[row] = r; }
+}
+
+// dx for one row per warp: x̂ = (x - mean)·rstd, d̂ = g·w,
+// dx = rstd · (d̂ - mean(d̂) - x̂ · mean(d̂ · x̂)).
+template <typename T, typename W> __device__ void ln_bwd_k(const T* x, const W* w, const T* g, const typename Acc<T>::t* mean, const typename Acc<T>::t* rstd, T* dx, u32 rows, u32 c) {
+    typedef typename Acc<T>::t A;
+    u32 row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const T* xr = x + (u64)row * c;
+    const T* gr = g + (u64)row * c;
+    T* dr = dx + (u64)row * c;
+    A m = mean[row], r = rstd[row];
+    A sa = 0, sb = 0;
+    for (u32 j = lane; j < c; j += 32) {
+        A xh = ((A)ld(xr[j]) - m) * r, dh = (A)ld(gr[j]) * (A)ld(w[j]);
+        sa += dh;
+        sb += dh * xh;
+    }
+    A a = warp_sum(sa) / (A)c, bb = warp_sum(sb) / (A)c;
+    for (u32 j = lane; j < c; j += 32) {
+        A xh = ((A)ld(xr[j]) - m) * r, dh = (A)ld(gr[j]) * (A)ld(w[j]);
+        dr[j] = st<T>(r * (dh - a - xh * bb));
+    }
+}
+
+// dw = Σ_rows g·x̂, db = Σ_rows g, as the column reduction in reduce.cu: block (32, 8), grid
+// (c/32, splits); f64 partials [splits, 2, c] combined in order by ln_dwdb_final (deterministic).
+template <typename T, typename W> __device__ void ln_dwdb_k(const T* x, const T* g, const typename Acc<T>::t* mean, const typename Acc<T>::t* rstd, double* part, W* dw, W* db, u32 rows, u32 c, u32 rps) {
+    __shared__ double sw[8][33], sb[8][33];
+    u32 col = blockIdx.x * 32 + threadIdx.x;
+    u32 r0 = blockIdx.y * rps, r1 = min(rows, r0 + rps);
+    double aw = 0, ab = 0;
+    if (col < c)
+        for (u32 i = r0 + threadIdx.y; i < r1; i += 8) {
+            double gi = (double)ld(g[(u64)i * c + col]);
+            double xh = ((double)ld(x[(u64)i * c + col]) - (double)mean[i]) * (double)rstd[i];
+            aw += gi * xh;
+            ab += gi;
+        }
+    sw[threadIdx.y][threadIdx.x] = aw;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && col < c) {
+        for (int j = 1; j < 8; ++j) { aw += sw[j][threadIdx.x]; ab += sb[j][threadIdx.x]; }
+        if (gridDim.y == 1) {
+            dw[col] = st<W>(aw);
+            if (db) db[col] = st<W>(ab);
+        } else {
+            part[(u64)blockIdx.y * 2 * c + col] = aw;
+            part[(u64)blockIdx.y * 2 * c + c + col] = ab;
+        }
+    }
+}
+template <typename W> __device__ void ln_dwdb_final_k(const double* part, W* dw, W* db, u32 c, u32 splits) {
+    for (u32 col = blockIdx.x * blockDim.x + threadIdx.x; col < c; col += gridDim.x * blockDim.x) {
+        double aw = 0, ab = 0;
+        for (u32 s = 0; s < splits; ++s) { aw += part[(u64)s * 2 * c + col]; ab += part[(u64)s * 2 * c + c + col]; }
+        dw[col] = st<W>(aw);
+        if (db) db[col] = st<W>(ab);
+    }
+}
+
+#define LN(T, TN, W, WN) \
+extern "C" __global__ void ln_fwd_##TN##_##WN(const T* x, const W* w, const W* b, T* y, Acc<T>::t* mean, Acc<T>::t* rstd, u32 rows, u32 c, double eps) { ln_fwd_k<T, W>(x, w, b, y, mean, rstd, rows, c, eps); } \
+extern "C" __global__ void ln_bwd_##TN##_##WN(const T* x, const W* w, const T* g, const Acc<T>::t* mean, const Acc<T>::t* rstd, T* dx, u32 rows, u32 c) { ln_bwd_k<T, W>(x, w, g, mean, rstd, dx, rows, c); } \
+extern "C" __global__ void ln_dwdb_##TN##_##WN(const T* x, const T* g, const Acc<T>::t* mean, const Acc<T>::t* rstd, double* part, W* dw, W* db, u32 rows, u32 c, u32 rps) { ln_dwdb_k<T, W>(x, g, mean, rstd, part, dw, db, rows, c, rps); }
+LN(float, f32, float, f32)
+LN(double, f64, double, f64)
+LN(bf16, bf16, float, f32)
+LN(bf16, bf16, bf16, bf16)
+LN(f16, f16, float, f32)
+LN(f16, f16, f16, f16)
+#define LN_FINAL(W, WN) \
+extern "C" __global__ void ln_dwdb_final_##WN(const double* part, W* dw, W* db, u32 c, u32 splits) { ln_dwdb_final_k<W>(part, dw, db, c, splits); }
+LN_FINAL(float, f32)
+LN_FINAL(double, f64)
+LN_FINAL(bf16, bf16)
+LN_FINAL(f16, f16)
+
+// GELU. approx = 1: tanh form 0.5·x·(1 + tanh(k·(x + 0.044715·x³))), k = sqrt(2/π) (GPT-2);
+// approx = 0: erf form 0.5·x·(1 + erf(x/√2)) (BERT, ViT). Same expression order as the
+// composite twins in ops.rs.
+template <typename A> __device__ __forceinline__ A gelu_f(A x, int approx) {
+    if (approx) {
+        A inner = (x + x * x * x * (A)0.044715) * (A)0.7978845608028654;
+        return x * (m_tanh(inner) + (A)1) * (A)0.5;
+    }
+    return x * (m_erf(x * (A)0.7071067811865476) + (A)1) * (A)0.5;
+}
+template <typename A> __device__ __forceinline__ A gelu_grad_f(A x, int approx) {
+    if (approx) {
+        A k = (A)0.7978845608028654, c = (A)0.044715;
+        A t = m_tanh((x + c * x * x * x) * k);
+        return (A)0.5 * ((A)1 + t) + (A)0.5 * x * ((A)1 - t * t) * k * ((A)1 + (A)3 * c * x * x);
+    }
+    // Φ(x) + x·φ(x)
+    return (A)0.5 * ((A)1 + m_erf(x * (A)0.7071067811865476)) + x * m_exp((A)-0.5 * x * x) * (A)0.3989422804014327;
+}
+// Contiguous operands; vec = all 16-byte aligned (16-byte loads, scalar tail).
+template <typename T> __device__ void gelu_fwd_k(const T* x, T* y, u32 n, int approx, int vec) {
+    typedef typename Acc<T>::t A;
+    VEC_LOOP(T, n)
+    u32 start = 0;
+    if (vec) {
+        for (u32 i = tid; i < nv; i += stride) {
+            Pack<T> a = ((const Pack<T>*)x)[i], r;
+#pragma unroll
+            for (u32 k = 0; k < V; ++k) r.v[k] = st<T>(gelu_f<A>((A)ld(a.v[k]), approx));
+            ((Pack<T>*)y)[i] = r;
+        }
+        start = nv * V;
+    }
+    for (u32 i = start + tid; i < n; i += stride) y[i] = st<T>(gelu_f<A>((A)ld(x[i]), approx));
+}
+template <typename T> __device__ void gelu_bwd_k(const T* x, const T* g, T* dx, u32 n, int approx, int vec) {
+    typedef typename Acc<T>::t A;
+    VEC_LOOP(T, n)
+    u32 start = 0;
+    if (vec) {
+        for (u32 i = tid; i < nv; i += stride) {
+            Pack<T> a = ((const Pack<T>*)x)[i], b = ((const Pack<T>*)g)[i], r;
+#pragma unroll
+            for (u32 k = 0; k < V; ++k) r.v[k] = st<T>((A)ld(b.v[k]) * gelu_grad_f<A>((A)ld(a.v[k]), approx));
+            ((Pack<T>*)dx)[i] = r;
+        }
+        start = nv * V;
+    }
+    for (u32 i = start + tid; i < n; i += stride) dx[i] = st<T>((A)ld(g[i]) * gelu_grad_f<A>((A)ld(x[i]), approx));
+}
+#define GELU(T, N) \
+extern "C" __global__ void gelu_fwd_##N(const T* x, T* y, u32 n, int approx, int vec) { gelu_fwd_k<T>(x, y, n, approx, vec); } \
+extern "C" __global__ void gelu_bwd_##N(const T* x, const T* g, T* dx, u32 n, int approx, int vec) { gelu_bwd_k<T>(x, g, dx, n, approx, vec); }
+GELU(float, f32)
+GELU(double, f64)
+GELU(bf16, bf16)
+GELU(f16, f16)
