@@ -159,18 +159,10 @@ impl Sgd {
 /// before clipping; non-finite if any gradient is.
 pub fn clip_grad_norm(vars: &[Tensor], max_norm: f64) -> f64 {
     let _ng = no_grad();
-    // Sum of squares in f64 on the gradients' device; one host read for the whole model.
-    let mut sq: Option<Tensor> = None;
-    for v in vars {
-        if let Some(g) = v.grad() {
-            let s = g.to_dtype(DType::F64).sqr().sum_all();
-            sq = Some(match sq {
-                Some(a) => a.add(&s),
-                None => s,
-            });
-        }
-    }
-    let norm = sq.map_or(0.0, |s| s.item()).sqrt();
+    // Sum of squares in f64 on the gradients' device (one multi-tensor reduction on a GPU); one
+    // host read for the whole model.
+    let grads: Vec<Tensor> = vars.iter().filter_map(|v| v.grad()).collect();
+    let norm = if grads.is_empty() { 0.0 } else { fmlab_tensor::sum_squares_all(&grads).item().sqrt() };
     let coef = (max_norm / (norm + 1e-6)).min(1.0);
     if coef < 1.0 {
         for v in vars {

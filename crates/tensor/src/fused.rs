@@ -309,3 +309,55 @@ impl Tensor {
         p.mul(&g.sub(&dot)).scale(scale)
     }
 }
+
+/// Mirrors `struct MtTab` in kernels/reduce.cu.
+const MT_MAX: usize = 96;
+const MT_CHUNK: usize = 8192;
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MtTab {
+    ptr: [u64; MT_MAX],
+    n: [u32; MT_MAX],
+    start: [u32; MT_MAX + 1],
+    count: u32,
+}
+
+/// Σ x² over every element of every tensor, as an f64 scalar on their device (no history): the
+/// global gradient norm's reduction. On a GPU, one launch per 96 tensors of a dtype (addresses in
+/// the kernel parameters) plus one final sum, instead of a cast, square and reduction per tensor.
+pub fn sum_squares_all(ts: &[Tensor]) -> Tensor {
+    let _g = no_grad();
+    let Some(first) = ts.first() else { return Tensor::scalar(0.0, DType::F64) };
+    let dev = first.device();
+    if !dev.is_cuda() {
+        return ts.iter().map(|t| t.to_dtype(DType::F64).sqr().sum_all()).reduce(|a, b| a.add(&b)).unwrap();
+    }
+    let cdev = first.with_storage(|s| match s {
+        Storage::Cuda(c) => c.dev.clone(),
+        _ => unreachable!(),
+    });
+    assert!(ts.iter().all(|t| matches!(t.dtype(), DType::F32 | DType::BF16 | DType::F64)), "sum_squares_all on CUDA: f32, bf16 or f64 tensors");
+    let mut parts: Vec<Tensor> = Vec::new();
+    for dt in [DType::F32, DType::BF16, DType::F64] {
+        let group: Vec<Tensor> = ts.iter().filter(|t| t.dtype() == dt && t.numel() > 0).map(|t| t.contiguous()).collect();
+        for chunk in group.chunks(MT_MAX) {
+            let mut tab = MtTab { ptr: [0; MT_MAX], n: [0; MT_MAX], start: [0; MT_MAX + 1], count: chunk.len() as u32 };
+            let mut blocks = 0usize;
+            for (i, t) in chunk.iter().enumerate() {
+                assert_eq!(t.device(), dev, "sum_squares_all: tensors on {} and {}", dev, t.device());
+                tab.ptr[i] = cuda_ptr(t);
+                tab.n[i] = u32::try_from(t.numel()).expect("sum_squares_all: a tensor of over 2^32 elements");
+                tab.start[i] = blocks as u32;
+                blocks += t.numel().div_ceil(MT_CHUNK);
+            }
+            tab.start[chunk.len()] = blocks as u32;
+            let part = Tensor::zeros_on(&[blocks], DType::F64, dev);
+            Args::new().push(tab).push(cuda_ptr(&part)).launch(&cdev, &format!("sumsq_mt_{}", sfx(dt)), blocks as u32, 256, 0);
+            parts.push(part);
+        }
+    }
+    if parts.is_empty() {
+        return Tensor::zeros_on(&[], DType::F64, dev);
+    }
+    Tensor::cat(&parts, 0).sum_all()
+}

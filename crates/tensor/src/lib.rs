@@ -21,5 +21,5 @@ pub use dtype::{DType, WithDType};
 pub use layout::Layout;
 pub use ops::{attention, rope_tables, AttnMask};
 pub use rng::Rng;
-pub use fused::adamw_update;
+pub use fused::{adamw_update, sum_squares_all};
 pub use tensor::{grad_enabled, no_grad, Device, NoGradGuard, Storage, Tensor, TensorId};

@@ -308,6 +308,21 @@ fn fused_layer_norm_and_gelu_mixed_precision() {
     }
 }
 
+/// The multi-tensor sum of squares (global grad norm): 150 tensors of mixed sizes and dtypes,
+/// some over one block's chunk, one strided; vs the CPU's f64 sum (1e-12: both sum f64 squares).
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn sum_squares_all_matches_cpu() {
+    let g = gpu();
+    let mut ts: Vec<Tensor> = (0..150).map(|i| rnd(&[1 + (i * 7919) % 20000], 90 + i as u64, if i % 3 == 0 { DType::BF16 } else { DType::F32 })).collect();
+    ts.push(rnd(&[300, 70], 91, DType::F32).t());
+    let want = fmlab_tensor::sum_squares_all(&ts).item();
+    let got = fmlab_tensor::sum_squares_all(&ts.iter().map(|t| t.to_device(g)).collect::<Vec<_>>());
+    assert_eq!(got.device(), g);
+    let got = got.item();
+    assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
+}
+
 /// Sums/maxima over leading dims of contiguous tensors (bias gradients): the column kernel,
 /// with one and with several row splits.
 #[test]

@@ -5,12 +5,16 @@
 template <typename T> __device__ void ce_fwd_k(const T* x, const int* t, typename Acc<T>::t* lse, typename Acc<T>::t* loss, u32 v) {
     typedef typename Acc<T>::t A;
     const T* row = x + (u64)blockIdx.x * v;
-    A m = -1.0 / 0.0;
-    for (u32 j = threadIdx.x; j < v; j += blockDim.x) { A a = ld(row[j]); m = a > m ? a : m; }
-    m = block_max<A>(m);
-    A s = 0;
-    for (u32 j = threadIdx.x; j < v; j += blockDim.x) s += m_exp((A)ld(row[j]) - m);
-    s = block_sum<A>(s);
+    // One pass (online softmax): each thread keeps its running max and the sum of exp relative
+    // to it, rescaled when the max grows; the block then rescales every thread's sum to the row max.
+    A mt = -1.0 / 0.0, st_ = 0;
+    for (u32 j = threadIdx.x; j < v; j += blockDim.x) {
+        A a = ld(row[j]);
+        if (a > mt) { st_ = st_ * m_exp(mt - a) + (A)1; mt = a; }
+        else if (mt > (A)(-1.0 / 0.0)) st_ += m_exp(a - mt); // a −∞ before any finite value adds 0
+    }
+    A m = block_max<A>(mt);
+    A s = block_sum<A>(mt == m ? st_ : st_ * m_exp(mt - m));
     if (threadIdx.x == 0) {
         A l = m + m_log(s);
         lse[blockIdx.x] = l;

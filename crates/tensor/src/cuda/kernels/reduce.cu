@@ -77,3 +77,32 @@ REDUCE_COLS(float, f32)
 REDUCE_COLS(double, f64)
 REDUCE_COLS(bf16, bf16)
 REDUCE_COLS(f16, f16)
+
+// Multi-tensor sum of squares (the global gradient norm): up to MT_MAX tensors per launch, their
+// addresses and lengths in the kernel's parameters (no table upload, no host sync). Block b works
+// on tensor t with start[t] <= b < start[t + 1], chunk b - start[t] of MT_CHUNK elements, and
+// writes one f64 partial to part[b]; the host sums the partials (in order: deterministic).
+#define MT_MAX 96
+#define MT_CHUNK 8192
+struct MtTab { u64 ptr[MT_MAX]; u32 n[MT_MAX]; u32 start[MT_MAX + 1]; u32 count; };
+template <typename T> __device__ void sumsq_mt_k(MtTab tab, double* part) {
+    __shared__ double sh[32];
+    u32 b = blockIdx.x, t = 0;
+    while (t + 1 < tab.count && tab.start[t + 1] <= b) ++t;
+    const T* x = (const T*)tab.ptr[t];
+    u32 lo = (b - tab.start[t]) * MT_CHUNK, hi = min(tab.n[t], lo + MT_CHUNK);
+    double acc = 0;
+    for (u32 i = lo + threadIdx.x; i < hi; i += blockDim.x) { double v = (double)ld(x[i]); acc += v * v; }
+    acc = warp_sum(acc);
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) sh[w] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double r = 0;
+        for (int i = 0; i < (int)(blockDim.x >> 5); ++i) r += sh[i];
+        part[b] = r;
+    }
+}
+extern "C" __global__ void sumsq_mt_f32(MtTab tab, double* part) { sumsq_mt_k<float>(tab, part); }
+extern "C" __global__ void sumsq_mt_bf16(MtTab tab, double* part) { sumsq_mt_k<bf16>(tab, part); }
+extern "C" __global__ void sumsq_mt_f64(MtTab tab, double* part) { sumsq_mt_k<double>(tab, part); }
