@@ -34,8 +34,8 @@ run)
   tests)
     for t in "cuda_ops --ignored" "grad_check" "gpt2_parity"; do
       set -- $t
-      log=$(FMLAB_TEST_DEVICE=cuda "gpu/$1" ${2:-} --test-threads=1 2>&1); rc=$?
-      echo "$log" | grep -E -A3 "^test |panicked|error|relative|differ|parity|adamw|bf16" | grep -v "^test .* ok$" | head -80
+      log=$(FMLAB_TEST_DEVICE=cuda "gpu/$1" ${2:-} --test-threads=1 --nocapture 2>&1); rc=$?
+      echo "$log" | grep -E -A3 "^test |panicked|error|relative|differ|parity|adamw|bf16|flash" | grep -v "^test .* ok$" | head -80
       summary+=("| $1 (cuda) | $(echo "$log" | grep -E '^test result' | tail -1) |")
     done ;;
   bench)

@@ -203,6 +203,12 @@ impl Tensor {
                     }
                 }
                 Op::Gelu(x, approx) => add(x, Tensor::gelu_backward(x, &g, *approx)),
+                Op::FlashAttention(q, k, v, o, lse, pad, causal, scale) => {
+                    let (dq, dk, dv) = crate::flash::flash_attention_backward(q, k, v, o, lse, pad.as_ref(), *causal, *scale, &g);
+                    add(q, dq);
+                    add(k, dk);
+                    add(v, dv);
+                }
             }
         }
         out

@@ -85,6 +85,9 @@ pub enum Op {
     LayerNorm(Tensor, Tensor, Option<Tensor>, Tensor, Tensor),
     /// Fused GELU of the contiguous input; true = tanh approximation, false = erf.
     Gelu(Tensor, bool),
+    /// Flash attention: (q, k, v, the [B, T, H, D] output held without history, per-row
+    /// log-sum-exp f32 [B·H·T], key padding mask, causal, scale).
+    FlashAttention(Tensor, Tensor, Tensor, Tensor, Tensor, Option<Tensor>, bool, f64),
 }
 
 impl Op {
@@ -93,6 +96,7 @@ impl Op {
             Op::Unary(a, _) | Op::Reduce(a, _, _) | Op::Reshape(a) | Op::Permute(a, _) | Op::Narrow(a, _, _) | Op::Expand(a) | Op::Contiguous(a) | Op::Cast(a) => vec![a],
             Op::IndexSelect(a, _, _) | Op::Gather(a, _, _) => vec![a],
             Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
+            Op::FlashAttention(q, k, v, ..) => vec![q, k, v],
             Op::IndexAdd(a, _, s, _) | Op::ScatterAdd(a, _, s, _) => vec![a, s],
             Op::Where(_, a, b) => vec![a, b],
             Op::Cat(v, _) => v.iter().collect(),
@@ -121,6 +125,7 @@ impl Op {
             Op::CrossEntropy(..) => "cross_entropy".into(),
             Op::SoftmaxScaled(..) => "softmax_scaled".into(),
             Op::LayerNorm(..) => "layer_norm".into(),
+            Op::FlashAttention(..) => "flash_attention".into(),
             Op::Gelu(_, approx) => if *approx { "gelu_tanh" } else { "gelu_erf" }.into(),
         }
     }

@@ -154,8 +154,18 @@ fn causal_mask(t: usize, s: usize, device: crate::Device) -> Tensor {
 }
 
 /// Scaled dot-product attention. q [B, H, T, D], k/v [B, H, S, D] (cross-attention when S != T)
-/// → [B, H, T, D].
+/// → [B, H, T, D]. On a GPU with bf16 inputs and head_dim 32/64/128 (no mask, causal or key
+/// padding) this is flash attention (flash.rs); otherwise the composite `attention_slow`.
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Tensor {
+    if crate::flash::supported(q, k, v, mask) {
+        return crate::flash::flash_attention(q, k, v, mask);
+    }
+    attention_slow(q, k, v, mask)
+}
+
+/// The composite attention (scores materialized; the fused scaled softmax for no mask or the
+/// causal one): flash attention's twin, and the path for everything flash does not take.
+pub fn attention_slow(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Tensor {
     assert_eq!(q.rank(), 4, "attention: q must be [B, H, T, D], got {:?}", q.shape());
     let (t, d) = (q.dim(2), q.dim(3));
     let s = k.dim(2);

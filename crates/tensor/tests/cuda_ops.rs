@@ -323,6 +323,47 @@ fn sum_squares_all_matches_cpu() {
     assert!((got - want).abs() <= 1e-12 * want, "{got} vs {want}");
 }
 
+/// Flash attention (bf16, tensor cores) against the composite twin computed in f32 on the CPU from
+/// the same bf16 inputs: output and the gradients of q, k and v, at head_dim 32/64/128, causal and
+/// not, key padding, more keys than queries, T not a multiple of the 64-row tile, and q/k/v as
+/// strided views of one projection (as the model calls it).
+/// Tolerance 2e-2 of the largest reference value: the kernels round P and dS to bf16 for the
+/// tensor-core products (as FlashAttention-2 does) and the outputs to bf16 (2^-8 relative).
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn flash_attention_matches_composite() {
+    let g = gpu();
+    let (b, h) = (2, 3);
+    for d in [32, 64, 128] {
+        for (t, s, mask_name) in [(100, 100, "none"), (100, 100, "causal"), (77, 150, "causal"), (130, 130, "padding"), (64, 64, "causal")] {
+            let x = rnd(&[b, t, h * d], 100 + d as u64, DType::F32).to_dtype(DType::BF16);
+            let kv = rnd(&[b, s, 2 * h * d], 101 + d as u64, DType::F32).to_dtype(DType::BF16);
+            let up = rnd(&[b, h, t, d], 102, DType::F32).to_dtype(DType::BF16);
+            let pad: Vec<u8> = (0..b * s).map(|i| (i % s < s - 1 - (i / s) * 7) as u8).collect();
+            let mask = match mask_name {
+                "none" => AttnMask::None,
+                "causal" => AttnMask::Causal,
+                _ => AttnMask::KeyPadding(Tensor::from_vec(pad.clone(), &[b, s])),
+            };
+            let run = |dev: Device, dt: DType, slow: bool| {
+                let (vx, vkv) = (Tensor::new_var(&x.to_dtype(dt).to_device(dev)), Tensor::new_var(&kv.to_dtype(dt).to_device(dev)));
+                let heads = |y: &Tensor, n: usize| y.reshape(&[b, n, h, d]).transpose(1, 2);
+                let (q, k, v) = (heads(&vx, t), heads(&vkv.narrow(2, 0, h * d), s), heads(&vkv.narrow(2, h * d, h * d), s));
+                let y = if slow { fmlab_tensor::attention_slow(&q, &k, &v, &mask) } else { attention(&q, &k, &v, &mask) };
+                y.mul(&up.to_dtype(dt).to_device(dev)).to_dtype(DType::F32).sum_all().backward();
+                (y, vx.grad().unwrap(), vkv.grad().unwrap())
+            };
+            let (yr, dxr, dkvr) = run(Device::Cpu, DType::F32, true);
+            let (yg, dxg, dkvg) = run(g, DType::BF16, false);
+            let name = format!("flash d{d} T{t} S{s} {mask_name}");
+            let f32_of = |t: &Tensor| t.to_device(Device::Cpu).to_dtype(DType::F32);
+            let e = [rel(&f32_of(&yg), &yr), rel(&f32_of(&dxg), &dxr), rel(&f32_of(&dkvg), &dkvr)];
+            println!("{name}: rel. error output {:.2e}, dq {:.2e}, dk|dv {:.2e}", e[0], e[1], e[2]);
+            assert!(e.iter().all(|&x| x <= 2e-2), "{name}: errors {e:?}");
+        }
+    }
+}
+
 /// Sums/maxima over leading dims of contiguous tensors (bias gradients): the column kernel,
 /// with one and with several row splits.
 #[test]

@@ -173,6 +173,32 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         let s = time(dev, a.iters, || x.softmax_scaled(0.17, true));
         rows.push(Row { name: "softmax_scaled causal fwd".into(), shape: format!("[{bh}, {t}, {t}] bf16"), ms: s * 1e3, rate: gbs((4 * bh * t * t) as f64, s), err: check(&[rnd(&[3, 67, 67], 14, bf)], &|v| v[0].softmax_scaled(0.17, true)) });
     }
+    if want("attention") {
+        // gpt2-mini's causal attention: [B, H, T, D] = [rows/1024, 8, 1024, C/8], as model views.
+        let (bb, t, hh) = ((n / 1024).max(1), 1024.min(n), 8);
+        let dd = c / hh;
+        let qkv = rnd(&[bb, t, 3 * c], 20, bf).to_device(dev);
+        let heads = |y: &Tensor, i: usize| y.narrow(2, i * c, c).reshape(&[bb, t, hh, dd]).transpose(1, 2);
+        let flops = 4.0 * (bb * hh * t * t * dd) as f64 / 2.0; // QKᵀ and PV, causal half
+        let up = rnd(&[bb, hh, t, dd], 21, bf).to_device(dev);
+        for (name, slow) in [("attention causal (flash)", false), ("attention causal (composite twin)", true)] {
+            let f = |x: &Tensor| {
+                let (q, k, v) = (heads(x, 0), heads(x, 1), heads(x, 2));
+                if slow { fmlab_tensor::attention_slow(&q, &k, &v, &fmlab_tensor::AttnMask::Causal) } else { fmlab_tensor::attention(&q, &k, &v, &fmlab_tensor::AttnMask::Causal) }
+            };
+            let s = time(dev, a.iters, || f(&qkv));
+            let small = rnd(&[2, 100, 3 * c], 22, bf);
+            let hs = |y: &Tensor, i: usize| y.narrow(2, i * c, c).reshape(&[2, 100, hh, dd]).transpose(1, 2);
+            let fs = |v: &[Tensor]| {
+                let (q, k, vv) = (hs(&v[0], 0), hs(&v[0], 1), hs(&v[0], 2));
+                if slow { fmlab_tensor::attention_slow(&q, &k, &vv, &fmlab_tensor::AttnMask::Causal) } else { fmlab_tensor::attention(&q, &k, &vv, &fmlab_tensor::AttnMask::Causal) }
+            };
+            rows.push(Row { name: format!("{name} fwd"), shape: format!("[{bb}, {hh}, {t}, {dd}] bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", flops / s / 1e12), err: check(&[small.clone()], &fs) });
+            let vx = Tensor::new_var(&qkv);
+            let sb = time(dev, a.iters, || f(&vx).grads_wrt_graph(&up)[0].1.clone()) - s;
+            rows.push(Row { name: format!("{name} bwd"), shape: format!("[{bb}, {hh}, {t}, {dd}] bf16"), ms: sb * 1e3, rate: format!("{:.0} TFLOP/s", 2.5 * flops / sb / 1e12), err: check_grads(&[small], &fs) });
+        }
+    }
     if want("cross_entropy") {
         let v = 50257;
         let x = rnd(&[n, v], 15, bf).to_device(dev);

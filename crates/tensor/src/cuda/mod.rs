@@ -57,6 +57,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("index", include_str!("kernels/index.cu")),
     ("fused", include_str!("kernels/fused.cu")),
     ("layers", include_str!("kernels/layers.cu")),
+    ("flash", include_str!("kernels/flash.cu")),
 ];
 
 pub struct CudaDevice {

@@ -1,0 +1,342 @@
+// Flash attention (bf16, head_dim D in {32, 64, 128}) on tensor cores: mma.sync m16n8k16 with
+// bf16 inputs and f32 accumulation; softmax statistics in f32. Never materializes the [T, S]
+// scores: forward keeps an online softmax per query row and stores O and the row log-sum-exp;
+// backward recomputes P from the LSE. Backward is two kernels, deterministic (no atomics):
+// dK/dV parallel over key tiles, dQ parallel over query tiles.
+//
+// Layouts: q [B, H, T, D], k/v [B, H, S, D] as strided views (element strides for b, h, row; the
+// last dim contiguous; the host checks even strides so bf16 pairs are 4-byte aligned). Outputs
+// (O, dQ, dK, dV) are written [B, rows, H, D] contiguous. LSE and delta are [B·H, T] f32.
+// Masks: causal = query i sees keys j <= i + (S - T); pad (u8 [B, S], may be null) = 0 hides a key.
+//
+// Fragment layouts (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4):
+//   A 16x16 row-major: reg0 = (row g, cols 2t, 2t+1), reg1 = (row g+8, same cols),
+//                      reg2 = (row g, cols 2t+8, 2t+9), reg3 = (row g+8, cols 2t+8, 2t+9)
+//   B 16x8 (k x n):    reg0 = (k 2t, 2t+1; n g), reg1 = (k 2t+8, 2t+9; n g)
+//   C 16x8 f32:        c0, c1 = (row g, cols 2t, 2t+1), c2, c3 = (row g+8, same cols)
+// Two bf16 per 32-bit register, the lower index in the low half.
+
+#define FA_WARPS 4
+#define FA_TILE 64
+
+__device__ __forceinline__ void mma_bf16(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+__device__ __forceinline__ u32 pack_raw(unsigned short lo, unsigned short hi) { return (u32)lo | ((u32)hi << 16); }
+__device__ __forceinline__ float fa_exp2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+#define FA_NEG_INF (-1.0f / 0.0f)
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+struct FaDims {
+    u32 b, h, t, s;       // batch, heads, queries, keys
+    u32 qs[3], ks[3], vs[3]; // element strides (batch, head, row) of q, k, v
+    float scale;
+    int causal;
+};
+
+// A 16-row fragment set of a [rows, D] bf16 matrix in global memory (rows past `n` read as 0).
+template <int D> __device__ __forceinline__ void load_a_global(u32 (*a)[4], const bf16* base, u32 row_stride, u32 r0, u32 n) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    u32 ra = r0 + g, rb = r0 + g + 8;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        u32 c = ks * 16 + 2 * t;
+        a[ks][0] = ra < n ? *(const u32*)(base + (u64)ra * row_stride + c) : 0;
+        a[ks][1] = rb < n ? *(const u32*)(base + (u64)rb * row_stride + c) : 0;
+        a[ks][2] = ra < n ? *(const u32*)(base + (u64)ra * row_stride + c + 8) : 0;
+        a[ks][3] = rb < n ? *(const u32*)(base + (u64)rb * row_stride + c + 8) : 0;
+    }
+}
+
+// Cooperative copy of rows [r0, r0 + FA_TILE) of a [n, D] strided matrix into shared [FA_TILE][D + 8]
+// (padding rows past n with zeros). 32-bit copies.
+template <int D> __device__ __forceinline__ void load_tile(unsigned short (*sm)[D + 8], const bf16* base, u32 row_stride, u32 r0, u32 n) {
+    const int words = D / 2;
+    for (int i = threadIdx.x; i < FA_TILE * words; i += blockDim.x) {
+        int r = i / words, w = i % words;
+        u32 v = (r0 + r < n) ? *(const u32*)(base + (u64)(r0 + r) * row_stride + 2 * w) : 0;
+        *(u32*)&sm[r][2 * w] = v;
+    }
+}
+
+// Whether query row i may see key j.
+__device__ __forceinline__ bool fa_visible(const FaDims& d, const u8* pad, u32 bi, u32 i, u32 j) {
+    if (j >= d.s || i >= d.t) return false;
+    if (d.causal && j > i + (d.s - d.t)) return false;
+    if (pad && !pad[(u64)bi * d.s + j]) return false;
+    return true;
+}
+
+template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) {
+    __shared__ unsigned short ks_[FA_TILE][D + 8], vs_[FA_TILE][D + 8];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
+    u32 q0 = blockIdx.x * (FA_WARPS * 16), wq = q0 + warp * 16;
+    const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
+    const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
+    const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
+    u32 qa[D / 16][4];
+    load_a_global<D>(qa, qb, d.qs[2], wq, d.t);
+    float acc[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    float m[2] = {FA_NEG_INF, FA_NEG_INF}, l[2] = {0.f, 0.f};
+    const float sl2 = d.scale * LOG2E;
+    // Keys any query of this block can see.
+    u32 kend = d.s;
+    if (d.causal) kend = min(d.s, q0 + FA_WARPS * 16 + (d.s - d.t));
+    for (u32 k0 = 0; k0 < kend; k0 += FA_TILE) {
+        __syncthreads();
+        load_tile<D>(ks_, kb, d.ks[2], k0, d.s);
+        load_tile<D>(vs_, vb, d.vs[2], k0, d.s);
+        __syncthreads();
+        float sc[FA_TILE / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_TILE / 8; ++nt) {
+            sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                u32 b0 = *(const u32*)&ks_[nt * 8 + g][kk * 16 + 2 * t];
+                u32 b1 = *(const u32*)&ks_[nt * 8 + g][kk * 16 + 8 + 2 * t];
+                mma_bf16(sc[nt], qa[kk], b0, b1);
+            }
+        }
+        // Scale (log2 domain), mask, row maxima over the 4 lanes sharing a row.
+        float mx[2] = {FA_NEG_INF, FA_NEG_INF};
+#pragma unroll
+        for (int nt = 0; nt < FA_TILE / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                u32 i = wq + g + (e >> 1) * 8, j = k0 + nt * 8 + 2 * t + (e & 1);
+                float x = fa_visible(d, pad, bi, i, j) ? sc[nt][e] * sl2 : FA_NEG_INF;
+                sc[nt][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        float corr[2], base[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            float mn = fmaxf(m[r], mx[r]);
+            base[r] = mn == FA_NEG_INF ? 0.f : mn; // a row with nothing visible yet: exp2(-inf) = 0
+            corr[r] = fa_exp2(m[r] - base[r]);
+            m[r] = mn;
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) { acc[i][0] *= corr[0]; acc[i][1] *= corr[0]; acc[i][2] *= corr[1]; acc[i][3] *= corr[1]; }
+        // P = exp2(s - m), row sums (this lane's part; lanes are combined at the end), P·V.
+#pragma unroll
+        for (int kk = 0; kk < FA_TILE / 16; ++kk) {
+            float p[2][4];
+#pragma unroll
+            for (int h2 = 0; h2 < 2; ++h2)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float x = fa_exp2(sc[2 * kk + h2][e] - base[e >> 1]);
+                    p[h2][e] = x;
+                    l[e >> 1] += x;
+                }
+            u32 pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]), pack_bf16(p[1][0], p[1][1]), pack_bf16(p[1][2], p[1][3])};
+#pragma unroll
+            for (int nd = 0; nd < D / 8; ++nd) {
+                u32 b0 = pack_raw(vs_[kk * 16 + 2 * t][nd * 8 + g], vs_[kk * 16 + 2 * t + 1][nd * 8 + g]);
+                u32 b1 = pack_raw(vs_[kk * 16 + 8 + 2 * t][nd * 8 + g], vs_[kk * 16 + 9 + 2 * t][nd * 8 + g]);
+                mma_bf16(acc[nd], pa, b0, b1);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        u32 i = wq + g + r * 8;
+        if (i >= d.t) continue;
+        float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+        bf16* orow = o + (((u64)bi * d.t + i) * d.h + hi) * D;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) *(u32*)(orow + nd * 8 + 2 * t) = pack_bf16(acc[nd][2 * r] * inv, acc[nd][2 * r + 1] * inv);
+        // Natural-log LSE; +inf for a row that sees no key (backward's exp(s - lse) is then 0).
+        if (t == 0) lse[(u64)bh * d.t + i] = l[r] > 0.f ? (m[r] + log2f(l[r])) * LN2 : 1.0f / 0.0f;
+    }
+}
+
+// delta[bh, i] = Σ_d dO[i, d] · O[i, d] (O as written by the forward, dO strided like q).
+template <int D> __device__ void fa_delta_k(const bf16* o, const bf16* dout, float* delta, FaDims d, u32 dstr0, u32 dstr1, u32 dstr2) {
+    u32 n = d.b * d.h * d.t;
+    for (u32 r = blockIdx.x * blockDim.x + threadIdx.x; r < n; r += gridDim.x * blockDim.x) {
+        u32 i = r % d.t, bh = r / d.t, bi = bh / d.h, hi = bh % d.h;
+        const bf16* orow = o + (((u64)bi * d.t + i) * d.h + hi) * D;
+        const bf16* grow = dout + (u64)bi * dstr0 + (u64)hi * dstr1 + (u64)i * dstr2;
+        float s = 0.f;
+        for (int c = 0; c < D; ++c) s += ld(orow[c]) * ld(grow[c]);
+        delta[r] = s;
+    }
+}
+
+// dK, dV for 16 keys per warp, looping over query tiles. dout strided (do_s: batch, head, row).
+template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 ds0, u32 ds1, u32 ds2) {
+    __shared__ unsigned short qs_[FA_TILE][D + 8], gs_[FA_TILE][D + 8];
+    __shared__ float lse_s[FA_TILE], del_s[FA_TILE];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
+    u32 k0 = blockIdx.x * (FA_WARPS * 16), wk = k0 + warp * 16;
+    const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
+    const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
+    const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
+    const bf16* gb = dout + (u64)bi * ds0 + (u64)hi * ds1;
+    u32 ka[D / 16][4], va[D / 16][4];
+    load_a_global<D>(ka, kb, d.ks[2], wk, d.s);
+    load_a_global<D>(va, vb, d.vs[2], wk, d.s);
+    float dka[D / 8][4], dva[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dka[i][e] = dva[i][e] = 0.f;
+    // Queries that can see any key of this block.
+    u32 qstart = 0;
+    if (d.causal) qstart = k0 > (d.s - d.t) ? k0 - (d.s - d.t) : 0;
+    qstart = (qstart / FA_TILE) * FA_TILE;
+    for (u32 q0 = qstart; q0 < d.t; q0 += FA_TILE) {
+        __syncthreads();
+        load_tile<D>(qs_, qb, d.qs[2], q0, d.t);
+        load_tile<D>(gs_, gb, ds2, q0, d.t);
+        for (int i = threadIdx.x; i < FA_TILE; i += blockDim.x) {
+            lse_s[i] = q0 + i < d.t ? lse[(u64)bh * d.t + q0 + i] : 1.0f / 0.0f;
+            del_s[i] = q0 + i < d.t ? delta[(u64)bh * d.t + q0 + i] : 0.f;
+        }
+        __syncthreads();
+        // S^T = K Q^T and dP^T = V dO^T: rows = this warp's 16 keys, cols = the tile's queries.
+        float st[FA_TILE / 8][4], dpt[FA_TILE / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_TILE / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                mma_bf16(st[nt], ka[kk], *(const u32*)&qs_[nt * 8 + g][kk * 16 + 2 * t], *(const u32*)&qs_[nt * 8 + g][kk * 16 + 8 + 2 * t]);
+                mma_bf16(dpt[nt], va[kk], *(const u32*)&gs_[nt * 8 + g][kk * 16 + 2 * t], *(const u32*)&gs_[nt * 8 + g][kk * 16 + 8 + 2 * t]);
+            }
+        }
+        // P^T = exp(s·scale − lse_i); dS^T = P^T ∘ (dP^T − delta_i).
+#pragma unroll
+        for (int nt = 0; nt < FA_TILE / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                u32 j = wk + g + (e >> 1) * 8, qi = nt * 8 + 2 * t + (e & 1), i = q0 + qi;
+                float p = fa_visible(d, pad, bi, i, j) ? fa_exp2((st[nt][e] * d.scale - lse_s[qi]) * LOG2E) : 0.f;
+                st[nt][e] = p;
+                dpt[nt][e] = p * (dpt[nt][e] - del_s[qi]);
+            }
+        // dV += P^T dO, dK += dS^T Q (k = query index).
+#pragma unroll
+        for (int kk = 0; kk < FA_TILE / 16; ++kk) {
+            u32 pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]), pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]), pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+            u32 sa[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]), pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]), pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < D / 8; ++nd) {
+                u32 r0 = kk * 16 + 2 * t, c = nd * 8 + g;
+                mma_bf16(dva[nd], pa, pack_raw(gs_[r0][c], gs_[r0 + 1][c]), pack_raw(gs_[r0 + 8][c], gs_[r0 + 9][c]));
+                mma_bf16(dka[nd], sa, pack_raw(qs_[r0][c], qs_[r0 + 1][c]), pack_raw(qs_[r0 + 8][c], qs_[r0 + 9][c]));
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        u32 j = wk + g + r * 8;
+        if (j >= d.s) continue;
+        bf16* krow = dk + (((u64)bi * d.s + j) * d.h + hi) * D;
+        bf16* vrow = dv + (((u64)bi * d.s + j) * d.h + hi) * D;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+            *(u32*)(krow + nd * 8 + 2 * t) = pack_bf16(dka[nd][2 * r] * d.scale, dka[nd][2 * r + 1] * d.scale);
+            *(u32*)(vrow + nd * 8 + 2 * t) = pack_bf16(dva[nd][2 * r], dva[nd][2 * r + 1]);
+        }
+    }
+}
+
+// dQ for 16 queries per warp, looping over key tiles.
+template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dq, FaDims d, u32 ds0, u32 ds1, u32 ds2) {
+    __shared__ unsigned short ks_[FA_TILE][D + 8], vs_[FA_TILE][D + 8];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
+    u32 q0 = blockIdx.x * (FA_WARPS * 16), wq = q0 + warp * 16;
+    const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
+    const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
+    const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
+    const bf16* gb = dout + (u64)bi * ds0 + (u64)hi * ds1;
+    u32 qa[D / 16][4], ga[D / 16][4];
+    load_a_global<D>(qa, qb, d.qs[2], wq, d.t);
+    load_a_global<D>(ga, gb, ds2, wq, d.t);
+    float lr[2], dr[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        u32 i = wq + g + r * 8;
+        lr[r] = i < d.t ? lse[(u64)bh * d.t + i] : 1.0f / 0.0f;
+        dr[r] = i < d.t ? delta[(u64)bh * d.t + i] : 0.f;
+    }
+    float dqa[D / 8][4];
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
+    u32 kend = d.s;
+    if (d.causal) kend = min(d.s, q0 + FA_WARPS * 16 + (d.s - d.t));
+    for (u32 k0 = 0; k0 < kend; k0 += FA_TILE) {
+        __syncthreads();
+        load_tile<D>(ks_, kb, d.ks[2], k0, d.s);
+        load_tile<D>(vs_, vb, d.vs[2], k0, d.s);
+        __syncthreads();
+        float sc[FA_TILE / 8][4], dp[FA_TILE / 8][4];
+#pragma unroll
+        for (int nt = 0; nt < FA_TILE / 8; ++nt) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sc[nt][e] = dp[nt][e] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < D / 16; ++kk) {
+                mma_bf16(sc[nt], qa[kk], *(const u32*)&ks_[nt * 8 + g][kk * 16 + 2 * t], *(const u32*)&ks_[nt * 8 + g][kk * 16 + 8 + 2 * t]);
+                mma_bf16(dp[nt], ga[kk], *(const u32*)&vs_[nt * 8 + g][kk * 16 + 2 * t], *(const u32*)&vs_[nt * 8 + g][kk * 16 + 8 + 2 * t]);
+            }
+        }
+#pragma unroll
+        for (int nt = 0; nt < FA_TILE / 8; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                u32 i = wq + g + (e >> 1) * 8, j = k0 + nt * 8 + 2 * t + (e & 1);
+                float p = fa_visible(d, pad, bi, i, j) ? fa_exp2((sc[nt][e] * d.scale - lr[e >> 1]) * LOG2E) : 0.f;
+                sc[nt][e] = p * (dp[nt][e] - dr[e >> 1]);
+            }
+        // dQ += dS K (k = key index).
+#pragma unroll
+        for (int kk = 0; kk < FA_TILE / 16; ++kk) {
+            u32 sa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]), pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]), pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
+#pragma unroll
+            for (int nd = 0; nd < D / 8; ++nd) {
+                u32 r0 = kk * 16 + 2 * t, c = nd * 8 + g;
+                mma_bf16(dqa[nd], sa, pack_raw(ks_[r0][c], ks_[r0 + 1][c]), pack_raw(ks_[r0 + 8][c], ks_[r0 + 9][c]));
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        u32 i = wq + g + r * 8;
+        if (i >= d.t) continue;
+        bf16* row = dq + (((u64)bi * d.t + i) * d.h + hi) * D;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) *(u32*)(row + nd * 8 + 2 * t) = pack_bf16(dqa[nd][2 * r] * d.scale, dqa[nd][2 * r + 1] * d.scale);
+    }
+}
+
+#define FA(DIM) \
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) fa_fwd_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) { fa_fwd_k<DIM>(q, k, v, pad, o, lse, d); } \
+extern "C" __global__ void fa_delta_d##DIM(const bf16* o, const bf16* dout, float* delta, FaDims d, u32 s0, u32 s1, u32 s2) { fa_delta_k<DIM>(o, dout, delta, d, s0, s1, s2); } \
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) fa_bwd_kv_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_kv_k<DIM>(q, k, v, pad, dout, lse, delta, dk, dv, d, s0, s1, s2); } \
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) fa_bwd_q_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dq, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_q_k<DIM>(q, k, v, pad, dout, lse, delta, dq, d, s0, s1, s2); }
+FA(32)
+FA(64)
+FA(128)

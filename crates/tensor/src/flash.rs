@@ -1,0 +1,174 @@
+//! Flash attention on CUDA (kernels/flash.cu): bf16 q/k/v with head_dim 32, 64 or 128, no mask,
+//! causal, or key padding; tensor-core tiles, f32 softmax statistics, never materializing the
+//! [B, H, T, S] scores. `attention` (ops.rs) uses it when `supported` says so and falls back to
+//! the composite (its twin, `attention_slow`) otherwise.
+//!
+//! The output is stored [B, T, H, D] and returned as its [B, H, T, D] view, so the usual
+//! `transpose(1, 2).reshape([B, T, C])` after attention is free; gradients come back the same way.
+//! Backward: delta = rowsum(dO ∘ O), then dK/dV (parallel over key tiles) and dQ (over query
+//! tiles) recompute P = exp(scale · QKᵀ − lse): no atomics, so results are deterministic.
+
+use crate::cuda::{Args, CudaStorage};
+use crate::fused::cuda_ptr;
+use crate::op::Op;
+use crate::ops::AttnMask;
+use crate::tensor::Storage;
+use crate::{DType, Tensor};
+
+/// Mirrors `struct FaDims` in kernels/flash.cu.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FaDims {
+    b: u32,
+    h: u32,
+    t: u32,
+    s: u32,
+    qs: [u32; 3],
+    ks: [u32; 3],
+    vs: [u32; 3],
+    scale: f32,
+    causal: i32,
+}
+
+const TILE: usize = 64;
+
+/// (batch, head, row) strides of a [B, H, rows, D] view whose last dim is contiguous and whose
+/// strides and offset are even (bf16 pairs are read as 32-bit words); None otherwise.
+fn bhr_strides(x: &Tensor) -> Option<[u32; 3]> {
+    let l = x.layout();
+    let st = &l.strides;
+    if st[3] != 1 || l.offset % 2 != 0 {
+        return None;
+    }
+    let s = [st[0], st[1], st[2]];
+    if s.iter().any(|&v| v % 2 != 0 || u32::try_from(v).is_err()) {
+        return None;
+    }
+    Some([s[0] as u32, s[1] as u32, s[2] as u32])
+}
+
+/// Whether the flash kernels take these inputs (else `attention` uses the composite).
+pub(crate) fn supported(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> bool {
+    if std::env::var_os("FMLAB_FLASH").is_some_and(|v| v == "0") {
+        return false;
+    }
+    if !(q.device().is_cuda() && [q, k, v].iter().all(|t| t.dtype() == DType::BF16 && t.rank() == 4)) {
+        return false;
+    }
+    let d = q.dim(3);
+    let (b, h, t, s) = (q.dim(0), q.dim(1), q.dim(2), k.dim(2));
+    let shapes = k.shape() == [b, h, s, d] && v.shape() == [b, h, s, d] && matches!(d, 32 | 64 | 128) && t > 0 && s > 0;
+    let mask_ok = match mask {
+        AttnMask::None => true,
+        AttnMask::Causal => s >= t,
+        AttnMask::KeyPadding(p) => p.shape() == [b, s] && p.dtype() == DType::U8,
+        AttnMask::Custom(_) => false,
+    };
+    let fits = (b * h * t.max(s) * d) < u32::MAX as usize / 2;
+    shapes && mask_ok && fits && [q, k, v].iter().all(|x| bhr_strides(x).is_some())
+}
+
+fn dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> FaDims {
+    FaDims {
+        b: q.dim(0) as u32,
+        h: q.dim(1) as u32,
+        t: q.dim(2) as u32,
+        s: k.dim(2) as u32,
+        qs: bhr_strides(q).unwrap(),
+        ks: bhr_strides(k).unwrap(),
+        vs: bhr_strides(v).unwrap(),
+        scale: scale as f32,
+        causal: causal as i32,
+    }
+}
+
+fn at(t: &Tensor) -> u64 {
+    t.with_storage(|s| match s {
+        Storage::Cuda(c) => c.at(t.layout().offset),
+        s => panic!("flash attention: a tensor on {}", s.device()),
+    })
+}
+
+/// softmax(scale · q kᵀ + mask) v for supported inputs (see `supported`).
+pub(crate) fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Tensor {
+    let (b, h, t, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
+    let scale = 1.0 / (d as f64).sqrt();
+    let causal = matches!(mask, AttnMask::Causal);
+    let pad = match mask {
+        AttnMask::KeyPadding(p) => Some(p.to_device(q.device()).contiguous()),
+        _ => None,
+    };
+    let fd = dims(q, k, v, causal, scale);
+    let dev = q.with_storage(|s| match s {
+        Storage::Cuda(c) => c.dev.clone(),
+        _ => unreachable!(),
+    });
+    let o = CudaStorage::alloc(&dev, DType::BF16, b * t * h * d);
+    let lse = Tensor::zeros_on(&[b * h * t], DType::F32, q.device());
+    Args::new()
+        .push(at(q))
+        .push(at(k))
+        .push(at(v))
+        .push(pad.as_ref().map_or(0, cuda_ptr))
+        .push(o.ptr)
+        .push(cuda_ptr(&lse))
+        .push(fd)
+        .launch3(&dev, &format!("fa_fwd_d{d}"), (t.div_ceil(TILE) as u32, (b * h) as u32, 1), (128, 1, 1), 0);
+    let o = Tensor::from_any(Storage::Cuda(o), &[b, t, h, d], None);
+    let tracked = crate::grad_enabled() && [q, k, v].iter().any(|x| x.track_grad());
+    let o = if tracked { o.with_op(Op::FlashAttention(q.clone(), k.clone(), v.clone(), o.clone(), lse, pad, causal, scale)) } else { o };
+    o.transpose(1, 2) // [B, H, T, D] view of [B, T, H, D]
+}
+
+/// (dq, dk, dv) for the upstream gradient `g` of the [B, T, H, D] output.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &Tensor, lse: &Tensor, pad: Option<&Tensor>, causal: bool, scale: f64, g: &Tensor) -> (Tensor, Tensor, Tensor) {
+    let (b, h, t, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
+    let s = k.dim(2);
+    // g is [B, T, H, D]; the kernels index it as [B, H, T, D] with strides.
+    let g = if g.dtype() == DType::BF16 { g.clone() } else { g.to_dtype(DType::BF16) };
+    let g = if bhr_strides(&g.transpose(1, 2)).is_some() { g } else { g.contiguous() };
+    let gs = bhr_strides(&g.transpose(1, 2)).unwrap();
+    let fd = dims(q, k, v, causal, scale);
+    let dev = q.with_storage(|st| match st {
+        Storage::Cuda(c) => c.dev.clone(),
+        _ => unreachable!(),
+    });
+    let delta = Tensor::zeros_on(&[b * h * t], DType::F32, q.device());
+    let n = b * h * t;
+    Args::new().push(cuda_ptr(o)).push(at(&g)).push(cuda_ptr(&delta)).push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch(&dev, &format!("fa_delta_d{d}"), crate::cuda::grid_for(n, 256), 256, 0);
+    let (dk, dv) = (CudaStorage::alloc(&dev, DType::BF16, b * s * h * d), CudaStorage::alloc(&dev, DType::BF16, b * s * h * d));
+    let pp = pad.map_or(0, cuda_ptr);
+    Args::new()
+        .push(at(q))
+        .push(at(k))
+        .push(at(v))
+        .push(pp)
+        .push(at(&g))
+        .push(cuda_ptr(lse))
+        .push(cuda_ptr(&delta))
+        .push(dk.ptr)
+        .push(dv.ptr)
+        .push(fd)
+        .push(gs[0])
+        .push(gs[1])
+        .push(gs[2])
+        .launch3(&dev, &format!("fa_bwd_kv_d{d}"), (s.div_ceil(TILE) as u32, (b * h) as u32, 1), (128, 1, 1), 0);
+    let dq = CudaStorage::alloc(&dev, DType::BF16, b * t * h * d);
+    Args::new()
+        .push(at(q))
+        .push(at(k))
+        .push(at(v))
+        .push(pp)
+        .push(at(&g))
+        .push(cuda_ptr(lse))
+        .push(cuda_ptr(&delta))
+        .push(dq.ptr)
+        .push(fd)
+        .push(gs[0])
+        .push(gs[1])
+        .push(gs[2])
+        .launch3(&dev, &format!("fa_bwd_q_d{d}"), (t.div_ceil(TILE) as u32, (b * h) as u32, 1), (128, 1, 1), 0);
+    let view = |st: CudaStorage, rows: usize| Tensor::from_any(Storage::Cuda(st), &[b, rows, h, d], None).transpose(1, 2);
+    (view(dq, t), view(dk, s), view(dv, s))
+}
