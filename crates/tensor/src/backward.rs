@@ -149,8 +149,11 @@ impl Tensor {
                     for (i, &d) in p.iter().enumerate() {
                         inv[d] = i;
                     }
-                    add(x, g.permute(&inv).contiguous())
+                    // A view: a consumer that needs contiguous data copies it then (often none does:
+                    // a transpose of a transpose, or a kernel taking strides).
+                    add(x, g.permute(&inv))
                 }
+                Op::Narrow(x, dim, start) if g.device().is_cuda() => add(x, pad_narrow_cuda(&g, x.shape(), *dim, *start)),
                 Op::Narrow(x, dim, start) => {
                     let (dim, start) = (*dim, *start);
                     let len = node.dim(dim);
@@ -213,6 +216,24 @@ impl Tensor {
         }
         out
     }
+}
+
+/// Narrow's gradient on a GPU: zeros of the input's shape (a memset) with `g` copied into the
+/// narrowed slice — one copy kernel instead of a concatenation that also copies the zero parts.
+fn pad_narrow_cuda(g: &Tensor, shape: &[usize], dim: usize, start: usize) -> Tensor {
+    use crate::tensor::Storage;
+    let n: usize = shape.iter().product();
+    let st = g.with_storage(|s| {
+        let Storage::Cuda(c) = s else { unreachable!() };
+        let out = crate::cuda::CudaStorage::zeros(c.device(), g.dtype(), n);
+        let ost = crate::layout::contiguous_strides(shape);
+        let dl = crate::Layout { shape: g.shape().to_vec(), strides: ost.clone(), offset: start * ost[dim] };
+        if g.numel() > 0 {
+            c.copy_into(g.layout(), &out, &dl);
+        }
+        Storage::Cuda(out)
+    });
+    Tensor::from_any(st, shape, None)
 }
 
 fn sign(x: &Tensor) -> Tensor {

@@ -378,6 +378,15 @@ fn column_reductions() {
         }
         let x = rnd(&[40, 30, 9], 81, dt);
         same("sum dims 0,1", &[x.clone()], tol, |v| v[0].sum(&[0, 1], false));
+        // Row broadcast (the bias-add vector path) and narrow's gradient (memset + slice copy).
+        same("row broadcast add", &[rnd(&[97, 64], 82, dt), rnd(&[64], 83, dt)], tol, |v| v[0].add(&v[1]));
+        same("row broadcast mul", &[rnd(&[3, 5, 16], 84, dt), rnd(&[16], 85, dt)], tol, |v| v[0].mul(&v[1]));
+        let run = |dev: Device| {
+            let x = Tensor::new_var(&rnd(&[4, 12, 5], 86, dt).to_device(dev));
+            x.narrow(1, 3, 4).sum_all().add(&x.narrow(1, 9, 3).scale(2.0).sum_all()).to_dtype(DType::F32).backward();
+            x.grad().unwrap()
+        };
+        close("narrow backward", &run(gpu()), &run(Device::Cpu), tol);
     }
 }
 

@@ -223,6 +223,13 @@ impl CudaStorage {
                 Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(code as i32).launch(&self.dev, &format!("binary_vec_{}", sfx(self.dtype)), blocks, 256, 0);
                 return out;
             }
+            // Row broadcast (a bias): a contiguous [rows, cols], b [cols] repeated.
+            let v = 16 / self.dtype.size_in_bytes();
+            if g.rank == 2 && g.st[0][1] == 1 && g.st[0][0] == g.shape[1] && g.st[1][0] == 0 && g.st[1][1] == 1 && g.shape[1] as usize % v == 0 && aligned16(&[self.at(la.offset), rhs.at(lb.offset), out.ptr]) {
+                let blocks = grid_for(n / v, 256);
+                Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(g.shape[1]).push(code as i32).launch(&self.dev, &format!("binary_rowbc_{}", sfx(self.dtype)), blocks, 256, 0);
+                return out;
+            }
             Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).push(contig as i32).launch(&self.dev, &format!("binary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
         }
         out

@@ -102,7 +102,22 @@ template <typename T> __device__ void binary_vec_k(const T* a, const T* b, T* y,
     for (u32 i = nv * V + tid; i < n; i += stride) y[i] = st<T>(binary_f<A>(op, (A)ld(a[i]), (A)ld(b[i])));
 }
 
+// a [rows, cols] contiguous op b [cols] broadcast over rows (bias adds): cols a multiple of the
+// vector width, operands 16-byte aligned.
+template <typename T> __device__ void binary_rowbc_k(const T* a, const T* b, T* y, u32 n, u32 cols, int op) {
+    typedef typename Acc<T>::t A;
+    VEC_LOOP(T, n)
+    const u32 cv = cols / V;
+    for (u32 i = tid; i < nv; i += stride) {
+        Pack<T> pa = ((const Pack<T>*)a)[i], pb = ((const Pack<T>*)b)[i % cv], r;
+#pragma unroll
+        for (u32 k = 0; k < V; ++k) r.v[k] = st<T>(binary_f<A>(op, (A)ld(pa.v[k]), (A)ld(pb.v[k])));
+        ((Pack<T>*)y)[i] = r;
+    }
+}
+
 #define FLOAT_KERNELS(T, N) \
+extern "C" __global__ void binary_rowbc_##N(const T* a, const T* b, T* y, u32 n, u32 cols, int op) { binary_rowbc_k<T>(a, b, y, n, cols, op); } \
 extern "C" __global__ void unary_vec_##N(const T* x, T* y, u32 n, int op, double p0, double p1) { unary_vec_k<T>(x, y, n, op, p0, p1); } \
 extern "C" __global__ void binary_vec_##N(const T* a, const T* b, T* y, u32 n, int op) { binary_vec_k<T>(a, b, y, n, op); } \
 extern "C" __global__ void unary_##N(const T* x, T* y, Geom g, int op, double p0, double p1, int contig) { unary_k<T>(x, y, g, op, p0, p1, contig); } \

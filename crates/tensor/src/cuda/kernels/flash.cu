@@ -107,12 +107,15 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
         }
         // Scale (log2 domain), mask, row maxima over the 4 lanes sharing a row.
         float mx[2] = {FA_NEG_INF, FA_NEG_INF};
+        // Interior tiles (every key exists and is visible to every row of this warp) skip the
+        // per-element mask. Rows past T are never stored, so they need no mask.
+        bool masked = k0 + FA_TILE > d.s || pad || (d.causal && k0 + FA_TILE - 1 > wq + (d.s - d.t));
 #pragma unroll
         for (int nt = 0; nt < FA_TILE / 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 u32 i = wq + g + (e >> 1) * 8, j = k0 + nt * 8 + 2 * t + (e & 1);
-                float x = fa_visible(d, pad, bi, i, j) ? sc[nt][e] * sl2 : FA_NEG_INF;
+                float x = (!masked || fa_visible(d, pad, bi, i, j)) ? sc[nt][e] * sl2 : FA_NEG_INF;
                 sc[nt][e] = x;
                 mx[e >> 1] = fmaxf(mx[e >> 1], x);
             }
@@ -225,13 +228,15 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
                 mma_bf16(dpt[nt], va[kk], *(const u32*)&gs_[nt * 8 + g][kk * 16 + 2 * t], *(const u32*)&gs_[nt * 8 + g][kk * 16 + 8 + 2 * t]);
             }
         }
-        // P^T = exp(s·scale − lse_i); dS^T = P^T ∘ (dP^T − delta_i).
+        // P^T = exp(s·scale − lse_i); dS^T = P^T ∘ (dP^T − delta_i). Unmasked interior tiles:
+        // queries past T have lse = +inf (P = 0); keys past S are rows never stored.
+        bool masked = pad || (d.causal && wk + 15 > q0 + (d.s - d.t));
 #pragma unroll
         for (int nt = 0; nt < FA_TILE / 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 u32 j = wk + g + (e >> 1) * 8, qi = nt * 8 + 2 * t + (e & 1), i = q0 + qi;
-                float p = fa_visible(d, pad, bi, i, j) ? fa_exp2((st[nt][e] * d.scale - lse_s[qi]) * LOG2E) : 0.f;
+                float p = (!masked || fa_visible(d, pad, bi, i, j)) ? fa_exp2((st[nt][e] * d.scale - lse_s[qi]) * LOG2E) : 0.f;
                 st[nt][e] = p;
                 dpt[nt][e] = p * (dpt[nt][e] - del_s[qi]);
             }
@@ -303,12 +308,13 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
                 mma_bf16(dp[nt], ga[kk], *(const u32*)&vs_[nt * 8 + g][kk * 16 + 2 * t], *(const u32*)&vs_[nt * 8 + g][kk * 16 + 8 + 2 * t]);
             }
         }
+        bool masked = k0 + FA_TILE > d.s || pad || (d.causal && k0 + FA_TILE - 1 > wq + (d.s - d.t));
 #pragma unroll
         for (int nt = 0; nt < FA_TILE / 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 u32 i = wq + g + (e >> 1) * 8, j = k0 + nt * 8 + 2 * t + (e & 1);
-                float p = fa_visible(d, pad, bi, i, j) ? fa_exp2((sc[nt][e] * d.scale - lr[e >> 1]) * LOG2E) : 0.f;
+                float p = (!masked || fa_visible(d, pad, bi, i, j)) ? fa_exp2((sc[nt][e] * d.scale - lr[e >> 1]) * LOG2E) : 0.f;
                 sc[nt][e] = p * (dp[nt][e] - dr[e >> 1]);
             }
         // dQ += dS K (k = key index).
