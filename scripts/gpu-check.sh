@@ -22,7 +22,12 @@ for l in sys.stdin:
     m=json.loads(l)
     if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"] in ("cuda_ops","grad_check","gpt2_parity"):
         print(m["target"]["name"], m["executable"])' | while read -r name exe; do cp "$exe" "gpu/$name"; done
-  strip gpu/* ; ls -la gpu; du -sh gpu
+  strip gpu/* ; ls -la gpu
+  # For `curve`: the GPT-2 tokenizer and the Shakespeare plays (a real corpus, 5 MB).
+  c=${FMLAB_CACHE:-.cache/fmlab}
+  mkdir -p gpu/data/gpt2 gpu/data/shakespeare
+  cp "$c"/gpt2/encoder.json "$c"/gpt2/vocab.bpe gpu/data/gpt2/ && cp "$c"/shakespeare/*.txt gpu/data/shakespeare/
+  du -sh gpu
   ;;
 run)
   [ -x gpu/fmlab ] || { echo "gpu/ is missing: run 'scripts/gpu-check.sh build' on the dev machine and carry gpu/"; exit 1; }
@@ -60,6 +65,35 @@ PY
     # Standalone kernel benchmarks at the training step's shapes, each checked against the CPU.
     ops=$(gpu/fmlab bench ops --device cuda 2>&1); echo "$ops"
     summary+=("$(echo "$ops" | grep '^|')") ;;
+  curve)
+    # The same seeded training run on the CPU engine (fp32) and on the GPU (fp32, and bf16 mixed
+    # precision): cpu-small (d128 L4 H4, head_dim 32: flash attention in bf16) on Shakespeare.
+    n=${CURVE_STEPS:-150}; R=/tmp/fmlab-curve; rm -rf $R
+    for cfg in "cpu fp32" "cuda fp32" "cuda bf16"; do
+      set -- $cfg
+      FMLAB_CACHE=$PWD/gpu/data gpu/fmlab train gpt --preset cpu-small --tokenizer gpt2 --data gpu/data/shakespeare \
+        --batch 8 --seq 128 --steps "$n" --warmup 20 --eval-every 50 --eval-batches 4 --checkpoint-every "$n" --seed 1337 \
+        --device "$1" --precision "$2" --out "$R/$1-$2" 2>&1 | tail -2
+    done
+    summary+=("$(python3 - "$R" "$n" <<'PY'
+import json, sys, os
+R, n = sys.argv[1], int(sys.argv[2])
+runs = ["cpu-fp32", "cuda-fp32", "cuda-bf16"]
+loss = {}
+for r in runs:
+    loss[r] = {}
+    for l in open(os.path.join(R, r, "metrics.jsonl")):
+        m = json.loads(l)
+        if "loss" in m and "step" in m: loss[r][m["step"]] = m["loss"]
+steps = sorted(set(loss["cpu-fp32"]) & set(loss["cuda-fp32"]) & set(loss["cuda-bf16"]))
+pick = [s for s in steps if s in (1, 2, 5, 10) or s % 25 == 0 or s == steps[-1]]
+out = ["| step | CPU fp32 loss | GPU fp32 loss | GPU bf16 loss | GPU fp32 − CPU | GPU bf16 − CPU |", "|---|---|---|---|---|---|"]
+for s in pick:
+    c, g, b = loss["cpu-fp32"][s], loss["cuda-fp32"][s], loss["cuda-bf16"][s]
+    out.append(f"| {s} | {c:.4f} | {g:.4f} | {b:.4f} | {g - c:+.4f} | {b - c:+.4f} |")
+print("\n".join(out))
+PY
+)") ;;
   profile)
     # Where the time goes: per-kernel breakdown of 2 steps (synchronized around each launch).
     FMLAB_CUDA_PROFILE=1 gpu/fmlab bench train --preset gpt2-mini --batch "${BENCH_BATCH:-32}" --seq "${BENCH_SEQ:-1024}" --steps 2 --warmup 1 --device cuda 2>&1 | tail -32 ;;
