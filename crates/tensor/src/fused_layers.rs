@@ -195,11 +195,9 @@ impl Tensor {
                     .push(rows as u32)
                     .push(c as u32)
                     .launch(&dev, &format!("ln_bwd_{}_{}", sfx(xd), sfx(wd)), rows.div_ceil(8) as u32, 256, 0);
-                // Column sums over the rows: enough blocks to fill the GPU, each split ≥ 64 rows.
+                // dw, db: column sums over the rows.
                 let col_blocks = c.div_ceil(32);
-                let splits = (2048 / col_blocks).clamp(1, rows.div_ceil(64).max(1));
-                let rps = rows.div_ceil(splits);
-                let splits = rows.div_ceil(rps);
+                let (splits, rps) = crate::cuda::col_splits(rows, c);
                 let part = (splits > 1).then(|| CudaStorage::alloc(&dev, DType::F64, splits * 2 * c));
                 let pp = part.as_ref().map_or(0, |p| p.ptr);
                 Args::new()

@@ -201,6 +201,14 @@ impl Args {
 }
 
 /// Grid size for `n` elements at `block` threads, capped (kernels grid-stride beyond it).
+/// Row splits for the column-reduction kernels (block 32 columns × 8 rows, grid columns/32 ×
+/// splits): enough blocks to fill the GPU, each split at least 64 rows. (splits, rows per split).
+pub(crate) fn col_splits(rows: usize, cols: usize) -> (usize, usize) {
+    let splits = (2048 / cols.div_ceil(32)).clamp(1, rows.div_ceil(64).max(1));
+    let rps = rows.div_ceil(splits).max(1);
+    (rows.div_ceil(rps).max(1), rps)
+}
+
 /// Capped at 4096 blocks (≈ 2 waves of 256-thread blocks on an H100): past that, grid-striding
 /// threads amortize their setup over more elements.
 pub(crate) fn grid_for(n: usize, block: u32) -> u32 {

@@ -287,10 +287,7 @@ impl CudaStorage {
         if l.is_contiguous() && leading && n_out > 1 && red > 1 {
             let (r, k) = (red, n_out);
             let col_blocks = k.div_ceil(32);
-            // Enough blocks to fill the GPU, each split at least 64 rows.
-            let splits = (2048 / col_blocks).clamp(1, r.div_ceil(64).max(1));
-            let rps = r.div_ceil(splits);
-            let splits = r.div_ceil(rps);
+            let (splits, rps) = super::col_splits(r, k);
             let part = (splits > 1).then(|| CudaStorage::alloc(&self.dev, DType::F64, splits * k));
             let pp = part.as_ref().map_or(0, |p| p.ptr);
             Args::new().push(self.at(l.offset)).push(pp).push(out.ptr).push(to_u32(r, "rows")).push(to_u32(k, "cols")).push(to_u32(rps, "rows")).push(code as i32).launch3(
