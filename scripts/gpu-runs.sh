@@ -13,7 +13,7 @@ stage)
   set -e
   f=target/release/fmlab
   $f data prepare --corpus mix --tokenizer gpt2 --out /tmp/fmlab-mix
-  rm -rf gpu/data && mkdir -p gpu/data/sotu_val gpu/data/shakespeare_val
+  rm -rf gpu/data/sotu_val gpu/data/shakespeare_val gpu/data/shakespeare && mkdir -p gpu/data/sotu_val gpu/data/shakespeare_val
   cp /tmp/fmlab-mix/train.tok /tmp/fmlab-mix/val.tok /tmp/fmlab-mix/prepare.json gpu/data/
   # The documents `data prepare` holds out (the last 10% of each corpus in file-name order).
   c=${FMLAB_CACHE:-.cache/fmlab}
@@ -25,18 +25,18 @@ run)
   export FMLAB_KERNEL_CACHE=${FMLAB_KERNEL_CACHE:-/tmp/fmlab-kernels} FMLAB_CACHE=$PWD/gpu/data
   out=${OUT:-/tmp/out}; mkdir -p "$out"; R=/tmp/fmlab-runs; rm -rf $R; mkdir -p $R
   f=gpu/fmlab; d=gpu/data
-  STEPS=${MAIN_STEPS:-600}; SW=${SWEEP_STEPS:-150}
-  echo "== main run: gpt2-mini on mix, $STEPS steps × 16 × 1024 tokens =="
-  timeout 300 $f train gpt --preset gpt2-mini --tokenizer gpt2 --data $d/train.tok --val-data $d/val.tok \
-    --batch 16 --seq 1024 --steps $STEPS --lr 1e-3 --warmup 50 --weight-decay 0.1 --eval-every 100 --eval-batches 8 \
+  STEPS=${MAIN_STEPS:-800}; SW=${SWEEP_STEPS:-500}
+  echo "== main run: gpt2-mini on mix, $STEPS steps × 32 × 1024 tokens =="
+  timeout ${MAIN_TIMEOUT:-200} $f train gpt --preset gpt2-mini --tokenizer gpt2 --data $d/train.tok --val-data $d/val.tok \
+    --batch 32 --seq 1024 --steps $STEPS --lr 1e-3 --warmup 80 --weight-decay 0.1 --eval-every 100 --eval-batches 8 \
     --checkpoint-every $STEPS --device cuda --out $R/mix-gpt2-mini 2>&1 | grep -v "^\s*$" | tail -12
   for v in sotu_val shakespeare_val; do
     echo "-- held-out $v"; $f eval --checkpoint $R/mix-gpt2-mini/checkpoint --data $d/$v --seq 1024 2>&1 | tail -3
   done
-  $f sample --checkpoint $R/mix-gpt2-mini/checkpoint --prompt "The Congress shall" --max-tokens 60 --seed 1 2>&1 | tail -4 | tee $R/mix-gpt2-mini/sample.txt
+  cat $R/mix-gpt2-mini/samples.txt
   echo "== sweep: lr × wd, $SW steps × 16 × 512 tokens each =="
   common=(--preset gpt2-mini --tokenizer gpt2 --data $d/train.tok --val-data $d/val.tok --batch 16 --seq 512 --steps $SW --warmup 15 --eval-every 50 --eval-batches 8 --checkpoint-every $SW --device cuda)
-  timeout 330 $f sweep --root $R --group lrwd-gpu --grid lr=3e-4,1e-3,3e-3 --grid wd=0,0.1,0.3 -- "${common[@]}" 2>&1 | grep -E "^run|val|error" | tail -20
+  timeout ${SWEEP_TIMEOUT:-300} $f sweep --root $R --group lrwd-gpu --grid lr=3e-4,1e-3,3e-3 --grid wd=0,0.1,1 -- "${common[@]}" 2>&1 | grep -E "^run|val|error" | tail -20
   best=$(python3 - $R/lrwd-gpu <<'PY'
 import json, os, sys
 g = sys.argv[1]; best = None
@@ -49,7 +49,7 @@ print(f"{best[1]} {best[2]}")
 PY
 )
   echo "best point (lr wd): $best"; set -- $best
-  timeout 120 $f sweep --root $R --group lrwd-gpu --grid lr=$1 --grid wd=$2 --seeds 2 -- "${common[@]}" 2>&1 | grep -E "^run|error" | tail -4
+  timeout 90 $f sweep --root $R --group lrwd-gpu --grid lr=$1 --grid wd=$2 --seeds 2 -- "${common[@]}" 2>&1 | grep -E "^run|error" | tail -4
   $f report --group $R/lrwd-gpu 2>&1 | tail -3
   (cd $R && find . -name checkpoint -prune -o -type f -print | tar czf "$out/ledger.tar.gz" -T -)
   ls -la "$out"; $f runs list $R/lrwd-gpu 2>&1 | tail -14 ;;

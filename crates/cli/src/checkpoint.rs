@@ -154,7 +154,8 @@ pub fn load_optimizer(dir: &Path, opt: &mut AdamW) -> Result<()> {
     Ok(())
 }
 
+/// The git commit this binary was built from (`-dirty` when the tracked files differed), recorded
+/// at build time by build.rs; None when it was built outside a git checkout.
 pub fn git_commit() -> Option<String> {
-    let out = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    Some(env!("FMLAB_BUILD_COMMIT")).filter(|c| !c.is_empty()).map(str::to_string)
 }

@@ -80,6 +80,45 @@ impl TextStream {
     }
 }
 
+/// Samples up to `max_tokens` continuations of `prompt` from a GPT-2 (no KV cache: each step
+/// re-runs the last n_ctx tokens), streaming the text to `out`; stops at `<|endoftext|>`.
+pub fn generate(
+    model: &fmlab_models::Gpt2,
+    tok: &fmlab_tokenizer::Tokenizer,
+    prompt: &str,
+    max_tokens: usize,
+    params: &SamplingParams,
+    rng: &mut Rng,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    use fmlab_tensor::Tensor;
+    let eot = tok.special_id("<|endoftext|>");
+    let mut ids: Vec<u32> = tok.encode(prompt, &fmlab_tokenizer::AllowedSpecial::All);
+    if ids.is_empty() {
+        // Unconditional samples start from the document separator, as in training.
+        ids.push(eot.unwrap_or(0));
+    }
+    let n_ctx = model.cfg.n_ctx;
+    let _ng = fmlab_tensor::no_grad();
+    write!(out, "{prompt}")?;
+    let mut text = TextStream::default();
+    for _ in 0..max_tokens {
+        let ctx = &ids[ids.len().saturating_sub(n_ctx)..];
+        let x = Tensor::from_vec(ctx.iter().map(|&t| t as i32).collect(), &[1, ctx.len()]);
+        let logits = model.forward(&x, None); // [1, T, V]
+        let last = logits.narrow(1, ctx.len() - 1, 1).to_vec::<f32>();
+        let next = sample_token(&last, params, rng);
+        if Some(next) == eot {
+            break;
+        }
+        ids.push(next);
+        text.push(tok, next, out)?;
+    }
+    text.finish(tok, out)?;
+    writeln!(out)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

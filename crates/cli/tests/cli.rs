@@ -244,9 +244,17 @@ fn an_interrupted_sweep_resumes_exactly_and_reports() {
         }
         assert_eq!(y.len(), 12, "{run}: redone steps must not be logged twice");
     }
+    assert!(std::fs::read_to_string(d.join("b/g/lr3e-3_seed1337/samples.txt")).unwrap().contains("--- prompt"));
+    // A second pass at the best point, spelled differently, adds a seed and reruns nothing.
+    let (good, _, out) = run(bin().args(["sweep", "--group", "g", "--grid", "lr=0.001", "--seeds", "2", "--root"]).arg(d.join("b")).arg("--").args(&train));
+    assert!(good && out.contains("lr1e-3_seed1337: finished, skipped"), "{out}");
+    assert!(d.join("b/g/lr1e-3_seed1338/final.json").is_file() && !d.join("b/g/lr0.001_seed1337").exists());
+    let group: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("b/g/group.json")).unwrap()).unwrap();
+    assert_eq!(group["sweeps"].as_array().unwrap().len(), 2, "{group}");
     ok(bin().args(["report", "--group"]).arg(d.join("b/g")));
     let md = std::fs::read_to_string(d.join("b/g/report.md")).unwrap();
     assert!(md.contains("| lr1e-3_seed1337 |") && md.contains("fmlab report --group"), "{md}");
+    assert!(md.contains("(2 seeds)") && md.contains("--seeds 2"), "{md}");
     for f in ["train_loss.svg", "val_loss.svg", "heatmap.svg"] {
         assert!(std::fs::read_to_string(d.join("b/g").join(f)).unwrap().starts_with("<svg"));
     }

@@ -5,11 +5,10 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use fmlab_tensor::{no_grad, Rng, Tensor};
-use fmlab_tokenizer::AllowedSpecial;
+use fmlab_tensor::Rng;
 
 use crate::checkpoint;
-use crate::sampling::{sample_token, SamplingParams, TextStream};
+use crate::sampling::{generate, SamplingParams};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -50,38 +49,14 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let meta = checkpoint::read_meta(&dir)?;
     let tok = checkpoint::tokenizer_of(&dir, &meta)?;
     let (model, _) = checkpoint::load_model(&dir, &meta)?;
-    let eot = tok.special_id("<|endoftext|>");
     let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
     let mut rng = Rng::new(a.seed);
-    let n_ctx = meta.config.model.n_ctx;
-    let _ng = no_grad();
+    let mut out = std::io::stdout().lock();
     for i in 0..a.num {
-        let mut ids: Vec<u32> = tok.encode(&a.prompt, &AllowedSpecial::All);
-        if ids.is_empty() {
-            // Unconditional samples start from the document separator, as in training.
-            ids.push(eot.unwrap_or(0));
-        }
-        let mut out = std::io::stdout().lock();
         if a.num > 1 {
             writeln!(out, "--- sample {} ---", i + 1)?;
         }
-        write!(out, "{}", a.prompt)?;
-        let mut text = TextStream::default();
-        for _ in 0..a.max_tokens {
-            // No KV cache yet: re-run the window of the last n_ctx tokens.
-            let ctx = &ids[ids.len().saturating_sub(n_ctx)..];
-            let x = Tensor::from_vec(ctx.iter().map(|&t| t as i32).collect(), &[1, ctx.len()]);
-            let logits = model.forward(&x, None); // [1, T, V]
-            let last = logits.narrow(1, ctx.len() - 1, 1).to_vec::<f32>();
-            let next = sample_token(&last, &params, &mut rng);
-            if Some(next) == eot {
-                break;
-            }
-            ids.push(next);
-            text.push(&tok, next, &mut out)?;
-        }
-        text.finish(&tok, &mut out)?;
-        writeln!(out)?;
+        generate(&model, &tok, &a.prompt, a.max_tokens, &params, &mut rng, &mut out)?;
     }
     Ok(())
 }

@@ -40,21 +40,37 @@ pub struct ReportArgs {
 
 fn parse_grid(g: &str) -> Result<(String, Vec<String>)> {
     let (k, v) = g.split_once('=').with_context(|| format!("--grid {g}: expected name=v1,v2,..."))?;
-    let flag = match k {
-        "lr" => "--lr",
-        "wd" | "weight_decay" => "--weight-decay",
-        "batch" => "--batch",
-        "warmup" => "--warmup",
+    let (flag, integer) = match k {
+        "lr" => ("--lr", false),
+        "wd" | "weight_decay" => ("--weight-decay", false),
+        "batch" => ("--batch", true),
+        "warmup" => ("--warmup", true),
         _ => bail!("--grid {g}: unknown parameter `{k}` (lr, wd, batch, warmup)"),
     };
-    let vals: Vec<String> = v.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect();
-    for x in &vals {
-        x.parse::<f64>().with_context(|| format!("--grid {g}: `{x}` is not a number"))?;
-    }
+    let spell = |x: &str| -> Result<String> {
+        if integer {
+            Ok(x.parse::<u64>().with_context(|| format!("--grid {g}: `{x}` is not a whole number"))?.to_string())
+        } else {
+            Ok(canonical(x.parse::<f64>().with_context(|| format!("--grid {g}: `{x}` is not a number"))?))
+        }
+    };
+    let vals: Vec<String> = v.split(',').map(str::trim).filter(|x| !x.is_empty()).map(spell).collect::<Result<_>>()?;
     if vals.is_empty() {
         bail!("--grid {g}: no values");
     }
     Ok((flag.to_string(), vals))
+}
+
+/// One spelling per number, so that `lr=0.001` and `lr=1e-3` name the same run folder (and a second
+/// sweep over a point finds the first one's runs): the shorter of the plain and the exponent form.
+fn canonical(x: f64) -> String {
+    let plain = format!("{x}");
+    let exp = format!("{x:e}");
+    if exp.len() < plain.len() {
+        exp
+    } else {
+        plain
+    }
 }
 
 pub fn run_sweep(a: SweepArgs) -> Result<()> {
@@ -66,10 +82,21 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
     }
     let dir = a.root.join(&a.group);
     std::fs::create_dir_all(&dir)?;
-    crate::ledger::write_file(
-        &dir.join("group.json"),
-        serde_json::to_string_pretty(&serde_json::json!({"argv": std::env::args().collect::<Vec<_>>(), "grid": a.grids, "seeds": a.seeds, "train_args": a.train_args}))?,
-    )?;
+    // group.json lists every sweep invocation into this group (a second pass adding seeds at the
+    // best point keeps the first pass's record).
+    let gpath = dir.join("group.json");
+    let mut sweeps: Vec<serde_json::Value> = match std::fs::read_to_string(&gpath) {
+        Ok(t) => {
+            let v: serde_json::Value = serde_json::from_str(&t).with_context(|| format!("{}: not JSON", gpath.display()))?;
+            match v.get("sweeps").and_then(|s| s.as_array()) {
+                Some(a) => a.clone(),
+                None => vec![v], // the one-invocation layout of earlier versions
+            }
+        }
+        Err(_) => vec![],
+    };
+    sweeps.push(serde_json::json!({"argv": std::env::args().collect::<Vec<_>>(), "grid": a.grids, "seeds": a.seeds, "seed": a.seed, "train_args": a.train_args}));
+    crate::ledger::write_file(&gpath, serde_json::to_string_pretty(&serde_json::json!({"sweeps": sweeps}))?)?;
     // Cartesian product of the grid, then seeds.
     let mut points: Vec<Vec<(String, String)>> = vec![vec![]];
     for (flag, vals) in &grids {
@@ -196,8 +223,13 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
     let _ = writeln!(md, "Regenerate: `fmlab report --group {}` (from the ledger; nothing typed by hand).", a.group.display());
     if let Ok(g) = std::fs::read_to_string(a.group.join("group.json")) {
         if let Ok(v) = serde_json::from_str::<serde_json::Value>(&g) {
-            let argv: Vec<String> = v["argv"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default();
-            let _ = writeln!(md, "Runs made by: `{}`\n", argv.join(" "));
+            let sweeps = v.get("sweeps").and_then(|s| s.as_array()).cloned().unwrap_or_else(|| vec![v.clone()]);
+            let _ = writeln!(md, "Runs made by:\n");
+            for sw in &sweeps {
+                let argv: Vec<String> = sw["argv"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()).unwrap_or_default();
+                let _ = writeln!(md, "    {}", argv.join(" "));
+            }
+            let _ = writeln!(md);
         }
     }
     let _ = writeln!(md, "| run | lr | wd | seed | steps | train loss | val loss | weight norm (decayed matrices) |");

@@ -91,6 +91,9 @@ pub struct GptArgs {
     /// weights and optimizer state are fp32 either way. Fixed by the run on --resume.
     #[arg(long, default_value = "auto")]
     precision: String,
+    /// Tokens per sample in the run folder's samples.txt, written when the run ends (0 = none).
+    #[arg(long, default_value_t = 64)]
+    sample_tokens: usize,
 }
 
 pub fn run(cmd: TrainCmd) -> Result<()> {
@@ -390,7 +393,24 @@ fn train_gpt(a: GptArgs) -> Result<()> {
     // Global L2 norm of the weight-decayed matrices: what weight decay acts on (see docs/concepts.md).
     let wnorm = vars.iter().filter(|(n, v)| default_decay(n, v)).map(|(_, v)| v.to_vec::<f32>().iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>()).sum::<f64>().sqrt();
     crate::ledger::write_final(&run_dir, serde_json::json!({"step": step, "val_loss": last_val, "unigram_baseline": baseline, "weight_norm": wnorm}))?;
+    if step == cfg.steps && a.sample_tokens > 0 {
+        write_samples(&model, &tok, &run_dir, a.sample_tokens, cfg.seed)?;
+    }
     eprintln!("done: {} steps, val loss {last_val:.4} (unigram baseline {baseline:.4}), checkpoint in {}", step, run_dir.join("checkpoint").display());
+    Ok(())
+}
+
+/// samples.txt: three seeded samples (temperature 0.8, top-k 50, top-p 0.95) — one unconditional,
+/// two from fixed prompts — so every run folder shows what its model writes.
+fn write_samples(model: &Gpt2, tok: &fmlab_tokenizer::Tokenizer, run_dir: &std::path::Path, n: usize, seed: u64) -> Result<()> {
+    let params = crate::sampling::SamplingParams { temperature: 0.8, top_k: 50, top_p: 0.95 };
+    let mut rng = Rng::new(seed);
+    let mut buf: Vec<u8> = Vec::new();
+    for prompt in ["", "The ", "We the people"] {
+        writeln!(buf, "--- prompt {prompt:?}, {n} tokens, temperature 0.8, top-k 50, top-p 0.95, seed {seed} ---")?;
+        crate::sampling::generate(model, tok, prompt, n, &params, &mut rng, &mut buf)?;
+    }
+    crate::ledger::write_file(&run_dir.join("samples.txt"), String::from_utf8_lossy(&buf).into_owned())?;
     Ok(())
 }
 
