@@ -31,6 +31,11 @@ fn describe(d: Device) -> String {
     }
 }
 
+/// The GPU's name and arch for the ledger (None on the CPU).
+pub fn gpu_name(d: Device) -> Option<String> {
+    d.is_cuda().then(|| describe(d))
+}
+
 /// Activation dtype: `auto` = bf16 mixed precision on a GPU, fp32 on the CPU.
 pub fn precision(flag: &str, device: Device) -> Result<DType> {
     Ok(match flag {

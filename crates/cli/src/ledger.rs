@@ -20,7 +20,7 @@ pub fn write_file(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
     fmlab_fs::write_atomic(path, bytes.as_ref()).with_context(|| format!("writing {}", path.display()))
 }
 
-pub fn write_run_info(dir: &Path, command: &str, cfg_json: &str, seed: u64) -> Result<()> {
+pub fn write_run_info(dir: &Path, command: &str, cfg_json: &str, seed: u64, device: fmlab_tensor::Device) -> Result<()> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
     let info = serde_json::json!({
@@ -29,7 +29,7 @@ pub fn write_run_info(dir: &Path, command: &str, cfg_json: &str, seed: u64) -> R
         "config_hash": config_hash(cfg_json),
         "git_commit": crate::checkpoint::git_commit(),
         "seed": seed,
-        "machine": {"host": host, "cpu": cpu, "threads": rayon::current_num_threads(), "device": "cpu"},
+        "machine": {"host": host, "cpu": cpu, "threads": rayon::current_num_threads(), "device": device.to_string(), "gpu": crate::device::gpu_name(device)},
         "started_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "fmlab_version": env!("CARGO_PKG_VERSION"),
     });

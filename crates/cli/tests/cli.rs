@@ -255,8 +255,9 @@ fn an_interrupted_sweep_resumes_exactly_and_reports() {
     let md = std::fs::read_to_string(d.join("b/g/report.md")).unwrap();
     assert!(md.contains("| lr1e-3_seed1337 |") && md.contains("fmlab report --group"), "{md}");
     assert!(md.contains("(2 seeds)") && md.contains("--seeds 2"), "{md}");
-    for f in ["train_loss.svg", "val_loss.svg", "heatmap.svg"] {
-        assert!(std::fs::read_to_string(d.join("b/g").join(f)).unwrap().starts_with("<svg"));
+    for f in ["train_loss", "val_loss", "heatmap"] {
+        assert!(std::fs::read_to_string(d.join("b/g").join(format!("{f}.svg"))).unwrap().starts_with("<svg"));
+        assert!(std::fs::read(d.join("b/g").join(format!("{f}.png"))).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
     }
     fails_with(bin().args(["sweep", "--group", "x", "--grid", "lr=1e-3", "--root"]).arg(&d).args(["--", "--lr", "1"]), "--lr is set by the sweep");
     fails_with(bin().args(["sweep", "--group", "x", "--grid", "momentum=1", "--root"]).arg(&d), "unknown parameter `momentum`");

@@ -192,7 +192,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let cfg_json = serde_json::to_string_pretty(&serde_json::json!({"preset": a.preset, "model": cfg, "batch": a.batch, "seq": a.seq, "steps": a.steps, "warmup": a.warmup}))?;
     crate::ledger::write_file(&dir.join("config.json"), &cfg_json)?;
-    crate::ledger::write_run_info(&dir, "bench train", &cfg_json, 0)?;
+    crate::ledger::write_run_info(&dir, "bench train", &cfg_json, 0, device)?;
     let mem = crate::device::mem_json(device);
     let mfu = if device.is_cuda() { Some(cfg.flops_per_token(a.seq) * tokens / median / crate::cmd::train::H100_BF16_PEAK) } else { None };
     crate::ledger::write_final(&dir, serde_json::json!({"step_median_s": median, "step_min_s": times[0], "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;

@@ -144,72 +144,11 @@ fn weight_norm(run: &Path) -> Option<f64> {
     v["weight_norm"].as_f64()
 }
 
-const COLORS: [&str; 10] = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"];
-
-/// A line chart of `series` (name, points) as SVG.
-fn line_svg(title: &str, ylabel: &str, series: &[(String, Vec<(f64, f64)>)]) -> String {
-    let (w, h, l, r, t, b) = (760.0, 420.0, 60.0, 220.0, 30.0, 40.0);
-    let pts = series.iter().flat_map(|s| s.1.iter());
-    let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
-    for &(x, y) in pts {
-        x0 = x0.min(x);
-        x1 = x1.max(x);
-        y0 = y0.min(y);
-        y1 = y1.max(y);
-    }
-    if x1 <= x0 {
-        x1 = x0 + 1.0;
-    }
-    if y1 <= y0 {
-        y1 = y0 + 1.0;
-    }
-    let sx = |x: f64| l + (x - x0) / (x1 - x0) * (w - l - r);
-    let sy = |y: f64| t + (y1 - y) / (y1 - y0) * (h - t - b);
-    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='{l}' y='18' font-size='13'>{title}</text>\n");
-    let _ = writeln!(s, "<line x1='{l}' y1='{}' x2='{}' y2='{}' stroke='black'/><line x1='{l}' y1='{t}' x2='{l}' y2='{}' stroke='black'/>", h - b, w - r, h - b, h - b);
-    for i in 0..=4 {
-        let yv = y0 + (y1 - y0) * i as f64 / 4.0;
-        let xv = x0 + (x1 - x0) * i as f64 / 4.0;
-        let _ = writeln!(s, "<text x='{}' y='{}' text-anchor='end'>{yv:.3}</text><text x='{}' y='{}' text-anchor='middle'>{xv:.0}</text>", l - 4.0, sy(yv) + 4.0, sx(xv), h - b + 14.0);
-    }
-    let _ = writeln!(s, "<text x='{}' y='{}' text-anchor='middle'>step</text><text x='12' y='{}' transform='rotate(-90 12 {})'>{ylabel}</text>", (l + w - r) / 2.0, h - 6.0, h / 2.0, h / 2.0);
-    for (i, (name, p)) in series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        let path: Vec<String> = p.iter().map(|&(x, y)| format!("{:.1},{:.1}", sx(x), sy(y))).collect();
-        let _ = writeln!(s, "<polyline fill='none' stroke='{c}' stroke-width='1.5' points='{}'/>", path.join(" "));
-        let _ = writeln!(s, "<rect x='{}' y='{}' width='10' height='10' fill='{c}'/><text x='{}' y='{}'>{name}</text>", w - r + 10.0, t + 16.0 * i as f64, w - r + 24.0, t + 9.0 + 16.0 * i as f64);
-    }
-    s + "</svg>\n"
-}
-
-/// A heatmap of `cells[(row, col)] = value` as SVG (darker = lower).
-fn heatmap_svg(title: &str, rows: &[String], cols: &[String], val: &dyn Fn(usize, usize) -> Option<f64>, rlabel: &str, clabel: &str) -> String {
-    let (cw, ch, l, t) = (90.0, 40.0, 90.0, 72.0);
-    let vals: Vec<f64> = (0..rows.len()).flat_map(|i| (0..cols.len()).filter_map(move |j| val(i, j))).collect();
-    let (lo, hi) = vals.iter().fold((f64::MAX, f64::MIN), |a, &v| (a.0.min(v), a.1.max(v)));
-    let w = l + cw * cols.len() as f64 + 20.0;
-    let h = t + ch * rows.len() as f64 + 30.0;
-    let mut s = format!("<svg xmlns='http://www.w3.org/2000/svg' width='{w}' height='{h}' font-family='sans-serif' font-size='11'>\n<rect width='100%' height='100%' fill='white'/>\n<text x='10' y='18' font-size='13'>{title}</text>\n<text x='{}' y='42' text-anchor='middle'>{clabel}</text><text x='{}' y='{}' text-anchor='end'>{rlabel} ↓</text>\n", l + cw * cols.len() as f64 / 2.0, l - 6.0, t - 4.0);
-    for (j, c) in cols.iter().enumerate() {
-        let _ = writeln!(s, "<text x='{}' y='{}' text-anchor='middle'>{c}</text>", l + cw * (j as f64 + 0.5), t - 4.0);
-    }
-    for (i, r) in rows.iter().enumerate() {
-        let _ = writeln!(s, "<text x='{}' y='{}' text-anchor='end'>{r}</text>", l - 6.0, t + ch * (i as f64 + 0.6));
-        for j in 0..cols.len() {
-            let (x, y) = (l + cw * j as f64, t + ch * i as f64);
-            match val(i, j) {
-                Some(v) => {
-                    let f = if hi > lo { (v - lo) / (hi - lo) } else { 0.5 };
-                    let g = (60.0 + 190.0 * f) as u8;
-                    let _ = writeln!(s, "<rect x='{x}' y='{y}' width='{cw}' height='{ch}' fill='rgb({g},{g},255)' stroke='white'/><text x='{}' y='{}' text-anchor='middle'>{v:.4}</text>", x + cw / 2.0, y + ch * 0.6);
-                }
-                None => {
-                    let _ = writeln!(s, "<rect x='{x}' y='{y}' width='{cw}' height='{ch}' fill='#eee' stroke='white'/>");
-                }
-            }
-        }
-    }
-    s + "</svg>\n"
+/// Writes `name.svg` and `name.png` (the same drawing) into the group folder.
+fn write_figure(dir: &Path, name: &str, f: &fmlab_plot::Figure) -> Result<()> {
+    crate::ledger::write_file(&dir.join(format!("{name}.svg")), f.to_svg())?;
+    let png = f.to_png().with_context(|| format!("encoding {name}.png"))?;
+    crate::ledger::write_file(&dir.join(format!("{name}.png")), png)
 }
 
 pub fn run_report(a: ReportArgs) -> Result<()> {
@@ -251,8 +190,8 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
     let series = |key: &str| -> Vec<(String, Vec<(f64, f64)>)> {
         runs.iter().map(|r| (r.id(), r.metrics.iter().filter_map(|m| Some((m["step"].as_f64()?, m[key].as_f64()?))).collect())).collect()
     };
-    crate::ledger::write_file(&a.group.join("train_loss.svg"), line_svg("train loss per run", "loss (nats/token)", &series("loss")))?;
-    crate::ledger::write_file(&a.group.join("val_loss.svg"), line_svg("validation loss per run", "loss (nats/token)", &series("val_loss")))?;
+    write_figure(&a.group, "train_loss", &fmlab_plot::line_chart("train loss per run", "step", "loss (nats/token)", &series("loss")))?;
+    write_figure(&a.group, "val_loss", &fmlab_plot::line_chart("validation loss per run", "step", "loss (nats/token)", &series("val_loss")))?;
     // lr × wd heatmap of final val loss, averaged over seeds; seed spread alongside.
     let mut lrs: Vec<f64> = runs.iter().map(|r| f(r, "lr")).collect();
     let mut wds: Vec<f64> = runs.iter().map(|r| f(r, "weight_decay")).collect();
@@ -267,8 +206,15 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
     };
     let rows: Vec<String> = lrs.iter().map(|x| format!("{x}")).collect();
     let cols: Vec<String> = wds.iter().map(|x| format!("{x}")).collect();
-    crate::ledger::write_file(&a.group.join("heatmap.svg"), heatmap_svg("final val loss (mean over seeds)", &rows, &cols, &mean, "lr", "weight decay"))?;
-    let _ = writeln!(md, "\n![train loss](train_loss.svg)\n\n![validation loss](val_loss.svg)\n\n![lr × wd](heatmap.svg)\n");
+    write_figure(&a.group, "heatmap", &fmlab_plot::heatmap("final val loss (mean over seeds)", &rows, &cols, &mean, "lr", "weight decay"))?;
+    // What decoupled weight decay does to the weights: their final norm per grid point.
+    let wnorm = |i: usize, j: usize| -> Option<f64> {
+        let v: Vec<f64> = runs.iter().filter(|r| f(r, "lr") == lrs[i] && f(r, "weight_decay") == wds[j]).filter_map(|r| weight_norm(&r.dir)).collect();
+        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    write_figure(&a.group, "weight_norm", &fmlab_plot::heatmap("final L2 norm of the decayed weights", &rows, &cols, &wnorm, "lr", "weight decay"))?;
+    let _ = writeln!(md, "\n![train loss](train_loss.svg)\n\n![validation loss](val_loss.svg)\n\n![lr × wd](heatmap.svg)\n\n![weight norms](weight_norm.svg)\n");
+    let _ = writeln!(md, "(Each figure is also written as PNG beside its SVG: train_loss.png, val_loss.png, heatmap.png, weight_norm.png.)\n");
     let _ = writeln!(md, "| lr \\ wd | {} |", cols.join(" | "));
     let _ = writeln!(md, "|---|{}", "---|".repeat(cols.len()));
     for i in 0..lrs.len() {

@@ -305,7 +305,7 @@ fn train_gpt(a: GptArgs) -> Result<()> {
     let cfg_json = serde_json::to_string_pretty(&cfg)?;
     crate::ledger::write_file(&run_dir.join("config.json"), &cfg_json)?;
     if resume_from.is_none() {
-        crate::ledger::write_run_info(&run_dir, "train gpt", &cfg_json, cfg.seed)?;
+        crate::ledger::write_run_info(&run_dir, "train gpt", &cfg_json, cfg.seed, device)?;
     }
     eprintln!(
         "model: gpt2 {} ({} params) on {device} in {}, batch {} × seq {} × accum {} = {} tokens/step, {} steps, lr {} → {} (warmup {}), wd {}",
