@@ -132,7 +132,15 @@ impl Gpt2 {
     }
 
     /// ids [B, T] → logits [B, T, V]. `rng` enables dropout (training); None = eval.
-    pub fn forward(&self, ids: &Tensor, mut rng: Option<&mut Rng>) -> Tensor {
+    pub fn forward(&self, ids: &Tensor, rng: Option<&mut Rng>) -> Tensor {
+        let (b, t) = (ids.dim(0), ids.dim(1));
+        let x = self.hidden(ids, rng); // [B·T, C]
+        // Tied LM head: logits = x · wteᵀ.
+        x.matmul(&self.wte.weight.t().to_dtype(x.dtype())).reshape(&[b, t, self.cfg.vocab_size])
+    }
+
+    /// ids [B, T] → the final LayerNorm's output [B·T, C], the LM head's input.
+    fn hidden(&self, ids: &Tensor, mut rng: Option<&mut Rng>) -> Tensor {
         let (b, t) = (ids.dim(0), ids.dim(1));
         assert!(t <= self.cfg.n_ctx, "sequence of {t} tokens exceeds n_ctx {}", self.cfg.n_ctx);
         let pos = Tensor::arange(t, DType::I32);
@@ -149,16 +157,14 @@ impl Gpt2 {
             let m = blk.mlp.forward(&blk.ln_2.forward(&x));
             x = x.add(&drop(m));
         }
-        let x = self.ln_f.forward(&x);
-        let c = self.cfg.n_embd;
-        // Tied LM head: logits = x · wteᵀ.
-        x.reshape(&[b * t, c]).matmul(&self.wte.weight.t().to_dtype(x.dtype())).reshape(&[b, t, self.cfg.vocab_size])
+        self.ln_f.forward(&x).reshape(&[b * t, self.cfg.n_embd])
     }
 
-    /// Mean next-token cross-entropy of ids [B, T] against targets [B, T] (-100 = ignored).
+    /// Mean next-token cross-entropy of ids [B, T] against targets [B, T] (-100 = ignored), through
+    /// the fused classifier (the [B·T, V] logits are never held whole; see tensor/classifier.rs).
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, rng: Option<&mut Rng>) -> Tensor {
-        let logits = self.forward(ids, rng);
-        let (b, t, v) = (logits.dim(0), logits.dim(1), logits.dim(2));
-        logits.reshape(&[b * t, v]).cross_entropy(&targets.reshape(&[b * t]), Some(-100))
+        let x = self.hidden(ids, rng); // [B·T, C]
+        let w = self.wte.weight.to_dtype(x.dtype()); // [V, C]
+        x.linear_cross_entropy(&w, &targets.reshape(&[targets.numel()]), Some(-100))
     }
 }

@@ -5,7 +5,7 @@
 //! single-tensor AdamW exactly: decoupled decay first, `m.lerp_(g, 1-β1)`,
 //! `v = β2 v + (1-β2) g²`, `p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)`.
 
-use fmlab_tensor::{adamw_update, no_grad, DType, Tensor};
+use fmlab_tensor::{adamw_update_all, no_grad, AdamItem, DType, Tensor};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
@@ -83,15 +83,18 @@ impl AdamW {
         // Scalars are formed in f64 and rounded once to f32, as PyTorch does with Python floats.
         let (one_m_b1, b2, one_m_b2, eps) = ((1.0 - self.cfg.beta1) as f32, self.cfg.beta2 as f32, (1.0 - self.cfg.beta2) as f32, self.cfg.eps as f32);
         let (step_size, bc2_sqrt) = (step_size as f32, bc2_sqrt as f32);
+        let mut fused: Vec<(&Param, Tensor)> = Vec::new();
         for p in &self.params {
             let Some(g) = p.var.grad() else { continue };
             if p.var.dtype() != DType::F32 {
                 step_slow_one(p, &g, &self.cfg, self.step);
                 continue;
             }
-            let decay = if p.decay { (1.0 - lr_wd) as f32 } else { 1.0 };
-            adamw_update(&p.var, &g, &p.m, &p.v, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+            fused.push((p, g));
         }
+        // One multi-tensor update (a few launches on the GPU, not one per parameter).
+        let items: Vec<AdamItem> = fused.iter().map(|(p, g)| (&p.var, g, &p.m, &p.v, if p.decay { (1.0 - lr_wd) as f32 } else { 1.0 })).collect();
+        adamw_update_all(&items, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
     }
 
     /// The same update written in tensor ops (the reference twin; also the path for non-f32).

@@ -196,6 +196,12 @@ impl Tensor {
                 }
                 Op::Cast(x) => add(x, g.to_dtype(x.dtype())),
                 Op::CrossEntropy(x, t, lse, kept) => add(x, Tensor::cross_entropy_backward(x, t, lse, *kept, g.item())),
+                Op::LinearCrossEntropy(x, w, dx, dw) => {
+                    // dx, dw were made for an upstream gradient of 1; scale on the device.
+                    let g = g.to_dtype(dx.dtype());
+                    add(x, dx.mul(&g));
+                    add(w, dw.mul(&g));
+                }
                 Op::SoftmaxScaled(x, p, scale, _) => add(x, Tensor::softmax_scaled_backward(p, &g, *scale)),
                 Op::LayerNorm(x, w, b, mean, rstd) => {
                     let (dx, dw, db) = Tensor::layer_norm_backward(x, w, mean, rstd, &g);

@@ -49,50 +49,18 @@ impl Tensor {
         // Ignored rows are stored as -1 so backward needs no ignore_index (which may be a valid id).
         let stored: Vec<i32> = t.iter().map(|&ti| if Some(ti as i64) == ignore_index { -1 } else { ti }).collect();
         let x = self.contiguous();
-        if on_gpu {
-            let dev = x.device();
-            let tt = Tensor::from_vec(stored, &[n]).to_device(dev);
-            let acc = if self.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-            let (lse, loss) = (Tensor::zeros_on(&[n], acc, dev), Tensor::zeros_on(&[n], acc, dev));
-            x.with_storage(|xs| {
-                let Storage::Cuda(xs) = xs else { unreachable!() };
-                let (pt, pl, pp) = (cuda_ptr(&tt), cuda_ptr(&lse), cuda_ptr(&loss));
-                Args::new().push(xs.ptr).push(pt).push(pl).push(pp).push(v as u32).launch(&xs.dev, &format!("ce_fwd_{}", sfx(self.dtype())), n as u32, 512, 0);
-            });
-            // NaN when every target is ignored, as in PyTorch.
-            let mean = {
-                let _g = no_grad();
-                loss.sum_all().scale(1.0 / kept as f64)
-            };
-            let s = mean.with_storage(|s| match s {
-                Storage::Cuda(c) => Storage::Cuda(c.copy_strided(mean.layout())),
-                _ => unreachable!(),
-            });
-            return Tensor::from_any(s, &[], Some(Op::CrossEntropy(x, tt, lse, kept)));
-        }
-        let (lse, loss): (Vec<f64>, f64) = x.with_storage(|s| {
-            let Storage::Cpu(s) = s else { unreachable!() };
-            fn go<T: crate::dtype::Float>(x: &[T], v: usize, t: &[i32], ig: Option<i64>) -> (Vec<f64>, f64) {
-                let per_row = |(i, row): (usize, &[T])| -> (f64, f64) {
-                    let m = row.iter().fold(T::neg_infinity(), |m, &a| if a > m { a } else { m });
-                    let s: f64 = row.iter().map(|&a| (a - m).exp().to_f64()).sum();
-                    let lse = m.to_f64() + s.ln();
-                    let l = if Some(t[i] as i64) == ig { 0.0 } else { lse - row[t[i] as usize].to_f64() };
-                    (lse, l)
-                };
-                let out: Vec<(f64, f64)> = if x.len() >= PAR_MIN { rows(x, v).enumerate().map(per_row).collect() } else { x.chunks(v).enumerate().map(per_row).collect() };
-                (out.iter().map(|o| o.0).collect(), out.iter().map(|o| o.1).sum())
-            }
-            match s {
-                CpuStorage::F32(a) => go(&a[..n * v], v, &t, ignore_index),
-                CpuStorage::F64(a) => go(&a[..n * v], v, &t, ignore_index),
-                _ => unreachable!(),
-            }
+        let tt = Tensor::from_vec(stored, &[n]).to_device(x.device());
+        let (lse, loss_sum) = ce_forward(&x, &tt);
+        // NaN when every target is ignored, as in PyTorch.
+        let mean = {
+            let _g = no_grad();
+            loss_sum.scale(1.0 / kept as f64)
+        };
+        let s = mean.with_storage(|s| match s {
+            Storage::Cuda(c) => Storage::Cuda(c.copy_strided(mean.layout())),
+            Storage::Cpu(c) => Storage::Cpu(c.clone()),
         });
-        let mean = loss / kept as f64; // NaN when every target is ignored, as in PyTorch
-        let lse = Tensor::from_f64(&lse, &[n], DType::F64);
-        let tt = Tensor::from_vec(stored, &[n]);
-        Tensor::from_any(Storage::Cpu(CpuStorage::from_f64(self.dtype(), &[mean])), &[], Some(Op::CrossEntropy(x, tt, lse, kept)))
+        Tensor::from_any(s, &[], Some(Op::CrossEntropy(x, tt, lse, kept)))
     }
 
     /// Backward of the fused cross-entropy: dlogits for an upstream gradient `g` (a scalar).
@@ -103,13 +71,14 @@ impl Tensor {
             let s = logits.with_storage(|xs| {
                 let Storage::Cuda(xs) = xs else { unreachable!() };
                 let d = CudaStorage::alloc(&xs.dev, xs.dtype(), n * v);
-                Args::new().push(xs.ptr).push(cuda_ptr(targets)).push(cuda_ptr(lse)).push(d.ptr).push(v as u32).push(scale).launch(&xs.dev, &format!("ce_bwd_{}", sfx(xs.dtype())), n as u32, 512, 0);
+                Args::new().push(xs.at(logits.layout().offset)).push(cuda_ptr(targets)).push(cuda_ptr(lse)).push(d.ptr).push(v as u32).push(scale).launch(&xs.dev, &format!("ce_bwd_{}", sfx(xs.dtype())), n as u32, 512, 0);
                 Storage::Cuda(d)
             });
             return Tensor::from_any(s, &[n, v], None);
         }
         let t = targets.to_vec::<i32>();
         let lse = lse.to_vec::<f64>();
+        let o = logits.layout().offset;
         let out = logits.with_storage(|s| {
             let Storage::Cpu(s) = s else { unreachable!() };
             fn go<T: crate::dtype::Float>(x: &[T], v: usize, t: &[i32], lse: &[f64], scale: f64) -> Vec<T> {
@@ -133,13 +102,54 @@ impl Tensor {
                 d
             }
             match s {
-                CpuStorage::F32(a) => CpuStorage::F32(go(&a[..n * v], v, &t, &lse, scale)),
-                CpuStorage::F64(a) => CpuStorage::F64(go(&a[..n * v], v, &t, &lse, scale)),
+                CpuStorage::F32(a) => CpuStorage::F32(go(&a[o..o + n * v], v, &t, &lse, scale)),
+                CpuStorage::F64(a) => CpuStorage::F64(go(&a[o..o + n * v], v, &t, &lse, scale)),
                 _ => unreachable!(),
             }
         });
         Tensor::from_storage(out, &[n, v])
     }
+}
+
+/// The fused cross-entropy's forward over contiguous logits [N, V] and stored targets [N] (i32 on
+/// the logits' device, -1 = ignored): per-row log-sum-exp (f32 on the GPU, f64 on the CPU) and
+/// the scalar sum of the kept rows' losses (f32 for 16-bit logits), left on the device.
+pub(crate) fn ce_forward(x: &Tensor, tt: &Tensor) -> (Tensor, Tensor) {
+    let (n, v) = (x.dim(0), x.dim(1));
+    let _g = no_grad();
+    if x.device().is_cuda() {
+        let dev = x.device();
+        let acc = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        let (lse, loss) = (Tensor::zeros_on(&[n], acc, dev), Tensor::zeros_on(&[n], acc, dev));
+        x.with_storage(|xs| {
+            let Storage::Cuda(xs) = xs else { unreachable!() };
+            let (pt, pl, pp) = (cuda_ptr(tt), cuda_ptr(&lse), cuda_ptr(&loss));
+            Args::new().push(xs.at(x.layout().offset)).push(pt).push(pl).push(pp).push(v as u32).launch(&xs.dev, &format!("ce_fwd_{}", sfx(x.dtype())), n as u32, 512, 0);
+        });
+        return (lse, loss.sum_all());
+    }
+    let t = tt.to_vec::<i32>();
+    let (lse, loss): (Vec<f64>, f64) = x.with_storage(|s| {
+        let Storage::Cpu(s) = s else { unreachable!() };
+        fn go<T: crate::dtype::Float>(x: &[T], v: usize, t: &[i32]) -> (Vec<f64>, f64) {
+            let per_row = |(i, row): (usize, &[T])| -> (f64, f64) {
+                let m = row.iter().fold(T::neg_infinity(), |m, &a| if a > m { a } else { m });
+                let s: f64 = row.iter().map(|&a| (a - m).exp().to_f64()).sum();
+                let lse = m.to_f64() + s.ln();
+                let l = if t[i] < 0 { 0.0 } else { lse - row[t[i] as usize].to_f64() };
+                (lse, l)
+            };
+            let out: Vec<(f64, f64)> = if x.len() >= PAR_MIN { rows(x, v).enumerate().map(per_row).collect() } else { x.chunks(v).enumerate().map(per_row).collect() };
+            (out.iter().map(|o| o.0).collect(), out.iter().map(|o| o.1).sum())
+        }
+        let o = x.layout().offset;
+        match s {
+            CpuStorage::F32(a) => go(&a[o..o + n * v], v, &t),
+            CpuStorage::F64(a) => go(&a[o..o + n * v], v, &t),
+            s => panic!("cross_entropy on the CPU: {} logits (f32 or f64)", s.dtype()),
+        }
+    });
+    (Tensor::from_f64(&lse, &[n], DType::F64), Tensor::from_f64(&[loss], &[], x.dtype()))
 }
 
 /// Device address of a contiguous CUDA tensor's first element.
@@ -307,6 +317,67 @@ impl Tensor {
         let r = p.rank() - 1;
         let dot = g.mul(p).sum(&[r], true);
         p.mul(&g.sub(&dot)).scale(scale)
+    }
+}
+
+/// Mirrors `struct AdamTab` in kernels/fused.cu.
+const ADAM_MT: usize = 64;
+const ADAM_CHUNK: usize = 16384;
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct AdamTab {
+    w: [u64; ADAM_MT],
+    g: [u64; ADAM_MT],
+    m: [u64; ADAM_MT],
+    v: [u64; ADAM_MT],
+    n: [u32; ADAM_MT],
+    start: [u32; ADAM_MT + 1],
+    decay: [f32; ADAM_MT],
+    count: u32,
+}
+
+/// One AdamW parameter for `adamw_update_all`: (f32 variable, gradient, f32 moments m and v,
+/// decay factor 1 − lr·wd, or 1 for parameters that are not decayed).
+pub type AdamItem<'a> = (&'a Tensor, &'a Tensor, &'a Tensor, &'a Tensor, f32);
+
+/// `adamw_update` for many parameters at once: on the GPU one launch per 64 tensors (per gradient
+/// dtype) instead of one per tensor; the same arithmetic, element for element.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_all(items: &[AdamItem], one_m_b1: f32, b2: f32, one_m_b2: f32, eps: f32, step_size: f32, bc2_sqrt: f32) {
+    let Some(first) = items.first() else { return };
+    if !first.0.device().is_cuda() {
+        for &(w, g, m, v, decay) in items {
+            adamw_update(w, g, m, v, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+        }
+        return;
+    }
+    let dev = first.0.with_storage(|s| match s {
+        Storage::Cuda(c) => c.dev.clone(),
+        _ => unreachable!(),
+    });
+    for (gdt, kernel) in [(DType::F32, "adamw_mt_f32"), (DType::BF16, "adamw_mt_bf16g")] {
+        // Contiguous gradients kept alive until their launch is queued.
+        let group: Vec<(&Tensor, Tensor, &Tensor, &Tensor, f32)> =
+            items.iter().filter(|it| it.1.dtype() == gdt && it.0.numel() > 0).map(|&(w, g, m, v, d)| (w, if g.is_contiguous() { g.clone() } else { g.contiguous() }, m, v, d)).collect();
+        for chunk in group.chunks(ADAM_MT) {
+            let mut tab = AdamTab { w: [0; ADAM_MT], g: [0; ADAM_MT], m: [0; ADAM_MT], v: [0; ADAM_MT], n: [0; ADAM_MT], start: [0; ADAM_MT + 1], decay: [1.0; ADAM_MT], count: chunk.len() as u32 };
+            let mut blocks = 0usize;
+            for (i, (w, g, m, v, decay)) in chunk.iter().enumerate() {
+                assert!(w.dtype() == DType::F32 && m.dtype() == DType::F32 && v.dtype() == DType::F32, "adamw_update_all: parameters and moments must be f32");
+                assert!(w.is_var() && m.is_var() && v.is_var(), "adamw_update_all: updates variables in place");
+                assert!(g.numel() == w.numel() && m.numel() == w.numel() && v.numel() == w.numel(), "adamw_update_all: gradient or moments of another size than the parameter");
+                (tab.w[i], tab.g[i], tab.m[i], tab.v[i]) = (cuda_ptr(w), cuda_ptr(g), cuda_ptr(m), cuda_ptr(v));
+                tab.n[i] = u32::try_from(w.numel()).expect("adamw_update_all: a tensor of over 2^32 elements");
+                tab.decay[i] = *decay;
+                tab.start[i] = blocks as u32;
+                blocks += w.numel().div_ceil(ADAM_CHUNK);
+            }
+            tab.start[chunk.len()] = blocks as u32;
+            Args::new().push(tab).push(one_m_b1).push(b2).push(one_m_b2).push(eps).push(step_size).push(bc2_sqrt).launch(&dev, kernel, blocks as u32, 256, 0);
+        }
+    }
+    for it in items {
+        assert!(matches!(it.1.dtype(), DType::F32 | DType::BF16), "adamw_update_all: gradient dtype {}", it.1.dtype());
     }
 }
 

@@ -5,6 +5,7 @@
 //! and the shapes; nothing here reads files or the network.
 
 mod backward;
+mod classifier;
 pub mod cuda;
 mod fused;
 mod fused_layers;
@@ -22,5 +23,5 @@ pub use dtype::{DType, WithDType};
 pub use layout::Layout;
 pub use ops::{attention, attention_slow, rope_tables, AttnMask};
 pub use rng::Rng;
-pub use fused::{adamw_update, sum_squares_all};
+pub use fused::{adamw_update, adamw_update_all, sum_squares_all, AdamItem};
 pub use tensor::{grad_enabled, no_grad, Device, NoGradGuard, Storage, Tensor, TensorId};

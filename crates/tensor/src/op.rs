@@ -88,6 +88,9 @@ pub enum Op {
     /// Flash attention: (q, k, v, the [B, T, H, D] output held without history, per-row
     /// log-sum-exp f32 [B·H·T], key padding mask, causal, scale).
     FlashAttention(Tensor, Tensor, Tensor, Tensor, Tensor, Option<Tensor>, bool, f64),
+    /// Fused classifier (LM head + cross-entropy): (x [N, C], w [V, C], and their gradients for an
+    /// upstream gradient of 1, computed chunk by chunk in the forward pass, held without history).
+    LinearCrossEntropy(Tensor, Tensor, Tensor, Tensor),
 }
 
 impl Op {
@@ -95,7 +98,7 @@ impl Op {
         match self {
             Op::Unary(a, _) | Op::Reduce(a, _, _) | Op::Reshape(a) | Op::Permute(a, _) | Op::Narrow(a, _, _) | Op::Expand(a) | Op::Contiguous(a) | Op::Cast(a) => vec![a],
             Op::IndexSelect(a, _, _) | Op::Gather(a, _, _) => vec![a],
-            Op::Binary(a, b, _) | Op::Matmul(a, b) => vec![a, b],
+            Op::Binary(a, b, _) | Op::Matmul(a, b) | Op::LinearCrossEntropy(a, b, ..) => vec![a, b],
             Op::FlashAttention(q, k, v, ..) => vec![q, k, v],
             Op::IndexAdd(a, _, s, _) | Op::ScatterAdd(a, _, s, _) => vec![a, s],
             Op::Where(_, a, b) => vec![a, b],
@@ -126,6 +129,7 @@ impl Op {
             Op::SoftmaxScaled(..) => "softmax_scaled".into(),
             Op::LayerNorm(..) => "layer_norm".into(),
             Op::FlashAttention(..) => "flash_attention".into(),
+            Op::LinearCrossEntropy(..) => "linear_cross_entropy".into(),
             Op::Gelu(_, approx) => if *approx { "gelu_tanh" } else { "gelu_erf" }.into(),
         }
     }

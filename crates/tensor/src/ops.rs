@@ -60,6 +60,11 @@ impl Tensor {
         self.div(&ms.add_scalar(eps).sqrt()).mul(weight)
     }
 
+    /// The unfused twin of `linear_cross_entropy`: full logits, then the fused cross-entropy.
+    pub fn linear_cross_entropy_slow(&self, w: &Tensor, targets: &Tensor, ignore_index: Option<i64>) -> Tensor {
+        self.matmul(&w.t()).cross_entropy(targets, ignore_index)
+    }
+
     /// The composite twin of the fused `cross_entropy` (log_softmax + gather), for tests.
     pub fn cross_entropy_slow(&self, targets: &Tensor, ignore_index: Option<i64>) -> Tensor {
         assert_eq!(self.rank(), 2, "cross_entropy: logits must be [N, V], got {:?}", self.shape());

@@ -12,7 +12,7 @@
 //!   agree within 1 bf16 ulp: 2^-7 = 0.0078 relative; GEMMs accumulate in f32 on both sides but
 //!   round only at the end, 1e-2 relative to scale.
 
-use fmlab_tensor::{adamw_update, attention, AttnMask, DType, Device, Rng, Tensor};
+use fmlab_tensor::{adamw_update, adamw_update_all, attention, AttnMask, DType, Device, Rng, Tensor};
 
 fn gpu() -> Device {
     let d = Device::Cuda(0);
@@ -244,6 +244,68 @@ fn adamw_kernel_matches_cpu_loop() {
     for (a, b) in gpu_.iter().zip(&cpu) {
         close("adamw", a, b, 1e-6);
     }
+}
+
+/// The multi-tensor AdamW (one launch per 64 tensors) against the per-tensor CPU loop: 70
+/// tensors (two launches), sizes from 1 to past a block's chunk, f32 and bf16 gradients, decayed
+/// and not.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn multi_tensor_adamw_matches_cpu_loop() {
+    let g = gpu();
+    let sizes: Vec<usize> = (0..70).map(|i| [1, 7, 256, 16384, 40000][i % 5] + i).collect();
+    let mk = |n: usize, seed: u64| rnd(&[n], seed, DType::F32);
+    let state: Vec<[Tensor; 4]> = sizes.iter().enumerate().map(|(i, &n)| [mk(n, 100 + i as u64), mk(n, 300 + i as u64).scale(0.1), mk(n, 500 + i as u64).abs().scale(0.01), mk(n, 700 + i as u64)]).collect();
+    let cpu: Vec<[Tensor; 3]> = state.iter().map(|s| [Tensor::new_var(&s[0]), Tensor::new_var(&s[1]), Tensor::new_var(&s[2])]).collect();
+    let gpu_: Vec<[Tensor; 3]> = state.iter().map(|s| [Tensor::new_var(&s[0].to_device(g)), Tensor::new_var(&s[1].to_device(g)), Tensor::new_var(&s[2].to_device(g))]).collect();
+    // Every third gradient is bf16 (the CPU loop gets the same rounded values in f32).
+    let grads: Vec<Tensor> = state.iter().enumerate().map(|(i, s)| if i % 3 == 0 { s[3].to_dtype(DType::BF16) } else { s[3].clone() }).collect();
+    let grads_gpu: Vec<Tensor> = grads.iter().map(|t| t.to_device(g)).collect();
+    let decay = |i: usize| if i % 2 == 0 { 0.999f32 } else { 1.0 };
+    for step in 1..=3 {
+        let bc1 = 1.0 - 0.9f64.powi(step);
+        let bc2 = (1.0 - 0.95f64.powi(step)).sqrt();
+        let a = (0.1f32, 0.95f32, 0.05f32, 1e-8f32, (1e-3 / bc1) as f32, bc2 as f32);
+        for (i, c) in cpu.iter().enumerate() {
+            adamw_update(&c[0], &grads[i].to_dtype(DType::F32), &c[1], &c[2], decay(i), a.0, a.1, a.2, a.3, a.4, a.5);
+        }
+        let items: Vec<_> = gpu_.iter().enumerate().map(|(i, t)| (&t[0], &grads_gpu[i], &t[1], &t[2], decay(i))).collect();
+        adamw_update_all(&items, a.0, a.1, a.2, a.3, a.4, a.5);
+    }
+    for (i, (a, b)) in gpu_.iter().zip(&cpu).enumerate() {
+        for k in 0..3 {
+            close(&format!("adamw_update_all tensor {i} part {k}"), &a[k], &b[k], 1e-6);
+        }
+    }
+}
+
+/// The fused classifier in bf16 on the GPU against full f32 logits + cross-entropy on the CPU,
+/// at a vocabulary that is not a multiple of anything and chunks that split the rows unevenly.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn fused_classifier_bf16_matches_cpu() {
+    let g = gpu();
+    let (n, c, v) = (300, 64, 5003);
+    let x = rnd(&[n, c], 80, DType::F32);
+    let w = rnd(&[v, c], 81, DType::F32).scale(0.2);
+    let targets = Tensor::from_vec((0..n).map(|i| if i % 11 == 5 { -100 } else { (i * 7919 % v) as i32 }).collect::<Vec<_>>(), &[n]);
+    let run = |x: &Tensor, w: &Tensor, fused: bool| {
+        let (xv, wv) = (Tensor::new_var(x), Tensor::new_var(w));
+        let l = if fused { xv.linear_cross_entropy_chunked(&wv, &targets, Some(-100), 128) } else { xv.linear_cross_entropy_slow(&wv, &targets, Some(-100)) };
+        l.scale(2.0).backward();
+        (l.item(), xv.grad().unwrap(), wv.grad().unwrap())
+    };
+    let (l_cpu, dx_cpu, dw_cpu) = run(&x, &w, false);
+    let (l_gpu, dx_gpu, dw_gpu) = run(&x.to_dtype(DType::BF16).to_device(g), &w.to_dtype(DType::BF16).to_device(g), true);
+    // bf16 inputs (8 bits of mantissa) through a 64-long dot product: ~1e-2 relative.
+    assert!((l_gpu - l_cpu).abs() <= 1e-2 * l_cpu.abs(), "loss {l_gpu} vs {l_cpu}");
+    close("classifier dx", &dx_gpu.to_dtype(DType::F32), &dx_cpu, 2e-2);
+    close("classifier dw", &dw_gpu.to_dtype(DType::F32), &dw_cpu, 2e-2);
+    // f32 on the GPU: the same op as on the CPU up to summation order.
+    let (l32, dx32, dw32) = run(&x.to_device(g), &w.to_device(g), true);
+    assert!((l32 - l_cpu).abs() <= 1e-5 * l_cpu.abs(), "f32 loss {l32} vs {l_cpu}");
+    close("classifier dx f32", &dx32, &dx_cpu, 1e-5);
+    close("classifier dw f32", &dw32, &dw_cpu, 1e-5);
 }
 
 #[test]

@@ -198,6 +198,8 @@ fn composite_ops() {
     check("cross_entropy ignore", &[logits.clone()], |v| v[0].cross_entropy(&with_ignored, Some(-100)));
     check("cross_entropy ignore a valid id", &[logits.clone()], |v| v[0].cross_entropy(&targets, Some(0)));
     check("cross_entropy_slow", &[logits.clone()], |v| v[0].cross_entropy_slow(&with_ignored, Some(-100)));
+    let head = rnd(&[5, 4], 42, 1.0);
+    check("linear_cross_entropy", &[logits.clone(), head.clone()], |v| v[0].linear_cross_entropy_chunked(&v[1], &with_ignored, Some(-100), 2));
     let sc = rnd(&[2, 3, 5], 37, 2.0);
     check("softmax_scaled causal", &[sc.clone()], |v| v[0].softmax_scaled(0.7, true));
     check("softmax_scaled", &[sc.clone()], |v| v[0].softmax_scaled(0.7, false));
@@ -293,4 +295,15 @@ fn fused_ops_match_their_twins() {
     let g = Tensor::from_f64(&(0..241).map(|i| (i as f64 - 120.0) / 15.0).collect::<Vec<_>>(), &[241], DType::F64);
     close("gelu_tanh", run(dev, &[g.clone()], &|v| v[0].gelu_tanh()), run(dev, &[g.clone()], &|v| v[0].gelu_tanh_slow()));
     close("gelu_erf", run(dev, &[g.clone()], &|v| v[0].gelu_erf()), run(dev, &[g.clone()], &|v| v[0].gelu_erf_slow()));
+    // The fused classifier: chunks of 1, 4 and all 10 rows (chunk boundaries inside and at the
+    // end), ignored rows, against full logits + cross-entropy.
+    let (hx, hw) = (rnd(&[10, 6], 53, 1.5), rnd(&[13, 6], 54, 1.0));
+    let tg = Tensor::from_vec(vec![3i32, -100, 12, 0, 5, 5, -100, 7, 1, 11], &[10]);
+    for rows in [1, 4, 10] {
+        close(
+            &format!("linear_cross_entropy, {rows} rows per chunk"),
+            run(dev, &[hx.clone(), hw.clone()], &|v| v[0].linear_cross_entropy_chunked(&v[1], &tg, Some(-100), rows)),
+            run(dev, &[hx.clone(), hw.clone()], &|v| v[0].linear_cross_entropy_slow(&v[1], &tg, Some(-100))),
+        );
+    }
 }

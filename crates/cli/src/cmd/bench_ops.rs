@@ -208,6 +208,25 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         let ts = Tensor::from_vec(tg[..61].to_vec(), &[61]);
         rows.push(Row { name: "cross_entropy fwd".into(), shape: format!("[{n}, {v}] bf16"), ms: s * 1e3, rate: gbs((2 * n * v) as f64, s), err: check(&[rnd(&[61, v], 15, bf)], &|w| w[0].cross_entropy(&ts, None)) });
     }
+    if want("classifier") {
+        // The LM head + cross-entropy, forward and backward: fused (chunked, no full logits) vs
+        // the unfused matmul → [rows, V] logits → cross-entropy → backward.
+        let v = 50257;
+        let (x, w) = (rnd(&[n, c], 23, bf).to_device(dev), rnd(&[v, c], 24, bf).scale(0.05).to_device(dev));
+        let tg: Vec<i32> = (0..n).map(|i| ((i * 7919) % v) as i32).collect();
+        let t = Tensor::from_vec(tg, &[n]);
+        let (sv, vs) = (5003usize, 61usize);
+        let ts = Tensor::from_vec((0..vs).map(|i| ((i * 7919) % sv) as i32).collect::<Vec<_>>(), &[vs]);
+        let small = [rnd(&[vs, c], 23, bf), rnd(&[sv, c], 24, bf).scale(0.05)];
+        for (name, fused) in [("classifier fwd+bwd (fused, chunked)", true), ("classifier fwd+bwd (matmul + cross_entropy)", false)] {
+            let f = |v: &[Tensor], t: &Tensor| if fused { v[0].linear_cross_entropy(&v[1], t, None) } else { v[0].linear_cross_entropy_slow(&v[1], t, None) };
+            let (vx, vw) = (Tensor::new_var(&x), Tensor::new_var(&w));
+            let one = Tensor::full_on(1.0, &[], DType::F32, dev);
+            let s = time(dev, a.iters.min(5), || f(&[vx.clone(), vw.clone()], &t).grads_wrt_graph(&one)[0].1.clone());
+            let err = check_grads(&small, &|v| f(v, &ts)).max(check(&small, &|v| f(v, &ts)));
+            rows.push(Row { name: name.into(), shape: format!("[{n}, {c}] x [{v}, {c}]ᵀ bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 6.0 * (n * c * v) as f64 / s / 1e12), err });
+        }
+    }
     if want("matmul") {
         let (x, w) = (rnd(&[n, c], 16, bf).to_device(dev), rnd(&[c, h], 17, bf).to_device(dev));
         let s = time(dev, a.iters, || x.matmul(&w));
@@ -223,6 +242,31 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
             w.clone()
         });
         rows.push(Row { name: "adamw (per tensor kernel)".into(), shape: format!("[{np}] f32"), ms: s * 1e3, rate: gbs((28 * np) as f64, s), err: f64::NAN });
+        // gpt2-mini's 148 parameter tensors (C = width): one launch each vs the multi-tensor kernel.
+        let mut shapes: Vec<usize> = vec![50257 * c, 1024 * c, c, c];
+        for _ in 0..12 {
+            shapes.extend([c, c, 3 * c * c, 3 * c, c * c, c, c, c, 4 * c * c, 4 * c, 4 * c * c, c]);
+        }
+        let total: usize = shapes.iter().sum();
+        let state: Vec<[Tensor; 4]> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &k)| [Tensor::new_var(&rnd(&[k], 30 + i as u64, DType::F32).to_device(dev)), Tensor::new_var(&Tensor::zeros_on(&[k], DType::F32, dev)), Tensor::new_var(&Tensor::zeros_on(&[k], DType::F32, dev)), rnd(&[k], 400 + i as u64, DType::F32).to_device(dev)])
+            .collect();
+        for (name, multi) in [("adamw, 148 gpt2-mini tensors (per tensor)", false), ("adamw, 148 gpt2-mini tensors (multi-tensor)", true)] {
+            let s = time(dev, a.iters, || {
+                if multi {
+                    let items: Vec<fmlab_tensor::AdamItem> = state.iter().map(|t| (&t[0], &t[3], &t[1], &t[2], 0.9999f32)).collect();
+                    fmlab_tensor::adamw_update_all(&items, 0.1, 0.95, 0.05, 1e-8, 1e-3, 0.5);
+                } else {
+                    for t in &state {
+                        fmlab_tensor::adamw_update(&t[0], &t[3], &t[1], &t[2], 0.9999, 0.1, 0.95, 0.05, 1e-8, 1e-3, 0.5);
+                    }
+                }
+                state[0][0].clone()
+            });
+            rows.push(Row { name: name.into(), shape: format!("{total} f32 in {} tensors", shapes.len()), ms: s * 1e3, rate: gbs((28 * total) as f64, s), err: f64::NAN });
+        }
     }
 
     println!("| op | shape | ms/call | throughput | max rel. error vs CPU |");

@@ -141,7 +141,16 @@ impl Blas {
 /// operands for Aᵀ and Bᵀ (see `transposed_view`), C is contiguous.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u64, b: Operand, pc: u64, m: usize, n: usize, batch: usize) -> Result<(), CudaError> {
-    let _p = super::profile::Scope::new(dev, if batch > 1 { "gemm batched" } else { "gemm" });
+    // Profiled GEMMs are named by shape (row-major M×N×K, N/T per operand, batch), so the table
+    // shows which of the step's GEMMs takes the time.
+    let label = if super::profile::enabled() {
+        let k = if a.trans { a.cols } else { a.rows };
+        let t = |o: &Operand, plain: bool| if o.trans == plain { 'T' } else { 'N' };
+        format!("gemm {m}x{n}x{k} {}{}{} {dtype}", t(&a, true), t(&b, true), if batch > 1 { format!(" x{batch}") } else { String::new() })
+    } else {
+        String::new()
+    };
+    let _p = super::profile::Scope::new(dev, if label.is_empty() { "gemm" } else { &label });
     let mut g = dev.blas.lock().unwrap();
     if g.is_none() {
         *g = Some(Blas::new(dev)?);

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::CudaDevice;
 
-fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("FMLAB_CUDA_PROFILE").is_some_and(|v| v != "0"))
 }

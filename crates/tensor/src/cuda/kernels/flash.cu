@@ -25,8 +25,30 @@ __device__ __forceinline__ void mma_bf16(float* c, const u32* a, u32 b0, u32 b1)
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 __device__ __forceinline__ u32 pack_bf16(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
-__device__ __forceinline__ u32 pack_raw(unsigned short lo, unsigned short hi) { return (u32)lo | ((u32)hi << 16); }
 __device__ __forceinline__ float fa_exp2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+// ldmatrix: a warp loads four 8×8 b16 matrices from shared memory, lane 8i + r giving the address
+// of row r of matrix i; each lane receives the pair (row g, cols 2t, 2t+1) of every matrix, or with
+// .trans the pair (rows 2t, 2t+1, col g) — exactly an mma B fragment half of a [k][n] tile.
+__device__ __forceinline__ void ldsm_x4(u32* r, const void* p) {
+    u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void ldsm_x4_t(u32* r, const void* p) {
+    u32 a = (u32)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// B fragments from a shared tile stored [n][k] (keys × head dims for S = Q Kᵀ): r = {b0, b1} of
+// k-slab kk, then {b0, b1} of k-slab kk + 1, for n-tile nt.
+template <int D> __device__ __forceinline__ void ldsm_b(u32* r, unsigned short (*sm)[D + 8], int nt, int kk) {
+    int lane = threadIdx.x & 31;
+    ldsm_x4(r, &sm[nt * 8 + (lane & 7)][kk * 16 + (lane >> 3) * 8]);
+}
+// B fragments from a shared tile stored [k][n] (keys × head dims for O = P V): r = {b0, b1} of
+// n-tile nd, then {b0, b1} of n-tile nd + 1, for k-slab kk.
+template <int D> __device__ __forceinline__ void ldsm_b_t(u32* r, unsigned short (*sm)[D + 8], int kk, int nd) {
+    int lane = threadIdx.x & 31, mi = lane >> 3;
+    ldsm_x4_t(r, &sm[kk * 16 + (mi & 1) * 8 + (lane & 7)][(nd + (mi >> 1)) * 8]);
+}
 #define FA_NEG_INF (-1.0f / 0.0f)
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
@@ -54,7 +76,19 @@ template <int D> __device__ __forceinline__ void load_a_global(u32 (*a)[4], cons
 
 // Cooperative copy of rows [r0, r0 + FA_TILE) of a [n, D] strided matrix into shared [FA_TILE][D + 8]
 // (padding rows past n with zeros). 32-bit copies.
+// 16-byte copies when the rows are 16-byte aligned (the usual case: q, k, v read in place from
+// the QKV projection), 4-byte copies otherwise.
 template <int D> __device__ __forceinline__ void load_tile(unsigned short (*sm)[D + 8], const bf16* base, u32 row_stride, u32 r0, u32 n) {
+    if ((((u64)base | ((u64)row_stride * 2)) & 15) == 0) {
+        const int vecs = D / 8;
+        for (int i = threadIdx.x; i < FA_TILE * vecs; i += blockDim.x) {
+            int r = i / vecs, w = i % vecs;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (r0 + r < n) v = *(const uint4*)(base + (u64)(r0 + r) * row_stride + 8 * w);
+            *(uint4*)&sm[r][8 * w] = v;
+        }
+        return;
+    }
     const int words = D / 2;
     for (int i = threadIdx.x; i < FA_TILE * words; i += blockDim.x) {
         int r = i / words, w = i % words;
@@ -72,7 +106,7 @@ __device__ __forceinline__ bool fa_visible(const FaDims& d, const u8* pad, u32 b
 }
 
 template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) {
-    __shared__ unsigned short ks_[FA_TILE][D + 8], vs_[FA_TILE][D + 8];
+    __shared__ __align__(16) unsigned short ks_[FA_TILE][D + 8], vs_[FA_TILE][D + 8];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
     u32 q0 = blockIdx.x * (FA_WARPS * 16), wq = q0 + warp * 16;
@@ -99,10 +133,11 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
         for (int nt = 0; nt < FA_TILE / 8; ++nt) {
             sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                u32 b0 = *(const u32*)&ks_[nt * 8 + g][kk * 16 + 2 * t];
-                u32 b1 = *(const u32*)&ks_[nt * 8 + g][kk * 16 + 8 + 2 * t];
-                mma_bf16(sc[nt], qa[kk], b0, b1);
+            for (int kk = 0; kk < D / 16; kk += 2) {
+                u32 b[4];
+                ldsm_b<D>(b, ks_, nt, kk);
+                mma_bf16(sc[nt], qa[kk], b[0], b[1]);
+                mma_bf16(sc[nt], qa[kk + 1], b[2], b[3]);
             }
         }
         // Scale (log2 domain), mask, row maxima over the 4 lanes sharing a row.
@@ -146,10 +181,11 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
                 }
             u32 pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]), pack_bf16(p[1][0], p[1][1]), pack_bf16(p[1][2], p[1][3])};
 #pragma unroll
-            for (int nd = 0; nd < D / 8; ++nd) {
-                u32 b0 = pack_raw(vs_[kk * 16 + 2 * t][nd * 8 + g], vs_[kk * 16 + 2 * t + 1][nd * 8 + g]);
-                u32 b1 = pack_raw(vs_[kk * 16 + 8 + 2 * t][nd * 8 + g], vs_[kk * 16 + 9 + 2 * t][nd * 8 + g]);
-                mma_bf16(acc[nd], pa, b0, b1);
+            for (int nd = 0; nd < D / 8; nd += 2) {
+                u32 b[4];
+                ldsm_b_t<D>(b, vs_, kk, nd);
+                mma_bf16(acc[nd], pa, b[0], b[1]);
+                mma_bf16(acc[nd + 1], pa, b[2], b[3]);
             }
         }
     }
@@ -186,7 +222,7 @@ template <int D> __device__ void fa_delta_k(const bf16* o, const bf16* dout, flo
 
 // dK, dV for 16 keys per warp, looping over query tiles. dout strided (do_s: batch, head, row).
 template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 ds0, u32 ds1, u32 ds2) {
-    __shared__ unsigned short qs_[FA_TILE][D + 8], gs_[FA_TILE][D + 8];
+    __shared__ __align__(16) unsigned short qs_[FA_TILE][D + 8], gs_[FA_TILE][D + 8];
     __shared__ float lse_s[FA_TILE], del_s[FA_TILE];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
@@ -223,9 +259,14 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
 #pragma unroll
             for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                mma_bf16(st[nt], ka[kk], *(const u32*)&qs_[nt * 8 + g][kk * 16 + 2 * t], *(const u32*)&qs_[nt * 8 + g][kk * 16 + 8 + 2 * t]);
-                mma_bf16(dpt[nt], va[kk], *(const u32*)&gs_[nt * 8 + g][kk * 16 + 2 * t], *(const u32*)&gs_[nt * 8 + g][kk * 16 + 8 + 2 * t]);
+            for (int kk = 0; kk < D / 16; kk += 2) {
+                u32 bq[4], bg[4];
+                ldsm_b<D>(bq, qs_, nt, kk);
+                ldsm_b<D>(bg, gs_, nt, kk);
+                mma_bf16(st[nt], ka[kk], bq[0], bq[1]);
+                mma_bf16(st[nt], ka[kk + 1], bq[2], bq[3]);
+                mma_bf16(dpt[nt], va[kk], bg[0], bg[1]);
+                mma_bf16(dpt[nt], va[kk + 1], bg[2], bg[3]);
             }
         }
         // P^T = exp(s·scale − lse_i); dS^T = P^T ∘ (dP^T − delta_i). Unmasked interior tiles:
@@ -246,10 +287,14 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
             u32 pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]), pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]), pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
             u32 sa[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]), pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]), pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
 #pragma unroll
-            for (int nd = 0; nd < D / 8; ++nd) {
-                u32 r0 = kk * 16 + 2 * t, c = nd * 8 + g;
-                mma_bf16(dva[nd], pa, pack_raw(gs_[r0][c], gs_[r0 + 1][c]), pack_raw(gs_[r0 + 8][c], gs_[r0 + 9][c]));
-                mma_bf16(dka[nd], sa, pack_raw(qs_[r0][c], qs_[r0 + 1][c]), pack_raw(qs_[r0 + 8][c], qs_[r0 + 9][c]));
+            for (int nd = 0; nd < D / 8; nd += 2) {
+                u32 bg[4], bq[4];
+                ldsm_b_t<D>(bg, gs_, kk, nd);
+                ldsm_b_t<D>(bq, qs_, kk, nd);
+                mma_bf16(dva[nd], pa, bg[0], bg[1]);
+                mma_bf16(dva[nd + 1], pa, bg[2], bg[3]);
+                mma_bf16(dka[nd], sa, bq[0], bq[1]);
+                mma_bf16(dka[nd + 1], sa, bq[2], bq[3]);
             }
         }
     }
@@ -269,7 +314,7 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
 
 // dQ for 16 queries per warp, looping over key tiles.
 template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dq, FaDims d, u32 ds0, u32 ds1, u32 ds2) {
-    __shared__ unsigned short ks_[FA_TILE][D + 8], vs_[FA_TILE][D + 8];
+    __shared__ __align__(16) unsigned short ks_[FA_TILE][D + 8], vs_[FA_TILE][D + 8];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
     u32 q0 = blockIdx.x * (FA_WARPS * 16), wq = q0 + warp * 16;
@@ -303,9 +348,14 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
 #pragma unroll
             for (int e = 0; e < 4; ++e) sc[nt][e] = dp[nt][e] = 0.f;
 #pragma unroll
-            for (int kk = 0; kk < D / 16; ++kk) {
-                mma_bf16(sc[nt], qa[kk], *(const u32*)&ks_[nt * 8 + g][kk * 16 + 2 * t], *(const u32*)&ks_[nt * 8 + g][kk * 16 + 8 + 2 * t]);
-                mma_bf16(dp[nt], ga[kk], *(const u32*)&vs_[nt * 8 + g][kk * 16 + 2 * t], *(const u32*)&vs_[nt * 8 + g][kk * 16 + 8 + 2 * t]);
+            for (int kk = 0; kk < D / 16; kk += 2) {
+                u32 bk[4], bv[4];
+                ldsm_b<D>(bk, ks_, nt, kk);
+                ldsm_b<D>(bv, vs_, nt, kk);
+                mma_bf16(sc[nt], qa[kk], bk[0], bk[1]);
+                mma_bf16(sc[nt], qa[kk + 1], bk[2], bk[3]);
+                mma_bf16(dp[nt], ga[kk], bv[0], bv[1]);
+                mma_bf16(dp[nt], ga[kk + 1], bv[2], bv[3]);
             }
         }
         bool masked = k0 + FA_TILE > d.s || pad || (d.causal && k0 + FA_TILE - 1 > wq + (d.s - d.t));
@@ -322,9 +372,11 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
         for (int kk = 0; kk < FA_TILE / 16; ++kk) {
             u32 sa[4] = {pack_bf16(sc[2 * kk][0], sc[2 * kk][1]), pack_bf16(sc[2 * kk][2], sc[2 * kk][3]), pack_bf16(sc[2 * kk + 1][0], sc[2 * kk + 1][1]), pack_bf16(sc[2 * kk + 1][2], sc[2 * kk + 1][3])};
 #pragma unroll
-            for (int nd = 0; nd < D / 8; ++nd) {
-                u32 r0 = kk * 16 + 2 * t, c = nd * 8 + g;
-                mma_bf16(dqa[nd], sa, pack_raw(ks_[r0][c], ks_[r0 + 1][c]), pack_raw(ks_[r0 + 8][c], ks_[r0 + 9][c]));
+            for (int nd = 0; nd < D / 8; nd += 2) {
+                u32 b[4];
+                ldsm_b_t<D>(b, ks_, kk, nd);
+                mma_bf16(dqa[nd], sa, b[0], b[1]);
+                mma_bf16(dqa[nd + 1], sa, b[2], b[3]);
             }
         }
     }

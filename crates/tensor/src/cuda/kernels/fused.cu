@@ -63,6 +63,44 @@ extern "C" __global__ void adamw_bf16g(float* w, const bf16* g, float* m, float*
     adamw_k<bf16>(w, g, m, v, n, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
 }
 
+// Multi-tensor AdamW: up to ADAM_MT tensors per launch (their addresses in the kernel's
+// parameters, not in device memory, so a launch needs no upload). Block b works on tensor t with
+// start[t] <= b < start[t + 1], elements [(b - start[t]) · ADAM_CHUNK, +ADAM_CHUNK); each tensor has
+// its own decay factor (1 for biases and norms). Same arithmetic as adamw_k.
+#define ADAM_MT 64
+#define ADAM_CHUNK 16384
+struct AdamTab { u64 w[ADAM_MT], g[ADAM_MT], m[ADAM_MT], v[ADAM_MT]; u32 n[ADAM_MT]; u32 start[ADAM_MT + 1]; float decay[ADAM_MT]; u32 count; };
+template <typename G> __device__ void adamw_mt_k(const AdamTab& tab, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
+    u32 b = blockIdx.x, lo_t = 0, hi_t = tab.count - 1;
+    while (lo_t < hi_t) {  // the last t with start[t] <= b
+        u32 mid = (lo_t + hi_t + 1) / 2;
+        if (tab.start[mid] <= b) lo_t = mid; else hi_t = mid - 1;
+    }
+    u32 t = lo_t;
+    float* w = (float*)tab.w[t];
+    const G* g = (const G*)tab.g[t];
+    float* m = (float*)tab.m[t];
+    float* v = (float*)tab.v[t];
+    float decay = tab.decay[t];
+    u32 lo = (b - tab.start[t]) * ADAM_CHUNK, hi = min(tab.n[t], lo + ADAM_CHUNK);
+    for (u32 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+        float gi = ld(g[i]);
+        float wi = w[i] * decay;
+        float mi = m[i] + one_m_b1 * (gi - m[i]);
+        float vi = v[i] * b2 + (gi * gi) * one_m_b2;
+        float denom = sqrtf(vi) / bc2_sqrt + eps;
+        w[i] = wi - step_size * (mi / denom);
+        m[i] = mi;
+        v[i] = vi;
+    }
+}
+extern "C" __global__ void adamw_mt_f32(AdamTab tab, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
+    adamw_mt_k<float>(tab, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+}
+extern "C" __global__ void adamw_mt_bf16g(AdamTab tab, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
+    adamw_mt_k<bf16>(tab, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+}
+
 // Scaled, optionally causal softmax over the last dim of scores [rows, S], one block per row.
 // Row r is query i = r % T of its head; with `causal`, keys j > i + (S - T) get probability 0.
 template <typename T> __device__ void softmax_fwd_k(const T* x, T* y, u32 s, u32 t, double scale, int causal) {

@@ -1,0 +1,95 @@
+//! The fused classifier: mean cross-entropy of `x · wᵀ` (an LM head) computed in row chunks,
+//! never holding the full [N, V] logits or their gradient.
+//!
+//! For GPT-2's 50257-way head at 32 × 1024 tokens the logits are 3.3 GB in bf16 and their
+//! gradient as much again. Here each chunk of rows makes its logits (one GEMM), its loss and, when
+//! a gradient is wanted, its logits' gradient right away (the loss is the graph's end, so the
+//! upstream gradient is a scalar that only scales): dx rows = dlogits · w and dw += dlogitsᵀ · x
+//! (two GEMMs), after which the chunk's logits are freed. Backward only scales dx and dw by the
+//! upstream gradient. Peak extra memory: one chunk of logits and its gradient, plus dw in f32.
+//!
+//! Composed of tensor ops (matmul, the fused cross-entropy forward and backward, cat), so it runs
+//! on every device; `linear_cross_entropy_slow` (ops.rs) is the unfused twin the tests hold it to.
+
+use crate::fused::ce_forward;
+use crate::op::Op;
+use crate::tensor::Storage;
+use crate::{grad_enabled, no_grad, DType, Tensor};
+
+/// Logit elements per chunk: ≈ 400 MB of bf16 logits at V = 50257 (4096 rows), large enough
+/// that the three GEMMs per chunk run at full speed.
+const CHUNK_ELEMS: usize = 4096 * 50257;
+
+impl Tensor {
+    /// Mean cross-entropy of the logits `self · wᵀ` (self [N, C], w [V, C]) against `targets` [N]
+    /// (rows equal to `ignore_index` skipped), without materializing the logits. The loss is f32
+    /// for 16-bit inputs; gradients flow to `self` and `w` in their dtypes.
+    pub fn linear_cross_entropy(&self, w: &Tensor, targets: &Tensor, ignore_index: Option<i64>) -> Tensor {
+        self.linear_cross_entropy_chunked(w, targets, ignore_index, (CHUNK_ELEMS / w.dim(0).max(1)).max(1))
+    }
+
+    /// `linear_cross_entropy` with `rows` rows per chunk (tests use small chunks).
+    pub fn linear_cross_entropy_chunked(&self, w: &Tensor, targets: &Tensor, ignore_index: Option<i64>, rows: usize) -> Tensor {
+        assert!(rows > 0, "linear_cross_entropy: chunk of 0 rows");
+        assert!(self.rank() == 2 && w.rank() == 2 && self.dim(1) == w.dim(1), "linear_cross_entropy: x {:?} and w {:?} must be [N, C] and [V, C]", self.shape(), w.shape());
+        assert_eq!(targets.shape(), &[self.dim(0)], "linear_cross_entropy: targets {:?} for x {:?}", targets.shape(), self.shape());
+        assert_eq!(self.dtype(), w.dtype(), "linear_cross_entropy: x is {} but w is {}", self.dtype(), w.dtype());
+        let (n, v) = (self.dim(0), w.dim(0));
+        let t = targets.to_dtype(DType::I32).to_vec::<i32>();
+        for (i, &ti) in t.iter().enumerate() {
+            assert!(Some(ti as i64) == ignore_index || (ti >= 0 && (ti as usize) < v), "linear_cross_entropy: target {ti} at row {i} is outside 0..{v}");
+        }
+        let kept = t.iter().filter(|&&ti| Some(ti as i64) != ignore_index).count();
+        let stored: Vec<i32> = t.iter().map(|&ti| if Some(ti as i64) == ignore_index { -1 } else { ti }).collect();
+        let want_grad = grad_enabled() && (self.track_grad() || w.track_grad());
+        let _ng = no_grad();
+        let x = self.contiguous();
+        let dev = x.device();
+        let tt = Tensor::from_vec(stored, &[n]).to_device(dev);
+        // The CPU cross-entropy is f32/f64: 16-bit logits are widened per chunk there.
+        let widen = !dev.is_cuda() && !matches!(x.dtype(), DType::F32 | DType::F64);
+        let acc = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        let mut loss: Option<Tensor> = None;
+        let mut dx_parts = Vec::new();
+        let mut dw: Option<Tensor> = None;
+        for r0 in (0..n).step_by(rows) {
+            let len = rows.min(n - r0);
+            let xc = x.narrow(0, r0, len); // [len, C], contiguous rows
+            let tc = tt.narrow(0, r0, len);
+            let mut logits = xc.matmul(&w.t()); // [len, V]
+            if widen {
+                logits = logits.to_dtype(DType::F32);
+            }
+            let (lse, ls) = ce_forward(&logits, &tc);
+            loss = Some(match loss {
+                Some(l) => l.add(&ls),
+                None => ls,
+            });
+            if want_grad {
+                let d = Tensor::cross_entropy_backward(&logits, &tc, &lse, kept, 1.0).to_dtype(x.dtype()); // [len, V]
+                drop(logits);
+                dx_parts.push(d.matmul(w)); // [len, C]
+                // dw accumulates over chunks in f32 (f64 for f64): one bf16 rounding per chunk,
+                // not a bf16 running sum.
+                let dwc = d.t().matmul(&xc).to_dtype(acc); // [V, C]
+                dw = Some(match dw {
+                    Some(a) => a.add(&dwc),
+                    None => dwc,
+                });
+            }
+        }
+        let Some(loss) = loss else { panic!("linear_cross_entropy: no rows") };
+        // NaN when every target is ignored, as in PyTorch.
+        let mean = loss.scale(1.0 / kept as f64);
+        let s = mean.with_storage(|s| match s {
+            Storage::Cuda(c) => Storage::Cuda(c.copy_strided(mean.layout())),
+            Storage::Cpu(c) => Storage::Cpu(c.clone()),
+        });
+        let op = want_grad.then(|| {
+            let dx = if dx_parts.len() == 1 { dx_parts.pop().unwrap() } else { Tensor::cat(&dx_parts, 0) };
+            Op::LinearCrossEntropy(self.clone(), w.clone(), dx, dw.expect("a gradient").to_dtype(w.dtype()))
+        });
+        drop(_ng);
+        Tensor::from_any(s, &[], op)
+    }
+}
