@@ -11,7 +11,9 @@
 //! Composed of tensor ops (matmul, the fused cross-entropy forward and backward, cat), so it runs
 //! on every device; `linear_cross_entropy_slow` (ops.rs) is the unfused twin the tests hold it to.
 
-use crate::fused::ce_forward;
+use crate::cuda::storage::sfx;
+use crate::cuda::Args;
+use crate::fused::{ce_forward, cuda_ptr};
 use crate::op::Op;
 use crate::tensor::Storage;
 use crate::{grad_enabled, no_grad, DType, Tensor};
@@ -49,6 +51,11 @@ impl Tensor {
         // The CPU cross-entropy is f32/f64: 16-bit logits are widened per chunk there.
         let widen = !dev.is_cuda() && !matches!(x.dtype(), DType::F32 | DType::F64);
         let acc = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+        // On the GPU the head is padded with zero rows to a multiple of 64: an odd V (50257) makes
+        // every logits row misaligned for cuBLASLt, which then runs these GEMMs at a fraction of
+        // its speed. The padded logit columns are excluded from the softmax by the kernel.
+        let vp = if dev.is_cuda() { v.div_ceil(64) * 64 } else { v };
+        let wp = if vp > v { Tensor::cat(&[w.clone(), Tensor::zeros_on(&[vp - v, w.dim(1)], w.dtype(), dev)], 0) } else { w.clone() }; // [Vp, C]
         let mut loss: Option<Tensor> = None;
         let mut dx_parts = Vec::new();
         let mut dw: Option<Tensor> = None;
@@ -56,22 +63,29 @@ impl Tensor {
             let len = rows.min(n - r0);
             let xc = x.narrow(0, r0, len); // [len, C], contiguous rows
             let tc = tt.narrow(0, r0, len);
-            let mut logits = xc.matmul(&w.t()); // [len, V]
-            if widen {
-                logits = logits.to_dtype(DType::F32);
-            }
-            let (lse, ls) = ce_forward(&logits, &tc);
+            let mut logits = xc.matmul(&wp.t()); // [len, Vp]
+            let (ls, d) = if dev.is_cuda() {
+                // Loss and, in place, the logits' gradient in one kernel.
+                let ls = ce_fused_cuda(&logits, &tc, v, kept, want_grad);
+                (ls, want_grad.then_some(logits))
+            } else {
+                if widen {
+                    logits = logits.to_dtype(DType::F32);
+                }
+                let (lse, ls) = ce_forward(&logits, &tc);
+                let d = want_grad.then(|| Tensor::cross_entropy_backward(&logits, &tc, &lse, kept, 1.0).to_dtype(x.dtype()));
+                (ls, d)
+            };
             loss = Some(match loss {
                 Some(l) => l.add(&ls),
                 None => ls,
             });
-            if want_grad {
-                let d = Tensor::cross_entropy_backward(&logits, &tc, &lse, kept, 1.0).to_dtype(x.dtype()); // [len, V]
-                drop(logits);
-                dx_parts.push(d.matmul(w)); // [len, C]
+            if let Some(d) = d {
+                // d: [len, Vp], zero in the padded columns.
+                dx_parts.push(d.matmul(&wp)); // [len, C]
                 // dw accumulates over chunks in f32 (f64 for f64): one bf16 rounding per chunk,
                 // not a bf16 running sum.
-                let dwc = d.t().matmul(&xc).to_dtype(acc); // [V, C]
+                let dwc = d.t().matmul(&xc).to_dtype(acc); // [Vp, C]
                 dw = Some(match dw {
                     Some(a) => a.add(&dwc),
                     None => dwc,
@@ -87,9 +101,33 @@ impl Tensor {
         });
         let op = want_grad.then(|| {
             let dx = if dx_parts.len() == 1 { dx_parts.pop().unwrap() } else { Tensor::cat(&dx_parts, 0) };
-            Op::LinearCrossEntropy(self.clone(), w.clone(), dx, dw.expect("a gradient").to_dtype(w.dtype()))
+            let dw = dw.expect("a gradient").narrow(0, 0, v); // drop the padding rows
+            Op::LinearCrossEntropy(self.clone(), w.clone(), dx, dw.to_dtype(w.dtype()).contiguous())
         });
         drop(_ng);
         Tensor::from_any(s, &[], op)
     }
+}
+
+/// `ce_fused_*` over a chunk of logits [rows, ld] on the GPU (the first `v` columns real): the
+/// sum of the kept rows' losses (f32; f64 for f64), and with `grad` the logits' gradient
+/// (scaled by 1/kept) written over `logits`.
+fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, kept: usize, grad: bool) -> Tensor {
+    let (rows, ld) = (logits.dim(0), logits.dim(1));
+    assert!(logits.is_contiguous() && logits.layout().offset == 0, "ce_fused: logits must be a fresh contiguous tensor");
+    let acc = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let loss = Tensor::zeros_on(&[rows], acc, logits.device());
+    logits.with_storage(|s| {
+        let Storage::Cuda(xs) = s else { unreachable!() };
+        Args::new()
+            .push(xs.ptr)
+            .push(cuda_ptr(tt))
+            .push(cuda_ptr(&loss))
+            .push(v as u32)
+            .push(ld as u32)
+            .push(1.0 / kept as f64)
+            .push(grad as i32)
+            .launch(&xs.dev, &format!("ce_fused_{}", sfx(logits.dtype())), rows as u32, 512, 0);
+    });
+    loss.sum_all()
 }

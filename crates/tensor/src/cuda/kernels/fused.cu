@@ -34,9 +34,39 @@ template <typename T> __device__ void ce_bwd_k(const T* x, const int* t, const t
         drow[j] = st<T>(r);
     }
 }
+// The fused classifier's per-chunk step: loss of each row of logits x [rows, ld] (the first v
+// columns are real, the rest pad the GEMM to an aligned width) and, with `grad`, the logits'
+// gradient written over x in place: (exp(x − lse) − [j == t]) · scale for j < v, 0 in the padding
+// (so the padded columns add nothing to dX = d·W and give zero rows of dW). Pass 1 reads the row
+// (online softmax); pass 2 re-reads it, mostly from L2, and writes.
+template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Acc<T>::t* loss, u32 v, u32 ldx, double scale, int grad) {
+    typedef typename Acc<T>::t A;
+    T* row = x + (u64)blockIdx.x * ldx;
+    A mt = -1.0 / 0.0, st_ = 0;
+    for (u32 j = threadIdx.x; j < v; j += blockDim.x) {
+        A a = ld(row[j]);
+        if (a > mt) { st_ = st_ * m_exp(mt - a) + (A)1; mt = a; }
+        else if (mt > (A)(-1.0 / 0.0)) st_ += m_exp(a - mt);
+    }
+    A m = block_max<A>(mt);
+    A s = block_sum<A>(mt == m ? st_ : st_ * m_exp(mt - m));
+    A l = m + m_log(s);
+    int ti = t[blockIdx.x];
+    // Every thread read the target's logit before any thread overwrites the row.
+    A xt = ti < 0 ? (A)0 : (A)ld(row[ti]);
+    __syncthreads();
+    if (threadIdx.x == 0) loss[blockIdx.x] = ti < 0 ? (A)0 : l - xt;
+    if (!grad) return;
+    A sc = (A)scale;
+    for (u32 j = threadIdx.x; j < ldx; j += blockDim.x) {
+        A r = (ti < 0 || j >= v) ? (A)0 : (m_exp((A)ld(row[j]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
+        row[j] = st<T>(r);
+    }
+}
 #define CE(T, N) \
 extern "C" __global__ void ce_fwd_##N(const T* x, const int* t, Acc<T>::t* lse, Acc<T>::t* loss, u32 v) { ce_fwd_k<T>(x, t, lse, loss, v); } \
-extern "C" __global__ void ce_bwd_##N(const T* x, const int* t, const Acc<T>::t* lse, T* d, u32 v, double scale) { ce_bwd_k<T>(x, t, lse, d, v, scale); }
+extern "C" __global__ void ce_bwd_##N(const T* x, const int* t, const Acc<T>::t* lse, T* d, u32 v, double scale) { ce_bwd_k<T>(x, t, lse, d, v, scale); } \
+extern "C" __global__ void ce_fused_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, double scale, int grad) { ce_fused_k<T>(x, t, loss, v, ldx, scale, grad); }
 CE(float, f32)
 CE(double, f64)
 CE(bf16, bf16)
