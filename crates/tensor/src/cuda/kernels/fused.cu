@@ -34,6 +34,17 @@ template <typename T> __device__ void ce_bwd_k(const T* x, const int* t, const t
         drow[j] = st<T>(r);
     }
 }
+// Online-softmax update of a thread's (max, sum of exp relative to it) by n values at once: one
+// rescale per group instead of a branch per element.
+template <typename A> __device__ __forceinline__ void online_add(A& mt, A& st, const A* a, int n) {
+    A pm = a[0];
+    for (int i = 1; i < n; ++i) pm = a[i] > pm ? a[i] : pm;
+    if (pm == (A)(-1.0 / 0.0)) return; // all −∞: adds nothing
+    A mn = pm > mt ? pm : mt, s = 0;
+    for (int i = 0; i < n; ++i) s += m_exp(a[i] - mn);
+    st = st * m_exp(mt - mn) + s; // mt = −∞ (nothing yet): exp(−∞) = 0 and st = 0
+    mt = mn;
+}
 // The fused classifier's per-chunk step: loss of each row of logits x [rows, ld] (the first v
 // columns are real, the rest pad the GEMM to an aligned width) and, with `grad`, the logits'
 // gradient written over x in place: (exp(x − lse) − [j == t]) · scale for j < v, 0 in the padding
@@ -41,12 +52,22 @@ template <typename T> __device__ void ce_bwd_k(const T* x, const int* t, const t
 // (online softmax); pass 2 re-reads it, mostly from L2, and writes.
 template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Acc<T>::t* loss, u32 v, u32 ldx, double scale, int grad) {
     typedef typename Acc<T>::t A;
+    const u32 VW = 16 / sizeof(T);
     T* row = x + (u64)blockIdx.x * ldx;
+    // 16-byte loads and stores when every row starts 16-byte aligned (the padded width ensures it).
+    bool vec = ldx % VW == 0 && ((u64)x & 15) == 0;
+    u32 nv = vec ? v / VW : 0;
     A mt = -1.0 / 0.0, st_ = 0;
-    for (u32 j = threadIdx.x; j < v; j += blockDim.x) {
-        A a = ld(row[j]);
-        if (a > mt) { st_ = st_ * m_exp(mt - a) + (A)1; mt = a; }
-        else if (mt > (A)(-1.0 / 0.0)) st_ += m_exp(a - mt);
+    for (u32 p = threadIdx.x; p < nv; p += blockDim.x) {
+        Pack<T> pk = ((const Pack<T>*)row)[p];
+        A a[16 / sizeof(T)];
+#pragma unroll
+        for (u32 e = 0; e < VW; ++e) a[e] = (A)ld(pk.v[e]);
+        online_add<A>(mt, st_, a, VW);
+    }
+    for (u32 j = nv * VW + threadIdx.x; j < v; j += blockDim.x) {
+        A a = (A)ld(row[j]);
+        online_add<A>(mt, st_, &a, 1);
     }
     A m = block_max<A>(mt);
     A s = block_sum<A>(mt == m ? st_ : st_ * m_exp(mt - m));
@@ -58,7 +79,18 @@ template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Ac
     if (threadIdx.x == 0) loss[blockIdx.x] = ti < 0 ? (A)0 : l - xt;
     if (!grad) return;
     A sc = (A)scale;
-    for (u32 j = threadIdx.x; j < ldx; j += blockDim.x) {
+    u32 nall = vec ? ldx / VW : 0;
+    for (u32 p = threadIdx.x; p < nall; p += blockDim.x) {
+        Pack<T> pk = ((const Pack<T>*)row)[p];
+#pragma unroll
+        for (u32 e = 0; e < VW; ++e) {
+            u32 j = p * VW + e;
+            A r = (ti < 0 || j >= v) ? (A)0 : (m_exp((A)ld(pk.v[e]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
+            pk.v[e] = st<T>(r);
+        }
+        ((Pack<T>*)row)[p] = pk;
+    }
+    for (u32 j = nall * VW + threadIdx.x; j < ldx; j += blockDim.x) {
         A r = (ti < 0 || j >= v) ? (A)0 : (m_exp((A)ld(row[j]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
         row[j] = st<T>(r);
     }
