@@ -106,16 +106,18 @@ CE(f16, f16)
 
 // AdamW on f32 parameters, the same arithmetic as the CPU loop in nn/optim.rs (PyTorch's
 // single-tensor AdamW): decay, m.lerp_(g, 1-b1), v = b2 v + (1-b2) g², p -= step · m / denom.
+__device__ __forceinline__ void adamw_elem(float* w, float gi, float* m, float* v, float decay, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
+    float wi = *w * decay;
+    float mi = *m + one_m_b1 * (gi - *m);
+    float vi = *v * b2 + (gi * gi) * one_m_b2;
+    float denom = sqrtf(vi) / bc2_sqrt + eps;
+    *w = wi - step_size * (mi / denom);
+    *m = mi;
+    *v = vi;
+}
 template <typename G> __device__ void adamw_k(float* w, const G* g, float* m, float* v, u32 n, float decay, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
     for (u32 i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
-        float gi = ld(g[i]);
-        float wi = w[i] * decay;
-        float mi = m[i] + one_m_b1 * (gi - m[i]);
-        float vi = v[i] * b2 + (gi * gi) * one_m_b2;
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        w[i] = wi - step_size * (mi / denom);
-        m[i] = mi;
-        v[i] = vi;
+        adamw_elem(w + i, ld(g[i]), m + i, v + i, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
     }
 }
 extern "C" __global__ void adamw_f32(float* w, const float* g, float* m, float* v, u32 n, float decay, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
@@ -128,7 +130,7 @@ extern "C" __global__ void adamw_bf16g(float* w, const bf16* g, float* m, float*
 // Multi-tensor AdamW: up to ADAM_MT tensors per launch (their addresses in the kernel's
 // parameters, not in device memory, so a launch needs no upload). Block b works on tensor t with
 // start[t] <= b < start[t + 1], elements [(b - start[t]) · ADAM_CHUNK, +ADAM_CHUNK); each tensor has
-// its own decay factor (1 for biases and norms). Same arithmetic as adamw_k.
+// its own decay factor (1 for biases and norms). Same arithmetic as adamw_k (adamw_elem).
 #define ADAM_MT 64
 #define ADAM_CHUNK 16384
 struct AdamTab { u64 w[ADAM_MT], g[ADAM_MT], m[ADAM_MT], v[ADAM_MT]; u32 n[ADAM_MT]; u32 start[ADAM_MT + 1]; float decay[ADAM_MT]; u32 count; };
@@ -146,14 +148,7 @@ template <typename G> __device__ void adamw_mt_k(const AdamTab& tab, float one_m
     float decay = tab.decay[t];
     u32 lo = (b - tab.start[t]) * ADAM_CHUNK, hi = min(tab.n[t], lo + ADAM_CHUNK);
     for (u32 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        float gi = ld(g[i]);
-        float wi = w[i] * decay;
-        float mi = m[i] + one_m_b1 * (gi - m[i]);
-        float vi = v[i] * b2 + (gi * gi) * one_m_b2;
-        float denom = sqrtf(vi) / bc2_sqrt + eps;
-        w[i] = wi - step_size * (mi / denom);
-        m[i] = mi;
-        v[i] = vi;
+        adamw_elem(w + i, ld(g[i]), m + i, v + i, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
     }
 }
 extern "C" __global__ void adamw_mt_f32(AdamTab tab, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
