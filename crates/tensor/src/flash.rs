@@ -139,36 +139,19 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
     Args::new().push(cuda_ptr(o)).push(at(&g)).push(cuda_ptr(&delta)).push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch(&dev, &format!("fa_delta_d{d}"), crate::cuda::grid_for(n, 256), 256, 0);
     let (dk, dv) = (CudaStorage::alloc(&dev, DType::BF16, b * s * h * d), CudaStorage::alloc(&dev, DType::BF16, b * s * h * d));
     let pp = pad.map_or(0, cuda_ptr);
-    Args::new()
-        .push(at(q))
-        .push(at(k))
-        .push(at(v))
-        .push(pp)
-        .push(at(&g))
-        .push(cuda_ptr(lse))
-        .push(cuda_ptr(&delta))
-        .push(dk.ptr)
-        .push(dv.ptr)
-        .push(fd)
-        .push(gs[0])
-        .push(gs[1])
-        .push(gs[2])
-        .launch3(&dev, &format!("fa_bwd_kv_d{d}"), (s.div_ceil(TILE) as u32, (b * h) as u32, 1), (128, 1, 1), 0);
+    // Both backward kernels take (q, k, v, pad, dO, lse, delta, outputs..., dims, dO strides) and
+    // one block of 128 threads per 64-row tile of `rows` per (batch, head).
+    let launch = |name: &str, outs: &[u64], rows: usize| {
+        let mut a = Args::new();
+        a.push(at(q)).push(at(k)).push(at(v)).push(pp).push(at(&g)).push(cuda_ptr(lse)).push(cuda_ptr(&delta));
+        for &o in outs {
+            a.push(o);
+        }
+        a.push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch3(&dev, &format!("{name}_d{d}"), (rows.div_ceil(TILE) as u32, (b * h) as u32, 1), (128, 1, 1), 0);
+    };
+    launch("fa_bwd_kv", &[dk.ptr, dv.ptr], s);
     let dq = CudaStorage::alloc(&dev, DType::BF16, b * t * h * d);
-    Args::new()
-        .push(at(q))
-        .push(at(k))
-        .push(at(v))
-        .push(pp)
-        .push(at(&g))
-        .push(cuda_ptr(lse))
-        .push(cuda_ptr(&delta))
-        .push(dq.ptr)
-        .push(fd)
-        .push(gs[0])
-        .push(gs[1])
-        .push(gs[2])
-        .launch3(&dev, &format!("fa_bwd_q_d{d}"), (t.div_ceil(TILE) as u32, (b * h) as u32, 1), (128, 1, 1), 0);
+    launch("fa_bwd_q", &[dq.ptr], t);
     let view = |st: CudaStorage, rows: usize| Tensor::from_any(Storage::Cuda(st), &[b, rows, h, d], None).transpose(1, 2);
     (view(dq, t), view(dk, s), view(dv, s))
 }
