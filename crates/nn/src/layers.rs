@@ -43,11 +43,7 @@ impl Linear {
             WeightLayout::OutIn => self.weight.t(),
             WeightLayout::InOut => self.weight.clone(),
         };
-        let y = x.matmul(&like(&w, x));
-        match &self.bias {
-            Some(b) => y.add(&like(b, x)),
-            None => y,
-        }
+        x.linear(&like(&w, x), self.bias.as_ref().map(|b| like(b, x)).as_ref())
     }
 }
 

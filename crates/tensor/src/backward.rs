@@ -66,6 +66,10 @@ impl Tensor {
         let nodes = sorted_nodes(self);
         let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
         grads.insert(self.id(), seed.clone());
+        // Gradients that Narrow backward allocated on a GPU (zeros with slices written in): the
+        // ranges written so far, so that the next disjoint slice of the same input is written into
+        // the same buffer instead of padded to full size and added (q, k, v of a fused projection).
+        let mut slabs: HashMap<TensorId, Vec<(usize, usize, usize)>> = HashMap::new();
         let mut out = Vec::new();
         for node in nodes {
             let Some(g) = grads.remove(&node.id()) else { continue };
@@ -74,11 +78,44 @@ impl Tensor {
                 continue;
             }
             let Some(op) = node.op() else { continue };
+            if let (Op::Narrow(x, dim, start), true) = (&op, g.device().is_cuda()) {
+                let r = (*dim, *start, node.dim(*dim));
+                if !x.track_grad() {
+                    continue;
+                }
+                let disjoint = |w: &Vec<(usize, usize, usize)>| w.iter().all(|&(d, s, l)| d == r.0 && (s + l <= r.1 || r.1 + r.2 <= s));
+                match (slabs.get_mut(&x.id()), grads.get(&x.id())) {
+                    (Some(w), Some(buf)) if disjoint(w) => {
+                        // That slice of `buf` is still zeros: write `g` into it (one copy, no add).
+                        write_slice_cuda(&g, buf, r.0, r.1);
+                        w.push(r);
+                    }
+                    _ => {
+                        // Overlapping a written slice, or the first slice: pad (and add). The sum
+                        // is a fresh buffer, zero outside the recorded ranges plus this one.
+                        let dg = pad_narrow_cuda(&g, x.shape(), r.0, r.1);
+                        match grads.remove(&x.id()) {
+                            Some(prev) => {
+                                grads.insert(x.id(), prev.add(&dg));
+                                if let Some(w) = slabs.get_mut(&x.id()) {
+                                    w.push(r);
+                                }
+                            }
+                            None => {
+                                grads.insert(x.id(), dg);
+                                slabs.insert(x.id(), vec![r]);
+                            }
+                        }
+                    }
+                }
+                continue;
+            }
             let mut add = |t: &Tensor, dg: Tensor| {
                 if !t.track_grad() {
                     return;
                 }
                 debug_assert_eq!(t.shape(), dg.shape(), "backward of {}: gradient shape", op.name());
+                slabs.remove(&t.id());
                 match grads.remove(&t.id()) {
                     Some(prev) => grads.insert(t.id(), prev.add(&dg)),
                     None => grads.insert(t.id(), dg),
@@ -153,7 +190,7 @@ impl Tensor {
                     // a transpose of a transpose, or a kernel taking strides).
                     add(x, g.permute(&inv))
                 }
-                Op::Narrow(x, dim, start) if g.device().is_cuda() => add(x, pad_narrow_cuda(&g, x.shape(), *dim, *start)),
+                Op::Narrow(..) if g.device().is_cuda() => unreachable!("handled above"),
                 Op::Narrow(x, dim, start) => {
                     let (dim, start) = (*dim, *start);
                     let len = node.dim(dim);
@@ -212,6 +249,12 @@ impl Tensor {
                     }
                 }
                 Op::Gelu(x, approx) => add(x, Tensor::gelu_backward(x, &g, *approx)),
+                Op::Linear(x, w, b) => {
+                    let (dx, dw, db) = Tensor::linear_backward(x, w, b, &g);
+                    add(x, dx);
+                    add(w, dw);
+                    add(b, db);
+                }
                 Op::FlashAttention(q, k, v, o, lse, pad, causal, scale) => {
                     let (dq, dk, dv) = crate::flash::flash_attention_backward(q, k, v, o, lse, pad.as_ref(), *causal, *scale, &g);
                     add(q, dq);
@@ -231,15 +274,29 @@ fn pad_narrow_cuda(g: &Tensor, shape: &[usize], dim: usize, start: usize) -> Ten
     let n: usize = shape.iter().product();
     let st = g.with_storage(|s| {
         let Storage::Cuda(c) = s else { unreachable!() };
-        let out = crate::cuda::CudaStorage::zeros(c.device(), g.dtype(), n);
-        let ost = crate::layout::contiguous_strides(shape);
-        let dl = crate::Layout { shape: g.shape().to_vec(), strides: ost.clone(), offset: start * ost[dim] };
-        if g.numel() > 0 {
-            c.copy_into(g.layout(), &out, &dl);
-        }
-        Storage::Cuda(out)
+        Storage::Cuda(crate::cuda::CudaStorage::zeros(c.device(), g.dtype(), n))
     });
-    Tensor::from_any(st, shape, None)
+    let out = Tensor::from_any(st, shape, None);
+    write_slice_cuda(g, &out, dim, start);
+    out
+}
+
+/// Copies `g` into the slice of the contiguous CUDA tensor `buf` that starts at `start` along
+/// `dim` (in place: `buf` is a gradient buffer that backward allocated and nothing else holds).
+fn write_slice_cuda(g: &Tensor, buf: &Tensor, dim: usize, start: usize) {
+    use crate::tensor::Storage;
+    if g.numel() == 0 {
+        return;
+    }
+    let ost = crate::layout::contiguous_strides(buf.shape());
+    let dl = crate::Layout { shape: g.shape().to_vec(), strides: ost.clone(), offset: start * ost[dim] };
+    let g = if g.dtype() == buf.dtype() { g.clone() } else { g.to_dtype(buf.dtype()) };
+    g.with_storage(|s| {
+        buf.with_storage(|d| {
+            let (Storage::Cuda(c), Storage::Cuda(out)) = (s, d) else { unreachable!() };
+            c.copy_into(g.layout(), out, &dl);
+        })
+    });
 }
 
 fn sign(x: &Tensor) -> Tensor {

@@ -10,6 +10,7 @@ pub mod cuda;
 mod fused;
 mod fused_layers;
 mod flash;
+mod linear;
 pub mod cpu;
 pub mod dtype;
 pub mod layout;

@@ -91,6 +91,8 @@ pub enum Op {
     /// Fused classifier (LM head + cross-entropy): (x [N, C], w [V, C], and their gradients for an
     /// upstream gradient of 1, computed chunk by chunk in the forward pass, held without history).
     LinearCrossEntropy(Tensor, Tensor, Tensor, Tensor),
+    /// x [rows, K] · w [K, N] + bias [N] (linear.rs: the bias in GEMM epilogues).
+    Linear(Tensor, Tensor, Tensor),
 }
 
 impl Op {
@@ -99,7 +101,7 @@ impl Op {
             Op::Unary(a, _) | Op::Reduce(a, _, _) | Op::Reshape(a) | Op::Permute(a, _) | Op::Narrow(a, _, _) | Op::Expand(a) | Op::Contiguous(a) | Op::Cast(a) => vec![a],
             Op::IndexSelect(a, _, _) | Op::Gather(a, _, _) => vec![a],
             Op::Binary(a, b, _) | Op::Matmul(a, b) | Op::LinearCrossEntropy(a, b, ..) => vec![a, b],
-            Op::FlashAttention(q, k, v, ..) => vec![q, k, v],
+            Op::FlashAttention(q, k, v, ..) | Op::Linear(q, k, v) => vec![q, k, v],
             Op::IndexAdd(a, _, s, _) | Op::ScatterAdd(a, _, s, _) => vec![a, s],
             Op::Where(_, a, b) => vec![a, b],
             Op::Cat(v, _) => v.iter().collect(),
@@ -130,6 +132,7 @@ impl Op {
             Op::LayerNorm(..) => "layer_norm".into(),
             Op::FlashAttention(..) => "flash_attention".into(),
             Op::LinearCrossEntropy(..) => "linear_cross_entropy".into(),
+            Op::Linear(..) => "linear".into(),
             Op::Gelu(_, approx) => if *approx { "gelu_tanh" } else { "gelu_erf" }.into(),
         }
     }

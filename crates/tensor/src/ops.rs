@@ -60,6 +60,16 @@ impl Tensor {
         self.div(&ms.add_scalar(eps).sqrt()).mul(weight)
     }
 
+    /// x · w (+ bias): the composite twin of `linear` (linear.rs), which fuses the bias into the
+    /// GEMM on the GPU.
+    pub fn linear_slow(&self, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
+        let y = self.matmul(w);
+        match bias {
+            Some(b) => y.add(b),
+            None => y,
+        }
+    }
+
     /// The unfused twin of `linear_cross_entropy`: full logits, then the fused cross-entropy.
     pub fn linear_cross_entropy_slow(&self, w: &Tensor, targets: &Tensor, ignore_index: Option<i64>) -> Tensor {
         self.matmul(&w.t()).cross_entropy(targets, ignore_index)

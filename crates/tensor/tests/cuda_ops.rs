@@ -308,6 +308,78 @@ fn fused_classifier_bf16_matches_cpu() {
     close("classifier dw f32", &dw32, &dw_cpu, 1e-5);
 }
 
+/// `linear` (bias in cuBLASLt epilogues on the GPU) against the CPU's matmul + add, forward and
+/// all three gradients, with the weight as a transposed view (nn::Linear's [out, in] layout) and
+/// plain, at an odd N (where cuBLASLt may decline the epilogue and the op falls back).
+/// f32: 1e-5 (GEMM, see the top); bf16: 1e-2 (GEMMs and the bias-gradient column sums accumulate
+/// in f32 on both sides and round once; the epilogue adds the bias before that rounding, the CPU
+/// after the product's rounding: one more bf16 ulp).
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn linear_bias_epilogues_match_cpu() {
+    let g = gpu();
+    for (dt, tol) in [(DType::F32, 1e-5), (DType::BF16, 2e-2)] {
+        for (n, transposed) in [(48usize, true), (48, false), (7, true)] {
+            let x = rnd(&[3, 37, 32], 70, DType::F32);
+            let w = rnd(&[n, 32], 71, DType::F32);
+            let b = rnd(&[n], 72, DType::F32);
+            let up = rnd(&[3, 37, n], 73, DType::F32);
+            let run = |dev: Device| {
+                let vars: Vec<Tensor> = [&x, &w, &b].iter().map(|t| Tensor::new_var(&t.to_device(dev))).collect();
+                let wt = if transposed { vars[1].t() } else { vars[1].t().contiguous() };
+                let y = vars[0].to_dtype(dt).linear(&wt.to_dtype(dt), Some(&vars[2].to_dtype(dt)));
+                y.to_dtype(DType::F32).mul(&up.to_device(dev)).sum_all().backward();
+                let mut out = vec![y];
+                out.extend(vars.iter().map(|v| v.grad().unwrap()));
+                out
+            };
+            let (want, got) = (run(Device::Cpu), run(g));
+            for (i, name) in ["y", "dx", "dw", "db"].iter().enumerate() {
+                close(&format!("linear {dt} n={n} transposed={transposed} {name}"), &got[i], &want[i], tol);
+            }
+        }
+    }
+}
+
+/// Narrow's gradient on the GPU writes disjoint slices of one input into one buffer (q, k, v of a
+/// fused projection) and pads-and-adds overlapping ones; both must equal the CPU's concatenation.
+/// Exact: every element is one product of the same two numbers, or a sum of the same two.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn narrow_gradients_disjoint_and_overlapping() {
+    let g = gpu();
+    let x = rnd(&[4, 6, 24], 64, DType::F32);
+    let w = rnd(&[4, 6, 8], 65, DType::F32);
+    let run = |dev: Device, dt: DType| {
+        let v = Tensor::new_var(&x.to_device(dev).to_dtype(dt));
+        let w = w.to_device(dev).to_dtype(dt);
+        // Three disjoint thirds (in a shuffled order), then one overlapping the first two, then a
+        // narrow along another dim: each case of backward.rs's Narrow arm.
+        let parts = [v.narrow(2, 16, 8), v.narrow(2, 0, 8), v.narrow(2, 8, 8), v.narrow(2, 4, 8)];
+        let mut loss = parts.iter().map(|p| p.mul(&w).sum_all()).reduce(|a, b| a.add(&b)).unwrap();
+        loss = loss.add(&v.narrow(1, 2, 3).sqr().sum_all());
+        loss.to_dtype(DType::F32).backward();
+        v.grad().unwrap().to_dtype(DType::F32)
+    };
+    let want = run(Device::Cpu, DType::F32);
+    close("narrow grads f32", &run(g, DType::F32), &want, 1e-6);
+    // Only disjoint thirds (the fused-QKV pattern) in bf16: the write path alone.
+    let only = |dev: Device| {
+        let v = Tensor::new_var(&x.to_device(dev).to_dtype(DType::BF16));
+        let w = w.to_device(dev).to_dtype(DType::BF16);
+        (0..3).map(|i| v.narrow(2, 8 * i, 8).mul(&w.scale(i as f64 + 1.0)).sum_all()).reduce(|a, b| a.add(&b)).unwrap().to_dtype(DType::F32).backward();
+        v.grad().unwrap()
+    };
+    close("narrow grads bf16 thirds", &only(g), &only(Device::Cpu), 0.0);
+    // Copies whose rows are whole 16-byte words take the word path (copy_w16); odd ones don't.
+    for dt in [DType::F32, DType::BF16] {
+        let y = rnd(&[6, 4, 32], 66, dt);
+        same("copy rows of a transpose", &[y.clone()], 0.0, |v| v[0].transpose(0, 1).contiguous());
+        same("copy a column slice", &[y.clone()], 0.0, |v| v[0].narrow(2, 8, 16).contiguous());
+        same("copy an odd slice", &[y.clone()], 0.0, |v| v[0].narrow(2, 3, 13).contiguous());
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU (scripts/gpu-check.sh)"]
 fn attention_and_layernorm_gradients_match_cpu() {

@@ -161,7 +161,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
         let v: Vec<i32> = (0..a.batch * a.seq).map(|_| rng.below(cfg.vocab_size) as i32).collect();
         Tensor::from_vec(v, &[a.batch, a.seq])
     };
-    let mut times = Vec::new();
+    let (mut times, mut host) = (Vec::new(), Vec::new());
     let mut last_loss = 0.0;
     for i in 0..a.warmup + a.steps {
         let (x, y) = (ids(), ids());
@@ -176,16 +176,22 @@ fn bench_train(a: TrainBench) -> Result<()> {
         }
         let loss = model.loss(&x, &y, None); // ids stay on the host (see train.rs)
         loss.backward();
+        // Nothing above waits for the GPU: this is the host's time to build the graph and
+        // enqueue forward + backward. Near the step time = host-bound (CUDA graphs would help).
+        let enqueue = t.elapsed().as_secs_f64();
         clip_grad_norm(&vt, 1.0);
         opt.step();
         opt.zero_grad();
         last_loss = loss.item();
         if i >= a.warmup {
             times.push(t.elapsed().as_secs_f64());
+            host.push(enqueue);
         }
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    host.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = times[times.len() / 2];
+    let host_median = host[host.len() / 2];
     let tokens = (a.batch * a.seq) as f64;
     // Ledger: runs/bench-<preset>-<time>/ with provenance and the result.
     let dir = std::path::PathBuf::from("runs").join(format!("bench-{}-{}", a.preset, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)));
@@ -195,10 +201,10 @@ fn bench_train(a: TrainBench) -> Result<()> {
     crate::ledger::write_run_info(&dir, "bench train", &cfg_json, 0, device)?;
     let mem = crate::device::mem_json(device);
     let mfu = if device.is_cuda() { Some(cfg.flops_per_token(a.seq) * tokens / median / crate::cmd::train::H100_BF16_PEAK) } else { None };
-    crate::ledger::write_final(&dir, serde_json::json!({"step_median_s": median, "step_min_s": times[0], "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;
+    crate::ledger::write_final(&dir, serde_json::json!({"step_median_s": median, "step_min_s": times[0], "host_enqueue_median_s": host_median, "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;
     let peak = mem.get("peak").and_then(|v| v.as_u64()).map(|b| format!(", peak GPU memory {:.2} GiB (live tensors; reserved {:.2} GiB)", b as f64 / (1u64 << 30) as f64, mem["peak_reserved"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64)).unwrap_or_default();
     println!(
-        "fmlab  preset {} on {device} {} B={} T={} threads={}: step median {:.1} ms (min {:.1}), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula){}{peak}, loss {:.3}",
+        "fmlab  preset {} on {device} {} B={} T={} threads={}: step median {:.1} ms (min {:.1}; host enqueue of forward+backward {:.1} ms), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula){}{peak}, loss {:.3}",
         a.preset,
         crate::device::precision_name(precision),
         a.batch,
@@ -206,6 +212,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
         rayon::current_num_threads(),
         median * 1e3,
         times[0] * 1e3,
+        host_median * 1e3,
         tokens / median,
         cfg.flops_per_token(a.seq) * tokens / median / 1e9,
         mfu.map(|m| format!(", MFU {:.1}% of 989 TFLOP/s", m * 100.0)).unwrap_or_default(),

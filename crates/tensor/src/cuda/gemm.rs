@@ -39,8 +39,21 @@ pub(crate) fn transposed_view(r: usize, c: usize, sr: usize, sc: usize, batch_st
     None
 }
 
+/// What cuBLASLt does after the product, in the row-major terms of `matmul` (C = A·B, [M, N]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Epilogue {
+    None,
+    /// C += bias[N] on every row (column-major: a bias per row of D, `CUBLASLT_EPILOGUE_BIAS`).
+    Bias,
+    /// Also writes out[N] = Σ_k B[k, n], the column sums of B (a Linear's bias gradient when
+    /// B is the output gradient and the GEMM makes the weight gradient). Column-major, B is
+    /// cuBLASLt's A operand and the sum runs over the GEMM's k: `CUBLASLT_EPILOGUE_BGRADA`.
+    BiasGrad,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct Key {
+    epi: Epilogue,
     dtype: DType,
     a: Operand,
     b: Operand,
@@ -62,7 +75,8 @@ pub(crate) struct Blas {
     handle: sys::cublasLtHandle_t,
     ws: u64,
     ws_size: usize,
-    plans: HashMap<Key, Plan>,
+    /// None: no algorithm for that key (only possible with an epilogue; the caller falls back).
+    plans: HashMap<Key, Option<Plan>>,
 }
 // The handle and plans are used only under the device's mutex.
 unsafe impl Send for Blas {}
@@ -97,7 +111,7 @@ impl Blas {
         Ok(Blas { handle, ws, ws_size, plans: HashMap::new() })
     }
 
-    fn plan(&mut self, key: Key) -> Result<&Plan, CudaError> {
+    fn plan(&mut self, key: Key) -> Result<Option<&Plan>, CudaError> {
         if !self.plans.contains_key(&key) {
             let (dt, compute, scale) = types(key.dtype);
             let layout = |rows: u64, cols: u64, ld: i64, stride: i64| -> Result<sys::cublasLtMatrixLayout_t, CudaError> {
@@ -119,6 +133,12 @@ impl Blas {
             unsafe {
                 lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as *const _, 4).map_err(blas_err("transa"))?;
                 lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as *const _, 4).map_err(blas_err("transb"))?;
+                let epi = match key.epi {
+                    Epilogue::None => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+                    Epilogue::Bias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
+                    Epilogue::BiasGrad => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADA,
+                };
+                lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const _, std::mem::size_of_val(&epi)).map_err(blas_err("epilogue"))?;
             }
             let pref = lt::create_matmul_pref().map_err(blas_err("preference"))?;
             unsafe {
@@ -130,23 +150,35 @@ impl Blas {
             }
             let heur = unsafe { lt::get_matmul_algo_heuristic(self.handle, desc, la, lb, lc, lc, pref) };
             unsafe { lt::destroy_matmul_pref(pref) }.map_err(blas_err("preference"))?;
-            let heur = heur.map_err(|e| CudaError::Blas { what: format!("choosing an algorithm for {key:?}"), msg: format!("{e:?}") })?;
-            self.plans.insert(key, Plan { desc, la, lb, lc, algo: heur.algo });
+            let plan = match heur {
+                Ok(h) => Some(Plan { desc, la, lb, lc, algo: h.algo }),
+                // No kernel fuses this epilogue for these layouts: the caller does it separately.
+                Err(_) if key.epi != Epilogue::None => None,
+                Err(e) => return Err(CudaError::Blas { what: format!("choosing an algorithm for {key:?}"), msg: format!("{e:?}") }),
+            };
+            self.plans.insert(key, plan);
         }
-        Ok(&self.plans[&key])
+        Ok(self.plans[&key].as_ref())
     }
 }
 
 /// Row-major C[batch, M, N] = A[batch, M, K] · B[batch, K, N]; `a`/`b` are the column-major
-/// operands for Aᵀ and Bᵀ (see `transposed_view`), C is contiguous.
+/// operands for Aᵀ and Bᵀ (see `transposed_view`), C is contiguous. With an epilogue, `vec` is
+/// the bias (read) or the bias gradient (written), N elements of `dtype`; Ok(false) when
+/// cuBLASLt has no kernel for that epilogue here (nothing was launched).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u64, b: Operand, pc: u64, m: usize, n: usize, batch: usize) -> Result<(), CudaError> {
+pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u64, b: Operand, pc: u64, m: usize, n: usize, batch: usize, epi: Epilogue, vec: u64) -> Result<bool, CudaError> {
     // Profiled GEMMs are named by shape (row-major M×N×K, N/T per operand, batch), so the table
     // shows which of the step's GEMMs takes the time.
     let label = if super::profile::enabled() {
         let k = if a.trans { a.cols } else { a.rows };
         let t = |o: &Operand, plain: bool| if o.trans == plain { 'T' } else { 'N' };
-        format!("gemm {m}x{n}x{k} {}{}{} {dtype}", t(&a, true), t(&b, true), if batch > 1 { format!(" x{batch}") } else { String::new() })
+        let e = match epi {
+            Epilogue::None => "",
+            Epilogue::Bias => " +bias",
+            Epilogue::BiasGrad => " +bgrad",
+        };
+        format!("gemm {m}x{n}x{k} {}{}{} {dtype}{e}", t(&a, true), t(&b, true), if batch > 1 { format!(" x{batch}") } else { String::new() })
     } else {
         String::new()
     };
@@ -157,9 +189,13 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
     }
     let blas = g.as_mut().unwrap();
     // Column-major: Cᵀ[N, M] = Bᵀ[N, K] · Aᵀ[K, M].
-    let key = Key { dtype, a: b, b: a, m: n as u64, n: m as u64, batch: batch as u64, align: [align_of(pb), align_of(pa), align_of(pc)] };
+    let key = Key { epi, dtype, a: b, b: a, m: n as u64, n: m as u64, batch: batch as u64, align: [align_of(pb), align_of(pa), align_of(pc)] };
     let (handle, ws, ws_size) = (blas.handle, blas.ws, blas.ws_size);
-    let plan = blas.plan(key)?;
+    let Some(plan) = blas.plan(key)? else { return Ok(false) };
+    if epi != Epilogue::None {
+        // The vector's address is per call; the descriptor is only used under this lock.
+        unsafe { lt::set_matmul_desc_attribute(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vec as *const u64 as *const _, 8) }.map_err(blas_err("bias pointer"))?;
+    }
     let (one64, zero64) = (1.0f64, 0.0f64);
     let (one32, zero32) = (1.0f32, 0.0f32);
     let (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void) =
@@ -167,5 +203,6 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
     unsafe {
         lt::matmul(handle, plan.desc, alpha, beta, pb as *const _, plan.la, pa as *const _, plan.lb, pc as *const _, plan.lc, pc as *mut _, plan.lc, &plan.algo, ws as *mut _, ws_size, dev.cu_stream() as *mut _)
     }
-    .map_err(|e| CudaError::Blas { what: format!("matmul [{batch}×{m}×{n}] {dtype}"), msg: format!("{e:?}") })
+    .map_err(|e| CudaError::Blas { what: format!("matmul [{batch}×{m}×{n}] {dtype}"), msg: format!("{e:?}") })?;
+    Ok(true)
 }

@@ -68,6 +68,30 @@ fn geom<const N: usize>(shape: &[usize], strides: [&[usize]; N]) -> (Geom, bool)
     (g, contig)
 }
 
+/// The two-operand geometry `g` of `esz`-byte elements recast as 16-byte words, when both
+/// operands' innermost dim is contiguous and every row and stride is a whole number of words:
+/// then a strided copy (a slice of a wider tensor, a transpose of whole rows) moves 16 bytes per
+/// thread instead of one element.
+fn words16(g: &Geom, esz: usize) -> Option<Geom> {
+    let v = (16 / esz) as u32;
+    let r = g.rank as usize;
+    if r == 0 || esz > 16 || g.shape[r - 1] % v != 0 || (0..2).any(|k| g.st[k][r - 1] != 1) {
+        return None;
+    }
+    if (0..2).any(|k| g.st[k][..r - 1].iter().any(|s| s % v != 0)) {
+        return None;
+    }
+    let mut w = *g;
+    w.n /= v;
+    w.shape[r - 1] /= v;
+    for k in 0..2 {
+        for d in 0..r - 1 {
+            w.st[k][d] /= v;
+        }
+    }
+    Some(w)
+}
+
 /// Whether every address is 16-byte aligned (the vectorized kernels' requirement).
 fn aligned16(ptrs: &[u64]) -> bool {
     ptrs.iter().all(|p| p % 16 == 0)
@@ -158,8 +182,13 @@ impl CudaStorage {
     /// Writes the elements viewed by `l` into `dst` viewed by `dl` (same shape).
     pub(crate) fn copy_into(&self, l: &Layout, dst: &CudaStorage, dl: &Layout) {
         let (g, _) = geom(&l.shape, [&l.strides, &dl.strides]);
+        let (src, dp) = (self.at(l.offset), dst.at(dl.offset));
+        if let Some(w) = words16(&g, self.dtype.size_in_bytes()).filter(|_| aligned16(&[src, dp])) {
+            Args::new().push(src).push(dp).push(w).launch(&self.dev, "copy_w16", grid_for(w.n as usize, 256), 256, 0);
+            return;
+        }
         let n = l.numel();
-        Args::new().push(self.at(l.offset)).push(dst.at(dl.offset)).push(g).launch(&self.dev, &format!("copy_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+        Args::new().push(src).push(dp).push(g).launch(&self.dev, &format!("copy_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
     }
 
     pub fn cast(&self, l: &Layout, to: DType) -> CudaStorage {
@@ -312,16 +341,25 @@ impl CudaStorage {
 
     /// Batched matmul: `la` [.., M, K], `lb` [.., K, N], batch dims broadcast to the same shape.
     pub fn matmul(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout) -> CudaStorage {
+        self.matmul_epi(la, rhs, lb, gemm::Epilogue::None, 0).expect("a plain GEMM always has a kernel")
+    }
+
+    /// `matmul` with a cuBLASLt epilogue (`vec`: the bias read, or the bias gradient written; N
+    /// elements of this dtype). None when no kernel fuses it for these operands (nothing ran).
+    pub(crate) fn matmul_epi(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, epi: gemm::Epilogue, vec: u64) -> Option<CudaStorage> {
         let r = la.rank();
         let (m, k, n) = (la.shape[r - 2], la.shape[r - 1], lb.shape[r - 1]);
         let batch_shape = &la.shape[..r - 2];
         let nb: usize = batch_shape.iter().product();
         let out = CudaStorage::alloc(&self.dev, self.dtype, nb * m * n);
+        if epi != gemm::Epilogue::None && (nb != 1 || m * n * k == 0) {
+            return None;
+        }
         if nb * m * n == 0 {
-            return out;
+            return Some(out);
         }
         if k == 0 {
-            return CudaStorage::zeros(&self.dev, self.dtype, nb * m * n);
+            return Some(CudaStorage::zeros(&self.dev, self.dtype, nb * m * n));
         }
         // One uniform batch stride per operand (dims merged); broadcast batches are materialized.
         let batch_stride = |l: &Layout| -> Option<usize> {
@@ -355,8 +393,8 @@ impl CudaStorage {
         };
         let oa = operand(&la, m, k).expect("contiguous operand");
         let ob = operand(&lb, k, n).expect("contiguous operand");
-        gemm::matmul(&self.dev, self.dtype, a_st.at(la.offset), oa, b_st.at(lb.offset), ob, out.ptr, m, n, nb).unwrap_or_else(|e| fail(e));
-        out
+        let ran = gemm::matmul(&self.dev, self.dtype, a_st.at(la.offset), oa, b_st.at(lb.offset), ob, out.ptr, m, n, nb, epi, vec).unwrap_or_else(|e| fail(e));
+        ran.then_some(out)
     }
 
     fn upload_ids(&self, ids: &[usize]) -> CudaStorage {

@@ -127,6 +127,9 @@ FLOAT_KERNELS(double, f64)
 FLOAT_KERNELS(bf16, bf16)
 FLOAT_KERNELS(f16, f16)
 
+// copy in 16-byte words (host: `words16`): any dtype, innermost dim contiguous on both sides.
+extern "C" __global__ void copy_w16(const uint4* x, uint4* y, Geom g) { copy_k<uint4>(x, y, g); }
+
 #define ALL_KERNELS(T, N) \
 extern "C" __global__ void cmp_##N(const T* a, const T* b, u8* y, Geom g, int op) { cmp_k<T>(a, b, y, g, op); } \
 extern "C" __global__ void where_##N(const u8* c, const T* a, const T* b, T* y, Geom g) { where_k<T>(c, a, b, y, g); } \

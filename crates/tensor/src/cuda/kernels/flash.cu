@@ -74,28 +74,43 @@ template <int D> __device__ __forceinline__ void load_a_global(u32 (*a)[4], cons
     }
 }
 
-// Cooperative copy of rows [r0, r0 + FA_TILE) of a [n, D] strided matrix into shared [FA_TILE][D + 8]
-// (padding rows past n with zeros). 32-bit copies.
-// 16-byte copies when the rows are 16-byte aligned (the usual case: q, k, v read in place from
-// the QKV projection), 4-byte copies otherwise.
-template <int D> __device__ __forceinline__ void load_tile(unsigned short (*sm)[D + 8], const bf16* base, u32 row_stride, u32 r0, u32 n) {
+// Asynchronous copies into shared memory (sm_80+ cp.async): a copy of `bytes` < size fills the
+// rest with zeros, so rows past n cost no branch around the copy. Each thread waits for its own
+// groups; a __syncthreads after the wait makes every thread's copies visible to the block.
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, u32 bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"((u32)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async4(void* dst, const void* src, u32 bytes) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"((u32)__cvta_generic_to_shared(dst)), "l"(src), "r"(bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+
+// Copies rows [r0, r0 + FA_TILE) of a [n, D] strided matrix into shared [FA_TILE][D + 8], rows
+// past n as zeros: 16-byte copies when the rows are 16-byte aligned (the usual case: q, k, v read
+// in place from the QKV projection), 4-byte otherwise. Issues the copies; the caller commits the
+// group and waits for it.
+template <int D> __device__ __forceinline__ void load_tile_async(unsigned short (*sm)[D + 8], const bf16* base, u32 row_stride, u32 r0, u32 n) {
     if ((((u64)base | ((u64)row_stride * 2)) & 15) == 0) {
         const int vecs = D / 8;
         for (int i = threadIdx.x; i < FA_TILE * vecs; i += blockDim.x) {
             int r = i / vecs, w = i % vecs;
-            uint4 v = make_uint4(0, 0, 0, 0);
-            if (r0 + r < n) v = *(const uint4*)(base + (u64)(r0 + r) * row_stride + 8 * w);
-            *(uint4*)&sm[r][8 * w] = v;
+            bool ok = r0 + r < n;
+            cp_async16(&sm[r][8 * w], ok ? base + (u64)(r0 + r) * row_stride + 8 * w : base, ok ? 16 : 0);
         }
         return;
     }
     const int words = D / 2;
     for (int i = threadIdx.x; i < FA_TILE * words; i += blockDim.x) {
         int r = i / words, w = i % words;
-        u32 v = (r0 + r < n) ? *(const u32*)(base + (u64)(r0 + r) * row_stride + 2 * w) : 0;
-        *(u32*)&sm[r][2 * w] = v;
+        bool ok = r0 + r < n;
+        cp_async4(&sm[r][2 * w], ok ? base + (u64)(r0 + r) * row_stride + 2 * w : base, ok ? 4 : 0);
     }
 }
+
+// Shared-memory stages of the key/query tile loops: two (the next tile's copies in flight while
+// this one is computed on) where both fit in the 48 KB of static shared memory, else one.
+template <int D> struct FaStages { static const int n = D <= 64 ? 2 : 1; };
 
 // Whether query row i may see key j.
 __device__ __forceinline__ bool fa_visible(const FaDims& d, const u8* pad, u32 bi, u32 i, u32 j) {
@@ -106,7 +121,8 @@ __device__ __forceinline__ bool fa_visible(const FaDims& d, const u8* pad, u32 b
 }
 
 template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) {
-    __shared__ __align__(16) unsigned short ks_[FA_TILE][D + 8], vs_[FA_TILE][D + 8];
+    const int ST = FaStages<D>::n;
+    __shared__ __align__(16) unsigned short ks_[ST][FA_TILE][D + 8], vs_[ST][FA_TILE][D + 8];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
     u32 q0 = blockIdx.x * (FA_WARPS * 16), wq = q0 + warp * 16;
@@ -123,10 +139,27 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
     // Keys any query of this block can see.
     u32 kend = d.s;
     if (d.causal) kend = min(d.s, q0 + FA_WARPS * 16 + (d.s - d.t));
-    for (u32 k0 = 0; k0 < kend; k0 += FA_TILE) {
-        __syncthreads();
-        load_tile<D>(ks_, kb, d.ks[2], k0, d.s);
-        load_tile<D>(vs_, vb, d.vs[2], k0, d.s);
+    const u32 ntiles = (kend + FA_TILE - 1) / FA_TILE;
+    auto issue = [&](u32 it) {
+        load_tile_async<D>(ks_[it % ST], kb, d.ks[2], it * FA_TILE, d.s);
+        load_tile_async<D>(vs_[it % ST], vb, d.vs[2], it * FA_TILE, d.s);
+        cp_async_commit();
+    };
+    if (ST == 2 && ntiles > 0) issue(0);
+    for (u32 it = 0; it < ntiles; ++it) {
+        const u32 k0 = it * FA_TILE;
+        unsigned short (*kt)[D + 8] = ks_[it % ST];
+        unsigned short (*vt)[D + 8] = vs_[it % ST];
+        if (ST == 1) {
+            __syncthreads(); // the last tile's readers are done
+            issue(it);
+            cp_async_wait<0>();
+        } else if (it + 1 < ntiles) {
+            issue(it + 1); // into the buffer the last iteration read (a barrier ended it)
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
         float sc[FA_TILE / 8][4];
 #pragma unroll
@@ -135,7 +168,7 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk += 2) {
                 u32 b[4];
-                ldsm_b<D>(b, ks_, nt, kk);
+                ldsm_b<D>(b, kt, nt, kk);
                 mma_bf16(sc[nt], qa[kk], b[0], b[1]);
                 mma_bf16(sc[nt], qa[kk + 1], b[2], b[3]);
             }
@@ -183,11 +216,12 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
 #pragma unroll
             for (int nd = 0; nd < D / 8; nd += 2) {
                 u32 b[4];
-                ldsm_b_t<D>(b, vs_, kk, nd);
+                ldsm_b_t<D>(b, vt, kk, nd);
                 mma_bf16(acc[nd], pa, b[0], b[1]);
                 mma_bf16(acc[nd + 1], pa, b[2], b[3]);
             }
         }
+        if (ST == 2) __syncthreads(); // every warp is done with this buffer before it is refilled
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -222,8 +256,9 @@ template <int D> __device__ void fa_delta_k(const bf16* o, const bf16* dout, flo
 
 // dK, dV for 16 keys per warp, looping over query tiles. dout strided (do_s: batch, head, row).
 template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 ds0, u32 ds1, u32 ds2) {
-    __shared__ __align__(16) unsigned short qs_[FA_TILE][D + 8], gs_[FA_TILE][D + 8];
-    __shared__ float lse_s[FA_TILE], del_s[FA_TILE];
+    const int ST = FaStages<D>::n;
+    __shared__ __align__(16) unsigned short qs_[ST][FA_TILE][D + 8], gs_[ST][FA_TILE][D + 8];
+    __shared__ float lse_b[ST][FA_TILE], del_b[ST][FA_TILE];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
     u32 k0 = blockIdx.x * (FA_WARPS * 16), wk = k0 + warp * 16;
@@ -243,13 +278,38 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
     u32 qstart = 0;
     if (d.causal) qstart = k0 > (d.s - d.t) ? k0 - (d.s - d.t) : 0;
     qstart = (qstart / FA_TILE) * FA_TILE;
-    for (u32 q0 = qstart; q0 < d.t; q0 += FA_TILE) {
-        __syncthreads();
-        load_tile<D>(qs_, qb, d.qs[2], q0, d.t);
-        load_tile<D>(gs_, gb, ds2, q0, d.t);
+    const u32 ntiles = qstart < d.t ? (d.t - qstart + FA_TILE - 1) / FA_TILE : 0;
+    auto issue = [&](u32 it) {
+        const u32 b = it % ST, r0 = qstart + it * FA_TILE;
+        load_tile_async<D>(qs_[b], qb, d.qs[2], r0, d.t);
+        load_tile_async<D>(gs_[b], gb, ds2, r0, d.t);
         for (int i = threadIdx.x; i < FA_TILE; i += blockDim.x) {
-            lse_s[i] = q0 + i < d.t ? lse[(u64)bh * d.t + q0 + i] : 1.0f / 0.0f;
-            del_s[i] = q0 + i < d.t ? delta[(u64)bh * d.t + q0 + i] : 0.f;
+            if (r0 + i < d.t) {
+                cp_async4(&lse_b[b][i], lse + (u64)bh * d.t + r0 + i, 4);
+                cp_async4(&del_b[b][i], delta + (u64)bh * d.t + r0 + i, 4);
+            } else {
+                lse_b[b][i] = 1.0f / 0.0f; // P = 0 for queries past T
+                del_b[b][i] = 0.f;
+            }
+        }
+        cp_async_commit();
+    };
+    if (ST == 2 && ntiles > 0) issue(0);
+    for (u32 it = 0; it < ntiles; ++it) {
+        const u32 q0 = qstart + it * FA_TILE;
+        unsigned short (*qt)[D + 8] = qs_[it % ST];
+        unsigned short (*gt)[D + 8] = gs_[it % ST];
+        const float* lse_s = lse_b[it % ST];
+        const float* del_s = del_b[it % ST];
+        if (ST == 1) {
+            __syncthreads();
+            issue(it);
+            cp_async_wait<0>();
+        } else if (it + 1 < ntiles) {
+            issue(it + 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
         }
         __syncthreads();
         // S^T = K Q^T and dP^T = V dO^T: rows = this warp's 16 keys, cols = the tile's queries.
@@ -261,8 +321,8 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk += 2) {
                 u32 bq[4], bg[4];
-                ldsm_b<D>(bq, qs_, nt, kk);
-                ldsm_b<D>(bg, gs_, nt, kk);
+                ldsm_b<D>(bq, qt, nt, kk);
+                ldsm_b<D>(bg, gt, nt, kk);
                 mma_bf16(st[nt], ka[kk], bq[0], bq[1]);
                 mma_bf16(st[nt], ka[kk + 1], bq[2], bq[3]);
                 mma_bf16(dpt[nt], va[kk], bg[0], bg[1]);
@@ -289,14 +349,15 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
 #pragma unroll
             for (int nd = 0; nd < D / 8; nd += 2) {
                 u32 bg[4], bq[4];
-                ldsm_b_t<D>(bg, gs_, kk, nd);
-                ldsm_b_t<D>(bq, qs_, kk, nd);
+                ldsm_b_t<D>(bg, gt, kk, nd);
+                ldsm_b_t<D>(bq, qt, kk, nd);
                 mma_bf16(dva[nd], pa, bg[0], bg[1]);
                 mma_bf16(dva[nd + 1], pa, bg[2], bg[3]);
                 mma_bf16(dka[nd], sa, bq[0], bq[1]);
                 mma_bf16(dka[nd + 1], sa, bq[2], bq[3]);
             }
         }
+        if (ST == 2) __syncthreads();
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -314,7 +375,8 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
 
 // dQ for 16 queries per warp, looping over key tiles.
 template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dq, FaDims d, u32 ds0, u32 ds1, u32 ds2) {
-    __shared__ __align__(16) unsigned short ks_[FA_TILE][D + 8], vs_[FA_TILE][D + 8];
+    const int ST = FaStages<D>::n;
+    __shared__ __align__(16) unsigned short ks_[ST][FA_TILE][D + 8], vs_[ST][FA_TILE][D + 8];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
     u32 q0 = blockIdx.x * (FA_WARPS * 16), wq = q0 + warp * 16;
@@ -337,10 +399,27 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
     for (int i = 0; i < D / 8; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
     u32 kend = d.s;
     if (d.causal) kend = min(d.s, q0 + FA_WARPS * 16 + (d.s - d.t));
-    for (u32 k0 = 0; k0 < kend; k0 += FA_TILE) {
-        __syncthreads();
-        load_tile<D>(ks_, kb, d.ks[2], k0, d.s);
-        load_tile<D>(vs_, vb, d.vs[2], k0, d.s);
+    const u32 ntiles = (kend + FA_TILE - 1) / FA_TILE;
+    auto issue = [&](u32 it) {
+        load_tile_async<D>(ks_[it % ST], kb, d.ks[2], it * FA_TILE, d.s);
+        load_tile_async<D>(vs_[it % ST], vb, d.vs[2], it * FA_TILE, d.s);
+        cp_async_commit();
+    };
+    if (ST == 2 && ntiles > 0) issue(0);
+    for (u32 it = 0; it < ntiles; ++it) {
+        const u32 k0 = it * FA_TILE;
+        unsigned short (*kt)[D + 8] = ks_[it % ST];
+        unsigned short (*vt)[D + 8] = vs_[it % ST];
+        if (ST == 1) {
+            __syncthreads();
+            issue(it);
+            cp_async_wait<0>();
+        } else if (it + 1 < ntiles) {
+            issue(it + 1);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
         float sc[FA_TILE / 8][4], dp[FA_TILE / 8][4];
 #pragma unroll
@@ -350,8 +429,8 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
 #pragma unroll
             for (int kk = 0; kk < D / 16; kk += 2) {
                 u32 bk[4], bv[4];
-                ldsm_b<D>(bk, ks_, nt, kk);
-                ldsm_b<D>(bv, vs_, nt, kk);
+                ldsm_b<D>(bk, kt, nt, kk);
+                ldsm_b<D>(bv, vt, nt, kk);
                 mma_bf16(sc[nt], qa[kk], bk[0], bk[1]);
                 mma_bf16(sc[nt], qa[kk + 1], bk[2], bk[3]);
                 mma_bf16(dp[nt], ga[kk], bv[0], bv[1]);
@@ -374,11 +453,12 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
 #pragma unroll
             for (int nd = 0; nd < D / 8; nd += 2) {
                 u32 b[4];
-                ldsm_b_t<D>(b, ks_, kk, nd);
+                ldsm_b_t<D>(b, kt, kk, nd);
                 mma_bf16(dqa[nd], sa, b[0], b[1]);
                 mma_bf16(dqa[nd + 1], sa, b[2], b[3]);
             }
         }
+        if (ST == 2) __syncthreads();
     }
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
