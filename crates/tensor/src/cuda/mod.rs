@@ -14,6 +14,7 @@
 mod alloc;
 pub(crate) mod gemm;
 pub mod profile;
+mod staging;
 pub mod libs;
 pub(crate) mod storage;
 
@@ -71,6 +72,7 @@ pub struct CudaDevice {
     funcs: Mutex<HashMap<String, CudaFunction>>,
     pub(crate) pool: Mutex<alloc::Pool>,
     pub(crate) blas: Mutex<Option<gemm::Blas>>,
+    pub(crate) staging: Mutex<staging::Staging>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -123,7 +125,7 @@ impl CudaDevice {
             let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {kname}")))?;
             modules.push((*kname, m));
         }
-        Ok(CudaDevice { ordinal, name, arch, ctx, stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(alloc::Pool::new(ordinal)), blas: Mutex::new(None) })
+        Ok(CudaDevice { ordinal, name, arch, ctx, stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(alloc::Pool::new(ordinal)), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()) })
     }
 
     /// The kernel `name` (from any module).
@@ -150,6 +152,20 @@ impl CudaDevice {
     }
     pub fn reset_peak(&self) {
         self.pool.lock().unwrap().reset_peak()
+    }
+
+    /// Queues a host-to-device copy of `bytes` to `dst` without waiting for the stream: small
+    /// copies go through pinned staging buffers (staging.rs); large ones wait for the copy.
+    pub(crate) fn upload(&self, dst: u64, bytes: &[u8]) -> Result<(), CudaError> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        if bytes.len() <= staging::MAX_STAGED {
+            return self.staging.lock().unwrap().upload(dst, bytes, self.cu_stream());
+        }
+        unsafe { drv::memcpy_htod_async(dst, bytes, self.cu_stream()) }.map_err(drv_err("host-to-device copy"))?;
+        // The host slice may be freed as soon as this returns.
+        self.synchronize()
     }
 
     pub(crate) fn cu_stream(&self) -> sys::CUstream {

@@ -143,12 +143,7 @@ impl CudaStorage {
 
     pub fn from_cpu(dev: &Arc<CudaDevice>, c: &CpuStorage) -> CudaStorage {
         let s = CudaStorage::alloc(dev, c.dtype(), c.len());
-        let bytes = c.as_bytes();
-        if !bytes.is_empty() {
-            // Synchronous: the host slice may be freed as soon as this returns.
-            unsafe { drv::memcpy_htod_async(s.ptr, bytes, dev.cu_stream()) }.unwrap_or_else(|e| fail(CudaError::Driver { what: "host-to-device copy".into(), msg: format!("{e:?}") }));
-            dev.synchronize().unwrap_or_else(|e| fail(e));
-        }
+        dev.upload(s.ptr, c.as_bytes()).unwrap_or_else(|e| fail(e));
         s
     }
 
