@@ -96,7 +96,7 @@ PY
 )") ;;
   profile)
     # Where the time goes: per-kernel breakdown of 2 steps (synchronized around each launch).
-    FMLAB_CUDA_PROFILE=1 gpu/fmlab bench train --preset gpt2-mini --batch "${BENCH_BATCH:-32}" --seq "${BENCH_SEQ:-1024}" --steps 2 --warmup 1 --device cuda 2>&1 | tail -48 ;;
+    FMLAB_CUDA_PROFILE=1 gpu/fmlab bench train --preset gpt2-mini --batch "${BENCH_BATCH:-32}" --seq "${BENCH_SEQ:-1024}" --steps 2 --warmup 1 --device cuda 2>&1 | tail -68 ;;
   esac; done
   echo; echo "== summary =="; printf '%s\n' "${summary[@]}"
   ;;

@@ -136,7 +136,7 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
     });
     let delta = Tensor::zeros_on(&[b * h * t], DType::F32, q.device());
     let n = b * h * t;
-    Args::new().push(cuda_ptr(o)).push(at(&g)).push(cuda_ptr(&delta)).push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch(&dev, &format!("fa_delta_d{d}"), crate::cuda::grid_for(n, 256), 256, 0);
+    Args::new().push(cuda_ptr(o)).push(at(&g)).push(cuda_ptr(&delta)).push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch(&dev, &format!("fa_delta_d{d}"), crate::cuda::grid_for(n * (d / 2).min(32), 256), 256, 0);
     let (dk, dv) = (CudaStorage::alloc(&dev, DType::BF16, b * s * h * d), CudaStorage::alloc(&dev, DType::BF16, b * s * h * d));
     let pp = pad.map_or(0, cuda_ptr);
     // Both backward kernels take (q, k, v, pad, dO, lse, delta, outputs..., dims, dO strides) and

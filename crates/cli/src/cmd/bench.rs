@@ -224,7 +224,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
         println!("per-kernel time over {} timed steps (FMLAB_CUDA_PROFILE: synchronized around each launch):", a.steps);
         println!("| kernel | calls/step | ms/step | share |");
         println!("|---|---|---|---|");
-        for (k, n, t) in prof.iter().take(40) {
+        for (k, n, t) in prof.iter().take(60) {
             println!("| {k} | {:.0} | {:.2} | {:.1}% |", *n as f64 / a.steps as f64, t * 1e3 / a.steps as f64, 100.0 * t / total);
         }
         if let fmlab_tensor::Device::Cuda(d) = device {

@@ -176,6 +176,9 @@ impl CudaStorage {
 
     /// Writes the elements viewed by `l` into `dst` viewed by `dl` (same shape).
     pub(crate) fn copy_into(&self, l: &Layout, dst: &CudaStorage, dl: &Layout) {
+        // Profiled copies are named by shape and strides: which view is being materialized.
+        let label = if super::profile::enabled() { format!("copy {:?} strides {:?} -> {:?} {}", l.shape, l.strides, dl.strides, self.dtype) } else { String::new() };
+        let _p = super::profile::enabled().then(|| super::profile::Scope::new(&self.dev, &label));
         let (g, _) = geom(&l.shape, [&l.strides, &dl.strides]);
         let (src, dp) = (self.at(l.offset), dst.at(dl.offset));
         if let Some(w) = words16(&g, self.dtype.size_in_bytes()).filter(|_| aligned16(&[src, dp])) {

@@ -18,6 +18,8 @@
 
 #define FA_WARPS 4
 #define FA_TILE 64
+// dK/dV kernel: query sub-tile whose S^T/dP^T fragments are live at once (register pressure).
+#define FA_HALF 32
 
 __device__ __forceinline__ void mma_bf16(float* c, const u32* a, u32 b0, u32 b1) {
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
@@ -242,15 +244,31 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
 }
 
 // delta[bh, i] = Σ_d dO[i, d] · O[i, d] (O as written by the forward, dO strided like q).
+// FA_DELTA_TPR(D) consecutive lanes share a row, each reading bf16 pairs (the host checks even
+// strides), so a warp reads whole rows in one go; the lanes' sums meet by shuffles.
+#define FA_DELTA_TPR(D) ((D) / 2 < 32 ? (D) / 2 : 32)
 template <int D> __device__ void fa_delta_k(const bf16* o, const bf16* dout, float* delta, FaDims d, u32 dstr0, u32 dstr1, u32 dstr2) {
-    u32 n = d.b * d.h * d.t;
-    for (u32 r = blockIdx.x * blockDim.x + threadIdx.x; r < n; r += gridDim.x * blockDim.x) {
-        u32 i = r % d.t, bh = r / d.t, bi = bh / d.h, hi = bh % d.h;
-        const bf16* orow = o + (((u64)bi * d.t + i) * d.h + hi) * D;
-        const bf16* grow = dout + (u64)bi * dstr0 + (u64)hi * dstr1 + (u64)i * dstr2;
+    const u32 TPR = FA_DELTA_TPR(D), RPW = 32 / TPR, PER = D / 2 / TPR;
+    const u32 n = d.b * d.h * d.t;
+    const u32 warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, nwarps = gridDim.x * blockDim.x / 32;
+    const u32 sub = (threadIdx.x & 31) / TPR, li = threadIdx.x % TPR;
+    // Warp-uniform loop (every lane reaches the shuffles); rows past n add nothing.
+    for (u32 wb = warp * RPW; wb < n; wb += nwarps * RPW) {
+        u32 r = wb + sub;
         float s = 0.f;
-        for (int c = 0; c < D; ++c) s += ld(orow[c]) * ld(grow[c]);
-        delta[r] = s;
+        if (r < n) {
+            u32 i = r % d.t, bh = r / d.t, bi = bh / d.h, hi = bh % d.h;
+            const bf16* orow = o + (((u64)bi * d.t + i) * d.h + hi) * D;
+            const bf16* grow = dout + (u64)bi * dstr0 + (u64)hi * dstr1 + (u64)i * dstr2;
+#pragma unroll
+            for (u32 p = 0; p < PER; ++p) {
+                u32 c = 2 * (li + p * TPR);
+                s += ld(orow[c]) * ld(grow[c]) + ld(orow[c + 1]) * ld(grow[c + 1]);
+            }
+        }
+#pragma unroll
+        for (u32 off = TPR / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+        if (r < n && li == 0) delta[r] = s;
     }
 }
 
@@ -312,49 +330,56 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
             cp_async_wait<0>();
         }
         __syncthreads();
-        // S^T = K Q^T and dP^T = V dO^T: rows = this warp's 16 keys, cols = the tile's queries.
-        float st[FA_TILE / 8][4], dpt[FA_TILE / 8][4];
-#pragma unroll
-        for (int nt = 0; nt < FA_TILE / 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) st[nt][e] = dpt[nt][e] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk += 2) {
-                u32 bq[4], bg[4];
-                ldsm_b<D>(bq, qt, nt, kk);
-                ldsm_b<D>(bg, gt, nt, kk);
-                mma_bf16(st[nt], ka[kk], bq[0], bq[1]);
-                mma_bf16(st[nt], ka[kk + 1], bq[2], bq[3]);
-                mma_bf16(dpt[nt], va[kk], bg[0], bg[1]);
-                mma_bf16(dpt[nt], va[kk + 1], bg[2], bg[3]);
-            }
-        }
         // P^T = exp(s·scale − lse_i); dS^T = P^T ∘ (dP^T − delta_i). Unmasked interior tiles:
         // queries past T have lse = +inf (P = 0); keys past S are rows never stored.
         bool masked = pad || (d.causal && wk + 15 > q0 + (d.s - d.t));
+        // The tile's queries in two halves of FA_HALF: the S^T and dP^T fragments of a half are
+        // 32 registers, not 64 (at 175 registers only 2 blocks fit an SM; see FA_HALF).
 #pragma unroll
-        for (int nt = 0; nt < FA_TILE / 8; ++nt)
+        for (int h0 = 0; h0 < FA_TILE; h0 += FA_HALF) {
+            // S^T = K Q^T and dP^T = V dO^T: rows = this warp's 16 keys, cols = the half's queries.
+            float st[FA_HALF / 8][4], dpt[FA_HALF / 8][4];
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                u32 j = wk + g + (e >> 1) * 8, qi = nt * 8 + 2 * t + (e & 1), i = q0 + qi;
-                float p = (!masked || fa_visible(d, pad, bi, i, j)) ? fa_exp2((st[nt][e] * d.scale - lse_s[qi]) * LOG2E) : 0.f;
-                st[nt][e] = p;
-                dpt[nt][e] = p * (dpt[nt][e] - del_s[qi]);
+            for (int n = 0; n < FA_HALF / 8; ++n) {
+                const int nt = h0 / 8 + n;
+#pragma unroll
+                for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
+#pragma unroll
+                for (int kk = 0; kk < D / 16; kk += 2) {
+                    u32 bq[4], bg[4];
+                    ldsm_b<D>(bq, qt, nt, kk);
+                    ldsm_b<D>(bg, gt, nt, kk);
+                    mma_bf16(st[n], ka[kk], bq[0], bq[1]);
+                    mma_bf16(st[n], ka[kk + 1], bq[2], bq[3]);
+                    mma_bf16(dpt[n], va[kk], bg[0], bg[1]);
+                    mma_bf16(dpt[n], va[kk + 1], bg[2], bg[3]);
+                }
             }
-        // dV += P^T dO, dK += dS^T Q (k = query index).
 #pragma unroll
-        for (int kk = 0; kk < FA_TILE / 16; ++kk) {
-            u32 pa[4] = {pack_bf16(st[2 * kk][0], st[2 * kk][1]), pack_bf16(st[2 * kk][2], st[2 * kk][3]), pack_bf16(st[2 * kk + 1][0], st[2 * kk + 1][1]), pack_bf16(st[2 * kk + 1][2], st[2 * kk + 1][3])};
-            u32 sa[4] = {pack_bf16(dpt[2 * kk][0], dpt[2 * kk][1]), pack_bf16(dpt[2 * kk][2], dpt[2 * kk][3]), pack_bf16(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]), pack_bf16(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+            for (int n = 0; n < FA_HALF / 8; ++n)
 #pragma unroll
-            for (int nd = 0; nd < D / 8; nd += 2) {
-                u32 bg[4], bq[4];
-                ldsm_b_t<D>(bg, gt, kk, nd);
-                ldsm_b_t<D>(bq, qt, kk, nd);
-                mma_bf16(dva[nd], pa, bg[0], bg[1]);
-                mma_bf16(dva[nd + 1], pa, bg[2], bg[3]);
-                mma_bf16(dka[nd], sa, bq[0], bq[1]);
-                mma_bf16(dka[nd + 1], sa, bq[2], bq[3]);
+                for (int e = 0; e < 4; ++e) {
+                    u32 j = wk + g + (e >> 1) * 8, qi = h0 + n * 8 + 2 * t + (e & 1), i = q0 + qi;
+                    float p = (!masked || fa_visible(d, pad, bi, i, j)) ? fa_exp2((st[n][e] * d.scale - lse_s[qi]) * LOG2E) : 0.f;
+                    st[n][e] = p;
+                    dpt[n][e] = p * (dpt[n][e] - del_s[qi]);
+                }
+            // dV += P^T dO, dK += dS^T Q (k = query index).
+#pragma unroll
+            for (int c = 0; c < FA_HALF / 16; ++c) {
+                const int kk = h0 / 16 + c;
+                u32 pa[4] = {pack_bf16(st[2 * c][0], st[2 * c][1]), pack_bf16(st[2 * c][2], st[2 * c][3]), pack_bf16(st[2 * c + 1][0], st[2 * c + 1][1]), pack_bf16(st[2 * c + 1][2], st[2 * c + 1][3])};
+                u32 sa[4] = {pack_bf16(dpt[2 * c][0], dpt[2 * c][1]), pack_bf16(dpt[2 * c][2], dpt[2 * c][3]), pack_bf16(dpt[2 * c + 1][0], dpt[2 * c + 1][1]), pack_bf16(dpt[2 * c + 1][2], dpt[2 * c + 1][3])};
+#pragma unroll
+                for (int nd = 0; nd < D / 8; nd += 2) {
+                    u32 bg[4], bq[4];
+                    ldsm_b_t<D>(bg, gt, kk, nd);
+                    ldsm_b_t<D>(bq, qt, kk, nd);
+                    mma_bf16(dva[nd], pa, bg[0], bg[1]);
+                    mma_bf16(dva[nd + 1], pa, bg[2], bg[3]);
+                    mma_bf16(dka[nd], sa, bq[0], bq[1]);
+                    mma_bf16(dka[nd + 1], sa, bq[2], bq[3]);
+                }
             }
         }
         if (ST == 2) __syncthreads();
