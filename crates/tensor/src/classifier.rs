@@ -83,13 +83,13 @@ impl Tensor {
             if let Some(d) = d {
                 // d: [len, Vp], zero in the padded columns.
                 dx_parts.push(d.matmul(&wp)); // [len, C]
-                // dw accumulates over chunks in f32 (f64 for f64): one bf16 rounding per chunk,
-                // not a bf16 running sum.
-                let dwc = d.t().matmul(&xc).to_dtype(acc); // [Vp, C]
-                dw = Some(match dw {
-                    Some(a) => a.add(&dwc),
-                    None => dwc,
-                });
+                // dw accumulates over chunks in f32 (f64 for f64), not as a bf16 running sum. On
+                // the GPU a 16-bit GEMM adds its f32 product straight into the f32 sum (beta = 1);
+                // elsewhere each chunk's product is cast and added.
+                let sum = dw.get_or_insert_with(|| Tensor::zeros_on(&[vp, x.dim(1)], acc, dev));
+                if !(dev.is_cuda() && acc == DType::F32 && x.dtype() != acc && gemm_acc_f32(&d.t(), &xc, sum)) {
+                    *sum = sum.add(&d.t().matmul(&xc).to_dtype(acc)); // [Vp, C]
+                }
             }
         }
         let Some(loss) = loss else { panic!("linear_cross_entropy: no rows") };
@@ -130,4 +130,18 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, kept: usize, grad: bool
             .launch(&xs.dev, &format!("ce_fused_{}", sfx(logits.dtype())), rows as u32, 512, 0);
     });
     loss.sum_all()
+}
+
+/// acc += a·b (16-bit a, b; contiguous f32 acc, all on one GPU) in one cuBLASLt GEMM; false when
+/// cuBLASLt has no kernel for it (acc untouched).
+fn gemm_acc_f32(a: &Tensor, b: &Tensor, acc: &Tensor) -> bool {
+    assert!(acc.is_contiguous() && acc.layout().offset == 0, "gemm_acc_f32: a fresh contiguous accumulator");
+    a.with_storage(|sa| {
+        b.with_storage(|sb| {
+            acc.with_storage(|sc| {
+                let (Storage::Cuda(ca), Storage::Cuda(cb), Storage::Cuda(cc)) = (sa, sb, sc) else { return false };
+                ca.matmul_acc_f32(a.layout(), cb, b.layout(), cc)
+            })
+        })
+    })
 }

@@ -107,3 +107,57 @@ pub fn coalesce<const N: usize>(shape: &[usize], strides: [&[usize]; N]) -> (Vec
     }
     (sh, st)
 }
+
+/// Strides that view a tensor of `shape`/`strides` as `new_shape` without copying, if any exist
+/// (the same elements in the same row-major order): each run of old dims that are contiguous with
+/// one another may be split or merged freely, but not across a stride break. E.g. a [B, T, C]
+/// slice of a [B, T, 3C] tensor reshapes to [B, T, H, C/H] as a view.
+pub fn view_strides(shape: &[usize], strides: &[usize], new_shape: &[usize]) -> Option<Vec<usize>> {
+    let numel: usize = shape.iter().product();
+    if numel == 0 || shape.is_empty() {
+        return Some(contiguous_strides(new_shape));
+    }
+    let mut out = vec![0usize; new_shape.len()];
+    let mut vd = new_shape.len() as isize - 1;
+    // Walk the old dims from the innermost; a chunk ends where the next-outer dim's stride breaks.
+    let mut base = strides[shape.len() - 1];
+    let (mut chunk, mut vchunk) = (1usize, 1usize);
+    for d in (0..shape.len()).rev() {
+        chunk *= shape[d];
+        let ends = d == 0 || (shape[d - 1] != 1 && strides[d - 1] != chunk * base);
+        if ends {
+            while vd >= 0 && (vchunk < chunk || new_shape[vd as usize] == 1) {
+                out[vd as usize] = vchunk * base;
+                vchunk *= new_shape[vd as usize];
+                vd -= 1;
+            }
+            if vchunk != chunk {
+                return None;
+            }
+            if d > 0 {
+                base = strides[d - 1];
+                chunk = 1;
+                vchunk = 1;
+            }
+        }
+    }
+    (vd == -1).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn view_strides_split_merge_and_refuse() {
+        // A [2, 3, 4] slice (last dim narrowed from 12) splits its last dim, keeps the others.
+        assert_eq!(view_strides(&[2, 3, 4], &[36, 12, 1], &[2, 3, 2, 2]), Some(vec![36, 12, 2, 1]));
+        // Merging the first two dims works (36 = 3 · 12), merging across the break does not.
+        assert_eq!(view_strides(&[2, 3, 4], &[36, 12, 1], &[6, 4]), Some(vec![12, 1]));
+        assert_eq!(view_strides(&[2, 3, 4], &[36, 12, 1], &[2, 12]), None);
+        // A transpose cannot be flattened; size-1 dims go anywhere.
+        assert_eq!(view_strides(&[3, 2], &[1, 3], &[6]), None);
+        assert_eq!(view_strides(&[3, 2], &[1, 3], &[3, 1, 2]), Some(vec![1, 6, 3])); // any stride suits the size-1 dim
+        assert_eq!(view_strides(&[4], &[2], &[2, 2]), Some(vec![4, 2]));
+    }
+}

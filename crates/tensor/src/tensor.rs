@@ -596,6 +596,14 @@ impl Tensor {
         if self.shape() == shape {
             return self.clone();
         }
+        if !self.is_contiguous() {
+            // A view when the elements' order allows one (e.g. splitting the heads out of a q slice
+            // of a fused QKV projection), else a contiguous copy first.
+            let l = self.layout();
+            if let Some(strides) = crate::layout::view_strides(&l.shape, &l.strides, shape) {
+                return self.view(Layout { shape: shape.to_vec(), strides, offset: l.offset }, Op::Reshape(self.clone()));
+            }
+        }
         let src = if self.is_contiguous() { self.clone() } else { self.contiguous() };
         let layout = Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset: src.layout().offset };
         src.view(layout, Op::Reshape(src.clone()))

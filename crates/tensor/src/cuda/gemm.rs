@@ -49,6 +49,9 @@ pub(crate) enum Epilogue {
     /// B is the output gradient and the GEMM makes the weight gradient). Column-major, B is
     /// cuBLASLt's A operand and the sum runs over the GEMM's k: `CUBLASLT_EPILOGUE_BGRADA`.
     BiasGrad,
+    /// C += A·B into an f32 C (16-bit A and B; beta = 1): gradients summed over chunks in f32
+    /// without a cast and an add per chunk.
+    AccumulateF32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,15 +129,16 @@ impl Blas {
                 Ok(l)
             };
             let la = layout(key.a.rows, key.a.cols, key.a.ld, key.a.batch_stride)?;
+            let lc_of = |dt_c: sys::cudaDataType| -> Result<sys::cublasLtMatrixLayout_t, CudaError> { lt::create_matrix_layout(dt_c, key.m, key.n, key.m as i64).map_err(blas_err("matrix layout")) };
             let lb = layout(key.b.rows, key.b.cols, key.b.ld, key.b.batch_stride)?;
-            let lc = layout(key.m, key.n, key.m as i64, (key.m * key.n) as i64)?;
+            let lc = if key.epi == Epilogue::AccumulateF32 { lc_of(sys::cudaDataType_t::CUDA_R_32F)? } else { layout(key.m, key.n, key.m as i64, (key.m * key.n) as i64)? };
             let desc = lt::create_matmul_desc(compute, scale).map_err(blas_err("matmul descriptor"))?;
             let (ta, tb) = (key.a.trans as i32, key.b.trans as i32);
             unsafe {
                 lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &ta as *const i32 as *const _, 4).map_err(blas_err("transa"))?;
                 lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &tb as *const i32 as *const _, 4).map_err(blas_err("transb"))?;
                 let epi = match key.epi {
-                    Epilogue::None => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
+                    Epilogue::None | Epilogue::AccumulateF32 => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
                     Epilogue::Bias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
                     Epilogue::BiasGrad => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADA,
                 };
@@ -177,6 +181,7 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
             Epilogue::None => "",
             Epilogue::Bias => " +bias",
             Epilogue::BiasGrad => " +bgrad",
+            Epilogue::AccumulateF32 => " +=f32",
         };
         format!("gemm {m}x{n}x{k} {}{}{} {dtype}{e}", t(&a, true), t(&b, true), if batch > 1 { format!(" x{batch}") } else { String::new() })
     } else {
@@ -192,12 +197,12 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
     let key = Key { epi, dtype, a: b, b: a, m: n as u64, n: m as u64, batch: batch as u64, align: [align_of(pb), align_of(pa), align_of(pc)] };
     let (handle, ws, ws_size) = (blas.handle, blas.ws, blas.ws_size);
     let Some(plan) = blas.plan(key)? else { return Ok(false) };
-    if epi != Epilogue::None {
+    if matches!(epi, Epilogue::Bias | Epilogue::BiasGrad) {
         // The vector's address is per call; the descriptor is only used under this lock.
         unsafe { lt::set_matmul_desc_attribute(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vec as *const u64 as *const _, 8) }.map_err(blas_err("bias pointer"))?;
     }
     let (one64, zero64) = (1.0f64, 0.0f64);
-    let (one32, zero32) = (1.0f32, 0.0f32);
+    let (one32, zero32) = (1.0f32, if epi == Epilogue::AccumulateF32 { 1.0f32 } else { 0.0f32 });
     let (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void) =
         if dtype == DType::F64 { (&one64 as *const f64 as *const _, &zero64 as *const f64 as *const _) } else { (&one32 as *const f32 as *const _, &zero32 as *const f32 as *const _) };
     unsafe {
