@@ -75,10 +75,10 @@ fn geom<const N: usize>(shape: &[usize], strides: [&[usize]; N]) -> (Geom, bool)
 fn words16(g: &Geom, esz: usize) -> Option<Geom> {
     let v = (16 / esz) as u32;
     let r = g.rank as usize;
-    if r == 0 || esz > 16 || g.shape[r - 1] % v != 0 || (0..2).any(|k| g.st[k][r - 1] != 1) {
+    if r == 0 || esz > 16 || !g.shape[r - 1].is_multiple_of(v) || (0..2).any(|k| g.st[k][r - 1] != 1) {
         return None;
     }
-    if (0..2).any(|k| g.st[k][..r - 1].iter().any(|s| s % v != 0)) {
+    if (0..2).any(|k| g.st[k][..r - 1].iter().any(|s| !s.is_multiple_of(v))) {
         return None;
     }
     let mut w = *g;

@@ -114,6 +114,54 @@ template <int D> __device__ __forceinline__ void load_tile_async(unsigned short 
 // this one is computed on) where both fit in the 48 KB of static shared memory, else one.
 template <int D> struct FaStages { static const int n = D <= 64 ? 2 : 1; };
 
+// The tile loops: tile `it` lives in stage it % ST; `issue(it)` starts its copies (one group).
+// Returns when tile `it` is in shared memory and visible to the block; with two stages the next
+// tile's copies are then in flight, going into the stage the last iteration read (its readers
+// passed the barrier that ends every iteration).
+template <int ST, typename Issue> __device__ __forceinline__ void fa_stage_ready(u32 it, u32 ntiles, Issue& issue) {
+    if (ST == 1) {
+        __syncthreads(); // the last tile's readers are done
+        issue(it);
+        cp_async_wait<0>();
+    } else if (it + 1 < ntiles) {
+        issue(it + 1);
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncthreads();
+}
+// One key tile of K and V (rows k0..k0 + FA_TILE) into shared memory, as one copy group.
+template <int D> __device__ __forceinline__ void fa_issue_kv(unsigned short (*ks)[D + 8], unsigned short (*vs)[D + 8], const bf16* kb, const bf16* vb, const FaDims& d, u32 k0) {
+    load_tile_async<D>(ks, kb, d.ks[2], k0, d.s);
+    load_tile_async<D>(vs, vb, d.vs[2], k0, d.s);
+    cp_async_commit();
+}
+
+// c1 = a1 · t1[n-tile nt]ᵀ and c2 = a2 · t2[nt]ᵀ over D, into fresh accumulators: the paired
+// products of the backward kernels (S and dP in dQ's, their transposes in dK/dV's).
+template <int D> __device__ __forceinline__ void fa_dual_scores(float* c1, float* c2, const u32 (*a1)[4], const u32 (*a2)[4], unsigned short (*t1)[D + 8], unsigned short (*t2)[D + 8], int nt) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) c1[e] = c2[e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk += 2) {
+        u32 b1[4], b2[4];
+        ldsm_b<D>(b1, t1, nt, kk);
+        ldsm_b<D>(b2, t2, nt, kk);
+        mma_bf16(c1, a1[kk], b1[0], b1[1]);
+        mma_bf16(c1, a1[kk + 1], b1[2], b1[3]);
+        mma_bf16(c2, a2[kk], b2[0], b2[1]);
+        mma_bf16(c2, a2[kk + 1], b2[2], b2[3]);
+    }
+}
+
+// Key tiles the block of queries starting at q0 visits: all, or (causal) up to its last query's
+// diagonal.
+__device__ __forceinline__ u32 fa_key_tiles(const FaDims& d, u32 q0) {
+    u32 kend = d.causal ? min(d.s, q0 + FA_WARPS * 16 + (d.s - d.t)) : d.s;
+    return (kend + FA_TILE - 1) / FA_TILE;
+}
+
 // Whether query row i may see key j.
 __device__ __forceinline__ bool fa_visible(const FaDims& d, const u8* pad, u32 bi, u32 i, u32 j) {
     if (j >= d.s || i >= d.t) return false;
@@ -138,31 +186,14 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
     for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
     float m[2] = {FA_NEG_INF, FA_NEG_INF}, l[2] = {0.f, 0.f};
     const float sl2 = d.scale * LOG2E;
-    // Keys any query of this block can see.
-    u32 kend = d.s;
-    if (d.causal) kend = min(d.s, q0 + FA_WARPS * 16 + (d.s - d.t));
-    const u32 ntiles = (kend + FA_TILE - 1) / FA_TILE;
-    auto issue = [&](u32 it) {
-        load_tile_async<D>(ks_[it % ST], kb, d.ks[2], it * FA_TILE, d.s);
-        load_tile_async<D>(vs_[it % ST], vb, d.vs[2], it * FA_TILE, d.s);
-        cp_async_commit();
-    };
+    const u32 ntiles = fa_key_tiles(d, q0);
+    auto issue = [&](u32 it) { fa_issue_kv<D>(ks_[it % ST], vs_[it % ST], kb, vb, d, it * FA_TILE); };
     if (ST == 2 && ntiles > 0) issue(0);
     for (u32 it = 0; it < ntiles; ++it) {
         const u32 k0 = it * FA_TILE;
         unsigned short (*kt)[D + 8] = ks_[it % ST];
         unsigned short (*vt)[D + 8] = vs_[it % ST];
-        if (ST == 1) {
-            __syncthreads(); // the last tile's readers are done
-            issue(it);
-            cp_async_wait<0>();
-        } else if (it + 1 < ntiles) {
-            issue(it + 1); // into the buffer the last iteration read (a barrier ended it)
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        fa_stage_ready<ST>(it, ntiles, issue);
         float sc[FA_TILE / 8][4];
 #pragma unroll
         for (int nt = 0; nt < FA_TILE / 8; ++nt) {
@@ -319,17 +350,7 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
         unsigned short (*gt)[D + 8] = gs_[it % ST];
         const float* lse_s = lse_b[it % ST];
         const float* del_s = del_b[it % ST];
-        if (ST == 1) {
-            __syncthreads();
-            issue(it);
-            cp_async_wait<0>();
-        } else if (it + 1 < ntiles) {
-            issue(it + 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        fa_stage_ready<ST>(it, ntiles, issue);
         // P^T = exp(s·scale − lse_i); dS^T = P^T ∘ (dP^T − delta_i). Unmasked interior tiles:
         // queries past T have lse = +inf (P = 0); keys past S are rows never stored.
         bool masked = pad || (d.causal && wk + 15 > q0 + (d.s - d.t));
@@ -342,18 +363,7 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
 #pragma unroll
             for (int n = 0; n < FA_HALF / 8; ++n) {
                 const int nt = h0 / 8 + n;
-#pragma unroll
-                for (int e = 0; e < 4; ++e) st[n][e] = dpt[n][e] = 0.f;
-#pragma unroll
-                for (int kk = 0; kk < D / 16; kk += 2) {
-                    u32 bq[4], bg[4];
-                    ldsm_b<D>(bq, qt, nt, kk);
-                    ldsm_b<D>(bg, gt, nt, kk);
-                    mma_bf16(st[n], ka[kk], bq[0], bq[1]);
-                    mma_bf16(st[n], ka[kk + 1], bq[2], bq[3]);
-                    mma_bf16(dpt[n], va[kk], bg[0], bg[1]);
-                    mma_bf16(dpt[n], va[kk + 1], bg[2], bg[3]);
-                }
+                fa_dual_scores<D>(st[n], dpt[n], ka, va, qt, gt, nt);
             }
 #pragma unroll
             for (int n = 0; n < FA_HALF / 8; ++n)
@@ -422,45 +432,18 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
     float dqa[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;
-    u32 kend = d.s;
-    if (d.causal) kend = min(d.s, q0 + FA_WARPS * 16 + (d.s - d.t));
-    const u32 ntiles = (kend + FA_TILE - 1) / FA_TILE;
-    auto issue = [&](u32 it) {
-        load_tile_async<D>(ks_[it % ST], kb, d.ks[2], it * FA_TILE, d.s);
-        load_tile_async<D>(vs_[it % ST], vb, d.vs[2], it * FA_TILE, d.s);
-        cp_async_commit();
-    };
+    const u32 ntiles = fa_key_tiles(d, q0);
+    auto issue = [&](u32 it) { fa_issue_kv<D>(ks_[it % ST], vs_[it % ST], kb, vb, d, it * FA_TILE); };
     if (ST == 2 && ntiles > 0) issue(0);
     for (u32 it = 0; it < ntiles; ++it) {
         const u32 k0 = it * FA_TILE;
         unsigned short (*kt)[D + 8] = ks_[it % ST];
         unsigned short (*vt)[D + 8] = vs_[it % ST];
-        if (ST == 1) {
-            __syncthreads();
-            issue(it);
-            cp_async_wait<0>();
-        } else if (it + 1 < ntiles) {
-            issue(it + 1);
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncthreads();
+        fa_stage_ready<ST>(it, ntiles, issue);
         float sc[FA_TILE / 8][4], dp[FA_TILE / 8][4];
 #pragma unroll
         for (int nt = 0; nt < FA_TILE / 8; ++nt) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) sc[nt][e] = dp[nt][e] = 0.f;
-#pragma unroll
-            for (int kk = 0; kk < D / 16; kk += 2) {
-                u32 bk[4], bv[4];
-                ldsm_b<D>(bk, kt, nt, kk);
-                ldsm_b<D>(bv, vt, nt, kk);
-                mma_bf16(sc[nt], qa[kk], bk[0], bk[1]);
-                mma_bf16(sc[nt], qa[kk + 1], bk[2], bk[3]);
-                mma_bf16(dp[nt], ga[kk], bv[0], bv[1]);
-                mma_bf16(dp[nt], ga[kk + 1], bv[2], bv[3]);
-            }
+            fa_dual_scores<D>(sc[nt], dp[nt], qa, ga, kt, vt, nt);
         }
         bool masked = k0 + FA_TILE > d.s || pad || (d.causal && k0 + FA_TILE - 1 > wq + (d.s - d.t));
 #pragma unroll
