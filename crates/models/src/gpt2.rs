@@ -151,13 +151,21 @@ impl Gpt2 {
             _ => x,
         };
         x = drop(x);
-        for blk in &self.h {
-            let a = blk.attn.forward(&blk.ln_1.forward(&x), None, &AttnMask::Causal);
-            x = x.add(&drop(a));
-            let m = blk.mlp.forward(&blk.ln_2.forward(&x));
-            x = x.add(&drop(m));
+        // Pre-norm blocks: each residual add is fused with the LayerNorm that reads its result
+        // (ln_2 of the block, then ln_1 of the next block or ln_f): `h` is the normalized input
+        // of the next sublayer, `x` the residual stream.
+        let mut h = match self.h.first() {
+            Some(blk) => blk.ln_1.forward(&x),
+            None => self.ln_f.forward(&x),
+        };
+        for (i, blk) in self.h.iter().enumerate() {
+            let a = drop(blk.attn.forward(&h, None, &AttnMask::Causal));
+            let (x1, h2) = blk.ln_2.forward_add(&x, &a);
+            let m = drop(blk.mlp.forward(&h2));
+            let next = self.h.get(i + 1).map_or(&self.ln_f, |nb| &nb.ln_1);
+            (x, h) = next.forward_add(&x1, &m);
         }
-        self.ln_f.forward(&x).reshape(&[b * t, self.cfg.n_embd])
+        h.reshape(&[b * t, self.cfg.n_embd])
     }
 
     /// Mean next-token cross-entropy of ids [B, T] against targets [B, T] (-100 = ignored), through

@@ -82,6 +82,10 @@ impl LayerNorm {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         x.layer_norm(&self.weight, self.bias.as_ref(), self.eps)
     }
+    /// The pre-norm residual step: (x + r, this LayerNorm of it), fused on the GPU.
+    pub fn forward_add(&self, x: &Tensor, r: &Tensor) -> (Tensor, Tensor) {
+        x.add_layer_norm(r, &self.weight, self.bias.as_ref(), self.eps)
+    }
 }
 
 #[derive(Clone)]

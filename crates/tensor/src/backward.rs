@@ -110,16 +110,26 @@ impl Tensor {
                 }
                 continue;
             }
-            let mut add = |t: &Tensor, dg: Tensor| {
-                if !t.track_grad() {
-                    return;
-                }
-                debug_assert_eq!(t.shape(), dg.shape(), "backward of {}: gradient shape", op.name());
-                slabs.remove(&t.id());
-                match grads.remove(&t.id()) {
-                    Some(prev) => grads.insert(t.id(), prev.add(&dg)),
-                    None => grads.insert(t.id(), dg),
+            if let (Op::LayerNorm(x, w, b, mean, rstd), true) = (&op, g.device().is_cuda()) {
+                // A gradient of x already here (the residual stream's) is summed inside the
+                // LayerNorm backward kernel rather than by a separate add.
+                let prev = if x.track_grad() {
+                    slabs.remove(&x.id());
+                    grads.remove(&x.id())
+                } else {
+                    None
                 };
+                let (dx, dw, db) = Tensor::layer_norm_backward(x, w, mean, rstd, &g, prev.as_ref());
+                accumulate(&mut grads, &mut slabs, x, dx);
+                accumulate(&mut grads, &mut slabs, w, dw);
+                if let Some(b) = b {
+                    accumulate(&mut grads, &mut slabs, b, db);
+                }
+                continue;
+            }
+            let mut add = |t: &Tensor, dg: Tensor| {
+                debug_assert_eq!(t.shape(), dg.shape(), "backward of {}: gradient shape", op.name());
+                accumulate(&mut grads, &mut slabs, t, dg);
             };
             match op {
                 Op::Unary(x, u) => {
@@ -241,7 +251,7 @@ impl Tensor {
                 }
                 Op::SoftmaxScaled(x, p, scale, _) => add(x, Tensor::softmax_scaled_backward(p, &g, *scale)),
                 Op::LayerNorm(x, w, b, mean, rstd) => {
-                    let (dx, dw, db) = Tensor::layer_norm_backward(x, w, mean, rstd, &g);
+                    let (dx, dw, db) = Tensor::layer_norm_backward(x, w, mean, rstd, &g, None);
                     add(x, dx);
                     add(w, dw);
                     if let Some(b) = b {
@@ -265,6 +275,19 @@ impl Tensor {
         }
         out
     }
+}
+
+/// Adds `dg` into t's gradient slot (a fresh slot holds `dg` itself).
+fn accumulate(grads: &mut HashMap<TensorId, Tensor>, slabs: &mut HashMap<TensorId, Vec<(usize, usize, usize)>>, t: &Tensor, dg: Tensor) {
+    if !t.track_grad() {
+        return;
+    }
+    slabs.remove(&t.id());
+    let sum = match grads.remove(&t.id()) {
+        Some(prev) => prev.add(&dg),
+        None => dg,
+    };
+    grads.insert(t.id(), sum);
 }
 
 /// Narrow's gradient on a GPU: zeros of the input's shape (a memset) with `g` copied into the

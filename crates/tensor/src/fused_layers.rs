@@ -17,7 +17,7 @@ use crate::cuda::storage::sfx;
 use crate::cuda::{grid_for, Args, CudaStorage};
 use crate::dtype::Float;
 use crate::fused::cuda_ptr;
-use crate::op::Op;
+use crate::op::{BinaryOp, Op};
 use crate::tensor::Storage;
 use crate::{DType, Tensor};
 
@@ -116,6 +116,26 @@ impl Tensor {
     /// LayerNorm over the last dim: (x − mean) / sqrt(var + eps) · weight + bias (biased variance),
     /// fused (see the module docs); the twin is `layer_norm_slow`. The output has x's dtype.
     pub fn layer_norm(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Tensor {
+        self.layer_norm_impl(None, weight, bias, eps).1
+    }
+
+    /// The pre-norm residual step: s = self + residual, then (s, layer_norm(s)). On the GPU one
+    /// kernel reads both inputs once and writes s and the normalized rows (the separate add
+    /// writes s and LayerNorm reads it back); the values equal the separate ops' exactly (s is
+    /// rounded to the dtype before the statistics). The twin is `add_layer_norm_slow`.
+    pub fn add_layer_norm(&self, residual: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> (Tensor, Tensor) {
+        let fusable = self.device().is_cuda() && self.shape() == residual.shape() && self.dtype() == residual.dtype() && residual.device() == self.device();
+        if !fusable {
+            let s = self.add(residual);
+            let y = s.layer_norm(weight, bias, eps);
+            return (s, y);
+        }
+        let (s, y) = self.layer_norm_impl(Some(residual), weight, bias, eps);
+        (s.expect("the sum"), y)
+    }
+
+    /// `layer_norm` of self (+ residual: then also the sum, the LayerNorm's input).
+    fn layer_norm_impl(&self, residual: Option<&Tensor>, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> (Option<Tensor>, Tensor) {
         let c = self.dim(self.rank() - 1);
         assert_eq!(weight.shape(), &[c], "layer_norm: weight {:?} for input {:?}", weight.shape(), self.shape());
         if let Some(b) = bias {
@@ -130,29 +150,39 @@ impl Tensor {
             // CPU with 16-bit or mixed dtypes: in the widest float involved (f32 at least).
             let acc = if [Some(xd), Some(weight.dtype()), bias.map(|b| b.dtype())].contains(&Some(DType::F64)) { DType::F64 } else { DType::F32 };
             let b = bias.map(|b| b.to_dtype(acc));
-            return self.to_dtype(acc).layer_norm(&weight.to_dtype(acc), b.as_ref(), eps).to_dtype(xd);
+            assert!(residual.is_none(), "add_layer_norm fuses on the GPU only");
+            return (None, self.to_dtype(acc).layer_norm(&weight.to_dtype(acc), b.as_ref(), eps).to_dtype(xd));
         }
         let w = weight.to_dtype(wd).contiguous();
         let b = bias.map(|b| b.to_dtype(wd).contiguous());
         let x = self.contiguous();
+        let r = residual.map(|r| r.contiguous());
         let rows = x.numel() / c.max(1);
+        let mut sum = None;
         let (y, mean, rstd) = if on_gpu {
             let dev = cuda_dev(&x);
             let acc = if xd == DType::F64 { DType::F64 } else { DType::F32 };
             let y = CudaStorage::alloc(&dev, xd, x.numel());
+            let s = r.as_ref().map(|_| CudaStorage::alloc(&dev, xd, x.numel()));
             let (mean, rstd) = (Tensor::zeros_on(&[rows], acc, x.device()), Tensor::zeros_on(&[rows], acc, x.device()));
             if rows > 0 && c > 0 {
                 Args::new()
                     .push(cuda_ptr(&x))
+                    .push(r.as_ref().map_or(0, cuda_ptr))
                     .push(cuda_ptr(&w))
                     .push(b.as_ref().map_or(0, cuda_ptr))
                     .push(y.ptr)
+                    .push(s.as_ref().map_or(0, |s| s.ptr))
                     .push(cuda_ptr(&mean))
                     .push(cuda_ptr(&rstd))
                     .push(rows as u32)
                     .push(c as u32)
                     .push(eps)
                     .launch(&dev, &format!("ln_fwd_{}_{}", sfx(xd), sfx(wd)), rows.div_ceil(8) as u32, 256, 0);
+            }
+            if let (Some(s), Some(r)) = (s, &r) {
+                // The sum's history is the plain add: its gradient passes to both inputs.
+                sum = Some(Tensor::from_any(Storage::Cuda(s), self.shape(), Some(Op::Binary(x.clone(), r.clone(), BinaryOp::Add))));
             }
             (Storage::Cuda(y), mean, rstd)
         } else {
@@ -171,11 +201,17 @@ impl Tensor {
                 _ => go!(F64, f64),
             }
         };
-        Tensor::from_any(y, self.shape(), Some(Op::LayerNorm(x, w, b, mean, rstd)))
+        // LayerNorm's input: the sum (fused residual) or x.
+        let input = sum.clone().unwrap_or(x);
+        (sum, Tensor::from_any(y, self.shape(), Some(Op::LayerNorm(input, w, b, mean, rstd))))
     }
 
     /// (dx, dw, db) of the fused LayerNorm for the upstream gradient `g`.
-    pub(crate) fn layer_norm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, g: &Tensor) -> (Tensor, Tensor, Tensor) {
+    /// `add`: another gradient of x to sum into dx (on the GPU inside the kernel, instead of a
+    /// separate add over the whole tensor).
+    pub(crate) fn layer_norm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, g: &Tensor, add: Option<&Tensor>) -> (Tensor, Tensor, Tensor) {
+        let add = add.map(|a| if a.dtype() == x.dtype() && a.is_contiguous() { a.clone() } else { a.to_dtype(x.dtype()).contiguous() });
+        let add = add.as_ref();
         let c = x.dim(x.rank() - 1);
         let rows = x.numel() / c.max(1);
         let (xd, wd) = (x.dtype(), w.dtype());
@@ -189,6 +225,7 @@ impl Tensor {
                     .push(cuda_ptr(x))
                     .push(cuda_ptr(w))
                     .push(cuda_ptr(&g))
+                    .push(add.map_or(0, cuda_ptr))
                     .push(cuda_ptr(mean))
                     .push(cuda_ptr(rstd))
                     .push(dx.ptr)
@@ -216,7 +253,7 @@ impl Tensor {
                     Args::new().push(pp).push(dw.ptr).push(db.ptr).push(c as u32).push(splits as u32).launch(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), grid_for(c, 256), 256, 0);
                 }
             } else {
-                return (x.zeros_like(), Tensor::zeros_on(&[c], wd, x.device()), Tensor::zeros_on(&[c], wd, x.device()));
+                return (add.cloned().unwrap_or_else(|| x.zeros_like()), Tensor::zeros_on(&[c], wd, x.device()), Tensor::zeros_on(&[c], wd, x.device()));
             }
             return (Tensor::from_any(Storage::Cuda(dx), x.shape(), None), Tensor::from_any(Storage::Cuda(dw), &[c], None), Tensor::from_any(Storage::Cuda(db), &[c], None));
         }
@@ -227,10 +264,11 @@ impl Tensor {
                 (Tensor::from_vec(dx, x.shape()), Tensor::from_vec(dw, &[c]), Tensor::from_vec(db, &[c]))
             }};
         }
-        match xd {
+        let (dx, dw, db) = match xd {
             DType::F32 => go!(f32),
             _ => go!(f64),
-        }
+        };
+        (add.map_or(dx.clone(), |a| a.add(&dx)), dw, db)
     }
 
     /// GELU, tanh approximation (GPT-2's `gelu_new`), fused; the twin is `gelu_tanh_slow`.

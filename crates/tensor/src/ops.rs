@@ -53,6 +53,13 @@ impl Tensor {
         }
     }
 
+    /// The composite twin of `add_layer_norm`: (self + residual, layer_norm_slow of that).
+    pub fn add_layer_norm_slow(&self, residual: &Tensor, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> (Tensor, Tensor) {
+        let s = self.add(residual);
+        let y = s.layer_norm_slow(weight, bias, eps);
+        (s, y)
+    }
+
     /// RMSNorm over the last dim: x / sqrt(mean(x^2) + eps) * weight.
     pub fn rms_norm(&self, weight: &Tensor, eps: f64) -> Tensor {
         let d = self.rank() - 1;

@@ -341,6 +341,38 @@ fn linear_bias_epilogues_match_cpu() {
     }
 }
 
+/// The fused residual + LayerNorm (`add_layer_norm`: one kernel forward; backward sums the
+/// residual stream's gradient inside the LayerNorm backward kernel) against the CPU's add and
+/// LayerNorm, both outputs and every gradient. c = 256 takes the 16-byte path, c = 37 the scalar
+/// one. Tolerances as for the fused LayerNorm: f32 1e-5; bf16 1e-2 (the sum and dx are rounded to
+/// bf16 once on both sides; dw/db are f32 sums of the same bf16 gradients).
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn add_layer_norm_fused_matches_cpu() {
+    let g = gpu();
+    for (dt, tol) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+        for c in [256usize, 37] {
+            let (x, r) = (rnd(&[3, 11, c], 80, DType::F32), rnd(&[3, 11, c], 81, DType::F32));
+            let (w, b) = (rnd(&[c], 82, DType::F32), rnd(&[c], 83, DType::F32));
+            let (u1, u2) = (rnd(&[3, 11, c], 84, DType::F32), rnd(&[3, 11, c], 85, DType::F32));
+            let run = |dev: Device| {
+                let vars: Vec<Tensor> = [&x, &r, &w, &b].iter().map(|t| Tensor::new_var(&t.to_device(dev))).collect();
+                let (s, y) = vars[0].to_dtype(dt).add_layer_norm(&vars[1].to_dtype(dt), &vars[2], Some(&vars[3]), 1e-5);
+                // Both outputs feed the loss: s's gradient meets the LayerNorm's dx (the fused sum).
+                let loss = y.to_dtype(DType::F32).mul(&u1.to_device(dev)).sum_all().add(&s.to_dtype(DType::F32).mul(&u2.to_device(dev)).sum_all());
+                loss.backward();
+                let mut out = vec![s, y];
+                out.extend(vars.iter().map(|v| v.grad().unwrap()));
+                out
+            };
+            let (want, got) = (run(Device::Cpu), run(g));
+            for (i, name) in ["sum", "y", "dx", "dr", "dw", "db"].iter().enumerate() {
+                close(&format!("add_layer_norm {dt} c={c} {name}"), &got[i], &want[i], tol);
+            }
+        }
+    }
+}
+
 /// Narrow's gradient on the GPU writes disjoint slices of one input into one buffer (q, k, v of a
 /// fused projection) and pads-and-adds overlapping ones; both must equal the CPU's concatenation.
 /// Exact: every element is one product of the same two numbers, or a sum of the same two.

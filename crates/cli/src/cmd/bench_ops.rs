@@ -155,6 +155,15 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         let slow = |v: &[Tensor]| v[0].to_dtype(DType::F32).layer_norm_slow(&v[1], Some(&v[2]), 1e-5).to_dtype(bf);
         let s = time(dev, a.iters, || slow(&[x.clone(), w.clone(), b.clone()]));
         rows.push(Row { name: "layer_norm fwd (composite twin)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&ins, &slow) });
+        // The pre-norm residual step: s = x + r and LayerNorm(s) in one pass (reads x, r; writes
+        // s, y) against the add and LayerNorm as separate kernels; checked on the normalized rows.
+        let r = rnd(&[n, c], 13, bf).to_device(dev);
+        let rins = [ins[0].clone(), rnd(&sm, 14, bf), ins[1].clone(), ins[2].clone()];
+        let fa = |v: &[Tensor]| v[0].add_layer_norm(&v[1], &v[2], Some(&v[3]), 1e-5).1;
+        let s = time(dev, a.iters, || fa(&[x.clone(), r.clone(), w.clone(), b.clone()]));
+        rows.push(Row { name: "add + layer_norm fwd (fused)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((8 * n * c) as f64, s), err: check(&rins, &fa) });
+        let s = time(dev, a.iters, || x.add(&r).layer_norm(&w, Some(&b), 1e-5));
+        rows.push(Row { name: "add, then layer_norm (two kernels)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((8 * n * c) as f64, s), err: check(&rins, &|v| v[0].add(&v[1]).layer_norm(&v[2], Some(&v[3]), 1e-5)) });
     }
     if want("gelu") {
         let x = rnd(&[n, h], 12, bf).to_device(dev);

@@ -2,48 +2,165 @@
 // x/y/gradients have the activation dtype T; LayerNorm's weight and bias have W (T or f32: the
 // fp32 masters under mixed precision); statistics and arithmetic in Acc<T> (f32, f64 for f64).
 
+// LayerNorm rows are read in chunks of V = 16 / sizeof(T) elements (one 16-byte load per lane)
+// when c is a multiple of V and every pointer is 16-byte aligned (rows then are too), else one
+// element per lane. Weights of type W load as the same V elements (W is T or wider).
+template <typename T> __device__ __forceinline__ bool ln_vec_ok(u32 c, const void* const* ptrs, int n) {
+    if (c % (16 / sizeof(T)) != 0) return false;
+    for (int i = 0; i < n; ++i)
+        if ((u64)ptrs[i] & 15) return false;
+    return true;
+}
+template <typename T, typename A, int V> __device__ __forceinline__ void ln_ld(const T* p, A* out) {
+    const int P = 16 / sizeof(T);
+#pragma unroll
+    for (int k = 0; k < V; k += P) {
+        Pack<T> pk = *(const Pack<T>*)(p + k);
+#pragma unroll
+        for (int e = 0; e < P; ++e) out[k + e] = (A)ld(pk.v[e]);
+    }
+}
+template <typename T, typename A, int V> __device__ __forceinline__ void ln_st(T* p, const A* in) {
+    Pack<T> pk;
+#pragma unroll
+    for (int e = 0; e < V; ++e) pk.v[e] = st<T>(in[e]);
+    *(Pack<T>*)p = pk;
+}
+
 // One warp per row of x [rows, c]: mean, rstd = 1/sqrt(var + eps) (biased variance), and
-// y = (x - mean) · rstd · w + b. `b` may be null.
-template <typename T, typename W> __device__ void ln_fwd_k(const T* x, const W* w, const W* b, T* y, typename Acc<T>::t* mean, typename Acc<T>::t* rstd, u32 rows, u32 c, double eps) {
+// y = (x - mean) · rstd · w + b. `b` may be null. With a residual `r` (else null) the row is
+// first s = x + r, rounded to T and stored to `s` (the residual stream's next value), and the
+// statistics are those of s: what the separate add and LayerNorm compute.
+template <typename T, typename W> __device__ void ln_fwd_k(const T* x, const T* r, const W* w, const W* b, T* y, T* s, typename Acc<T>::t* mean, typename Acc<T>::t* rstd, u32 rows, u32 c, double eps) {
     typedef typename Acc<T>::t A;
+    const int V = 16 / sizeof(T);
     u32 row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (row >= rows) return;
+    const void* ptrs[6] = {x, r ? r : x, w, b ? b : w, y, s ? s : y};
+    const bool vec = ln_vec_ok<T>(c, ptrs, 6);
     const T* xr = x + (u64)row * c;
     T* yr = y + (u64)row * c;
-    A s = 0;
-    for (u32 j = lane; j < c; j += 32) s += (A)ld(xr[j]);
-    A m = warp_sum(s) / (A)c;
-    A v = 0;
-    for (u32 j = lane; j < c; j += 32) { A d = (A)ld(xr[j]) - m; v += d * d; }
-    A r = (A)1 / m_sqrt(warp_sum(v) / (A)c + (A)eps);
-    for (u32 j = lane; j < c; j += 32) {
-        A o = ((A)ld(xr[j]) - m) * r * (A)ld(w[j]);
-        if (b) o += (A)ld(b[j]);
-        yr[j] = st<T>(o);
+    // The row's values (after the residual add), from x or, once written, from s.
+    const T* src = xr;
+    A sum = 0;
+    if (r) {
+        const T* rr = r + (u64)row * c;
+        T* sr = s + (u64)row * c;
+        if (vec) {
+            for (u32 j = lane * V; j < c; j += 32 * V) {
+                A a[V], bb[V];
+                ln_ld<T, A, V>(xr + j, a);
+                ln_ld<T, A, V>(rr + j, bb);
+#pragma unroll
+                for (int e = 0; e < V; ++e) { a[e] = (A)ld(st<T>(a[e] + bb[e])); sum += a[e]; }
+                ln_st<T, A, V>(sr + j, a);
+            }
+        } else {
+            for (u32 j = lane; j < c; j += 32) { A v = (A)ld(st<T>((A)ld(xr[j]) + (A)ld(rr[j]))); sr[j] = st<T>(v); sum += v; }
+        }
+        src = sr;
+    } else if (vec) {
+        for (u32 j = lane * V; j < c; j += 32 * V) {
+            A a[V];
+            ln_ld<T, A, V>(xr + j, a);
+#pragma unroll
+            for (int e = 0; e < V; ++e) sum += a[e];
+        }
+    } else {
+        for (u32 j = lane; j < c; j += 32) sum += (A)ld(xr[j]);
     }
-    if (lane == 0) { mean[row] = m; rstd[row] = r; }
+    A m = warp_sum(sum) / (A)c;
+    A var = 0;
+    if (vec) {
+        for (u32 j = lane * V; j < c; j += 32 * V) {
+            A a[V];
+            ln_ld<T, A, V>(src + j, a);
+#pragma unroll
+            for (int e = 0; e < V; ++e) { A d = a[e] - m; var += d * d; }
+        }
+    } else {
+        for (u32 j = lane; j < c; j += 32) { A d = (A)ld(src[j]) - m; var += d * d; }
+    }
+    A rs = (A)1 / m_sqrt(warp_sum(var) / (A)c + (A)eps);
+    if (vec) {
+        for (u32 j = lane * V; j < c; j += 32 * V) {
+            A a[V], wv[V], bv[V];
+            ln_ld<T, A, V>(src + j, a);
+            ln_ld<W, A, V>(w + j, wv);
+            if (b) ln_ld<W, A, V>(b + j, bv);
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                a[e] = (a[e] - m) * rs * wv[e];
+                if (b) a[e] += bv[e];
+            }
+            ln_st<T, A, V>(yr + j, a);
+        }
+    } else {
+        for (u32 j = lane; j < c; j += 32) {
+            A o = ((A)ld(src[j]) - m) * rs * (A)ld(w[j]);
+            if (b) o += (A)ld(b[j]);
+            yr[j] = st<T>(o);
+        }
+    }
+    if (lane == 0) { mean[row] = m; rstd[row] = rs; }
 }
 
 // dx for one row per warp: x̂ = (x - mean)·rstd, d̂ = g·w,
-// dx = rstd · (d̂ - mean(d̂) - x̂ · mean(d̂ · x̂)).
-template <typename T, typename W> __device__ void ln_bwd_k(const T* x, const W* w, const T* g, const typename Acc<T>::t* mean, const typename Acc<T>::t* rstd, T* dx, u32 rows, u32 c) {
+// dx = rstd · (d̂ - mean(d̂) - x̂ · mean(d̂ · x̂)), plus `add` (null, or another gradient of x:
+// the residual stream's, summed here instead of by a separate add).
+template <typename T, typename W> __device__ void ln_bwd_k(const T* x, const W* w, const T* g, const T* add, const typename Acc<T>::t* mean, const typename Acc<T>::t* rstd, T* dx, u32 rows, u32 c) {
     typedef typename Acc<T>::t A;
+    const int V = 16 / sizeof(T);
     u32 row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     if (row >= rows) return;
+    const void* ptrs[5] = {x, w, g, add ? add : g, dx};
+    const bool vec = ln_vec_ok<T>(c, ptrs, 5);
     const T* xr = x + (u64)row * c;
     const T* gr = g + (u64)row * c;
+    const T* ar = add ? add + (u64)row * c : nullptr;
     T* dr = dx + (u64)row * c;
     A m = mean[row], r = rstd[row];
     A sa = 0, sb = 0;
-    for (u32 j = lane; j < c; j += 32) {
-        A xh = ((A)ld(xr[j]) - m) * r, dh = (A)ld(gr[j]) * (A)ld(w[j]);
-        sa += dh;
-        sb += dh * xh;
+    if (vec) {
+        for (u32 j = lane * V; j < c; j += 32 * V) {
+            A xv[V], gv[V], wv[V];
+            ln_ld<T, A, V>(xr + j, xv);
+            ln_ld<T, A, V>(gr + j, gv);
+            ln_ld<W, A, V>(w + j, wv);
+#pragma unroll
+            for (int e = 0; e < V; ++e) { A xh = (xv[e] - m) * r, dh = gv[e] * wv[e]; sa += dh; sb += dh * xh; }
+        }
+    } else {
+        for (u32 j = lane; j < c; j += 32) {
+            A xh = ((A)ld(xr[j]) - m) * r, dh = (A)ld(gr[j]) * (A)ld(w[j]);
+            sa += dh;
+            sb += dh * xh;
+        }
     }
     A a = warp_sum(sa) / (A)c, bb = warp_sum(sb) / (A)c;
-    for (u32 j = lane; j < c; j += 32) {
-        A xh = ((A)ld(xr[j]) - m) * r, dh = (A)ld(gr[j]) * (A)ld(w[j]);
-        dr[j] = st<T>(r * (dh - a - xh * bb));
+    if (vec) {
+        for (u32 j = lane * V; j < c; j += 32 * V) {
+            A xv[V], gv[V], wv[V], av[V];
+            ln_ld<T, A, V>(xr + j, xv);
+            ln_ld<T, A, V>(gr + j, gv);
+            ln_ld<W, A, V>(w + j, wv);
+            if (ar) ln_ld<T, A, V>(ar + j, av);
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                A xh = (xv[e] - m) * r, dh = gv[e] * wv[e];
+                // Rounded to T before the add, as a separate add of the two T gradients would be.
+                xv[e] = r * (dh - a - xh * bb);
+                if (ar) xv[e] = (A)ld(st<T>(xv[e])) + av[e];
+            }
+            ln_st<T, A, V>(dr + j, xv);
+        }
+    } else {
+        for (u32 j = lane; j < c; j += 32) {
+            A xh = ((A)ld(xr[j]) - m) * r, dh = (A)ld(gr[j]) * (A)ld(w[j]);
+            A o = r * (dh - a - xh * bb);
+            if (ar) o = (A)ld(st<T>(o)) + (A)ld(ar[j]);
+            dr[j] = st<T>(o);
+        }
     }
 }
 
@@ -85,8 +202,8 @@ template <typename W> __device__ void ln_dwdb_final_k(const double* part, W* dw,
 }
 
 #define LN(T, TN, W, WN) \
-extern "C" __global__ void ln_fwd_##TN##_##WN(const T* x, const W* w, const W* b, T* y, Acc<T>::t* mean, Acc<T>::t* rstd, u32 rows, u32 c, double eps) { ln_fwd_k<T, W>(x, w, b, y, mean, rstd, rows, c, eps); } \
-extern "C" __global__ void ln_bwd_##TN##_##WN(const T* x, const W* w, const T* g, const Acc<T>::t* mean, const Acc<T>::t* rstd, T* dx, u32 rows, u32 c) { ln_bwd_k<T, W>(x, w, g, mean, rstd, dx, rows, c); } \
+extern "C" __global__ void ln_fwd_##TN##_##WN(const T* x, const T* r, const W* w, const W* b, T* y, T* s, Acc<T>::t* mean, Acc<T>::t* rstd, u32 rows, u32 c, double eps) { ln_fwd_k<T, W>(x, r, w, b, y, s, mean, rstd, rows, c, eps); } \
+extern "C" __global__ void ln_bwd_##TN##_##WN(const T* x, const W* w, const T* g, const T* add, const Acc<T>::t* mean, const Acc<T>::t* rstd, T* dx, u32 rows, u32 c) { ln_bwd_k<T, W>(x, w, g, add, mean, rstd, dx, rows, c); } \
 extern "C" __global__ void ln_dwdb_##TN##_##WN(const T* x, const T* g, const Acc<T>::t* mean, const Acc<T>::t* rstd, double* part, W* dw, W* db, u32 rows, u32 c, u32 rps) { ln_dwdb_k<T, W>(x, g, mean, rstd, part, dw, db, rows, c, rps); }
 LN(float, f32, float, f32)
 LN(double, f64, double, f64)
