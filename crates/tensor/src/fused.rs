@@ -361,7 +361,7 @@ pub fn adamw_update_all(items: &[AdamItem], one_m_b1: f32, b2: f32, one_m_b2: f3
             items.iter().filter(|it| it.1.dtype() == gdt && it.0.numel() > 0).map(|&(w, g, m, v, d)| (w, if g.is_contiguous() { g.clone() } else { g.contiguous() }, m, v, d)).collect();
         for chunk in group.chunks(ADAM_MT) {
             let mut tab = AdamTab { w: [0; ADAM_MT], g: [0; ADAM_MT], m: [0; ADAM_MT], v: [0; ADAM_MT], n: [0; ADAM_MT], start: [0; ADAM_MT + 1], decay: [1.0; ADAM_MT], count: chunk.len() as u32 };
-            let mut blocks = 0usize;
+            let blocks = block_starts(chunk.iter().map(|it| it.0.numel()), ADAM_CHUNK, &mut tab.start);
             for (i, (w, g, m, v, decay)) in chunk.iter().enumerate() {
                 assert!(w.dtype() == DType::F32 && m.dtype() == DType::F32 && v.dtype() == DType::F32, "adamw_update_all: parameters and moments must be f32");
                 assert!(w.is_var() && m.is_var() && v.is_var(), "adamw_update_all: updates variables in place");
@@ -369,16 +369,27 @@ pub fn adamw_update_all(items: &[AdamItem], one_m_b1: f32, b2: f32, one_m_b2: f3
                 (tab.w[i], tab.g[i], tab.m[i], tab.v[i]) = (cuda_ptr(w), cuda_ptr(g), cuda_ptr(m), cuda_ptr(v));
                 tab.n[i] = u32::try_from(w.numel()).expect("adamw_update_all: a tensor of over 2^32 elements");
                 tab.decay[i] = *decay;
-                tab.start[i] = blocks as u32;
-                blocks += w.numel().div_ceil(ADAM_CHUNK);
             }
-            tab.start[chunk.len()] = blocks as u32;
             Args::new().push(tab).push(one_m_b1).push(b2).push(one_m_b2).push(eps).push(step_size).push(bc2_sqrt).launch(&dev, kernel, blocks as u32, 256, 0);
         }
     }
     for it in items {
         assert!(matches!(it.1.dtype(), DType::F32 | DType::BF16), "adamw_update_all: gradient dtype {}", it.1.dtype());
     }
+}
+
+/// The multi-tensor kernels' block table: tensor i gets blocks start[i]..start[i + 1], one per
+/// `chunk` elements. Returns the total (the grid size).
+fn block_starts(sizes: impl Iterator<Item = usize>, chunk: usize, start: &mut [u32]) -> usize {
+    let mut blocks = 0usize;
+    let mut i = 0;
+    for n in sizes {
+        start[i] = blocks as u32;
+        blocks += n.div_ceil(chunk);
+        i += 1;
+    }
+    start[i] = blocks as u32;
+    blocks
 }
 
 /// Mirrors `struct MtTab` in kernels/reduce.cu.
@@ -413,15 +424,12 @@ pub fn sum_squares_all(ts: &[Tensor]) -> Tensor {
         let group: Vec<Tensor> = ts.iter().filter(|t| t.dtype() == dt && t.numel() > 0).map(|t| t.contiguous()).collect();
         for chunk in group.chunks(MT_MAX) {
             let mut tab = MtTab { ptr: [0; MT_MAX], n: [0; MT_MAX], start: [0; MT_MAX + 1], count: chunk.len() as u32 };
-            let mut blocks = 0usize;
+            let blocks = block_starts(chunk.iter().map(|t| t.numel()), MT_CHUNK, &mut tab.start);
             for (i, t) in chunk.iter().enumerate() {
                 assert_eq!(t.device(), dev, "sum_squares_all: tensors on {} and {}", dev, t.device());
                 tab.ptr[i] = cuda_ptr(t);
                 tab.n[i] = u32::try_from(t.numel()).expect("sum_squares_all: a tensor of over 2^32 elements");
-                tab.start[i] = blocks as u32;
-                blocks += t.numel().div_ceil(MT_CHUNK);
             }
-            tab.start[chunk.len()] = blocks as u32;
             let part = Tensor::zeros_on(&[blocks], DType::F64, dev);
             Args::new().push(tab).push(cuda_ptr(&part)).launch(&cdev, &format!("sumsq_mt_{}", sfx(dt)), blocks as u32, 256, 0);
             parts.push(part);

@@ -121,7 +121,7 @@ impl CudaDevice {
         let name = ctx.name().map_err(drv_err("device query"))?;
         let mut modules = Vec::new();
         for (kname, src) in SOURCES {
-            let bin = compile_cached(kname, &format!("{COMMON}\n{src}"), &arch)?;
+            let bin = compile_cached(kname, &format!("{}{COMMON}\n{src}", tuning_defines()), &arch)?;
             let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {kname}")))?;
             modules.push((*kname, m));
         }
@@ -307,6 +307,14 @@ pub fn nvrtc_cubin(kname: &str, src: &str, arch: &str) -> Result<Vec<u8>, CudaEr
     unsafe { nsys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut _) }.result().map_err(|e| err(format!("{e:?}")))?;
     let _ = unsafe { result::destroy_program(prog) };
     Ok(buf)
+}
+
+/// Tuning experiments without a rebuild: FMLAB_CUDA_DEFINES="NAME=VALUE,..." becomes `#define`
+/// lines ahead of every kernel source (e.g. FA_FWD_MINB=5: the flash forward compiled for 5
+/// blocks per SM). The disk cache is keyed by the whole source, so variants never mix.
+fn tuning_defines() -> String {
+    let Ok(v) = std::env::var("FMLAB_CUDA_DEFINES") else { return String::new() };
+    v.split(',').filter(|d| !d.trim().is_empty()).map(|d| format!("#define {}\n", d.trim().replacen('=', " ", 1))).collect()
 }
 
 /// Compiles every kernel source for `arch` without a GPU (only libnvrtc is needed): the check

@@ -89,31 +89,24 @@ __device__ __forceinline__ double warp_sum(double v) { for (int o = 16; o > 0; o
 __device__ __forceinline__ float warp_max(float v) { for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o)); return v; }
 __device__ __forceinline__ double warp_max(double v) { for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o)); return v; }
 
-// Block-wide sum (blockDim.x a multiple of 32, <= 1024); every thread gets the result.
-template <typename A> __device__ A block_sum(A v) {
+// Block-wide reductions (blockDim.x a multiple of 32, <= 1024); every thread gets the result:
+// each warp reduces by shuffles, then every thread folds the warps' results in order.
+struct SumOp { template <typename A> __device__ static A warp(A v) { return warp_sum(v); } template <typename A> __device__ static A join(A a, A b) { return a + b; } };
+struct MaxOp { template <typename A> __device__ static A warp(A v) { return warp_max(v); } template <typename A> __device__ static A join(A a, A b) { return a > b ? a : b; } };
+template <typename Op, typename A> __device__ A block_reduce(A v) {
     __shared__ A sh[32];
-    v = warp_sum(v);
-    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0) sh[w] = v;
-    __syncthreads();
-    A r = (A)0;
-    int nw = blockDim.x >> 5;
-    for (int i = 0; i < nw; ++i) r += sh[i];
-    return r;
-}
-template <typename A> __device__ A block_max(A v) {
-    __shared__ A sh[32];
-    v = warp_max(v);
+    v = Op::warp(v);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     __syncthreads();
     if (lane == 0) sh[w] = v;
     __syncthreads();
     A r = sh[0];
     int nw = blockDim.x >> 5;
-    for (int i = 1; i < nw; ++i) r = r > sh[i] ? r : sh[i];
+    for (int i = 1; i < nw; ++i) r = Op::join(r, sh[i]);
     return r;
 }
+template <typename A> __device__ A block_sum(A v) { return block_reduce<SumOp, A>(v); }
+template <typename A> __device__ A block_max(A v) { return block_reduce<MaxOp, A>(v); }
 
 // Contiguous fast paths: one 16-byte load/store per operand per step (8 bf16, 4 f32, 2 f64),
 // the scalar loop for the tail.

@@ -478,11 +478,22 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
     }
 }
 
+// Blocks per SM each kernel is compiled for (__launch_bounds__' second argument: a register cap
+// of 65536 / (128 · n)); tunable through FMLAB_CUDA_DEFINES (cuda/mod.rs).
+#ifndef FA_FWD_MINB
+#define FA_FWD_MINB 1
+#endif
+#ifndef FA_KV_MINB
+#define FA_KV_MINB 1
+#endif
+#ifndef FA_Q_MINB
+#define FA_Q_MINB 1
+#endif
 #define FA(DIM) \
-extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) fa_fwd_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) { fa_fwd_k<DIM>(q, k, v, pad, o, lse, d); } \
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_FWD_MINB) fa_fwd_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) { fa_fwd_k<DIM>(q, k, v, pad, o, lse, d); } \
 extern "C" __global__ void fa_delta_d##DIM(const bf16* o, const bf16* dout, float* delta, FaDims d, u32 s0, u32 s1, u32 s2) { fa_delta_k<DIM>(o, dout, delta, d, s0, s1, s2); } \
-extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) fa_bwd_kv_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_kv_k<DIM>(q, k, v, pad, dout, lse, delta, dk, dv, d, s0, s1, s2); } \
-extern "C" __global__ void __launch_bounds__(FA_WARPS * 32) fa_bwd_q_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dq, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_q_k<DIM>(q, k, v, pad, dout, lse, delta, dq, d, s0, s1, s2); }
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_KV_MINB) fa_bwd_kv_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_kv_k<DIM>(q, k, v, pad, dout, lse, delta, dk, dv, d, s0, s1, s2); } \
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_Q_MINB) fa_bwd_q_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dq, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_q_k<DIM>(q, k, v, pad, dout, lse, delta, dq, d, s0, s1, s2); }
 FA(32)
 FA(64)
 FA(128)
