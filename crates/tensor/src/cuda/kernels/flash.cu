@@ -479,21 +479,32 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
 }
 
 // Blocks per SM each kernel is compiled for (__launch_bounds__' second argument: a register cap
-// of 65536 / (128 · n)); tunable through FMLAB_CUDA_DEFINES (cuda/mod.rs).
-#ifndef FA_FWD_MINB
-#define FA_FWD_MINB 1
+// of 65536 / (128 · n)), per head dim. For d32, measured on the H100 (bench ops, one call):
+// forward 1 → 5 blocks (126 → 96 registers, 16 bytes spilled) 0.375 → 0.311 ms; dQ 1 → 5
+// (128 → 96) and dK/dV 1 → 4 (135 → 128) backward 0.947 → 0.819 / 0.893 ms; the gpt2-mini step
+// 35.5 → 32.6 ms with all three. d64/d128 are not tuned (0: the compiler's own choice; an
+// explicit 1 lets it take up to 255 registers, more than it does unasked). FMLAB_CUDA_DEFINES can set
+// FA_FWD_MINB, FA_KV_MINB, FA_Q_MINB for every head dim to try others (cuda/mod.rs).
+#ifdef FA_FWD_MINB
+#define FA_FWD_B(d) FA_FWD_MINB
+#else
+#define FA_FWD_B(d) d
 #endif
-#ifndef FA_KV_MINB
-#define FA_KV_MINB 1
+#ifdef FA_KV_MINB
+#define FA_KV_B(d) FA_KV_MINB
+#else
+#define FA_KV_B(d) d
 #endif
-#ifndef FA_Q_MINB
-#define FA_Q_MINB 1
+#ifdef FA_Q_MINB
+#define FA_Q_B(d) FA_Q_MINB
+#else
+#define FA_Q_B(d) d
 #endif
-#define FA(DIM) \
-extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_FWD_MINB) fa_fwd_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) { fa_fwd_k<DIM>(q, k, v, pad, o, lse, d); } \
+#define FA(DIM, FWDB, KVB, QB) \
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_FWD_B(FWDB)) fa_fwd_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) { fa_fwd_k<DIM>(q, k, v, pad, o, lse, d); } \
 extern "C" __global__ void fa_delta_d##DIM(const bf16* o, const bf16* dout, float* delta, FaDims d, u32 s0, u32 s1, u32 s2) { fa_delta_k<DIM>(o, dout, delta, d, s0, s1, s2); } \
-extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_KV_MINB) fa_bwd_kv_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_kv_k<DIM>(q, k, v, pad, dout, lse, delta, dk, dv, d, s0, s1, s2); } \
-extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_Q_MINB) fa_bwd_q_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dq, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_q_k<DIM>(q, k, v, pad, dout, lse, delta, dq, d, s0, s1, s2); }
-FA(32)
-FA(64)
-FA(128)
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_KV_B(KVB)) fa_bwd_kv_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_kv_k<DIM>(q, k, v, pad, dout, lse, delta, dk, dv, d, s0, s1, s2); } \
+extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_Q_B(QB)) fa_bwd_q_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dq, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_q_k<DIM>(q, k, v, pad, dout, lse, delta, dq, d, s0, s1, s2); }
+FA(32, 5, 4, 5)
+FA(64, 0, 0, 0)
+FA(128, 0, 0, 0)
