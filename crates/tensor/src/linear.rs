@@ -28,7 +28,10 @@ fn gemm_epi(a: &Tensor, b: &Tensor, epi: Epilogue, vec: &Tensor) -> Option<Tenso
 fn fusable(x: &Tensor, w: &Tensor, b: &Tensor) -> bool {
     let same = x.dtype() == w.dtype() && x.dtype() == b.dtype() && x.dtype().is_float();
     let dev = x.device().is_cuda() && w.device() == x.device() && b.device() == x.device();
-    same && dev && b.rank() == 1 && b.is_contiguous() && std::env::var_os("FMLAB_EPILOGUE").is_none_or(|v| v != "0")
+    // FMLAB_EPILOGUE=0 turns the fused path off (read once: this runs for every Linear).
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let on = *ON.get_or_init(|| std::env::var_os("FMLAB_EPILOGUE").is_none_or(|v| v != "0"));
+    same && dev && b.rank() == 1 && b.is_contiguous() && on
 }
 
 impl Tensor {
