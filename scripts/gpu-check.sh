@@ -20,7 +20,7 @@ build)
     | python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"] in ("cuda_ops","grad_check","gpt2_parity"):
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"] in ("cuda_ops","grad_check","gpt2_parity","graph_step"):
         print(m["target"]["name"], m["executable"])' | while read -r name exe; do cp "$exe" "gpu/$name"; done
   strip gpu/* ; ls -la gpu
   # For `curve`: the GPT-2 tokenizer and the Shakespeare plays (a real corpus, 5 MB).
@@ -37,22 +37,24 @@ run)
   nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader || true
   for w in $what; do case $w in
   tests)
-    for t in "cuda_ops --ignored" "grad_check" "gpt2_parity"; do
+    for t in "cuda_ops --ignored" "grad_check" "gpt2_parity" "graph_step --ignored"; do
       set -- $t
       log=$(FMLAB_TEST_DEVICE=cuda "gpu/$1" ${2:-} --test-threads=1 --nocapture 2>&1); rc=$?
-      echo "$log" | grep -E -A3 "^test |panicked|error|relative|differ|parity|adamw|bf16|flash" | grep -v "^test .* ok$" | head -80
+      echo "$log" | grep -E -A3 "^test |panicked|error|relative|differ|parity|adamw|bf16|flash|step [0-9]" | grep -v "^test .* ok$" | head -80
       summary+=("| $1 (cuda) | $(echo "$log" | grep -E '^test result' | tail -1) |")
     done ;;
   bench)
     b=${BENCH_BATCH:-32}; t=${BENCH_SEQ:-1024}; n=${BENCH_STEPS:-10}
+    # fmlab twice: the whole step as one CUDA graph (the default on a GPU), and launched eagerly.
     ours=$(gpu/fmlab bench train --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --warmup 2 --device cuda 2>&1 | grep '^fmlab '); echo "$ours"
+    oursx=$(gpu/fmlab bench train --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --warmup 2 --device cuda --cuda-graph off 2>&1 | grep '^fmlab '); echo "$oursx"
     py() { out=$(python3 tools/bench_gpt2_torch.py --preset gpt2-mini --batch "$b" --seq "$t" --steps "$n" --device cuda "$@" 2>&1); echo "$out" | grep '^torch' || echo "$out" | tail -5 >&2; }
     eager=$(py --warmup 2); echo "$eager"
     comp=$(py --warmup 3 --compile); echo "$comp"
-    summary+=("$(python3 - "$ours" "$eager" "$comp" <<'PY'
+    summary+=("$(python3 - "$ours" "$oursx" "$eager" "$comp" <<'PY'
 import re, sys
 rows = []
-for name, s in zip(["fmlab bf16", "PyTorch eager bf16-autocast", "PyTorch torch.compile"], sys.argv[1:]):
+for name, s in zip(["fmlab bf16, CUDA graph", "fmlab bf16, eager launches", "PyTorch eager bf16-autocast", "PyTorch torch.compile"], sys.argv[1:]):
     ms = re.search(r"step median ([0-9.]+) ms", s); tok = re.search(r"([0-9]+) tok/s", s); mem = re.search(r"peak GPU memory ([0-9.]+) GiB", s)
     rows.append((name, float(ms.group(1)) if ms else float("nan"), tok.group(1) if tok else "?", mem.group(1) if mem else "?"))
 out = ["| engine (gpt2-mini, same batch) | step median (ms) | tok/s | peak GiB | speed vs this |", "|---|---|---|---|---|"]

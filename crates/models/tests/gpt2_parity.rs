@@ -171,6 +171,46 @@ fn fused_adamw_equals_its_tensor_op_twin() {
     }
 }
 
+/// The update a CUDA graph captures (clip coefficient and AdamW scalars read from tensors,
+/// `AdamW::update_on_device`) equals the eager `clip_grad_norm` + `AdamW::step`, with clipping
+/// active and the learning rate changing. Bit-identical is not expected: the coefficient scales
+/// the gradient inside the update in f32 rather than in a separate f64-scaled op.
+#[test]
+fn adamw_with_device_scalars_equals_eager_clip_and_step() {
+    let fx = fixture();
+    let run = |dev_scalars: bool| {
+        let (model, vars) = build(&fx);
+        let vt: Vec<Tensor> = vars.iter().map(|(_, v)| v.clone()).collect();
+        let mut opt = AdamW::new(vars.clone(), AdamWConfig { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, default_decay);
+        let mut norms = Vec::new();
+        for i in 0..4 {
+            opt.set_lr(1e-2 / (1 + i) as f64);
+            opt.zero_grad();
+            model.loss(&fx["ids"], &fx["targets"], None).backward();
+            if dev_scalars {
+                let grads: Vec<Tensor> = vt.iter().filter_map(|v| v.grad()).collect();
+                let (norm, coef) = fmlab_tensor::clip_coef(&fmlab_tensor::sum_squares_all(&grads), 0.5);
+                opt.prepare_device_step();
+                opt.update_on_device(&coef);
+                norms.push(norm.item());
+            } else {
+                norms.push(fmlab_nn::clip_grad_norm(&vt, 0.5));
+                opt.step();
+            }
+        }
+        (norms, vars.iter().map(|(_, v)| v.to_vec_f64()).collect::<Vec<_>>())
+    };
+    let ((na, a), (nb, b)) = (run(false), run(true));
+    assert!(na.iter().all(|&n| n > 0.5), "clipping active: norms {na:?}");
+    for (x, y) in na.iter().zip(&nb) {
+        assert!((x - y).abs() < 1e-9 * x, "norms {na:?} vs {nb:?}");
+    }
+    for (x, y) in a.iter().zip(&b) {
+        let d = x.iter().zip(y).map(|(p, q)| (p - q).abs()).fold(0.0, f64::max);
+        assert!(d < 1e-6, "device-scalar AdamW differs from the eager step by {d}");
+    }
+}
+
 #[test]
 fn preset_parameter_counts() {
     let mini = Gpt2Config::preset("gpt2-mini").unwrap();

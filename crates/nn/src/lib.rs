@@ -3,12 +3,14 @@
 //! checkpoints with every key and shape checked.
 
 pub mod gguf;
+pub mod graph_step;
 pub mod layers;
 pub mod optim;
 pub mod safetensors_io;
 pub mod schedule;
 mod varbuilder;
 
+pub use graph_step::{GraphStep, IdRange};
 pub use layers::{Embedding, LayerNorm, Linear, Mlp, MlpKind, MultiHeadAttention, RmsNorm, WeightLayout};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, Sgd};
 pub use schedule::Schedule;

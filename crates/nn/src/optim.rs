@@ -5,7 +5,7 @@
 //! single-tensor AdamW exactly: decoupled decay first, `m.lerp_(g, 1-β1)`,
 //! `v = β2 v + (1-β2) g²`, `p -= lr/(1-β1^t) · m / (sqrt(v)/sqrt(1-β2^t) + eps)`.
 
-use fmlab_tensor::{adamw_update_all, no_grad, AdamItem, DType, Tensor};
+use fmlab_tensor::{adamw_update_all, adamw_update_all_dev, no_grad, AdamItem, DType, Tensor};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
@@ -42,6 +42,9 @@ pub struct AdamW {
     pub params: Vec<Param>,
     /// Steps taken (bias corrections use t = step after increment).
     pub step: u64,
+    /// f32 [3] on the parameters' device: this step's [lr / (1 − β1^t), √(1 − β2^t), 1 − lr·wd],
+    /// read by `update_on_device` (made by `device_scalars`).
+    hyper: Option<Tensor>,
 }
 
 impl AdamW {
@@ -55,7 +58,7 @@ impl AdamW {
                 Param { name, var, decay, m, v }
             })
             .collect();
-        AdamW { cfg, params, step: 0 }
+        AdamW { cfg, params, step: 0, hyper: None }
     }
 
     pub fn set_lr(&mut self, lr: f64) {
@@ -95,6 +98,39 @@ impl AdamW {
         // One multi-tensor update (a few launches on the GPU, not one per parameter).
         let items: Vec<AdamItem> = fused.iter().map(|(p, g)| (&p.var, g, &p.m, &p.v, if p.decay { (1.0 - lr_wd) as f32 } else { 1.0 })).collect();
         adamw_update_all(&items, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+    }
+
+    /// The tensor `update_on_device` reads its per-step scalars from, made on first call on the
+    /// parameters' device. Make it before capturing a CUDA graph that updates (a tensor made
+    /// inside the capture would be re-zeroed by every replay).
+    pub fn device_scalars(&mut self) -> Tensor {
+        let dev = self.params.first().map_or(fmlab_tensor::Device::Cpu, |p| p.var.device());
+        self.hyper.get_or_insert_with(|| Tensor::zeros_on(&[3], DType::F32, dev)).clone()
+    }
+
+    /// Advances the step and writes its scalars into `device_scalars` (an upload queued behind
+    /// the work already on the GPU), for the `update_on_device` that follows.
+    pub fn prepare_device_step(&mut self) {
+        self.step += 1;
+        let (step_size, bc2_sqrt, lr_wd) = self.scalars();
+        let h = self.device_scalars();
+        h.overwrite(&Tensor::from_vec(vec![step_size as f32, bc2_sqrt as f32, (1.0 - lr_wd) as f32], &[3]));
+    }
+
+    /// `step`'s update with nothing read on the host, so it can be captured in a CUDA graph: the
+    /// scalars come from `device_scalars` (written by `prepare_device_step`, which also counts the
+    /// step) and every gradient is first scaled by `coef` (an f32 scalar tensor: the clip
+    /// coefficient from `fmlab_tensor::clip_coef`). f32 parameters only.
+    pub fn update_on_device(&self, coef: &Tensor) {
+        let hyper = self.hyper.as_ref().expect("AdamW::update_on_device: call device_scalars (or prepare_device_step) first");
+        let (one_m_b1, b2, one_m_b2, eps) = ((1.0 - self.cfg.beta1) as f32, self.cfg.beta2 as f32, (1.0 - self.cfg.beta2) as f32, self.cfg.eps as f32);
+        let grads: Vec<(&Param, Tensor)> = self.params.iter().filter_map(|p| p.var.grad().map(|g| (p, g))).collect();
+        for (p, _) in &grads {
+            assert_eq!(p.var.dtype(), DType::F32, "AdamW::update_on_device: parameter {} is {}, not f32", p.name, p.var.dtype());
+        }
+        // The decay field only marks which parameters decay (the factor is in `hyper`).
+        let items: Vec<AdamItem> = grads.iter().map(|(p, g)| (&p.var, g, &p.m, &p.v, if p.decay { 0.0 } else { 1.0 })).collect();
+        adamw_update_all_dev(&items, one_m_b1, b2, one_m_b2, eps, hyper, coef);
     }
 
     /// The same update written in tensor ops (the reference twin; also the path for non-f32).

@@ -37,17 +37,29 @@ impl Tensor {
         assert_eq!(targets.shape(), &[self.dim(0)], "linear_cross_entropy: targets {:?} for x {:?}", targets.shape(), self.shape());
         assert_eq!(self.dtype(), w.dtype(), "linear_cross_entropy: x is {} but w is {}", self.dtype(), w.dtype());
         let (n, v) = (self.dim(0), w.dim(0));
-        let t = targets.to_dtype(DType::I32).to_vec::<i32>();
-        for (i, &ti) in t.iter().enumerate() {
-            assert!(Some(ti as i64) == ignore_index || (ti >= 0 && (ti as usize) < v), "linear_cross_entropy: target {ti} at row {i} is outside 0..{v}");
-        }
-        let kept = t.iter().filter(|&&ti| Some(ti as i64) != ignore_index).count();
-        let stored: Vec<i32> = t.iter().map(|&ti| if Some(ti as i64) == ignore_index { -1 } else { ti }).collect();
         let want_grad = grad_enabled() && (self.track_grad() || w.track_grad());
         let _ng = no_grad();
         let x = self.contiguous();
         let dev = x.device();
-        let tt = Tensor::from_vec(stored, &[n]).to_device(dev);
+        // The targets as the kernels take them (ignored rows -1) and 1 / (rows kept): from the
+        // host, range-checked; inside a CUDA-graph capture, made on the device from targets that
+        // are already there (checked when they were written).
+        let (tt, kept, inv_kept) = match targets.captured_indices(self) {
+            Some(td) => {
+                let (tt, inv) = ce_targets_cuda(&td, v, ignore_index);
+                (tt, None, Some(inv))
+            }
+            None => {
+                let t = targets.to_dtype(DType::I32).to_vec::<i32>();
+                for (i, &ti) in t.iter().enumerate() {
+                    assert!(Some(ti as i64) == ignore_index || (ti >= 0 && (ti as usize) < v), "linear_cross_entropy: target {ti} at row {i} is outside 0..{v}");
+                }
+                let kept = t.iter().filter(|&&ti| Some(ti as i64) != ignore_index).count();
+                let stored: Vec<i32> = t.iter().map(|&ti| if Some(ti as i64) == ignore_index { -1 } else { ti }).collect();
+                let inv = dev.is_cuda().then(|| Tensor::scalar(1.0 / kept as f64, DType::F64).to_device(dev));
+                (Tensor::from_vec(stored, &[n]).to_device(dev), Some(kept), inv)
+            }
+        };
         // The CPU cross-entropy is f32/f64: 16-bit logits are widened per chunk there.
         let widen = !dev.is_cuda() && !matches!(x.dtype(), DType::F32 | DType::F64);
         let acc = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
@@ -66,13 +78,14 @@ impl Tensor {
             let mut logits = xc.matmul(&wp.t()); // [len, Vp]
             let (ls, d) = if dev.is_cuda() {
                 // Loss and, in place, the logits' gradient in one kernel.
-                let ls = ce_fused_cuda(&logits, &tc, v, kept, want_grad);
+                let ls = ce_fused_cuda(&logits, &tc, v, inv_kept.as_ref().expect("1/kept on the GPU"), want_grad);
                 (ls, want_grad.then_some(logits))
             } else {
                 if widen {
                     logits = logits.to_dtype(DType::F32);
                 }
                 let (lse, ls) = ce_forward(&logits, &tc);
+                let kept = kept.expect("targets read on the host");
                 let d = want_grad.then(|| Tensor::cross_entropy_backward(&logits, &tc, &lse, kept, 1.0).to_dtype(x.dtype()));
                 (ls, d)
             };
@@ -94,7 +107,11 @@ impl Tensor {
         }
         let Some(loss) = loss else { panic!("linear_cross_entropy: no rows") };
         // NaN when every target is ignored, as in PyTorch.
-        let mean = loss.scale(1.0 / kept as f64);
+        let mean = match (&inv_kept, kept) {
+            (Some(inv), _) => loss.mul(&inv.to_dtype(loss.dtype()).reshape(&[])),
+            (None, Some(kept)) => loss.scale(1.0 / kept as f64),
+            (None, None) => unreachable!(),
+        };
         let s = mean.with_storage(|s| match s {
             Storage::Cuda(c) => Storage::Cuda(c.copy_strided(mean.layout())),
             Storage::Cpu(c) => Storage::Cpu(c.clone()),
@@ -111,8 +128,8 @@ impl Tensor {
 
 /// `ce_fused_*` over a chunk of logits [rows, ld] on the GPU (the first `v` columns real): the
 /// sum of the kept rows' losses (f32; f64 for f64), and with `grad` the logits' gradient
-/// (scaled by 1/kept) written over `logits`.
-fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, kept: usize, grad: bool) -> Tensor {
+/// (scaled by `inv_kept`, an f64 scalar on the device) written over `logits`.
+fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad: bool) -> Tensor {
     let (rows, ld) = (logits.dim(0), logits.dim(1));
     assert!(logits.is_contiguous() && logits.layout().offset == 0, "ce_fused: logits must be a fresh contiguous tensor");
     let acc = if logits.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
@@ -125,11 +142,32 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, kept: usize, grad: bool
             .push(cuda_ptr(&loss))
             .push(v as u32)
             .push(ld as u32)
-            .push(1.0 / kept as f64)
+            .push(cuda_ptr(inv_kept))
             .push(grad as i32)
             .launch(&xs.dev, &format!("ce_fused_{}", sfx(logits.dtype())), rows as u32, 512, 0);
     });
     loss.sum_all()
+}
+
+/// Targets [n] (i32, on the GPU) → (stored targets with -1 for ignored rows, 1 / rows kept as an
+/// f64 scalar), on the device (`ce_targets`).
+fn ce_targets_cuda(t: &Tensor, v: usize, ignore_index: Option<i64>) -> (Tensor, Tensor) {
+    let n = t.numel();
+    let stored = Tensor::zeros_on(&[n], DType::I32, t.device());
+    let inv = Tensor::zeros_on(&[], DType::F64, t.device());
+    t.with_storage(|s| {
+        let Storage::Cuda(ts) = s else { unreachable!() };
+        Args::new()
+            .push(cuda_ptr(t))
+            .push(cuda_ptr(&stored))
+            .push(cuda_ptr(&inv))
+            .push(n as u32)
+            .push(v as u32)
+            .push(ignore_index.unwrap_or(0))
+            .push(ignore_index.is_some() as i32)
+            .launch(&ts.dev, "ce_targets", 1, 1024, 0);
+    });
+    (stored, inv)
 }
 
 /// acc += a·b (16-bit a, b; contiguous f32 acc, all on one GPU) in one cuBLASLt GEMM; false when

@@ -351,11 +351,44 @@ pub fn adamw_update_all(items: &[AdamItem], one_m_b1: f32, b2: f32, one_m_b2: f3
         }
         return;
     }
-    let dev = first.0.with_storage(|s| match s {
+    adamw_mt_launch(items, ["adamw_mt_f32", "adamw_mt_bf16g"], |a| {
+        a.push(one_m_b1).push(b2).push(one_m_b2).push(eps).push(step_size).push(bc2_sqrt);
+    });
+}
+
+/// `adamw_update_all` with the step's changing scalars read from device memory, so that the
+/// launch can be captured in a CUDA graph and replayed step after step: `hyper` = f32 [3]
+/// [step_size, bc2_sqrt, decay factor 1 − lr·wd] and `coef` = f32 [1], a scale applied to every
+/// gradient (the clip coefficient, `clip_coef`). An item's last field is 1 for parameters that
+/// are not decayed and anything else for those that are.
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_update_all_dev(items: &[AdamItem], one_m_b1: f32, b2: f32, one_m_b2: f32, eps: f32, hyper: &Tensor, coef: &Tensor) {
+    let Some(first) = items.first() else { return };
+    assert!(hyper.dtype() == DType::F32 && hyper.shape() == [3] && coef.dtype() == DType::F32 && coef.numel() == 1, "adamw_update_all_dev: hyper must be f32 [3] and coef an f32 scalar");
+    if !first.0.device().is_cuda() {
+        let h = hyper.to_vec::<f32>();
+        let c = coef.reshape(&[]);
+        for &(w, g, m, v, decay) in items {
+            let _ng = no_grad();
+            let gs = g.to_dtype(DType::F32).mul(&c);
+            adamw_update(w, &gs, m, v, if decay != 1.0 { h[2] } else { 1.0 }, one_m_b1, b2, one_m_b2, eps, h[0], h[1]);
+        }
+        return;
+    }
+    let (ph, pc) = (cuda_ptr(hyper), cuda_ptr(coef));
+    adamw_mt_launch(items, ["adamw_mtd_f32", "adamw_mtd_bf16g"], |a| {
+        a.push(one_m_b1).push(b2).push(one_m_b2).push(eps).push(ph).push(pc);
+    });
+}
+
+/// The multi-tensor AdamW launches (one per 64 tensors per gradient dtype): the block table, then
+/// the kernel's scalar arguments from `tail`.
+fn adamw_mt_launch(items: &[AdamItem], kernels: [&str; 2], tail: impl Fn(&mut Args)) {
+    let dev = items[0].0.with_storage(|s| match s {
         Storage::Cuda(c) => c.dev.clone(),
         _ => unreachable!(),
     });
-    for (gdt, kernel) in [(DType::F32, "adamw_mt_f32"), (DType::BF16, "adamw_mt_bf16g")] {
+    for (gdt, kernel) in [(DType::F32, kernels[0]), (DType::BF16, kernels[1])] {
         // Contiguous gradients kept alive until their launch is queued.
         let group: Vec<(&Tensor, Tensor, &Tensor, &Tensor, f32)> =
             items.iter().filter(|it| it.1.dtype() == gdt && it.0.numel() > 0).map(|&(w, g, m, v, d)| (w, if g.is_contiguous() { g.clone() } else { g.contiguous() }, m, v, d)).collect();
@@ -370,12 +403,38 @@ pub fn adamw_update_all(items: &[AdamItem], one_m_b1: f32, b2: f32, one_m_b2: f3
                 tab.n[i] = u32::try_from(w.numel()).expect("adamw_update_all: a tensor of over 2^32 elements");
                 tab.decay[i] = *decay;
             }
-            Args::new().push(tab).push(one_m_b1).push(b2).push(one_m_b2).push(eps).push(step_size).push(bc2_sqrt).launch(&dev, kernel, blocks as u32, 256, 0);
+            let mut a = Args::new();
+            a.push(tab);
+            tail(&mut a);
+            a.launch(&dev, kernel, blocks as u32, 256, 0);
         }
     }
     for it in items {
         assert!(matches!(it.1.dtype(), DType::F32 | DType::BF16), "adamw_update_all: gradient dtype {}", it.1.dtype());
     }
+}
+
+/// Gradient clipping's scalars on the device from a sum of squares (f64 scalar, e.g.
+/// `sum_squares_all`): (norm f64, coef f32) with coef = min(max_norm / (norm + 1e-6), 1) as in
+/// PyTorch's `clip_grad_norm_` — no host read, so it can run inside a CUDA-graph capture.
+pub fn clip_coef(sumsq: &Tensor, max_norm: f64) -> (Tensor, Tensor) {
+    let _ng = no_grad();
+    let s = sumsq.to_dtype(DType::F64).reshape(&[]).contiguous();
+    if !s.device().is_cuda() {
+        let norm = s.sqrt();
+        let n = norm.item();
+        let c = max_norm / (n + 1e-6);
+        let c = if c < 1.0 || c.is_nan() { c } else { 1.0 };
+        return (norm, Tensor::scalar(c, DType::F32));
+    }
+    let dev = s.with_storage(|st| match st {
+        Storage::Cuda(c) => c.dev.clone(),
+        _ => unreachable!(),
+    });
+    let norm = Tensor::zeros_on(&[], DType::F64, s.device());
+    let coef = Tensor::zeros_on(&[], DType::F32, s.device());
+    Args::new().push(cuda_ptr(&s)).push(cuda_ptr(&norm)).push(cuda_ptr(&coef)).push(max_norm).launch(&dev, "clip_coef", 1, 32, 0);
+    (norm, coef)
 }
 
 /// The multi-tensor kernels' block table: tensor i gets blocks start[i]..start[i + 1], one per

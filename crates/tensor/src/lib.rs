@@ -24,5 +24,5 @@ pub use dtype::{DType, WithDType};
 pub use layout::Layout;
 pub use ops::{attention, attention_slow, rope_tables, AttnMask};
 pub use rng::Rng;
-pub use fused::{adamw_update, adamw_update_all, sum_squares_all, AdamItem};
+pub use fused::{adamw_update, adamw_update_all, adamw_update_all_dev, clip_coef, sum_squares_all, AdamItem};
 pub use tensor::{grad_enabled, no_grad, Device, NoGradGuard, Storage, Tensor, TensorId};

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::cpu::{CpuStorage, VecOf};
+use crate::cuda::storage::Ids;
 use crate::cuda::CudaStorage;
 use crate::dtype::DType;
 use crate::layout::{broadcast_shape, contiguous_strides, Layout};
@@ -377,6 +378,19 @@ impl Tensor {
     }
 
     /// Index values of an i32/u32 tensor on any device, range-checked against `bound`.
+    /// Inside a CUDA-graph capture, indices that are already on the GPU of `src` are used where
+    /// they are: the host cannot read them there (nothing has run yet), so they are not
+    /// range-checked here — a graph's per-step inputs are checked on the host when they are
+    /// written (see fmlab-nn's graph step). Elsewhere None: indices are read and checked.
+    pub(crate) fn captured_indices(&self, src: &Tensor) -> Option<Tensor> {
+        let Device::Cuda(o) = self.device() else { return None };
+        if src.device() != self.device() || !crate::cuda::device(o).is_ok_and(|d| d.is_capturing()) {
+            return None;
+        }
+        assert_eq!(self.dtype(), DType::I32, "indices used inside a CUDA-graph capture must be i32 on the GPU");
+        Some(self.contiguous())
+    }
+
     fn host_indices(&self, bound: usize, what: &str) -> Vec<usize> {
         let h = self.to_host_storage();
         h.to_indices(&Layout::contiguous(self.shape()), bound, what)
@@ -393,6 +407,28 @@ impl Tensor {
     /// A tensor with the same values and no history.
     pub fn detach(&self) -> Tensor {
         Tensor(Arc::new(TensorInner { id: next_id(), storage: self.0.storage.clone(), layout: self.0.layout.clone(), dtype: self.0.dtype, op: None, is_var: false, grad: Mutex::new(None) }))
+    }
+
+    /// Copies `src`'s values into this tensor's own buffer (same shape and dtype; a contiguous
+    /// tensor that is its buffer's only view), keeping the buffer's address: a CUDA graph that
+    /// reads this tensor sees the new values on its next replay (graph inputs, per-step scalars).
+    /// On a GPU a host `src` is queued as an upload without waiting.
+    pub fn overwrite(&self, src: &Tensor) {
+        assert_eq!(self.shape(), src.shape(), "overwrite: shape {:?} into {:?}", src.shape(), self.shape());
+        assert_eq!(self.dtype(), src.dtype(), "overwrite: {} values into a {} tensor", src.dtype(), self.dtype());
+        assert!(self.is_contiguous() && self.layout().offset == 0, "overwrite: the destination must be a whole contiguous buffer");
+        let host = src.to_host_storage();
+        let mut dst = self.0.storage.write().unwrap();
+        match &mut *dst {
+            Storage::Cpu(c) => {
+                assert_eq!(c.len(), host.len(), "overwrite: the destination is a view into a larger buffer");
+                *c = host;
+            }
+            Storage::Cuda(c) => {
+                assert_eq!(c.len(), host.len(), "overwrite: the destination is a view into a larger buffer");
+                c.dev.upload(c.ptr, host.as_bytes()).unwrap_or_else(|e| panic!("{e}"));
+            }
+        }
     }
 
     /// Overwrites a variable's values in place (optimizer steps, checkpoint loads).
@@ -706,10 +742,15 @@ impl Tensor {
     /// `out[.., i, ..] = self[.., ids[i], ..]` along `dim` (ids: 1-D i32/u32). Embedding lookup.
     pub fn index_select(&self, ids: &Tensor, dim: usize) -> Tensor {
         assert_eq!(ids.rank(), 1, "index_select: ids must be 1-D, got {:?}", ids.shape());
-        let idx = ids.host_indices(self.dim(dim), "index_select");
-        let s = self.map_storage(|s, l| s.index_select(l, &idx, dim), |s, l| s.index_select(l, &idx, dim));
+        let on_dev = ids.captured_indices(self);
+        let idx = if on_dev.is_some() { Vec::new() } else { ids.host_indices(self.dim(dim), "index_select") };
+        let cids = match &on_dev {
+            Some(t) => Ids::Device(crate::fused::cuda_ptr(t), t.numel()),
+            None => Ids::Host(&idx),
+        };
+        let s = self.map_storage(|s, l| s.index_select(l, &idx, dim), |s, l| s.index_select(l, &cids, dim));
         let mut shape = self.shape().to_vec();
-        shape[dim] = idx.len();
+        shape[dim] = ids.numel();
         Tensor::from_any(s, &shape, Some(Op::IndexSelect(self.clone(), ids.clone(), dim)))
     }
 
@@ -718,11 +759,16 @@ impl Tensor {
         let mut want = self.shape().to_vec();
         want[dim] = ids.numel();
         assert_eq!(src.shape(), &want[..], "index_add: source {:?} for base {:?} and {} ids", src.shape(), self.shape(), ids.numel());
-        let idx = ids.host_indices(self.dim(dim), "index_add");
+        let on_dev = ids.captured_indices(self);
+        let idx = if on_dev.is_some() { Vec::new() } else { ids.host_indices(self.dim(dim), "index_add") };
+        let cids = match &on_dev {
+            Some(t) => Ids::Device(crate::fused::cuda_ptr(t), t.numel()),
+            None => Ids::Host(&idx),
+        };
         let base = self.contiguous_storage();
         let s = {
             let ss = src.0.storage.read().unwrap();
-            dispatch2!("index_add", &base, ss, |b, x| b.index_add(self.shape(), &idx, x, src.layout(), dim), |b, x| b.index_add(self.shape(), &idx, x, src.layout(), dim))
+            dispatch2!("index_add", &base, ss, |b, x| b.index_add(self.shape(), &idx, x, src.layout(), dim), |b, x| b.index_add(self.shape(), &cids, x, src.layout(), dim))
         };
         Tensor::from_any(s, self.shape(), Some(Op::IndexAdd(self.clone(), ids.clone(), src.clone(), dim)))
     }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use fmlab_models::{Gpt2, Gpt2Config};
 use fmlab_nn::optim::default_decay;
-use fmlab_nn::{clip_grad_norm, AdamW, AdamWConfig, VarBuilder};
+use fmlab_nn::{clip_grad_norm, AdamW, AdamWConfig, GraphStep, IdRange, VarBuilder};
 use fmlab_tensor::{DType, Rng, Tensor};
 
 #[derive(Subcommand)]
@@ -58,6 +58,10 @@ pub struct TrainBench {
     /// auto (bf16 mixed precision on a GPU, fp32 on the CPU), fp32 or bf16.
     #[arg(long, default_value = "auto")]
     precision: String,
+    /// auto (on for a GPU unless FMLAB_CUDA_PROFILE is set), on or off: capture the whole step
+    /// (forward, backward, clip, AdamW) once as a CUDA graph and replay it.
+    #[arg(long, default_value = "auto")]
+    cuda_graph: String,
 }
 
 pub fn run(cmd: BenchCmd) -> Result<()> {
@@ -161,29 +165,54 @@ fn bench_train(a: TrainBench) -> Result<()> {
         let v: Vec<i32> = (0..a.batch * a.seq).map(|_| rng.below(cfg.vocab_size) as i32).collect();
         Tensor::from_vec(v, &[a.batch, a.seq])
     };
+    let use_graph = match a.cuda_graph.as_str() {
+        "auto" => device.is_cuda() && !fmlab_tensor::cuda::profile::enabled(),
+        "on" => {
+            anyhow::ensure!(device.is_cuda(), "--cuda-graph on needs a GPU (device is {device})");
+            true
+        }
+        "off" => false,
+        o => anyhow::bail!("--cuda-graph {o}: expected auto, on or off"),
+    };
+    // With a graph: step 0 runs eagerly (kernels loaded, allocator warm), step 1 captures.
+    let warmup = if use_graph { a.warmup.max(2) } else { a.warmup };
+    let ranges = [IdRange { name: "input ids", bound: cfg.vocab_size, ignore: None }, IdRange { name: "targets", bound: cfg.vocab_size, ignore: Some(-100) }];
+    let mut graph: Option<GraphStep> = None;
     let (mut times, mut host) = (Vec::new(), Vec::new());
     let mut last_loss = 0.0;
-    for i in 0..a.warmup + a.steps {
+    for i in 0..warmup + a.steps {
         let (x, y) = (ids(), ids());
         let t = Instant::now();
-        if i == a.warmup {
+        if i == warmup {
             if let fmlab_tensor::Device::Cuda(d) = device {
                 fmlab_tensor::cuda::device(d)?.reset_peak();
             }
         }
-        if i == a.warmup {
+        if i == warmup {
             fmlab_tensor::cuda::profile::reset();
         }
-        let loss = model.loss(&x, &y, None); // ids stay on the host (see train.rs)
-        loss.backward();
-        // Nothing above waits for the GPU: this is the host's time to build the graph and
-        // enqueue forward + backward. Near the step time = host-bound (CUDA graphs would help).
-        let enqueue = t.elapsed().as_secs_f64();
-        clip_grad_norm(&vt, 1.0);
-        opt.step();
-        opt.zero_grad();
-        last_loss = loss.item();
-        if i >= a.warmup {
+        let enqueue;
+        if use_graph && i >= 1 {
+            if graph.is_none() {
+                graph = Some(GraphStep::capture(&mut opt, &[x.clone(), y.clone()], &ranges, 1.0, |inp| model.loss(&inp[0], &inp[1], None))?);
+            }
+            let g = graph.as_mut().unwrap();
+            g.step(&mut opt, &[x, y])?;
+            // The whole step is one graph launch (plus the batch's upload).
+            enqueue = t.elapsed().as_secs_f64();
+            last_loss = g.loss();
+        } else {
+            let loss = model.loss(&x, &y, None); // ids stay on the host (see train.rs)
+            loss.backward();
+            // Nothing above waits for the GPU: this is the host's time to build the graph and
+            // enqueue forward + backward. Near the step time = host-bound (CUDA graphs help).
+            enqueue = t.elapsed().as_secs_f64();
+            clip_grad_norm(&vt, 1.0);
+            opt.step();
+            opt.zero_grad();
+            last_loss = loss.item();
+        }
+        if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
             host.push(enqueue);
         }
@@ -201,12 +230,13 @@ fn bench_train(a: TrainBench) -> Result<()> {
     crate::ledger::write_run_info(&dir, "bench train", &cfg_json, 0, device)?;
     let mem = crate::device::mem_json(device);
     let mfu = if device.is_cuda() { Some(cfg.flops_per_token(a.seq) * tokens / median / crate::cmd::train::H100_BF16_PEAK) } else { None };
-    crate::ledger::write_final(&dir, serde_json::json!({"step_median_s": median, "step_min_s": times[0], "host_enqueue_median_s": host_median, "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;
+    crate::ledger::write_final(&dir, serde_json::json!({"cuda_graph": use_graph, "step_median_s": median, "step_min_s": times[0], "host_enqueue_median_s": host_median, "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;
     let peak = mem.get("peak").and_then(|v| v.as_u64()).map(|b| format!(", peak GPU memory {:.2} GiB (live tensors; reserved {:.2} GiB)", b as f64 / (1u64 << 30) as f64, mem["peak_reserved"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64)).unwrap_or_default();
     println!(
-        "fmlab  preset {} on {device} {} B={} T={} threads={}: step median {:.1} ms (min {:.1}; host enqueue of forward+backward {:.1} ms), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula){}{peak}, loss {:.3}",
+        "fmlab  preset {} on {device} {}{} B={} T={} threads={}: step median {:.1} ms (min {:.1}; host enqueue {:.1} ms), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula){}{peak}, loss {:.3}",
         a.preset,
         crate::device::precision_name(precision),
+        if use_graph { " cuda-graph" } else { "" },
         a.batch,
         a.seq,
         rayon::current_num_threads(),

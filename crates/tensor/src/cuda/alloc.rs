@@ -6,6 +6,12 @@
 //! Sizes are rounded (512 B below 1 MiB, 2 MiB above) so a training step's repeating shapes hit
 //! the lists. On failure the cache is released and the allocation retried once; then the error
 //! reports requested / allocated / reserved bytes.
+//!
+//! CUDA-graph capture (graph.rs) gets a private pool. A captured graph replays its kernels on the
+//! same addresses every time, so every block it may touch must stay its own: blocks allocated
+//! during the capture, and blocks freed during it (a captured kernel may still read them), belong
+//! to the graph until it is dropped. Freed, they go back to the graph's free lists, never to the
+//! shared ones, so no tensor made between replays can land on memory a replay overwrites.
 
 use std::collections::HashMap;
 
@@ -33,6 +39,11 @@ pub(crate) struct Pool {
     device: usize,
     free: HashMap<usize, Vec<u64>>,
     stats: MemStats,
+    /// The graph being captured, if any.
+    capturing: Option<u64>,
+    /// Blocks owned by a graph (block → graph id) and each graph's free lists.
+    owner: HashMap<u64, u64>,
+    private: HashMap<u64, HashMap<usize, Vec<u64>>>,
 }
 
 pub(crate) fn rounded(bytes: usize) -> usize {
@@ -46,7 +57,7 @@ pub(crate) fn rounded(bytes: usize) -> usize {
 
 impl Pool {
     pub fn new(device: usize) -> Pool {
-        Pool { device, free: HashMap::new(), stats: MemStats::default() }
+        Pool { device, free: HashMap::new(), stats: MemStats::default(), capturing: None, owner: HashMap::new(), private: HashMap::new() }
     }
 
     pub fn stats(&self) -> MemStats {
@@ -57,10 +68,36 @@ impl Pool {
         self.stats.peak_reserved = self.stats.reserved;
     }
 
+    /// From now on blocks are allocated for (and freed into) graph `id`'s private pool.
+    pub fn begin_capture(&mut self, id: u64) {
+        assert!(self.capturing.is_none(), "a CUDA-graph capture is already running on this device");
+        self.capturing = Some(id);
+        self.private.entry(id).or_default();
+    }
+    /// Ends the capture; returns its graph id.
+    pub fn end_capture(&mut self) -> Option<u64> {
+        self.capturing.take()
+    }
+    /// Graph `id` is gone (and the device idle): its cached blocks join the shared lists; its
+    /// blocks still held by tensors become ordinary blocks.
+    pub fn release_graph(&mut self, id: u64) {
+        if let Some(lists) = self.private.remove(&id) {
+            for (size, v) in lists {
+                self.free.entry(size).or_default().extend(v);
+            }
+        }
+        self.owner.retain(|_, g| *g != id);
+    }
+
     /// A block of at least `bytes`; returns (pointer, rounded size).
     pub fn alloc(&mut self, bytes: usize) -> Result<(u64, usize), CudaError> {
         let size = rounded(bytes);
-        let p = match self.free.get_mut(&size).and_then(|v| v.pop()) {
+        let cached = match self.capturing {
+            // A graph reuses its own blocks first, then takes idle shared ones for good.
+            Some(id) => self.private.get_mut(&id).and_then(|l| l.get_mut(&size)).and_then(|v| v.pop()).or_else(|| self.free.get_mut(&size).and_then(|v| v.pop())),
+            None => self.free.get_mut(&size).and_then(|v| v.pop()),
+        };
+        let p = match cached {
             Some(p) => p,
             None => {
                 let p = match unsafe { drv::malloc_sync(size) } {
@@ -80,6 +117,9 @@ impl Pool {
                 p
             }
         };
+        if let Some(id) = self.capturing {
+            self.owner.insert(p, id);
+        }
         self.stats.allocated += size;
         self.stats.peak = self.stats.peak.max(self.stats.allocated);
         Ok((p, size))
@@ -87,7 +127,16 @@ impl Pool {
 
     pub fn free(&mut self, p: u64, size: usize) {
         self.stats.allocated -= size;
-        self.free.entry(size).or_default().push(p);
+        let graph = match self.owner.get(&p) {
+            Some(&g) => Some(g),
+            None => self.capturing.inspect(|&g| {
+                self.owner.insert(p, g);
+            }),
+        };
+        match graph.and_then(|g| self.private.get_mut(&g)) {
+            Some(lists) => lists.entry(size).or_default().push(p),
+            None => self.free.entry(size).or_default().push(p),
+        }
     }
 
     /// Returns every cached block to the driver.

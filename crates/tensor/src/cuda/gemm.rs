@@ -166,6 +166,16 @@ impl Blas {
     }
 }
 
+/// Creates the cuBLASLt handle and workspace now (graph capture must not be the first GEMM: the
+/// workspace would become the graph's and the handle's setup is not capturable).
+pub(crate) fn ensure_blas(dev: &CudaDevice) -> Result<(), CudaError> {
+    let mut g = dev.blas.lock().unwrap();
+    if g.is_none() {
+        *g = Some(Blas::new(dev)?);
+    }
+    Ok(())
+}
+
 /// Row-major C[batch, M, N] = A[batch, M, K] · B[batch, K, N]; `a`/`b` are the column-major
 /// operands for Aᵀ and Bᵀ (see `transposed_view`), C is contiguous. With an epilogue, `vec` is
 /// the bias (read) or the bias gradient (written), N elements of `dtype`; Ok(false) when
@@ -189,10 +199,10 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
     };
     let _p = super::profile::Scope::new(dev, if label.is_empty() { "gemm" } else { &label });
     let mut g = dev.blas.lock().unwrap();
-    if g.is_none() {
-        *g = Some(Blas::new(dev)?);
-    }
-    let blas = g.as_mut().unwrap();
+    let blas = match &mut *g {
+        Some(b) => b,
+        None => g.insert(Blas::new(dev)?),
+    };
     // Column-major: Cᵀ[N, M] = Bᵀ[N, K] · Aᵀ[K, M].
     let key = Key { epi, dtype, a: b, b: a, m: n as u64, n: m as u64, batch: batch as u64, align: [align_of(pb), align_of(pa), align_of(pc)] };
     let (handle, ws, ws_size) = (blas.handle, blas.ws, blas.ws_size);

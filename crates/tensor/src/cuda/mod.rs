@@ -13,6 +13,7 @@
 
 mod alloc;
 pub(crate) mod gemm;
+pub mod graph;
 pub mod profile;
 mod staging;
 pub mod libs;
@@ -73,6 +74,9 @@ pub struct CudaDevice {
     pub(crate) pool: Mutex<alloc::Pool>,
     pub(crate) blas: Mutex<Option<gemm::Blas>>,
     pub(crate) staging: Mutex<staging::Staging>,
+    /// While a graph is captured: the pinned buffers its uploads copy from (graph.rs).
+    /// (Addresses as integers: freed only by the graph that owns them.)
+    pub(crate) capture_uploads: Mutex<Option<Vec<usize>>>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -125,7 +129,7 @@ impl CudaDevice {
             let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {kname}")))?;
             modules.push((*kname, m));
         }
-        Ok(CudaDevice { ordinal, name, arch, ctx, stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(alloc::Pool::new(ordinal)), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()) })
+        Ok(CudaDevice { ordinal, name, arch, ctx, stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(alloc::Pool::new(ordinal)), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()), capture_uploads: Mutex::new(None) })
     }
 
     /// The kernel `name` (from any module).
@@ -144,6 +148,9 @@ impl CudaDevice {
     }
 
     pub fn synchronize(&self) -> Result<(), CudaError> {
+        if self.is_capturing() {
+            return Err(CudaError::Driver { what: "synchronize".into(), msg: "the stream is being captured into a CUDA graph: nothing has run yet, so nothing can be waited for or read back inside the capture (read results after a replay)".into() });
+        }
         self.stream.synchronize().map_err(drv_err("synchronize"))
     }
 
@@ -157,7 +164,7 @@ impl CudaDevice {
     /// Queues a host-to-device copy of `bytes` to `dst` without waiting for the stream: small
     /// copies go through pinned staging buffers (staging.rs); large ones wait for the copy.
     pub(crate) fn upload(&self, dst: u64, bytes: &[u8]) -> Result<(), CudaError> {
-        if bytes.is_empty() {
+        if bytes.is_empty() || self.capture_upload(dst, bytes)? {
             return Ok(());
         }
         if bytes.len() <= staging::MAX_STAGED {
@@ -207,7 +214,7 @@ impl Args {
         if let Err(e) = r {
             panic!("{}", CudaError::Driver { what: format!("launching kernel {name}"), msg: format!("{e:?}") });
         }
-        if std::env::var_os("FMLAB_CUDA_SYNC").is_some() {
+        if std::env::var_os("FMLAB_CUDA_SYNC").is_some() && !dev.is_capturing() {
             // Debugging aid: surface an asynchronous fault at the launch that caused it.
             if let Err(e) = dev.stream.synchronize() {
                 panic!("{}", CudaError::Driver { what: format!("running kernel {name}"), msg: format!("{e:?}") });

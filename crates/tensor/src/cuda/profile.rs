@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::CudaDevice;
 
-pub(crate) fn enabled() -> bool {
+pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("FMLAB_CUDA_PROFILE").is_some_and(|v| v != "0"))
 }
@@ -24,7 +24,8 @@ pub(crate) struct Scope<'a> {
 
 impl<'a> Scope<'a> {
     pub fn new(dev: &'a CudaDevice, name: &'a str) -> Scope<'a> {
-        let t = enabled().then(|| {
+        // Inside a graph capture nothing runs: there is nothing to time.
+        let t = (enabled() && !dev.is_capturing()).then(|| {
             let _ = dev.stream.synchronize();
             Instant::now()
         });

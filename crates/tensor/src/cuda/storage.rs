@@ -31,6 +31,23 @@ impl Drop for CudaStorage {
     }
 }
 
+/// Indices for the lookup kernels: host values (range-checked, uploaded per call), or the address
+/// and count of i32 indices already on this device (inside a CUDA-graph capture, where the host
+/// cannot read them; see `Tensor::captured_indices`).
+pub enum Ids<'a> {
+    Host(&'a [usize]),
+    Device(u64, usize),
+}
+
+impl Ids<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Ids::Host(v) => v.len(),
+            Ids::Device(_, n) => *n,
+        }
+    }
+}
+
 /// Kernel-name suffix of a dtype (`unary_bf16`, ...): the dtype's own name.
 pub(crate) fn sfx(d: DType) -> &'static str {
     d.name()
@@ -149,6 +166,7 @@ impl CudaStorage {
 
     /// A host copy of all `len` elements (synchronizes the stream).
     pub fn to_cpu(&self) -> CpuStorage {
+        assert!(!self.dev.is_capturing(), "a tensor was read on the host inside a CUDA-graph capture (nothing has run yet): a captured step must keep its values on the device; read them after a replay");
         let mut bytes = vec![0u8; self.len * self.dtype.size_in_bytes()];
         self.dev.bind();
         if !bytes.is_empty() {
@@ -416,8 +434,17 @@ impl CudaStorage {
         CudaStorage::from_cpu(&self.dev, &CpuStorage::I32(v))
     }
 
+    /// The device address of `ids` (uploaded first when they are on the host); keeps the upload
+    /// alive in `keep`.
+    fn ids_ptr(&self, ids: &Ids, keep: &mut Option<CudaStorage>) -> u64 {
+        match ids {
+            Ids::Host(v) => keep.insert(self.upload_ids(v)).ptr,
+            Ids::Device(p, _) => *p,
+        }
+    }
+
     /// `out[.., i, ..] = self[.., ids[i], ..]` along `dim`; ids already range-checked.
-    pub fn index_select(&self, l: &Layout, ids: &[usize], dim: usize) -> CudaStorage {
+    pub fn index_select(&self, l: &Layout, ids: &Ids, dim: usize) -> CudaStorage {
         let src = if l.is_contiguous() && l.offset == 0 { None } else { Some(self.copy_strided(l)) };
         let s = src.as_ref().unwrap_or(self);
         let outer: usize = l.shape[..dim].iter().product();
@@ -425,22 +452,24 @@ impl CudaStorage {
         let n = outer * ids.len() * inner;
         let out = CudaStorage::alloc(&self.dev, self.dtype, n);
         if n > 0 {
-            let d_ids = self.upload_ids(ids);
-            Args::new().push(s.ptr).push(d_ids.ptr).push(out.ptr).push(to_u32(outer, "outer")).push(to_u32(l.shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("index_select_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+            let mut keep = None;
+            let pid = self.ids_ptr(ids, &mut keep);
+            Args::new().push(s.ptr).push(pid).push(out.ptr).push(to_u32(outer, "outer")).push(to_u32(l.shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("index_select_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
         }
         out
     }
 
     /// `self` (contiguous, `shape`) with `src` added at `ids` along `dim`: a new storage.
-    pub fn index_add(&self, shape: &[usize], ids: &[usize], src: &CudaStorage, ls: &Layout, dim: usize) -> CudaStorage {
+    pub fn index_add(&self, shape: &[usize], ids: &Ids, src: &CudaStorage, ls: &Layout, dim: usize) -> CudaStorage {
         let out = self.copy_strided(&Layout::contiguous(shape));
         let s = src.copy_strided(ls);
         let outer: usize = shape[..dim].iter().product();
         let inner: usize = shape[dim + 1..].iter().product();
         let n = outer * ids.len() * inner;
         if n > 0 {
-            let d_ids = self.upload_ids(ids);
-            Args::new().push(out.ptr).push(d_ids.ptr).push(s.ptr).push(to_u32(outer, "outer")).push(to_u32(shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("index_add_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+            let mut keep = None;
+            let pid = self.ids_ptr(ids, &mut keep);
+            Args::new().push(out.ptr).push(pid).push(s.ptr).push(to_u32(outer, "outer")).push(to_u32(shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("index_add_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
         }
         out
     }

@@ -49,8 +49,9 @@ template <typename A> __device__ __forceinline__ void online_add(A& mt, A& st, c
 // columns are real, the rest pad the GEMM to an aligned width) and, with `grad`, the logits'
 // gradient written over x in place: (exp(x − lse) − [j == t]) · scale for j < v, 0 in the padding
 // (so the padded columns add nothing to dX = d·W and give zero rows of dW). Pass 1 reads the row
-// (online softmax); pass 2 re-reads it, mostly from L2, and writes.
-template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Acc<T>::t* loss, u32 v, u32 ldx, double scale, int grad) {
+// (online softmax); pass 2 re-reads it, mostly from L2, and writes. `scale` (1 / kept rows) is
+// read from device memory: inside a CUDA graph it is computed on the device (ce_targets).
+template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) {
     typedef typename Acc<T>::t A;
     const u32 VW = 16 / sizeof(T);
     T* row = x + (u64)blockIdx.x * ldx;
@@ -78,7 +79,7 @@ template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Ac
     __syncthreads();
     if (threadIdx.x == 0) loss[blockIdx.x] = ti < 0 ? (A)0 : l - xt;
     if (!grad) return;
-    A sc = (A)scale;
+    A sc = (A)*scale;
     u32 nall = vec ? ldx / VW : 0;
     for (u32 p = threadIdx.x; p < nall; p += blockDim.x) {
         Pack<T> pk = ((const Pack<T>*)row)[p];
@@ -98,11 +99,27 @@ template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Ac
 #define CE(T, N) \
 extern "C" __global__ void ce_fwd_##N(const T* x, const int* t, Acc<T>::t* lse, Acc<T>::t* loss, u32 v) { ce_fwd_k<T>(x, t, lse, loss, v); } \
 extern "C" __global__ void ce_bwd_##N(const T* x, const int* t, const Acc<T>::t* lse, T* d, u32 v, double scale) { ce_bwd_k<T>(x, t, lse, d, v, scale); } \
-extern "C" __global__ void ce_fused_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, double scale, int grad) { ce_fused_k<T>(x, t, loss, v, ldx, scale, grad); }
+extern "C" __global__ void ce_fused_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) { ce_fused_k<T>(x, t, loss, v, ldx, scale, grad); }
 CE(float, f32)
 CE(double, f64)
 CE(bf16, bf16)
 CE(f16, f16)
+
+// The fused classifier's targets on the device (one block): stored[i] = t[i], or -1 for rows that
+// are ignored (t == ignore when has_ignore) or out of 0..v; inv_kept = 1 / (rows kept), inf when
+// none (the mean is then NaN, as in PyTorch). Used inside CUDA-graph capture, where the targets
+// cannot be read on the host; they were range-checked on the host when written.
+extern "C" __global__ void ce_targets(const int* t, int* stored, double* inv_kept, u32 n, u32 v, long long ignore, int has_ignore) {
+    double c = 0;
+    for (u32 i = threadIdx.x; i < n; i += blockDim.x) {
+        int ti = t[i];
+        bool ok = !(has_ignore && (long long)ti == ignore) && ti >= 0 && (u32)ti < v;
+        stored[i] = ok ? ti : -1;
+        c += ok ? 1.0 : 0.0;
+    }
+    double kept = block_sum<double>(c);
+    if (threadIdx.x == 0) *inv_kept = 1.0 / kept;
+}
 
 // AdamW on f32 parameters, the same arithmetic as the CPU loop in nn/optim.rs (PyTorch's
 // single-tensor AdamW): decay, m.lerp_(g, 1-b1), v = b2 v + (1-b2) g², p -= step · m / denom.
@@ -134,7 +151,10 @@ extern "C" __global__ void adamw_bf16g(float* w, const bf16* g, float* m, float*
 #define ADAM_MT 64
 #define ADAM_CHUNK 16384
 struct AdamTab { u64 w[ADAM_MT], g[ADAM_MT], m[ADAM_MT], v[ADAM_MT]; u32 n[ADAM_MT]; u32 start[ADAM_MT + 1]; float decay[ADAM_MT]; u32 count; };
-template <typename G> __device__ void adamw_mt_k(const AdamTab& tab, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
+// DEV: the step's scalars come from device memory — hyper = [step_size, bc2_sqrt, decay factor]
+// (a tensor's decay[t] != 1 selects the factor) and every gradient is scaled by *coef (the clip
+// coefficient) — so a captured CUDA graph replays with each step's values.
+template <typename G, bool DEV> __device__ void adamw_mt_k(const AdamTab& tab, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt, const float* hyper, const float* coef) {
     u32 b = blockIdx.x, lo_t = 0, hi_t = tab.count - 1;
     while (lo_t < hi_t) {  // the last t with start[t] <= b
         u32 mid = (lo_t + hi_t + 1) / 2;
@@ -145,17 +165,31 @@ template <typename G> __device__ void adamw_mt_k(const AdamTab& tab, float one_m
     const G* g = (const G*)tab.g[t];
     float* m = (float*)tab.m[t];
     float* v = (float*)tab.v[t];
-    float decay = tab.decay[t];
+    float decay = tab.decay[t], c = 1.0f;
+    if (DEV) {
+        step_size = hyper[0];
+        bc2_sqrt = hyper[1];
+        decay = decay != 1.0f ? hyper[2] : 1.0f;
+        c = *coef;
+    }
     u32 lo = (b - tab.start[t]) * ADAM_CHUNK, hi = min(tab.n[t], lo + ADAM_CHUNK);
     for (u32 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
-        adamw_elem(w + i, ld(g[i]), m + i, v + i, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+        float gi = ld(g[i]);
+        if (DEV) gi = gi * c;
+        adamw_elem(w + i, gi, m + i, v + i, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
     }
 }
 extern "C" __global__ void adamw_mt_f32(AdamTab tab, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
-    adamw_mt_k<float>(tab, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+    adamw_mt_k<float, false>(tab, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt, nullptr, nullptr);
 }
 extern "C" __global__ void adamw_mt_bf16g(AdamTab tab, float one_m_b1, float b2, float one_m_b2, float eps, float step_size, float bc2_sqrt) {
-    adamw_mt_k<bf16>(tab, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+    adamw_mt_k<bf16, false>(tab, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt, nullptr, nullptr);
+}
+extern "C" __global__ void adamw_mtd_f32(AdamTab tab, float one_m_b1, float b2, float one_m_b2, float eps, const float* hyper, const float* coef) {
+    adamw_mt_k<float, true>(tab, one_m_b1, b2, one_m_b2, eps, 0.f, 0.f, hyper, coef);
+}
+extern "C" __global__ void adamw_mtd_bf16g(AdamTab tab, float one_m_b1, float b2, float one_m_b2, float eps, const float* hyper, const float* coef) {
+    adamw_mt_k<bf16, true>(tab, one_m_b1, b2, one_m_b2, eps, 0.f, 0.f, hyper, coef);
 }
 
 // Scaled, optionally causal softmax over the last dim of scores [rows, S], one block per row.

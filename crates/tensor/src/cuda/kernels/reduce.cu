@@ -106,3 +106,13 @@ template <typename T> __device__ void sumsq_mt_k(MtTab tab, double* part) {
 extern "C" __global__ void sumsq_mt_f32(MtTab tab, double* part) { sumsq_mt_k<float>(tab, part); }
 extern "C" __global__ void sumsq_mt_bf16(MtTab tab, double* part) { sumsq_mt_k<bf16>(tab, part); }
 extern "C" __global__ void sumsq_mt_f64(MtTab tab, double* part) { sumsq_mt_k<double>(tab, part); }
+
+// Gradient clipping on the device (PyTorch's clip_grad_norm_): norm = sqrt(sum of squares),
+// coef = min(max_norm / (norm + 1e-6), 1), NaN when the norm is (so a NaN gradient stays visible).
+extern "C" __global__ void clip_coef(const double* sumsq, double* norm, float* coef, double max_norm) {
+    if (threadIdx.x != 0 || blockIdx.x != 0) return;
+    double n = sqrt(*sumsq);
+    double c = max_norm / (n + 1e-6);
+    *norm = n;
+    *coef = (float)(c < 1.0 || c != c ? c : 1.0);
+}

@@ -1,0 +1,124 @@
+//! CUDA-graph capture and replay. A training step is about a thousand kernel launches; captured
+//! once into a graph, it is replayed with one launch: no host work per kernel, and no gaps on the
+//! GPU while the host catches up after the step's one synchronization (the loss read).
+//!
+//! Capture runs ordinary tensor code with the device's stream in capture mode: kernels, GEMMs,
+//! copies and memsets are recorded, not run. What that demands of the code inside:
+//! - memory: blocks allocated or freed during capture belong to the graph (alloc.rs), so every
+//!   replay finds its buffers where the capture put them and nothing else lands on them;
+//! - uploads: host data uploaded during capture (position ids, constants) is copied into pinned
+//!   buffers the graph keeps, and is the same on every replay. Data that changes per step must
+//!   live in device tensors made before capture and overwritten (`Tensor::overwrite`) before each
+//!   replay, and scalars that change per step (learning rate, bias corrections, the clip
+//!   coefficient) must be read by kernels from device memory, not passed as launch arguments;
+//! - no host reads: a download or a synchronization inside capture panics with a message saying
+//!   so (it could not return the value: nothing has run yet).
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use cudarc::driver::{result as drv, sys};
+
+use super::{drv_err, gemm, CudaDevice, CudaError};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A captured, instantiated graph with the memory it replays on.
+pub struct Graph {
+    dev: Arc<CudaDevice>,
+    exec: Option<cudarc::driver::CudaGraph>,
+    id: u64,
+    /// Pinned host buffers the graph's upload nodes copy from.
+    pinned: Vec<usize>,
+}
+
+/// Ends a capture that `f` left by panicking, so the device stays usable.
+struct Abort<'a>(&'a CudaDevice, bool);
+
+impl Drop for Abort<'_> {
+    fn drop(&mut self) {
+        if self.1 {
+            return;
+        }
+        let _ = unsafe { drv::stream::end_capture(self.0.cu_stream()) };
+        let id = self.0.pool.lock().unwrap().end_capture();
+        for p in self.0.capture_uploads.lock().unwrap().take().unwrap_or_default() {
+            let _ = unsafe { drv::free_host(p as *mut c_void) };
+        }
+        if let Some(id) = id {
+            self.0.pool.lock().unwrap().release_graph(id);
+        }
+    }
+}
+
+impl CudaDevice {
+    /// Captures the work `f` enqueues on this device into a graph (nothing runs until `replay`).
+    /// Returns the graph and `f`'s result (tensors made inside live on the graph's memory: after
+    /// each replay they hold that replay's values).
+    pub fn capture<R>(self: &Arc<Self>, f: impl FnOnce() -> R) -> Result<(Graph, R), CudaError> {
+        gemm::ensure_blas(self)?;
+        // Staging uploads queued before capture must not be waited on by the capture.
+        self.synchronize()?;
+        self.bind();
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        self.pool.lock().unwrap().begin_capture(id);
+        *self.capture_uploads.lock().unwrap() = Some(Vec::new());
+        // Relaxed: allocating device or pinned memory inside capture is allowed (it is not
+        // recorded; the allocator does it once, at capture time).
+        if let Err(e) = self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) {
+            drop(Abort(self, false));
+            return Err(drv_err("beginning a CUDA-graph capture")(e));
+        }
+        let mut abort = Abort(self, false);
+        let out = f();
+        abort.1 = true;
+        let ended = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        self.pool.lock().unwrap().end_capture();
+        let pinned = self.capture_uploads.lock().unwrap().take().unwrap_or_default();
+        let mut graph = Graph { dev: self.clone(), exec: None, id, pinned };
+        let exec = ended.map_err(drv_err("ending a CUDA-graph capture (an operation inside it could not be captured)"))?;
+        let exec = exec.ok_or_else(|| CudaError::Driver { what: "ending a CUDA-graph capture".into(), msg: "nothing was captured".into() })?;
+        exec.upload().map_err(drv_err("uploading a CUDA graph"))?;
+        graph.exec = Some(exec);
+        Ok((graph, out))
+    }
+
+    /// True while a graph is being captured on this device.
+    pub fn is_capturing(&self) -> bool {
+        self.capture_uploads.lock().unwrap().is_some()
+    }
+
+    /// An upload made during capture: copied into a pinned buffer the graph keeps, recorded as a
+    /// copy node (replayed with the same bytes).
+    pub(crate) fn capture_upload(&self, dst: u64, bytes: &[u8]) -> Result<bool, CudaError> {
+        let mut g = self.capture_uploads.lock().unwrap();
+        let Some(list) = g.as_mut() else { return Ok(false) };
+        let p = unsafe { drv::malloc_host(bytes.len(), 0) }.map_err(drv_err("allocating pinned host memory"))? as *mut u8;
+        list.push(p as usize);
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), p, bytes.len());
+            sys::cuMemcpyHtoDAsync_v2(dst, p as *const c_void, bytes.len(), self.cu_stream()).result().map_err(drv_err("host-to-device copy during capture"))?;
+        }
+        Ok(true)
+    }
+}
+
+impl Graph {
+    /// Enqueues one run of the captured work on the device's stream (returns at once).
+    pub fn replay(&self) -> Result<(), CudaError> {
+        self.exec.as_ref().expect("an instantiated graph").launch().map_err(drv_err("launching a CUDA graph"))
+    }
+}
+
+impl Drop for Graph {
+    fn drop(&mut self) {
+        // A replay may still be running: it reads the pinned buffers and the graph's blocks.
+        let _ = self.dev.synchronize();
+        self.exec = None;
+        for &p in &self.pinned {
+            let _ = unsafe { drv::free_host(p as *mut c_void) };
+        }
+        self.dev.pool.lock().unwrap().release_graph(self.id);
+    }
+}
