@@ -231,7 +231,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
     let mem = crate::device::mem_json(device);
     let mfu = if device.is_cuda() { Some(cfg.flops_per_token(a.seq) * tokens / median / crate::cmd::train::H100_BF16_PEAK) } else { None };
     crate::ledger::write_final(&dir, serde_json::json!({"cuda_graph": use_graph, "step_median_s": median, "step_min_s": times[0], "host_enqueue_median_s": host_median, "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;
-    let peak = mem.get("peak").and_then(|v| v.as_u64()).map(|b| format!(", peak GPU memory {:.2} GiB (live tensors; reserved {:.2} GiB)", b as f64 / (1u64 << 30) as f64, mem["peak_reserved"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64)).unwrap_or_default();
+    let peak = mem.get("peak").and_then(|v| v.as_u64()).map(|b| format!(", peak GPU memory {:.2} GiB (in use: live tensors and CUDA-graph memory; reserved {:.2} GiB)", b as f64 / (1u64 << 30) as f64, mem["peak_reserved"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64)).unwrap_or_default();
     println!(
         "fmlab  preset {} on {device} {}{} B={} T={} threads={}: step median {:.1} ms (min {:.1}; host enqueue {:.1} ms), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula){}{peak}, loss {:.3}",
         a.preset,

@@ -10,7 +10,7 @@ use clap::{Args, Subcommand};
 use fmlab_data::WindowSampler;
 use fmlab_models::{Gpt2, Gpt2Config};
 use fmlab_nn::optim::default_decay;
-use fmlab_nn::{clip_grad_norm, AdamW, AdamWConfig, Schedule, VarBuilder};
+use fmlab_nn::{clip_grad_norm, AdamW, AdamWConfig, GraphStep, IdRange, Schedule, VarBuilder};
 use fmlab_tensor::{no_grad, DType, Device, Rng, Tensor};
 
 use crate::assets::load_tokenizer;
@@ -94,6 +94,11 @@ pub struct GptArgs {
     /// Tokens per sample in the run folder's samples.txt, written when the run ends (0 = none).
     #[arg(long, default_value_t = 64)]
     sample_tokens: usize,
+    /// auto, on or off: capture the training step (forward, backward, clip, AdamW) once as a CUDA
+    /// graph and replay it. auto = on a GPU when the step can be captured (no dropout: its masks
+    /// would be frozen; no gradient accumulation).
+    #[arg(long, default_value = "auto")]
+    cuda_graph: String,
 }
 
 pub fn run(cmd: TrainCmd) -> Result<()> {
@@ -342,12 +347,47 @@ fn train_gpt(a: GptArgs) -> Result<()> {
     };
     let mut last_val = f64::NAN;
     let stop_at = a.stop_after.map_or(cfg.steps, |n| (step + n).min(cfg.steps));
+    let capturable = cfg.model.dropout == 0.0 && cfg.grad_accum == 1;
+    let use_graph = match a.cuda_graph.as_str() {
+        "auto" => device.is_cuda() && capturable,
+        "on" if !device.is_cuda() => bail!("--cuda-graph on needs a GPU (device is {device})"),
+        "on" if !capturable => bail!("--cuda-graph on: the step cannot be captured with dropout {} or gradient accumulation over {} micro-batches", cfg.model.dropout, cfg.grad_accum),
+        "on" => true,
+        "off" => false,
+        o => bail!("--cuda-graph {o}: expected auto, on or off"),
+    };
+    if use_graph {
+        eprintln!("training step: one CUDA graph (captured after the first step; --cuda-graph off launches eagerly)");
+    }
+    let ranges = [IdRange { name: "input ids", bound: cfg.model.vocab_size, ignore: None }, IdRange { name: "targets", bound: cfg.model.vocab_size, ignore: Some(-100) }];
+    let mut graph: Option<GraphStep> = None;
+    let mut first = true;
     while step < stop_at {
         let ts = Instant::now();
         let lr = schedule.lr_at(step);
         opt.set_lr(lr);
         let mut loss_sum = 0.0;
-        for _ in 0..cfg.grad_accum {
+        // The first step of this invocation runs eagerly (kernels loaded, allocator warm); the
+        // graph is captured at the second and replayed from then on. A non-finite loss is seen
+        // after the replay that applied it: the checkpoint on disk is from before it.
+        let mut graph_norm = None;
+        if use_graph && !first {
+            let (x, y) = sampler.batch(&corpus.train, cfg.batch, cfg.seq);
+            if graph.is_none() {
+                graph = Some(GraphStep::capture(&mut opt, &[x.clone(), y.clone()], &ranges, cfg.grad_clip, |inp| model.loss(&inp[0], &inp[1], None))?);
+            }
+            let g = graph.as_mut().unwrap();
+            g.step(&mut opt, &[x, y])?;
+            loss_sum = g.loss();
+            if !loss_sum.is_finite() {
+                let ck = run_dir.join("checkpoint");
+                let saved = if ck.is_dir() { format!("the last checkpoint ({}) is intact", ck.display()) } else { "no checkpoint was written yet".into() };
+                bail!("non-finite loss ({loss_sum}) at step {step}; first non-finite tensor: {}; {saved}", first_non_finite(&vars));
+            }
+            graph_norm = Some(g.norm());
+        }
+        first = false;
+        for _ in 0..if graph_norm.is_some() { 0 } else { cfg.grad_accum } {
             let (x, y) = sampler.batch(&corpus.train, cfg.batch, cfg.seq);
             // Token ids stay on the host: the embedding lookup range-checks them there and
             // uploads them once (moving them first would cost a download to check them).
@@ -362,12 +402,14 @@ fn train_gpt(a: GptArgs) -> Result<()> {
             loss.scale(1.0 / cfg.grad_accum as f64).backward();
         }
         let loss = loss_sum / cfg.grad_accum as f64;
-        let norm = clip_grad_norm(&var_tensors, cfg.grad_clip);
+        let norm = graph_norm.unwrap_or_else(|| clip_grad_norm(&var_tensors, cfg.grad_clip));
         if !norm.is_finite() {
             bail!("non-finite gradient norm at step {step}; first non-finite tensor: {}", first_non_finite(&vars));
         }
-        opt.step();
-        opt.zero_grad();
+        if graph_norm.is_none() {
+            opt.step();
+            opt.zero_grad();
+        }
         step += 1;
         let dt = ts.elapsed().as_secs_f64();
         let tok_s = tokens_per_step as f64 / dt;

@@ -21,7 +21,8 @@ use super::CudaError;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MemStats {
-    /// Bytes in live tensors.
+    /// Bytes in use: in live tensors, and held by captured CUDA graphs (a graph's blocks are in
+    /// use on every replay, whether or not a tensor still points at them).
     pub allocated: usize,
     /// Bytes obtained from the driver (live + cached).
     pub reserved: usize,
@@ -83,6 +84,7 @@ impl Pool {
     pub fn release_graph(&mut self, id: u64) {
         if let Some(lists) = self.private.remove(&id) {
             for (size, v) in lists {
+                self.stats.allocated -= size * v.len();
                 self.free.entry(size).or_default().extend(v);
             }
         }
@@ -92,11 +94,13 @@ impl Pool {
     /// A block of at least `bytes`; returns (pointer, rounded size).
     pub fn alloc(&mut self, bytes: usize) -> Result<(u64, usize), CudaError> {
         let size = rounded(bytes);
-        let cached = match self.capturing {
-            // A graph reuses its own blocks first, then takes idle shared ones for good.
-            Some(id) => self.private.get_mut(&id).and_then(|l| l.get_mut(&size)).and_then(|v| v.pop()).or_else(|| self.free.get_mut(&size).and_then(|v| v.pop())),
-            None => self.free.get_mut(&size).and_then(|v| v.pop()),
-        };
+        // A graph reuses its own blocks first (already counted as in use), then takes idle shared
+        // ones for good.
+        let own = self.capturing.and_then(|id| self.private.get_mut(&id)).and_then(|l| l.get_mut(&size)).and_then(|v| v.pop());
+        if let Some(p) = own {
+            return Ok((p, size));
+        }
+        let cached = self.free.get_mut(&size).and_then(|v| v.pop());
         let p = match cached {
             Some(p) => p,
             None => {
@@ -126,7 +130,6 @@ impl Pool {
     }
 
     pub fn free(&mut self, p: u64, size: usize) {
-        self.stats.allocated -= size;
         let graph = match self.owner.get(&p) {
             Some(&g) => Some(g),
             None => self.capturing.inspect(|&g| {
@@ -134,8 +137,12 @@ impl Pool {
             }),
         };
         match graph.and_then(|g| self.private.get_mut(&g)) {
+            // Still in use by the graph: stays counted in `allocated`.
             Some(lists) => lists.entry(size).or_default().push(p),
-            None => self.free.entry(size).or_default().push(p),
+            None => {
+                self.stats.allocated -= size;
+                self.free.entry(size).or_default().push(p);
+            }
         }
     }
 
