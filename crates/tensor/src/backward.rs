@@ -84,7 +84,17 @@ impl Tensor {
                     continue;
                 }
                 let disjoint = |w: &Vec<(usize, usize, usize)>| w.iter().all(|&(d, s, l)| d == r.0 && (s + l <= r.1 || r.1 + r.2 <= s));
+                // Already in place: flash attention wrote q/k/v's gradients into one buffer laid
+                // out like the fused projection's output x (flash.rs, `fused_qkv`).
+                let in_place = g.dtype() == x.dtype() && g.storage_len() == x.numel() && g.layout() == &narrow_layout(x.shape(), r.0, r.1, g.shape());
                 match (slabs.get_mut(&x.id()), grads.get(&x.id())) {
+                    (Some(w), Some(buf)) if disjoint(w) && in_place && buf.shares_storage(&g) => w.push(r),
+                    (None, None) if in_place => {
+                        // The buffer becomes x's gradient; its other slices are claimed as their
+                        // narrows' gradients arrive (each written over, or found in place).
+                        grads.insert(x.id(), g.strided_view(crate::Layout::contiguous(x.shape())));
+                        slabs.insert(x.id(), vec![r]);
+                    }
                     (Some(w), Some(buf)) if disjoint(w) => {
                         // That slice of `buf` is still zeros: write `g` into it (one copy, no add).
                         write_slice_cuda(&g, buf, r.0, r.1);
@@ -306,6 +316,12 @@ fn pad_narrow_cuda(g: &Tensor, shape: &[usize], dim: usize, start: usize) -> Ten
 
 /// Copies `g` into the slice of the contiguous CUDA tensor `buf` that starts at `start` along
 /// `dim` (in place: `buf` is a gradient buffer that backward allocated and nothing else holds).
+/// The layout of `narrow(dim, start)` (of shape `sub`) of a contiguous tensor of `shape`.
+fn narrow_layout(shape: &[usize], dim: usize, start: usize, sub: &[usize]) -> crate::Layout {
+    let strides = crate::layout::contiguous_strides(shape);
+    crate::Layout { shape: sub.to_vec(), offset: start * strides[dim], strides }
+}
+
 fn write_slice_cuda(g: &Tensor, buf: &Tensor, dim: usize, start: usize) {
     use crate::tensor::Storage;
     if g.numel() == 0 {

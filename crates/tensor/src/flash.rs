@@ -26,6 +26,8 @@ struct FaDims {
     qs: [u32; 3],
     ks: [u32; 3],
     vs: [u32; 3],
+    gq: [u32; 3],
+    gkv: [u32; 3],
     scale: f32,
     causal: i32,
 }
@@ -77,6 +79,9 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> FaDims 
         qs: bhr_strides(q).unwrap(),
         ks: bhr_strides(k).unwrap(),
         vs: bhr_strides(v).unwrap(),
+        // Gradients [B, rows, H, D] contiguous unless `fused_qkv` lays them out otherwise.
+        gq: [(q.dim(2) * q.dim(1) * q.dim(3)) as u32, q.dim(3) as u32, (q.dim(1) * q.dim(3)) as u32],
+        gkv: [(k.dim(2) * k.dim(1) * k.dim(3)) as u32, k.dim(3) as u32, (k.dim(1) * k.dim(3)) as u32],
         scale: scale as f32,
         causal: causal as i32,
     }
@@ -134,24 +139,55 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
         Storage::Cuda(c) => c.dev.clone(),
         _ => unreachable!(),
     });
+    let mut fd = fd;
+    let fused = fused_qkv(q, k, v);
+    if fused {
+        // Gradients written in the layout of q, k, v themselves (one [B, T, 3, H, D] buffer).
+        (fd.gq, fd.gkv) = (fd.qs, fd.ks);
+    }
     let delta = Tensor::zeros_on(&[b * h * t], DType::F32, q.device());
     let n = b * h * t;
     Args::new().push(cuda_ptr(o)).push(at(&g)).push(cuda_ptr(&delta)).push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch(&dev, &format!("fa_delta_d{d}"), crate::cuda::grid_for(n * (d / 2).min(32), 256), 256, 0);
-    let (dk, dv) = (CudaStorage::alloc(&dev, DType::BF16, b * s * h * d), CudaStorage::alloc(&dev, DType::BF16, b * s * h * d));
+    let (dq, dk, dv) = if fused {
+        // Every element of the buffer is written (dq, dk, dv tile it): no zero fill.
+        let buf = Tensor::from_any(Storage::Cuda(CudaStorage::alloc(&dev, DType::BF16, 3 * b * t * h * d)), &[3 * b * t * h * d], None);
+        (buf.strided_view(q.layout().clone()), buf.strided_view(k.layout().clone()), buf.strided_view(v.layout().clone()))
+    } else {
+        // [B, rows, H, D] buffers, returned as their [B, H, rows, D] views.
+        let new = |rows: usize| Tensor::from_any(Storage::Cuda(CudaStorage::alloc(&dev, DType::BF16, b * rows * h * d)), &[b, rows, h, d], None).transpose(1, 2);
+        (new(t), new(s), new(s))
+    };
     let pp = pad.map_or(0, cuda_ptr);
     // Both backward kernels take (q, k, v, pad, dO, lse, delta, outputs..., dims, dO strides) and
     // one block of 128 threads per 64-row tile of `rows` per (batch, head).
-    let launch = |name: &str, outs: &[u64], rows: usize| {
+    let launch = |name: &str, outs: &[&Tensor], rows: usize| {
         let mut a = Args::new();
         a.push(at(q)).push(at(k)).push(at(v)).push(pp).push(at(&g)).push(cuda_ptr(lse)).push(cuda_ptr(&delta));
-        for &o in outs {
-            a.push(o);
+        for o in outs {
+            a.push(at(o));
         }
         a.push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch3(&dev, &format!("{name}_d{d}"), (rows.div_ceil(TILE) as u32, (b * h) as u32, 1), (128, 1, 1), 0);
     };
-    launch("fa_bwd_kv", &[dk.ptr, dv.ptr], s);
-    let dq = CudaStorage::alloc(&dev, DType::BF16, b * t * h * d);
-    launch("fa_bwd_q", &[dq.ptr], t);
-    let view = |st: CudaStorage, rows: usize| Tensor::from_any(Storage::Cuda(st), &[b, rows, h, d], None).transpose(1, 2);
-    (view(dq, t), view(dk, s), view(dv, s))
+    launch("fa_bwd_kv", &[&dk, &dv], s);
+    launch("fa_bwd_q", &[&dq], t);
+    (dq, dk, dv)
+}
+
+/// Whether q, k, v are the three thirds of one fused projection's output, as `narrow` of a
+/// contiguous [B, T, 3·H·D] tensor gives them: one buffer, the same strides (row 3·H·D, head D),
+/// offsets 0, H·D, 2·H·D, and nothing else in the buffer. Their gradients are then written in
+/// that same layout into one buffer, where the narrow backward finds each already in place (no
+/// per-slice copies, no zero fill).
+fn fused_qkv(q: &Tensor, k: &Tensor, v: &Tensor) -> bool {
+    let (b, h, t, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
+    let (lq, lk, lv) = (q.layout(), k.layout(), v.layout());
+    let c = h * d;
+    k.dim(2) == t
+        && q.shares_storage(k)
+        && q.shares_storage(v)
+        && q.storage_len() == 3 * b * t * c
+        && lq.strides == [t * 3 * c, d, 3 * c, 1]
+        && lk.strides == lq.strides
+        && lv.strides == lq.strides
+        && (lq.offset, lk.offset, lv.offset) == (0, c, 2 * c)
 }

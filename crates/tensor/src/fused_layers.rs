@@ -250,7 +250,7 @@ impl Tensor {
                     .push(rps as u32)
                     .launch3(&dev, &format!("ln_dwdb_{}_{}", sfx(xd), sfx(wd)), (col_blocks as u32, splits as u32, 1), (32, 8, 1), 0);
                 if splits > 1 {
-                    Args::new().push(pp).push(dw.ptr).push(db.ptr).push(c as u32).push(splits as u32).launch(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), grid_for(c, 256), 256, 0);
+                    Args::new().push(pp).push(dw.ptr).push(db.ptr).push(c as u32).push(splits as u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
                 }
             } else {
                 return (add.cloned().unwrap_or_else(|| x.zeros_like()), Tensor::zeros_on(&[c], wd, x.device()), Tensor::zeros_on(&[c], wd, x.device()));

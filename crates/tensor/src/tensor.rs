@@ -181,6 +181,26 @@ impl Tensor {
         Tensor(Arc::new(TensorInner { id: next_id(), storage: self.0.storage.clone(), layout: self.0.layout.clone(), dtype: self.0.dtype, op: Some(op), is_var: false, grad: Mutex::new(None) }))
     }
 
+    /// A view of this tensor's storage under `layout`, without history (kernels that write
+    /// several outputs into one buffer hand out views of it).
+    pub(crate) fn strided_view(&self, layout: Layout) -> Tensor {
+        assert!(layout.offset + layout.shape.iter().zip(&layout.strides).map(|(&n, &s)| n.saturating_sub(1) * s).sum::<usize>() < self.storage_len().max(1), "strided_view: layout outside the buffer");
+        Tensor(Arc::new(TensorInner { id: next_id(), storage: self.0.storage.clone(), layout, dtype: self.0.dtype, op: None, is_var: false, grad: Mutex::new(None) }))
+    }
+
+    /// Whether the two tensors are views of one buffer.
+    pub(crate) fn shares_storage(&self, other: &Tensor) -> bool {
+        Arc::ptr_eq(&self.0.storage, &other.0.storage)
+    }
+
+    /// Elements in the buffer this tensor views.
+    pub(crate) fn storage_len(&self) -> usize {
+        match &*self.0.storage.read().unwrap() {
+            Storage::Cpu(c) => c.len(),
+            Storage::Cuda(c) => c.len(),
+        }
+    }
+
     /// A new tensor sharing this one's storage under another layout (a view).
     fn view(&self, layout: Layout, op: Op) -> Tensor {
         let op = if grad_enabled() && self.track_grad() { Some(op) } else { None };

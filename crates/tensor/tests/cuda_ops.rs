@@ -412,6 +412,41 @@ fn narrow_gradients_disjoint_and_overlapping() {
     }
 }
 
+/// Attention on the three thirds of a fused QKV projection (the GPT-2 block's pattern): the
+/// flash backward writes dq, dk, dv straight into one buffer laid out like the projection, and
+/// the narrow backward finds them in place. Its gradient must equal the same model with q, k, v
+/// made contiguous first (the copying path) and, within bf16 tolerance, the CPU's f32 composite.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn fused_qkv_flash_gradients_in_place_match_the_copying_path_and_cpu() {
+    let g = gpu();
+    let (b, t, h, d) = (2, 100, 2, 32);
+    let c = h * d;
+    let x = rnd(&[b, t, 3 * c], 70, DType::F32);
+    let w = rnd(&[b, t, c], 71, DType::F32);
+    let run = |dev: Device, dt: DType, copy: bool, extra: bool| {
+        let v = Tensor::new_var(&x.to_device(dev).to_dtype(dt));
+        let heads = |i: usize| {
+            let p = v.narrow(2, i * c, c);
+            let p = if copy { p.contiguous() } else { p };
+            p.reshape(&[b, t, h, d]).transpose(1, 2) // [B, H, T, D]
+        };
+        let y = attention(&heads(0), &heads(1), &heads(2), &AttnMask::Causal).transpose(1, 2).reshape(&[b, t, c]);
+        let mut loss = y.mul(&w.to_device(dev).to_dtype(dt)).sum_all().to_dtype(DType::F32);
+        if extra {
+            // k also used elsewhere: its gradient arrives as a sum, not in place.
+            loss = loss.add(&v.narrow(2, c, c).sqr().sum_all().to_dtype(DType::F32).scale(0.01));
+        }
+        loss.backward();
+        v.grad().unwrap().to_dtype(DType::F32)
+    };
+    for extra in [false, true] {
+        let fast = run(g, DType::BF16, false, extra);
+        close(&format!("fused qkv in place vs copies (extra use of k: {extra})"), &fast, &run(g, DType::BF16, true, extra), 0.0);
+        close(&format!("fused qkv bf16 GPU vs f32 CPU (extra use of k: {extra})"), &fast, &run(Device::Cpu, DType::F32, false, extra), 2e-2);
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU (scripts/gpu-check.sh)"]
 fn attention_and_layernorm_gradients_match_cpu() {

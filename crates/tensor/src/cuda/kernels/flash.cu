@@ -58,6 +58,7 @@ template <int D> __device__ __forceinline__ void ldsm_b_t(u32* r, unsigned short
 struct FaDims {
     u32 b, h, t, s;       // batch, heads, queries, keys
     u32 qs[3], ks[3], vs[3]; // element strides (batch, head, row) of q, k, v
+    u32 gq[3], gkv[3];       // element strides (batch, head, row) of dq, and of dk and dv
     float scale;
     int causal;
 };
@@ -398,8 +399,9 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
     for (int r = 0; r < 2; ++r) {
         u32 j = wk + g + r * 8;
         if (j >= d.s) continue;
-        bf16* krow = dk + (((u64)bi * d.s + j) * d.h + hi) * D;
-        bf16* vrow = dv + (((u64)bi * d.s + j) * d.h + hi) * D;
+        u64 off = (u64)bi * d.gkv[0] + (u64)hi * d.gkv[1] + (u64)j * d.gkv[2];
+        bf16* krow = dk + off;
+        bf16* vrow = dv + off;
 #pragma unroll
         for (int nd = 0; nd < D / 8; ++nd) {
             *(u32*)(krow + nd * 8 + 2 * t) = pack_bf16(dka[nd][2 * r] * d.scale, dka[nd][2 * r + 1] * d.scale);
@@ -472,7 +474,7 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
     for (int r = 0; r < 2; ++r) {
         u32 i = wq + g + r * 8;
         if (i >= d.t) continue;
-        bf16* row = dq + (((u64)bi * d.t + i) * d.h + hi) * D;
+        bf16* row = dq + (u64)bi * d.gq[0] + (u64)hi * d.gq[1] + (u64)i * d.gq[2];
 #pragma unroll
         for (int nd = 0; nd < D / 8; ++nd) *(u32*)(row + nd * 8 + 2 * t) = pack_bf16(dqa[nd][2 * r] * d.scale, dqa[nd][2 * r + 1] * d.scale);
     }
