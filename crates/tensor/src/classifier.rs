@@ -136,6 +136,11 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
     let loss = Tensor::zeros_on(&[rows], acc, logits.device());
     logits.with_storage(|s| {
         let Storage::Cuda(xs) = s else { unreachable!() };
+        // A row in shared memory when it fits (one read of the logits from global memory instead
+        // of two); FMLAB_CE_SMEM=0 picks the two-pass kernel (its twin, for benchmarks).
+        let bytes = ld * logits.dtype().size_in_bytes();
+        let smem = bytes % 16 == 0 && xs.ptr % 16 == 0 && bytes <= xs.dev.smem_optin && ce_smem_enabled();
+        let (kernel, shmem) = if smem { ("ce_fused_sm", bytes as u32) } else { ("ce_fused", 0) };
         Args::new()
             .push(xs.ptr)
             .push(cuda_ptr(tt))
@@ -144,9 +149,27 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
             .push(ld as u32)
             .push(cuda_ptr(inv_kept))
             .push(grad as i32)
-            .launch(&xs.dev, &format!("ce_fused_{}", sfx(logits.dtype())), rows as u32, 512, 0);
+            .launch(&xs.dev, &format!("{kernel}_{}", sfx(logits.dtype())), rows as u32, 512, shmem);
     });
     loss.sum_all()
+}
+
+/// 0: not read yet; 1: row in shared memory; 2: the two-pass kernel.
+static CE_SMEM: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn ce_smem_enabled() -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    if CE_SMEM.load(Relaxed) == 0 {
+        CE_SMEM.store(if std::env::var_os("FMLAB_CE_SMEM").is_some_and(|v| v == "0") { 2 } else { 1 }, Relaxed);
+    }
+    CE_SMEM.load(Relaxed) == 1
+}
+
+/// Whether the fused classifier's GPU kernel keeps each row of logits in shared memory (the
+/// default where it fits) or reads it twice from global memory (its two-pass twin); for benchmarks
+/// and tests that compare the two. Process-wide.
+pub fn classifier_rows_in_shared_memory(on: bool) {
+    CE_SMEM.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Targets [n] (i32, on the GPU) → (stored targets with -1 for ignored rows, 1 / rows kept as an

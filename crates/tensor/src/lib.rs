@@ -20,6 +20,7 @@ mod rng;
 mod tensor;
 
 pub use backward::sum_to;
+pub use classifier::classifier_rows_in_shared_memory;
 pub use dtype::{DType, WithDType};
 pub use layout::Layout;
 pub use ops::{attention, attention_slow, rope_tables, AttnMask};

@@ -67,6 +67,8 @@ pub struct CudaDevice {
     pub name: String,
     /// e.g. "sm_90"
     pub arch: String,
+    /// Most shared memory one block may opt into (bytes).
+    pub(crate) smem_optin: usize,
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     modules: Vec<(&'static str, Arc<CudaModule>)>,
@@ -123,13 +125,14 @@ impl CudaDevice {
         let (maj, min) = ctx.compute_capability().map_err(drv_err("device query"))?;
         let arch = format!("sm_{maj}{min}");
         let name = ctx.name().map_err(drv_err("device query"))?;
+        let smem_optin = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).map_err(drv_err("device query"))?.max(0) as usize;
         let mut modules = Vec::new();
         for (kname, src) in SOURCES {
             let bin = compile_cached(kname, &format!("{}{COMMON}\n{src}", tuning_defines()), &arch)?;
             let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {kname}")))?;
             modules.push((*kname, m));
         }
-        Ok(CudaDevice { ordinal, name, arch, ctx, stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(alloc::Pool::new(ordinal)), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()), capture_uploads: Mutex::new(None) })
+        Ok(CudaDevice { ordinal, name, arch, smem_optin, ctx, stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(alloc::Pool::new(ordinal)), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()), capture_uploads: Mutex::new(None) })
     }
 
     /// The kernel `name` (from any module).
@@ -207,6 +210,13 @@ impl Args {
     pub fn launch3(&mut self, dev: &CudaDevice, name: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shmem: u32) {
         let _p = profile::Scope::new(dev, name);
         let f = dev.func(name);
+        if shmem > 48 << 10 {
+            // Dynamic shared memory past 48 KB must be opted into per kernel.
+            let r = unsafe { sys::cuFuncSetAttribute(f.cu_function(), sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shmem as i32) }.result();
+            if let Err(e) = r {
+                panic!("{}", CudaError::Driver { what: format!("allowing {shmem} bytes of shared memory for kernel {name}"), msg: format!("{e:?}") });
+            }
+        }
         let mut ptrs: Vec<*mut c_void> = self.0.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
         // SAFETY: the argument list matches the kernel's parameters (each call site mirrors its
         // kernel's signature); pointers are live device buffers on this stream.

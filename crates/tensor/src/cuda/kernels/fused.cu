@@ -96,10 +96,54 @@ template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Ac
         row[j] = st<T>(r);
     }
 }
+// ce_fused_k with the row kept in shared memory (dynamic, ldx elements: 100 KB for a bf16 row of
+// GPT-2's padded 50304-way head, two blocks per SM): the logits are read from global memory once,
+// not twice — the second pass (the gradient) reads shared memory. ldx·sizeof(T) must be a multiple
+// of 16 and x 16-byte aligned (the host checks); same arithmetic as ce_fused_k, element for element
+// except for which thread sums which logits.
+template <typename T> __device__ void ce_fused_sm_k(T* x, const int* t, typename Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) {
+    typedef typename Acc<T>::t A;
+    const u32 VW = 16 / sizeof(T);
+    extern __shared__ __align__(16) unsigned char ce_sm_raw[];
+    Pack<T>* sm = (Pack<T>*)ce_sm_raw;
+    Pack<T>* row = (Pack<T>*)(x + (u64)blockIdx.x * ldx);
+    u32 np = ldx / VW;
+    A mt = -1.0 / 0.0, st_ = 0;
+    for (u32 p = threadIdx.x; p < np; p += blockDim.x) {
+        Pack<T> pk = row[p];
+        sm[p] = pk;
+        u32 n = p * VW + VW <= v ? VW : (p * VW < v ? v - p * VW : 0);
+        if (n == 0) continue;
+        A a[16 / sizeof(T)];
+#pragma unroll
+        for (u32 e = 0; e < VW; ++e) a[e] = (A)ld(pk.v[e]);
+        online_add<A>(mt, st_, a, n);
+    }
+    A m = block_max<A>(mt);
+    A s = block_sum<A>(mt == m ? st_ : st_ * m_exp(mt - m));
+    A l = m + m_log(s);
+    int ti = t[blockIdx.x];
+    // block_sum's barriers made every thread's shared-memory stores visible.
+    A xt = ti < 0 ? (A)0 : (A)ld(((const T*)sm)[ti]);
+    if (threadIdx.x == 0) loss[blockIdx.x] = ti < 0 ? (A)0 : l - xt;
+    if (!grad) return;
+    A sc = (A)*scale;
+    for (u32 p = threadIdx.x; p < np; p += blockDim.x) {
+        Pack<T> pk = sm[p];
+#pragma unroll
+        for (u32 e = 0; e < VW; ++e) {
+            u32 j = p * VW + e;
+            A r = (ti < 0 || j >= v) ? (A)0 : (m_exp((A)ld(pk.v[e]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
+            pk.v[e] = st<T>(r);
+        }
+        row[p] = pk;
+    }
+}
 #define CE(T, N) \
 extern "C" __global__ void ce_fwd_##N(const T* x, const int* t, Acc<T>::t* lse, Acc<T>::t* loss, u32 v) { ce_fwd_k<T>(x, t, lse, loss, v); } \
 extern "C" __global__ void ce_bwd_##N(const T* x, const int* t, const Acc<T>::t* lse, T* d, u32 v, double scale) { ce_bwd_k<T>(x, t, lse, d, v, scale); } \
-extern "C" __global__ void ce_fused_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) { ce_fused_k<T>(x, t, loss, v, ldx, scale, grad); }
+extern "C" __global__ void ce_fused_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) { ce_fused_k<T>(x, t, loss, v, ldx, scale, grad); } \
+extern "C" __global__ void ce_fused_sm_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) { ce_fused_sm_k<T>(x, t, loss, v, ldx, scale, grad); }
 CE(float, f32)
 CE(double, f64)
 CE(bf16, bf16)
