@@ -306,15 +306,15 @@ fn fused_classifier_bf16_matches_cpu() {
     assert!((l32 - l_cpu).abs() <= 1e-5 * l_cpu.abs(), "f32 loss {l32} vs {l_cpu}");
     close("classifier dx f32", &dx32, &dx_cpu, 1e-5);
     close("classifier dw f32", &dw32, &dw_cpu, 1e-5);
-    // The row-in-shared-memory kernel (the default) against its two-pass twin, bf16: the same
-    // arithmetic but for which thread sums which logits, so the loss agrees to f32 rounding and
-    // the bf16 gradients to a last-bit rounding here and there.
-    fmlab_tensor::classifier_rows_in_shared_memory(false);
-    let (l2, dx2, dw2) = run(&x.to_dtype(DType::BF16).to_device(g), &w.to_dtype(DType::BF16).to_device(g), true);
+    // The row-in-shared-memory kernel (an opt-in experiment) against the default two-pass one,
+    // bf16: the same arithmetic but for which thread sums which logits, so the loss agrees to f32
+    // rounding and the bf16 gradients to a last-bit rounding here and there.
     fmlab_tensor::classifier_rows_in_shared_memory(true);
-    assert!((l2 - l_gpu).abs() <= 1e-6 * l_gpu.abs(), "two-pass loss {l2} vs {l_gpu}");
-    close("classifier dx, two-pass twin", &dx_gpu.to_dtype(DType::F32), &dx2.to_dtype(DType::F32), 5e-3);
-    close("classifier dw, two-pass twin", &dw_gpu.to_dtype(DType::F32), &dw2.to_dtype(DType::F32), 5e-3);
+    let (l2, dx2, dw2) = run(&x.to_dtype(DType::BF16).to_device(g), &w.to_dtype(DType::BF16).to_device(g), true);
+    fmlab_tensor::classifier_rows_in_shared_memory(false);
+    assert!((l2 - l_gpu).abs() <= 1e-6 * l_gpu.abs(), "shared-memory loss {l2} vs {l_gpu}");
+    close("classifier dx, rows in shared memory", &dx2.to_dtype(DType::F32), &dx_gpu.to_dtype(DType::F32), 5e-3);
+    close("classifier dw, rows in shared memory", &dw2.to_dtype(DType::F32), &dw_gpu.to_dtype(DType::F32), 5e-3);
 }
 
 /// `linear` (bias in cuBLASLt epilogues on the GPU) against the CPU's matmul + add, forward and
