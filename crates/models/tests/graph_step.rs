@@ -48,7 +48,7 @@ fn build(fx: &HashMap<String, Tensor>, dtype: DType) -> (Gpt2, AdamW, Vec<Tensor
 fn batch(i: u64) -> (Tensor, Tensor) {
     let mut r = Rng::new(100 + i);
     let x: Vec<i32> = (0..32).map(|_| r.below(96) as i32).collect();
-    let y: Vec<i32> = (0..32).map(|j| if (j + i as usize) % 7 == 0 { -100 } else { r.below(96) as i32 }).collect();
+    let y: Vec<i32> = (0..32).map(|j| if (j + i as usize).is_multiple_of(7) { -100 } else { r.below(96) as i32 }).collect();
     (Tensor::from_vec(x, &[2, 16]), Tensor::from_vec(y, &[2, 16]))
 }
 

@@ -104,3 +104,31 @@ fn check_ids(t: &Tensor, r: &IdRange) -> Result<(), NnError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AdamWConfig, AdamW};
+
+    #[test]
+    fn capture_on_the_cpu_is_a_clear_error() {
+        let w = Tensor::new_var(&Tensor::from_vec(vec![1.0f32, 2.0], &[2]));
+        let mut opt = AdamW::new(vec![("w".into(), w.clone())], AdamWConfig::default(), |_, _| false);
+        let x = Tensor::from_vec(vec![0i32, 1], &[2]);
+        let r = GraphStep::capture(&mut opt, &[x], &[IdRange { name: "ids", bound: 2, ignore: None }], 1.0, |_| w.sum_all());
+        let e = r.err().expect("no GPU: an error").to_string();
+        assert!(e.contains("needs the parameters on a GPU") && e.contains("cpu"), "{e}");
+    }
+
+    #[test]
+    fn ids_are_checked_against_their_range_and_dtype() {
+        let r = IdRange { name: "targets", bound: 10, ignore: Some(-100) };
+        assert!(check_ids(&Tensor::from_vec(vec![0i32, 9, -100], &[3]), &r).is_ok());
+        let e = check_ids(&Tensor::from_vec(vec![0i32, 10], &[2]), &r).unwrap_err().to_string();
+        assert!(e.contains("targets") && e.contains("id 10 at position 1") && e.contains("0..10"), "{e}");
+        let e = check_ids(&Tensor::from_vec(vec![-1i32], &[1]), &r).unwrap_err().to_string();
+        assert!(e.contains("id -1 at position 0"), "{e}");
+        let e = check_ids(&Tensor::from_vec(vec![1.0f32], &[1]), &r).unwrap_err().to_string();
+        assert!(e.contains("must be i32"), "{e}");
+    }
+}

@@ -141,7 +141,7 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
         // 9.99 vs 8.53 ms: two 100 KB blocks per SM keep too few loads in flight), kept as an
         // opt-in experiment with its bench row and test.
         let bytes = ld * logits.dtype().size_in_bytes();
-        let smem = bytes % 16 == 0 && xs.ptr % 16 == 0 && bytes <= xs.dev.smem_optin && ce_smem_enabled();
+        let smem = bytes.is_multiple_of(16) && xs.ptr.is_multiple_of(16) && bytes <= xs.dev.smem_optin && ce_smem_enabled();
         let (kernel, shmem) = if smem { ("ce_fused_sm", bytes as u32) } else { ("ce_fused", 0) };
         Args::new()
             .push(xs.ptr)

@@ -36,7 +36,31 @@ pub struct MemStats {
     pub flushes: u64,
 }
 
-pub(crate) struct Pool {
+/// Where blocks come from: the CUDA driver, or (in the unit tests below) a fake that hands out
+/// addresses, so the pool's bookkeeping is tested without a GPU.
+pub(crate) trait Source {
+    fn malloc(&mut self, size: usize) -> Option<u64>;
+    fn free(&mut self, p: u64, size: usize);
+    /// (free, total) bytes on the device, for the out-of-memory error.
+    fn mem_info(&self) -> (usize, usize);
+}
+
+pub(crate) struct Driver;
+
+impl Source for Driver {
+    fn malloc(&mut self, size: usize) -> Option<u64> {
+        unsafe { drv::malloc_sync(size) }.ok()
+    }
+    fn free(&mut self, p: u64, _size: usize) {
+        let _ = unsafe { drv::free_sync(p) };
+    }
+    fn mem_info(&self) -> (usize, usize) {
+        drv::mem_get_info().unwrap_or((0, 0))
+    }
+}
+
+pub(crate) struct Pool<S: Source = Driver> {
+    src: S,
     device: usize,
     free: HashMap<usize, Vec<u64>>,
     stats: MemStats,
@@ -58,7 +82,13 @@ pub(crate) fn rounded(bytes: usize) -> usize {
 
 impl Pool {
     pub fn new(device: usize) -> Pool {
-        Pool { device, free: HashMap::new(), stats: MemStats::default(), capturing: None, owner: HashMap::new(), private: HashMap::new() }
+        Pool::with_source(device, Driver)
+    }
+}
+
+impl<S: Source> Pool<S> {
+    pub fn with_source(device: usize, src: S) -> Pool<S> {
+        Pool { src, device, free: HashMap::new(), stats: MemStats::default(), capturing: None, owner: HashMap::new(), private: HashMap::new() }
     }
 
     pub fn stats(&self) -> MemStats {
@@ -104,13 +134,13 @@ impl Pool {
         let p = match cached {
             Some(p) => p,
             None => {
-                let p = match unsafe { drv::malloc_sync(size) } {
-                    Ok(p) => p,
-                    Err(_) => {
+                let p = match self.src.malloc(size) {
+                    Some(p) => p,
+                    None => {
                         self.release_cached();
                         self.stats.flushes += 1;
-                        unsafe { drv::malloc_sync(size) }.map_err(|_| {
-                            let (free, total) = drv::mem_get_info().unwrap_or((0, 0));
+                        self.src.malloc(size).ok_or_else(|| {
+                            let (free, total) = self.src.mem_info();
                             CudaError::OutOfMemory { device: self.device, requested: bytes, allocated: self.stats.allocated, reserved: self.stats.reserved, free, total }
                         })?
                     }
@@ -150,9 +180,116 @@ impl Pool {
     pub fn release_cached(&mut self) {
         for (size, v) in self.free.drain() {
             for p in v {
-                let _ = unsafe { drv::free_sync(p) };
+                self.src.free(p, size);
                 self.stats.reserved -= size;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Addresses from a counter, with an optional limit on bytes held.
+    struct Fake {
+        next: u64,
+        held: usize,
+        limit: usize,
+    }
+
+    impl Source for Fake {
+        fn malloc(&mut self, size: usize) -> Option<u64> {
+            if self.held + size > self.limit {
+                return None;
+            }
+            self.held += size;
+            self.next += 1 << 32;
+            Some(self.next)
+        }
+        fn free(&mut self, _p: u64, size: usize) {
+            self.held -= size;
+        }
+        fn mem_info(&self) -> (usize, usize) {
+            (self.limit - self.held, self.limit)
+        }
+    }
+
+    fn pool(limit: usize) -> Pool<Fake> {
+        Pool::with_source(0, Fake { next: 0, held: 0, limit })
+    }
+
+    #[test]
+    fn freed_blocks_are_reused_by_size() {
+        let mut p = pool(usize::MAX);
+        let (a, sa) = p.alloc(1000).unwrap();
+        assert_eq!(sa, 1024, "rounded to 512 B below 1 MiB");
+        p.free(a, sa);
+        assert_eq!(p.alloc(600).unwrap().0, a, "same rounded size: the cached block");
+        assert_eq!(p.stats().driver_allocs, 1);
+        let (_, big) = p.alloc(3 << 20).unwrap();
+        assert_eq!(big, 4 << 20, "rounded to 2 MiB above 1 MiB");
+    }
+
+    #[test]
+    fn a_graph_keeps_its_blocks_until_it_is_released() {
+        let mut p = pool(usize::MAX);
+        // Before capture: a cached block, and a live one the capture will free.
+        let (idle, s) = p.alloc(1024).unwrap();
+        let (pre, _) = p.alloc(1024).unwrap();
+        p.free(idle, s);
+        p.begin_capture(7);
+        let (inside, _) = p.alloc(1024).unwrap();
+        assert_eq!(inside, idle, "an idle shared block is taken into the graph");
+        p.free(pre, 1024); // freed during capture: a captured kernel may still read it
+        let (again, _) = p.alloc(1024).unwrap();
+        assert_eq!(again, pre, "within the capture, the graph reuses its own freed blocks");
+        p.free(inside, 1024);
+        p.free(again, 1024);
+        assert_eq!(p.end_capture(), Some(7));
+        // Between replays: nothing the graph uses is handed out, and it stays counted in use.
+        assert_eq!(p.stats().allocated, 2048, "the graph's two blocks count as in use");
+        let (outside, _) = p.alloc(1024).unwrap();
+        assert!(outside != idle && outside != pre, "a new block, not one the graph replays on");
+        p.free(outside, 1024);
+        assert_eq!(p.stats().allocated, 2048);
+        // Released: its blocks join the shared cache.
+        p.release_graph(7);
+        assert_eq!(p.stats().allocated, 0);
+        let mut got: Vec<u64> = (0..3).map(|_| p.alloc(1024).unwrap().0).collect();
+        got.sort();
+        let mut want = vec![idle, pre, outside];
+        want.sort();
+        assert_eq!(got, want, "all three cached blocks reused, no new driver allocation");
+        assert_eq!(p.stats().driver_allocs, 3);
+    }
+
+    #[test]
+    fn a_tensor_outliving_its_graph_frees_into_the_shared_cache() {
+        let mut p = pool(usize::MAX);
+        p.begin_capture(1);
+        let (out, s) = p.alloc(4096).unwrap(); // e.g. the captured step's loss
+        p.end_capture();
+        p.release_graph(1);
+        assert_eq!(p.stats().allocated, s);
+        p.free(out, s);
+        assert_eq!(p.stats().allocated, 0);
+        assert_eq!(p.alloc(4096).unwrap().0, out, "back in the shared cache");
+    }
+
+    #[test]
+    fn out_of_memory_flushes_the_cache_then_reports_the_numbers() {
+        let mut p = pool(5 << 20);
+        let (a, sa) = p.alloc(2 << 20).unwrap();
+        p.free(a, sa); // cached: 2 MiB held by the pool, not in use
+        let (_b, _) = p.alloc(4 << 20).unwrap();
+        assert_eq!(p.stats().flushes, 1, "the cached block was returned to make room");
+        assert_eq!(p.stats().reserved, 4 << 20);
+        match p.alloc(2 << 20) {
+            Err(CudaError::OutOfMemory { requested, allocated, reserved, free, total, .. }) => {
+                assert_eq!((requested, allocated, reserved, free, total), (2 << 20, 4 << 20, 4 << 20, 1 << 20, 5 << 20));
+            }
+            other => panic!("expected out of memory, got {other:?}"),
         }
     }
 }
