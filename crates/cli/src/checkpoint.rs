@@ -136,6 +136,14 @@ pub fn load_model(dir: &Path, meta: &Meta) -> Result<(Gpt2, VarBuilder)> {
     Ok((m, vb))
 }
 
+/// `load_model` for inference on `device`, computing in `precision` (weights stay f32).
+pub fn load_model_on(dir: &Path, meta: &Meta, device: fmlab_tensor::Device, precision: DType) -> Result<Gpt2> {
+    let (mut model, vb) = load_model(dir, meta)?;
+    vb.to_device(device);
+    model.compute_dtype = precision;
+    Ok(model)
+}
+
 /// Restores AdamW moments and step count.
 pub fn load_optimizer(dir: &Path, opt: &mut AdamW) -> Result<()> {
     let p = dir.join("optim.safetensors");

@@ -139,6 +139,10 @@ fn bad_inputs_are_clear_errors() {
     std::fs::write(ck.join("model.safetensors"), &model[..model.len() / 2]).unwrap();
     fails_with(bin().args(["eval", "--data"]).arg(&c).arg("--checkpoint").arg(&run), "model.safetensors");
     std::fs::write(ck.join("model.safetensors"), &model).unwrap();
+    // A GPU that is not there (no driver here; past the last GPU on a GPU machine).
+    fails_with(bin().args(["eval", "--device", "cuda:99", "--data"]).arg(&c).arg("--checkpoint").arg(&run), "--device cuda:99");
+    fails_with(bin().args(["sample", "--device", "cuda:99", "--checkpoint"]).arg(&run), "--device cuda:99");
+    fails_with(bin().args(["sample", "--precision", "fp8", "--checkpoint"]).arg(&run), "--precision fp8");
     let meta = std::fs::read_to_string(ck.join("meta.json")).unwrap();
     std::fs::write(ck.join("meta.json"), meta.replace("\"n_embd\": 64", "\"n_embd\": 32")).unwrap();
     fails_with(bin().args(["sample", "--checkpoint"]).arg(&run), "has shape");

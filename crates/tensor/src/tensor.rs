@@ -397,7 +397,6 @@ impl Tensor {
         T::slice(&s).unwrap().to_vec()
     }
 
-    /// Index values of an i32/u32 tensor on any device, range-checked against `bound`.
     /// Inside a CUDA-graph capture, indices that are already on the GPU of `src` are used where
     /// they are: the host cannot read them there (nothing has run yet), so they are not
     /// range-checked here — a graph's per-step inputs are checked on the host when they are
@@ -411,6 +410,7 @@ impl Tensor {
         Some(self.contiguous())
     }
 
+    /// Index values of an i32/u32 tensor on any device, range-checked against `bound`.
     fn host_indices(&self, bound: usize, what: &str) -> Vec<usize> {
         let h = self.to_host_storage();
         h.to_indices(&Layout::contiguous(self.shape()), bound, what)

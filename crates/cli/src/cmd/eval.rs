@@ -26,13 +26,21 @@ pub struct EvalArgs {
     /// context. Default: seq (non-overlapping windows).
     #[arg(long)]
     stride: Option<usize>,
+    /// auto (a GPU if one starts, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Activations: auto (bf16 mixed precision on a GPU, fp32 on the CPU), fp32 or bf16.
+    #[arg(long, default_value = "auto")]
+    precision: String,
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let dir = checkpoint_dir(&a.checkpoint)?;
     let meta = checkpoint::read_meta(&dir)?;
     let tok = checkpoint::tokenizer_of(&dir, &meta)?;
-    let (model, _) = checkpoint::load_model(&dir, &meta)?;
+    let device = crate::device::resolve(&a.device)?;
+    let precision = crate::device::precision(&a.precision, device)?;
+    let model = checkpoint::load_model_on(&dir, &meta, device, precision)?;
     let seq = a.seq.unwrap_or(meta.config.model.n_ctx);
     if seq == 0 || seq > meta.config.model.n_ctx {
         bail!("--seq {seq}: must be in 1..={}", meta.config.model.n_ctx);
@@ -84,7 +92,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
     // their literal text; they are a handful).
     let bytes = tok.decode_bytes(&predicted)?.len();
     let loss = nats / n as f64;
-    println!("tokens evaluated  {n} (windows of {seq}, stride {stride})");
+    println!("tokens evaluated  {n} (windows of {seq}, stride {stride}; {device}, {})", crate::device::precision_name(precision));
     println!("loss (nats/token) {loss:.4}");
     println!("perplexity        {:.3}", loss.exp());
     println!("bits per byte     {:.4}", nats / std::f64::consts::LN_2 / bytes as f64);
@@ -96,6 +104,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             "data": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(), "seq": seq, "stride": stride,
             "tokens": n, "loss": loss, "perplexity": loss.exp(), "bits_per_byte": nats / std::f64::consts::LN_2 / bytes as f64,
             "checkpoint_step": meta.step, "git_commit": crate::checkpoint::git_commit(),
+            "device": device.to_string(), "precision": crate::device::precision_name(precision),
         });
         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(run.join("evals.jsonl"))?;
         writeln!(f, "{rec}")?;

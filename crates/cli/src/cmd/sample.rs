@@ -31,6 +31,12 @@ pub struct SampleArgs {
     /// Number of samples.
     #[arg(long, default_value_t = 1)]
     num: usize,
+    /// auto (a GPU if one starts, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Activations: auto (bf16 mixed precision on a GPU, fp32 on the CPU), fp32 or bf16.
+    #[arg(long, default_value = "auto")]
+    precision: String,
 }
 
 pub fn checkpoint_dir(p: &std::path::Path) -> Result<PathBuf> {
@@ -48,7 +54,8 @@ pub fn run(a: SampleArgs) -> Result<()> {
     let dir = checkpoint_dir(&a.checkpoint)?;
     let meta = checkpoint::read_meta(&dir)?;
     let tok = checkpoint::tokenizer_of(&dir, &meta)?;
-    let (model, _) = checkpoint::load_model(&dir, &meta)?;
+    let device = crate::device::resolve(&a.device)?;
+    let model = checkpoint::load_model_on(&dir, &meta, device, crate::device::precision(&a.precision, device)?)?;
     let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
     let mut rng = Rng::new(a.seed);
     let mut out = std::io::stdout().lock();
