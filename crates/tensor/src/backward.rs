@@ -314,14 +314,14 @@ fn pad_narrow_cuda(g: &Tensor, shape: &[usize], dim: usize, start: usize) -> Ten
     out
 }
 
-/// Copies `g` into the slice of the contiguous CUDA tensor `buf` that starts at `start` along
-/// `dim` (in place: `buf` is a gradient buffer that backward allocated and nothing else holds).
 /// The layout of `narrow(dim, start)` (of shape `sub`) of a contiguous tensor of `shape`.
 fn narrow_layout(shape: &[usize], dim: usize, start: usize, sub: &[usize]) -> crate::Layout {
     let strides = crate::layout::contiguous_strides(shape);
     crate::Layout { shape: sub.to_vec(), offset: start * strides[dim], strides }
 }
 
+/// Copies `g` into the slice of the contiguous CUDA tensor `buf` that starts at `start` along
+/// `dim` (in place: `buf` is a gradient buffer that backward allocated and nothing else holds).
 fn write_slice_cuda(g: &Tensor, buf: &Tensor, dim: usize, start: usize) {
     use crate::tensor::Storage;
     if g.numel() == 0 {
