@@ -6,7 +6,7 @@ On CUDA it is the strong baseline the issue names: bf16 autocast (fp32 master we
 attention (flash), fused AdamW; --compile adds torch.compile. Peak memory is
 torch.cuda.max_memory_allocated over the timed steps.
 
-usage: python3 tools/bench_gpt2_torch.py --preset gpt2-mini --batch 4 --seq 256 --steps 5 [--device cpu|cuda] [--compile]
+usage: python3 tools/bench_gpt2_torch.py --preset gpt2-mini --batch 4 --seq 256 --steps 5 [--device cpu|cuda] [--compile [--compile-mode reduce-overhead]]
 """
 import argparse, time
 import torch
@@ -21,6 +21,9 @@ ap.add_argument("--steps", type=int, default=5)
 ap.add_argument("--warmup", type=int, default=1)
 ap.add_argument("--device", default="cpu")
 ap.add_argument("--compile", action="store_true")
+# torch.compile's mode: "default", or "reduce-overhead" (CUDA graphs for the compiled forward and
+# backward; the optimizer step stays eager) — the comparison for fmlab's own whole-step graphs.
+ap.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
 a = ap.parse_args()
 d, l, h, ctx = PRESETS[a.preset]
 cfg = GPT2Config(vocab_size=50257, n_positions=ctx, n_embd=d, n_layer=l, n_head=h, resid_pdrop=0.0,
@@ -31,7 +34,7 @@ model.train()
 decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
 rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
 opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}], lr=1e-4, betas=(0.9, 0.95), **({"fused": True} if cuda else {}))
-fwd = torch.compile(model) if a.compile else model
+fwd = torch.compile(model, mode=a.compile_mode) if a.compile else model
 
 def step():
     x = torch.randint(0, 50257, (a.batch, a.seq), device=a.device)
@@ -62,5 +65,5 @@ for i in range(a.warmup + a.steps):
 times.sort()
 med = times[len(times) // 2]
 peak = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if cuda else ""
-mode = ("compile " if a.compile else "eager ") + ("bf16-autocast" if cuda else "fp32")
+mode = ((f"compile-{a.compile_mode} " if a.compile_mode != "default" else "compile ") if a.compile else "eager ") + ("bf16-autocast" if cuda else "fp32")
 print(f"torch  preset {a.preset} {mode} B={a.batch} T={a.seq} threads={torch.get_num_threads()}: step median {med*1e3:.1f} ms (min {times[0]*1e3:.1f}), {a.batch*a.seq/med:.0f} tok/s{peak}, loss {loss.item():.3f} (torch {torch.__version__})")
