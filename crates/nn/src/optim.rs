@@ -78,13 +78,19 @@ impl AdamW {
         (self.cfg.lr / bc1, bc2.sqrt(), self.cfg.lr * self.cfg.weight_decay)
     }
 
+    /// The update's fixed f32 constants (1 − β1, β2, 1 − β2, eps), formed in f64 and rounded once
+    /// to f32, as PyTorch does with Python floats.
+    fn constants(&self) -> (f32, f32, f32, f32) {
+        ((1.0 - self.cfg.beta1) as f32, self.cfg.beta2 as f32, (1.0 - self.cfg.beta2) as f32, self.cfg.eps as f32)
+    }
+
     /// One update of every parameter that has a gradient (one fused kernel per f32 parameter, on
     /// its device: `fmlab_tensor::adamw_update`).
     pub fn step(&mut self) {
         self.step += 1;
         let (step_size, bc2_sqrt, lr_wd) = self.scalars();
         // Scalars are formed in f64 and rounded once to f32, as PyTorch does with Python floats.
-        let (one_m_b1, b2, one_m_b2, eps) = ((1.0 - self.cfg.beta1) as f32, self.cfg.beta2 as f32, (1.0 - self.cfg.beta2) as f32, self.cfg.eps as f32);
+        let (one_m_b1, b2, one_m_b2, eps) = self.constants();
         let (step_size, bc2_sqrt) = (step_size as f32, bc2_sqrt as f32);
         let mut fused: Vec<(&Param, Tensor)> = Vec::new();
         for p in &self.params {
@@ -123,7 +129,7 @@ impl AdamW {
     /// coefficient from `fmlab_tensor::clip_coef`). f32 parameters only.
     pub fn update_on_device(&self, coef: &Tensor) {
         let hyper = self.hyper.as_ref().expect("AdamW::update_on_device: call device_scalars (or prepare_device_step) first");
-        let (one_m_b1, b2, one_m_b2, eps) = ((1.0 - self.cfg.beta1) as f32, self.cfg.beta2 as f32, (1.0 - self.cfg.beta2) as f32, self.cfg.eps as f32);
+        let (one_m_b1, b2, one_m_b2, eps) = self.constants();
         let grads: Vec<(&Param, Tensor)> = self.params.iter().filter_map(|p| p.var.grad().map(|g| (p, g))).collect();
         for (p, _) in &grads {
             assert_eq!(p.var.dtype(), DType::F32, "AdamW::update_on_device: parameter {} is {}, not f32", p.name, p.var.dtype());

@@ -410,6 +410,15 @@ impl Tensor {
         Some(self.contiguous())
     }
 
+    /// The indices of a lookup into `src` along `dim`: checked host values, or (inside a CUDA-graph
+    /// capture) the device tensor itself, with no host values.
+    fn lookup_indices(&self, src: &Tensor, dim: usize, what: &str) -> (Vec<usize>, Option<Tensor>) {
+        match self.captured_indices(src) {
+            Some(t) => (Vec::new(), Some(t)),
+            None => (self.host_indices(src.dim(dim), what), None),
+        }
+    }
+
     /// Index values of an i32/u32 tensor on any device, range-checked against `bound`.
     fn host_indices(&self, bound: usize, what: &str) -> Vec<usize> {
         let h = self.to_host_storage();
@@ -762,12 +771,8 @@ impl Tensor {
     /// `out[.., i, ..] = self[.., ids[i], ..]` along `dim` (ids: 1-D i32/u32). Embedding lookup.
     pub fn index_select(&self, ids: &Tensor, dim: usize) -> Tensor {
         assert_eq!(ids.rank(), 1, "index_select: ids must be 1-D, got {:?}", ids.shape());
-        let on_dev = ids.captured_indices(self);
-        let idx = if on_dev.is_some() { Vec::new() } else { ids.host_indices(self.dim(dim), "index_select") };
-        let cids = match &on_dev {
-            Some(t) => Ids::Device(crate::fused::cuda_ptr(t), t.numel()),
-            None => Ids::Host(&idx),
-        };
+        let (idx, on_dev) = ids.lookup_indices(self, dim, "index_select");
+        let cids = Ids::of(&idx, on_dev.as_ref());
         let s = self.map_storage(|s, l| s.index_select(l, &idx, dim), |s, l| s.index_select(l, &cids, dim));
         let mut shape = self.shape().to_vec();
         shape[dim] = ids.numel();
@@ -779,12 +784,8 @@ impl Tensor {
         let mut want = self.shape().to_vec();
         want[dim] = ids.numel();
         assert_eq!(src.shape(), &want[..], "index_add: source {:?} for base {:?} and {} ids", src.shape(), self.shape(), ids.numel());
-        let on_dev = ids.captured_indices(self);
-        let idx = if on_dev.is_some() { Vec::new() } else { ids.host_indices(self.dim(dim), "index_add") };
-        let cids = match &on_dev {
-            Some(t) => Ids::Device(crate::fused::cuda_ptr(t), t.numel()),
-            None => Ids::Host(&idx),
-        };
+        let (idx, on_dev) = ids.lookup_indices(self, dim, "index_add");
+        let cids = Ids::of(&idx, on_dev.as_ref());
         let base = self.contiguous_storage();
         let s = {
             let ss = src.0.storage.read().unwrap();

@@ -197,6 +197,14 @@ pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize) -
 
 /// The first variable (or its gradient) holding a NaN/inf, for the error message; if all are
 /// finite, the activations overflowed, and the largest parameter says where to look.
+/// The error that stops training at a non-finite loss: the step, the first non-finite tensor,
+/// and whether a checkpoint is there to resume from.
+fn non_finite_loss(l: f64, step: u64, run_dir: &std::path::Path, vars: &[(String, Tensor)]) -> anyhow::Error {
+    let ck = run_dir.join("checkpoint");
+    let saved = if ck.is_dir() { format!("the last checkpoint ({}) is intact", ck.display()) } else { "no checkpoint was written yet".into() };
+    anyhow::anyhow!("non-finite loss ({l}) at step {step}; first non-finite tensor: {}; {saved}", first_non_finite(vars))
+}
+
 fn first_non_finite(vars: &[(String, Tensor)]) -> String {
     let mut largest = (0.0f64, "");
     for (n, v) in vars {
@@ -380,23 +388,21 @@ fn train_gpt(a: GptArgs) -> Result<()> {
             g.step(&mut opt, &[x, y])?;
             loss_sum = g.loss();
             if !loss_sum.is_finite() {
-                let ck = run_dir.join("checkpoint");
-                let saved = if ck.is_dir() { format!("the last checkpoint ({}) is intact", ck.display()) } else { "no checkpoint was written yet".into() };
-                bail!("non-finite loss ({loss_sum}) at step {step}; first non-finite tensor: {}; {saved}", first_non_finite(&vars));
+                return Err(non_finite_loss(loss_sum, step, &run_dir, &vars));
             }
             graph_norm = Some(g.norm());
         }
         first = false;
-        for _ in 0..if graph_norm.is_some() { 0 } else { cfg.grad_accum } {
+        // Eager micro-batches (none when the graph ran the step).
+        let micro_batches = if graph_norm.is_some() { 0 } else { cfg.grad_accum };
+        for _ in 0..micro_batches {
             let (x, y) = sampler.batch(&corpus.train, cfg.batch, cfg.seq);
             // Token ids stay on the host: the embedding lookup range-checks them there and
             // uploads them once (moving them first would cost a download to check them).
             let loss = model.loss(&x, &y, Some(&mut drop_rng));
             let l = loss.item();
             if !l.is_finite() {
-                let ck = run_dir.join("checkpoint");
-                let saved = if ck.is_dir() { format!("the last checkpoint ({}) is intact", ck.display()) } else { "no checkpoint was written yet".into() };
-                bail!("non-finite loss ({l}) at step {step}; first non-finite tensor: {}; {saved}", first_non_finite(&vars));
+                return Err(non_finite_loss(l, step, &run_dir, &vars));
             }
             loss_sum += l;
             loss.scale(1.0 / cfg.grad_accum as f64).backward();

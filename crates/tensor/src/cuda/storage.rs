@@ -39,7 +39,15 @@ pub enum Ids<'a> {
     Device(u64, usize),
 }
 
-impl Ids<'_> {
+impl<'a> Ids<'a> {
+    /// Device indices when there are (a contiguous i32 CUDA tensor), else the host values.
+    pub(crate) fn of(host: &'a [usize], dev: Option<&crate::Tensor>) -> Ids<'a> {
+        match dev {
+            Some(t) => Ids::Device(crate::fused::cuda_ptr(t), t.numel()),
+            None => Ids::Host(host),
+        }
+    }
+
     fn len(&self) -> usize {
         match self {
             Ids::Host(v) => v.len(),
