@@ -438,6 +438,17 @@ impl Tensor {
         Tensor(Arc::new(TensorInner { id: next_id(), storage: self.0.storage.clone(), layout: self.0.layout.clone(), dtype: self.0.dtype, op: None, is_var: false, grad: Mutex::new(None) }))
     }
 
+    /// Marks this CUDA tensor's buffer as used by work on `stream` (one other than the stream it
+    /// was made on): when the buffer is freed, it is not handed out again until the work
+    /// enqueued on `stream` by then is done (cuda/stream.rs). Needed whenever a tensor made on one
+    /// stream is read or written on another and may be dropped before that work finishes.
+    pub fn record_stream(&self, stream: &crate::cuda::Stream) {
+        self.with_storage(|s| match s {
+            Storage::Cuda(c) => c.record_stream(stream),
+            s => panic!("record_stream: the tensor is on {}, not a CUDA device", s.device()),
+        })
+    }
+
     /// Copies `src`'s values into this tensor's own buffer (same shape and dtype; a contiguous
     /// tensor that is its buffer's only view), keeping the buffer's address: a CUDA graph that
     /// reads this tensor sees the new values on its next replay (graph inputs, per-step scalars).

@@ -178,11 +178,19 @@ fn bench_train(a: TrainBench) -> Result<()> {
     let warmup = if use_graph { a.warmup.max(2) } else { a.warmup };
     let ranges = [IdRange { name: "input ids", bound: cfg.vocab_size, ignore: None }, IdRange { name: "targets", bound: cfg.vocab_size, ignore: Some(-100) }];
     let mut graph: Option<GraphStep> = None;
-    let (mut times, mut host) = (Vec::new(), Vec::new());
+    let (mut times, mut host, mut gpu) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_loss = 0.0;
+    // The step's span on the GPU: an event before its work and one after it, recorded before the
+    // loss is read back (cuda/stream.rs). It starts when the host starts the step (the stream is
+    // idle then), so it includes the GPU's wait for the first launches, not the read-back.
+    let stream = match device {
+        fmlab_tensor::Device::Cuda(d) => Some(fmlab_tensor::cuda::device(d)?.current_stream()),
+        _ => None,
+    };
     for i in 0..warmup + a.steps {
         let (x, y) = (ids(), ids());
         let t = Instant::now();
+        let ev0 = stream.as_ref().map(|s| s.record()).transpose()?;
         if i == warmup {
             if let fmlab_tensor::Device::Cuda(d) = device {
                 fmlab_tensor::cuda::device(d)?.reset_peak();
@@ -191,7 +199,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
         if i == warmup {
             fmlab_tensor::cuda::profile::reset();
         }
-        let enqueue;
+        let (enqueue, ev1);
         if use_graph && i >= 1 {
             if graph.is_none() {
                 graph = Some(GraphStep::capture(&mut opt, &[x.clone(), y.clone()], &ranges, 1.0, |inp| model.loss(&inp[0], &inp[1], None))?);
@@ -200,6 +208,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
             g.step(&mut opt, &[x, y])?;
             // The whole step is one graph launch (plus the batch's upload).
             enqueue = t.elapsed().as_secs_f64();
+            ev1 = stream.as_ref().map(|s| s.record()).transpose()?;
             last_loss = g.loss();
         } else {
             let loss = model.loss(&x, &y, None); // ids stay on the host (see train.rs)
@@ -210,13 +219,19 @@ fn bench_train(a: TrainBench) -> Result<()> {
             clip_grad_norm(&vt, 1.0);
             opt.step();
             opt.zero_grad();
+            ev1 = stream.as_ref().map(|s| s.record()).transpose()?;
             last_loss = loss.item();
         }
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
             host.push(enqueue);
+            if let (Some(e0), Some(e1)) = (&ev0, &ev1) {
+                gpu.push(e0.elapsed_ms(e1)? as f64 * 1e-3);
+            }
         }
     }
+    gpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let gpu_median = gpu.get(gpu.len() / 2).copied();
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     host.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let median = times[times.len() / 2];
@@ -230,10 +245,10 @@ fn bench_train(a: TrainBench) -> Result<()> {
     crate::ledger::write_run_info(&dir, "bench train", &cfg_json, 0, device)?;
     let mem = crate::device::mem_json(device);
     let mfu = if device.is_cuda() { Some(cfg.flops_per_token(a.seq) * tokens / median / crate::cmd::train::H100_BF16_PEAK) } else { None };
-    crate::ledger::write_final(&dir, serde_json::json!({"cuda_graph": use_graph, "step_median_s": median, "step_min_s": times[0], "host_enqueue_median_s": host_median, "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;
+    crate::ledger::write_final(&dir, serde_json::json!({"cuda_graph": use_graph, "step_median_s": median, "step_min_s": times[0], "host_enqueue_median_s": host_median, "gpu_step_median_s": gpu_median, "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;
     let peak = mem.get("peak").and_then(|v| v.as_u64()).map(|b| format!(", peak GPU memory {:.2} GiB (in use: live tensors and CUDA-graph memory; reserved {:.2} GiB)", b as f64 / (1u64 << 30) as f64, mem["peak_reserved"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64)).unwrap_or_default();
     println!(
-        "fmlab  preset {} on {device} {}{} B={} T={} threads={}: step median {:.1} ms (min {:.1}; host enqueue {:.1} ms), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula){}{peak}, loss {:.3}",
+        "fmlab  preset {} on {device} {}{} B={} T={} threads={}: step median {:.1} ms (min {:.1}; host enqueue {:.1} ms{}), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula){}{peak}, loss {:.3}",
         a.preset,
         crate::device::precision_name(precision),
         if use_graph { " cuda-graph" } else { "" },
@@ -243,6 +258,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
         median * 1e3,
         times[0] * 1e3,
         host_median * 1e3,
+        gpu_median.map(|g| format!("; GPU span {:.1} ms", g * 1e3)).unwrap_or_default(),
         tokens / median,
         cfg.flops_per_token(a.seq) * tokens / median / 1e9,
         mfu.map(|m| format!(", MFU {:.1}% of 989 TFLOP/s", m * 100.0)).unwrap_or_default(),
@@ -251,7 +267,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
     let prof = fmlab_tensor::cuda::profile::report();
     if !prof.is_empty() {
         let total: f64 = prof.iter().map(|r| r.2).sum();
-        println!("per-kernel time over {} timed steps (FMLAB_CUDA_PROFILE: synchronized around each launch):", a.steps);
+        println!("per-kernel time over {} timed steps (FMLAB_CUDA_PROFILE: GPU time between events around each launch):", a.steps);
         println!("| kernel | calls/step | ms/step | share |");
         println!("|---|---|---|---|");
         for (k, n, t) in prof.iter().take(60) {

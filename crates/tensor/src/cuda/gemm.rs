@@ -76,7 +76,9 @@ struct Plan {
 
 pub(crate) struct Blas {
     handle: sys::cublasLtHandle_t,
-    ws: u64,
+    /// A workspace per stream (by stream id): GEMMs on two streams may run at once, and must not
+    /// share scratch memory.
+    ws: HashMap<u32, u64>,
     ws_size: usize,
     /// None: no algorithm for that key (only possible with an epilogue; the caller falls back).
     plans: HashMap<Key, Option<Plan>>,
@@ -108,10 +110,20 @@ fn types(d: DType) -> (sys::cudaDataType, sys::cublasComputeType_t, sys::cudaDat
 }
 
 impl Blas {
-    fn new(dev: &CudaDevice) -> Result<Blas, CudaError> {
+    fn new() -> Result<Blas, CudaError> {
         let handle = lt::create_handle().map_err(blas_err("creating the handle"))?;
-        let (ws, ws_size) = dev.pool.lock().unwrap().alloc(WORKSPACE)?;
-        Ok(Blas { handle, ws, ws_size, plans: HashMap::new() })
+        Ok(Blas { handle, ws: HashMap::new(), ws_size: WORKSPACE, plans: HashMap::new() })
+    }
+
+    /// The current stream's workspace (allocated on its first GEMM; kept for the device's life).
+    fn workspace(&mut self, dev: &CudaDevice) -> Result<u64, CudaError> {
+        let sid = dev.current_stream_id();
+        if let Some(&w) = self.ws.get(&sid) {
+            return Ok(w);
+        }
+        let (w, _) = dev.pool.lock().unwrap().alloc(self.ws_size, sid)?;
+        self.ws.insert(sid, w);
+        Ok(w)
     }
 
     fn plan(&mut self, key: Key) -> Result<Option<&Plan>, CudaError> {
@@ -171,9 +183,9 @@ impl Blas {
 pub(crate) fn ensure_blas(dev: &CudaDevice) -> Result<(), CudaError> {
     let mut g = dev.blas.lock().unwrap();
     if g.is_none() {
-        *g = Some(Blas::new(dev)?);
+        *g = Some(Blas::new()?);
     }
-    Ok(())
+    g.as_mut().unwrap().workspace(dev).map(|_| ())
 }
 
 /// Row-major C[batch, M, N] = A[batch, M, K] · B[batch, K, N]; `a`/`b` are the column-major
@@ -201,11 +213,12 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
     let mut g = dev.blas.lock().unwrap();
     let blas = match &mut *g {
         Some(b) => b,
-        None => g.insert(Blas::new(dev)?),
+        None => g.insert(Blas::new()?),
     };
     // Column-major: Cᵀ[N, M] = Bᵀ[N, K] · Aᵀ[K, M].
     let key = Key { epi, dtype, a: b, b: a, m: n as u64, n: m as u64, batch: batch as u64, align: [align_of(pb), align_of(pa), align_of(pc)] };
-    let (handle, ws, ws_size) = (blas.handle, blas.ws, blas.ws_size);
+    let ws = blas.workspace(dev)?;
+    let (handle, ws_size) = (blas.handle, blas.ws_size);
     let Some(plan) = blas.plan(key)? else { return Ok(false) };
     if matches!(epi, Epilogue::Bias | Epilogue::BiasGrad) {
         // The vector's address is per call; the descriptor is only used under this lock.

@@ -62,18 +62,20 @@ impl CudaDevice {
         self.synchronize()?;
         self.bind();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        self.pool.lock().unwrap().begin_capture(id);
+        // Captured on the current stream (stream.rs); replays go to the stream current then.
+        let stream = self.current_stream();
+        self.pool.lock().unwrap().begin_capture(id, stream.id());
         *self.capture_uploads.lock().unwrap() = Some(Vec::new());
         // Relaxed: allocating device or pinned memory inside capture is allowed (it is not
         // recorded; the allocator does it once, at capture time).
-        if let Err(e) = self.stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) {
+        if let Err(e) = stream.inner.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED) {
             drop(Abort(self, false));
             return Err(drv_err("beginning a CUDA-graph capture")(e));
         }
         let mut abort = Abort(self, false);
         let out = f();
         abort.1 = true;
-        let ended = self.stream.end_capture(sys::CUgraphInstantiate_flags(0));
+        let ended = stream.inner.end_capture(sys::CUgraphInstantiate_flags(0));
         self.pool.lock().unwrap().end_capture();
         let pinned = self.capture_uploads.lock().unwrap().take().unwrap_or_default();
         let mut graph = Graph { dev: self.clone(), exec: None, id, pinned };
@@ -105,9 +107,11 @@ impl CudaDevice {
 }
 
 impl Graph {
-    /// Enqueues one run of the captured work on the device's stream (returns at once).
+    /// Enqueues one run of the captured work on the current stream (returns at once).
     pub fn replay(&self) -> Result<(), CudaError> {
-        self.exec.as_ref().expect("an instantiated graph").launch().map_err(drv_err("launching a CUDA graph"))
+        let exec = self.exec.as_ref().expect("an instantiated graph");
+        self.dev.bind();
+        unsafe { drv::graph::launch(exec.cu_graph_exec(), self.dev.cu_stream()) }.map_err(drv_err("launching a CUDA graph"))
     }
 }
 

@@ -1,8 +1,8 @@
 //! The CUDA backend (cudarc 0.19, `dynamic-loading`: the binary builds and runs on machines
 //! without CUDA; the libraries are found at run time by `libs`).
 //!
-//! One `CudaDevice` per GPU, made on first use: a context, one stream (every op is ordered on it,
-//! so buffers can be reused as soon as they are freed), a caching allocator, the kernel modules
+//! One `CudaDevice` per GPU, made on first use: a context, its own stream (where every op goes
+//! unless a thread makes another stream current: stream.rs), a caching allocator, the kernel modules
 //! (NVRTC-compiled from the `.cu` sources under kernels/, cached in-process and on disk), and the
 //! cuBLASLt handle.
 //!
@@ -16,6 +16,7 @@ pub(crate) mod gemm;
 pub mod graph;
 pub mod profile;
 mod staging;
+pub mod stream;
 pub mod libs;
 pub(crate) mod storage;
 
@@ -28,6 +29,7 @@ use cudarc::driver::{result as drv, sys, CudaContext, CudaFunction, CudaModule, 
 
 pub use alloc::MemStats;
 pub use storage::CudaStorage;
+pub use stream::{Event, Stream};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CudaError {
@@ -71,6 +73,8 @@ pub struct CudaDevice {
     pub(crate) smem_optin: usize,
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
+    /// Every stream made on this device, by id (0: `stream`); kept for the device's life.
+    pub(crate) streams: Mutex<Vec<Arc<CudaStream>>>,
     modules: Vec<(&'static str, Arc<CudaModule>)>,
     funcs: Mutex<HashMap<String, CudaFunction>>,
     pub(crate) pool: Mutex<alloc::Pool>,
@@ -132,7 +136,9 @@ impl CudaDevice {
             let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {kname}")))?;
             modules.push((*kname, m));
         }
-        Ok(CudaDevice { ordinal, name, arch, smem_optin, ctx, stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(alloc::Pool::new(ordinal)), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()), capture_uploads: Mutex::new(None) })
+        let mut pool = alloc::Pool::new(ordinal);
+        pool.add_stream(0, stream.cu_stream() as usize);
+        Ok(CudaDevice { ordinal, name, arch, smem_optin, ctx, streams: Mutex::new(vec![stream.clone()]), stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(pool), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()), capture_uploads: Mutex::new(None) })
     }
 
     /// The kernel `name` (from any module).
@@ -150,11 +156,24 @@ impl CudaDevice {
         panic!("no CUDA kernel named `{name}` in fmlab's kernel sources (an op/dtype pair without a kernel)");
     }
 
+    /// Blocks the host until all work on every stream of this device is done.
     pub fn synchronize(&self) -> Result<(), CudaError> {
+        self.refuse_in_capture()?;
+        self.ctx.synchronize().map_err(drv_err("synchronize"))
+    }
+
+    /// Blocks the host until the current stream's work is done (what a read-back needs).
+    pub(crate) fn sync_current(&self) -> Result<(), CudaError> {
+        self.refuse_in_capture()?;
+        self.bind();
+        unsafe { drv::stream::synchronize(self.cu_stream()) }.map_err(drv_err("synchronize"))
+    }
+
+    fn refuse_in_capture(&self) -> Result<(), CudaError> {
         if self.is_capturing() {
             return Err(CudaError::Driver { what: "synchronize".into(), msg: "the stream is being captured into a CUDA graph: nothing has run yet, so nothing can be waited for or read back inside the capture (read results after a replay)".into() });
         }
-        self.stream.synchronize().map_err(drv_err("synchronize"))
+        Ok(())
     }
 
     pub fn mem_stats(&self) -> MemStats {
@@ -175,11 +194,15 @@ impl CudaDevice {
         }
         unsafe { drv::memcpy_htod_async(dst, bytes, self.cu_stream()) }.map_err(drv_err("host-to-device copy"))?;
         // The host slice may be freed as soon as this returns.
-        self.synchronize()
+        self.sync_current()
     }
 
+    /// The calling thread's current stream on this device (stream.rs).
     pub(crate) fn cu_stream(&self) -> sys::CUstream {
-        self.stream.cu_stream()
+        match stream::current(self.ordinal) {
+            Some((_, s)) => s,
+            None => self.stream.cu_stream(),
+        }
     }
 
     pub(crate) fn bind(&self) {
@@ -226,7 +249,7 @@ impl Args {
         }
         if std::env::var_os("FMLAB_CUDA_SYNC").is_some() && !dev.is_capturing() {
             // Debugging aid: surface an asynchronous fault at the launch that caused it.
-            if let Err(e) = dev.stream.synchronize() {
+            if let Err(e) = dev.sync_current() {
                 panic!("{}", CudaError::Driver { what: format!("running kernel {name}"), msg: format!("{e:?}") });
             }
         }

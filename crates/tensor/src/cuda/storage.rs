@@ -17,6 +17,8 @@ pub struct CudaStorage {
     len: usize,
     dtype: DType,
     pub(crate) dev: Arc<CudaDevice>,
+    /// The stream the block was allocated on (alloc.rs: its free lists).
+    stream: u32,
 }
 
 impl std::fmt::Debug for CudaStorage {
@@ -27,7 +29,7 @@ impl std::fmt::Debug for CudaStorage {
 
 impl Drop for CudaStorage {
     fn drop(&mut self) {
-        self.dev.pool.lock().unwrap().free(self.ptr, self.size);
+        self.dev.pool.lock().unwrap().free(self.ptr, self.size, self.stream);
     }
 }
 
@@ -144,9 +146,17 @@ impl CudaStorage {
     pub(crate) fn alloc(dev: &Arc<CudaDevice>, dtype: DType, len: usize) -> CudaStorage {
         dev.bind();
         // The pool's lock is released before a failure panics (a panic under it would poison it).
-        let r = dev.pool.lock().unwrap().alloc(len * dtype.size_in_bytes());
+        let stream = dev.current_stream_id();
+        let r = dev.pool.lock().unwrap().alloc(len * dtype.size_in_bytes(), stream);
         let (ptr, size) = r.unwrap_or_else(|e| fail(e));
-        CudaStorage { ptr, size, len, dtype, dev: dev.clone() }
+        CudaStorage { ptr, size, len, dtype, dev: dev.clone(), stream }
+    }
+
+    /// This buffer is used by work on `stream` too: when it is freed, its block waits for that
+    /// stream's work enqueued until then before it is reused (alloc.rs).
+    pub fn record_stream(&self, stream: &super::Stream) {
+        assert!(Arc::ptr_eq(stream.device(), &self.dev), "record_stream: {stream:?} is not on this buffer's device {:?}", self.dev);
+        self.dev.pool.lock().unwrap().record_use(self.ptr, self.stream, stream.id());
     }
 
     /// Device address of element `i`.
@@ -180,7 +190,7 @@ impl CudaStorage {
         if !bytes.is_empty() {
             unsafe { drv::memcpy_dtoh_async(&mut bytes, self.ptr, self.dev.cu_stream()) }.unwrap_or_else(|e| fail(CudaError::Driver { what: "device-to-host copy".into(), msg: format!("{e:?}") }));
         }
-        self.dev.synchronize().unwrap_or_else(|e| fail(e));
+        self.dev.sync_current().unwrap_or_else(|e| fail(e));
         CpuStorage::from_bytes(self.dtype, &bytes)
     }
 
