@@ -39,11 +39,17 @@ impl Linear {
 
     /// x [.., in] -> [.., out]
     pub fn forward(&self, x: &Tensor) -> Tensor {
+        let (w, b) = self.params_like(x);
+        x.linear(&w, b.as_ref())
+    }
+
+    /// The weight as [in, out] and the bias, in x's dtype (16-bit copies of f32 masters).
+    fn params_like(&self, x: &Tensor) -> (Tensor, Option<Tensor>) {
         let w = match self.layout {
             WeightLayout::OutIn => self.weight.t(),
             WeightLayout::InOut => self.weight.clone(),
         };
-        x.linear(&like(&w, x), self.bias.as_ref().map(|b| like(b, x)).as_ref())
+        (like(&w, x), self.bias.as_ref().map(|b| like(b, x)))
     }
 }
 
@@ -143,7 +149,11 @@ impl Mlp {
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self.kind {
-            MlpKind::GeluTanh => self.lins[1].forward(&self.lins[0].forward(x).gelu_tanh()),
+            MlpKind::GeluTanh => match (self.lins[0].params_like(x), self.lins[1].params_like(x)) {
+                // One op: on the GPU the GELU rides on the GEMMs' epilogues (tensor/linear.rs).
+                ((w1, Some(b1)), (w2, Some(b2))) => x.mlp_gelu(&w1, &b1, &w2, &b2),
+                _ => self.lins[1].forward(&self.lins[0].forward(x).gelu_tanh()),
+            },
             MlpKind::GeluErf => self.lins[1].forward(&self.lins[0].forward(x).gelu_erf()),
             MlpKind::SwiGlu => self.lins[2].forward(&self.lins[0].forward(x).silu().mul(&self.lins[1].forward(x))),
         }

@@ -275,6 +275,14 @@ impl Tensor {
                     add(w, dw);
                     add(b, db);
                 }
+                Op::MlpGelu(x, w1, b1, w2, b2, h, pre) => {
+                    let [dx, dw1, db1, dw2, db2] = Tensor::mlp_gelu_backward(x, w1, b1, w2, b2, h, pre, &g);
+                    add(x, dx);
+                    add(w1, dw1);
+                    add(b1, db1);
+                    add(w2, dw2);
+                    add(b2, db2);
+                }
                 Op::FlashAttention(q, k, v, o, lse, pad, causal, scale) => {
                     let (dq, dk, dv) = crate::flash::flash_attention_backward(q, k, v, o, lse, pad.as_ref(), *causal, *scale, &g);
                     add(q, dq);

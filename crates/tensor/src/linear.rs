@@ -4,6 +4,12 @@
 //! composite (matmul, then a broadcast add; backward a column reduction) costs a full extra pass
 //! over the [rows, N] output each way. Twin: `linear_slow` (ops.rs). Where cuBLASLt has no
 //! kernel for an epilogue (or off the GPU) the same work is done by separate ops.
+//!
+//! `mlp_gelu`: a GELU MLP block, gelu_tanh(x·w1 + b1)·w2 + b2, as one op, so the GELU also rides
+//! on epilogues: forward, the first GEMM writes gelu(pre) and keeps pre (`GELU_AUX_BIAS`);
+//! backward, the GEMM that makes dh = g·w2ᵀ multiplies by gelu'(pre) and sums the first bias's
+//! gradient as it writes (`DGELU_BGRAD`). The composite runs a GELU kernel each way, reading and
+//! writing the [rows, hidden] activations once more each. Twin: `mlp_gelu_slow` (ops.rs).
 
 use crate::cuda::gemm::Epilogue;
 use crate::op::Op;
@@ -11,27 +17,44 @@ use crate::tensor::Storage;
 use crate::Tensor;
 
 /// C = a·b (2-D) with an epilogue on CUDA storage; `vec` is the bias (read) or the bias gradient
-/// (written). None when cuBLASLt cannot fuse it here.
-fn gemm_epi(a: &Tensor, b: &Tensor, epi: Epilogue, vec: &Tensor) -> Option<Tensor> {
+/// (written), `aux` the GELU epilogues' [M, N] matrix (contiguous). None when cuBLASLt cannot
+/// fuse it here.
+fn gemm_epi(a: &Tensor, b: &Tensor, epi: Epilogue, vec: &Tensor, aux: Option<&Tensor>) -> Option<Tensor> {
     let (m, n) = (a.dim(0), b.dim(1));
+    let pa = aux.map_or(0, |t| {
+        assert_eq!(t.shape(), &[m, n], "GELU epilogue: aux {:?} for a [{m}, {n}] product", t.shape());
+        crate::fused::cuda_ptr(t)
+    });
     let s = a.with_storage(|sa| {
         b.with_storage(|sb| {
             vec.with_storage(|sv| {
                 let (Storage::Cuda(ca), Storage::Cuda(cb), Storage::Cuda(cv)) = (sa, sb, sv) else { return None };
-                ca.matmul_epi(a.layout(), cb, b.layout(), epi, cv.at(vec.layout().offset))
+                ca.matmul_epi(a.layout(), cb, b.layout(), epi, cv.at(vec.layout().offset), pa)
             })
         })
     })?;
     Some(Tensor::from_any(Storage::Cuda(s), &[m, n], None))
 }
 
+/// FMLAB_EPILOGUE=0 turns the fused paths off (read once: this runs for every Linear).
+fn epilogues_on() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("FMLAB_EPILOGUE").is_none_or(|v| v != "0"))
+}
+
 fn fusable(x: &Tensor, w: &Tensor, b: &Tensor) -> bool {
     let same = x.dtype() == w.dtype() && x.dtype() == b.dtype() && x.dtype().is_float();
     let dev = x.device().is_cuda() && w.device() == x.device() && b.device() == x.device();
-    // FMLAB_EPILOGUE=0 turns the fused path off (read once: this runs for every Linear).
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = *ON.get_or_init(|| std::env::var_os("FMLAB_EPILOGUE").is_none_or(|v| v != "0"));
-    same && dev && b.rank() == 1 && b.is_contiguous() && on
+    same && dev && b.rank() == 1 && b.is_contiguous() && epilogues_on()
+}
+
+/// An uninitialized contiguous tensor on x's (CUDA) device: a buffer a GEMM epilogue fills.
+fn cuda_buffer(like: &Tensor, shape: &[usize]) -> Tensor {
+    let s = like.with_storage(|s| match s {
+        Storage::Cuda(c) => crate::cuda::CudaStorage::alloc(c.device(), like.dtype(), shape.iter().product()),
+        s => unreachable!("cuda_buffer of a tensor on {}", s.device()),
+    });
+    Tensor::from_any(Storage::Cuda(s), shape, None)
 }
 
 impl Tensor {
@@ -47,7 +70,7 @@ impl Tensor {
         let x2 = self.reshape(&[rows, k]); // [rows, K]
         let y = {
             let _ng = crate::no_grad();
-            gemm_epi(&x2, w, Epilogue::Bias, b)
+            gemm_epi(&x2, w, Epilogue::Bias, b, None)
         };
         let Some(y) = y else { return self.linear_slow(w, bias) };
         let tracked = crate::grad_enabled() && [&x2, w, b].iter().any(|t| t.track_grad());
@@ -60,10 +83,59 @@ impl Tensor {
     pub(crate) fn linear_backward(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor) -> (Tensor, Tensor, Tensor) {
         let dx = g.matmul(&w.t());
         let db = Tensor::zeros_on(&[w.dim(1)], b.dtype(), b.device());
-        let (dw, db) = match gemm_epi(&x.t(), g, Epilogue::BiasGrad, &db) {
+        let (dw, db) = match gemm_epi(&x.t(), g, Epilogue::BiasGrad, &db, None) {
             Some(dw) => (dw, db),
             None => (x.t().matmul(g), g.sum(&[0], false)),
         };
         (dx, dw, db)
+    }
+
+    /// gelu_tanh(x·w1 + b1)·w2 + b2 for x [.., K], w1 [K, H], w2 [H, N] (any strides), biases [H]
+    /// and [N], all one dtype: a GELU MLP block as one op (see the module doc).
+    pub fn mlp_gelu(&self, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor) -> Tensor {
+        if !(fusable(self, w1, b1) && fusable(self, w2, b2)) {
+            return self.mlp_gelu_slow(w1, b1, w2, b2);
+        }
+        assert!(w1.rank() == 2 && w2.rank() == 2 && b1.shape() == [w1.dim(1)] && w2.dim(0) == w1.dim(1) && b2.shape() == [w2.dim(1)], "mlp_gelu: w1 {:?}, b1 {:?}, w2 {:?}, b2 {:?}", w1.shape(), b1.shape(), w2.shape(), b2.shape());
+        let k = self.dim(self.rank() - 1);
+        let rows = self.numel() / k.max(1);
+        let mut out_shape = self.shape().to_vec();
+        *out_shape.last_mut().unwrap() = w2.dim(1);
+        let x2 = self.reshape(&[rows, k]); // [rows, K]
+        let (h, pre, y) = {
+            let _ng = crate::no_grad();
+            let pre = cuda_buffer(&x2, &[rows, w1.dim(1)]); // [rows, H], written by the epilogue
+            let Some(h) = gemm_epi(&x2, w1, Epilogue::GeluAuxBias, b1, Some(&pre)) else { return self.mlp_gelu_slow(w1, b1, w2, b2) };
+            let y = h.linear(w2, Some(b2)); // [rows, N]
+            (h, pre, y)
+        };
+        let tracked = crate::grad_enabled() && [&x2, w1, b1, w2, b2].iter().any(|t| t.track_grad());
+        let y = if tracked { y.with_op(Op::MlpGelu(x2, w1.clone(), b1.clone(), w2.clone(), b2.clone(), h, pre)) } else { y };
+        y.reshape(&out_shape)
+    }
+
+    /// (dx, dw1, db1, dw2, db2) of `mlp_gelu` for the upstream gradient g [rows, N], from the
+    /// held h = gelu(pre) and pre.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn mlp_gelu_backward(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, h: &Tensor, pre: &Tensor, g: &Tensor) -> [Tensor; 5] {
+        // Second layer: dw2 = hᵀ·g with db2 from the same GEMM.
+        let db2 = Tensor::zeros_on(&[w2.dim(1)], b2.dtype(), b2.device());
+        let (dw2, db2) = match gemm_epi(&h.t(), g, Epilogue::BiasGrad, &db2, None) {
+            Some(dw2) => (dw2, db2),
+            None => (h.t().matmul(g), g.sum(&[0], false)),
+        };
+        // dpre = (g·w2ᵀ) ⊙ gelu'(pre) and db1 = Σ_rows dpre, in one GEMM.
+        let db1 = Tensor::zeros_on(&[w1.dim(1)], b1.dtype(), b1.device());
+        let (dpre, db1) = match gemm_epi(g, &w2.t(), Epilogue::DGeluBGrad, &db1, Some(pre)) {
+            Some(d) => (d, db1),
+            None => {
+                let d = Tensor::gelu_backward(pre, &g.matmul(&w2.t()), true);
+                let db1 = d.sum(&[0], false);
+                (d, db1)
+            }
+        };
+        let dx = dpre.matmul(&w1.t());
+        let dw1 = x.t().matmul(&dpre);
+        [dx, dw1, db1, dw2, db2]
     }
 }

@@ -93,6 +93,9 @@ pub enum Op {
     LinearCrossEntropy(Tensor, Tensor, Tensor, Tensor),
     /// x [rows, K] · w [K, N] + bias [N] (linear.rs: the bias in GEMM epilogues).
     Linear(Tensor, Tensor, Tensor),
+    /// GELU MLP block (linear.rs): (x [rows, K], w1, b1, w2, b2, and held without history
+    /// h = gelu(pre) and the pre-activation pre [rows, H]).
+    MlpGelu(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor),
 }
 
 impl Op {
@@ -104,6 +107,7 @@ impl Op {
             Op::FlashAttention(q, k, v, ..) | Op::Linear(q, k, v) => vec![q, k, v],
             Op::IndexAdd(a, _, s, _) | Op::ScatterAdd(a, _, s, _) => vec![a, s],
             Op::Where(_, a, b) => vec![a, b],
+            Op::MlpGelu(x, w1, b1, w2, b2, ..) => vec![x, w1, b1, w2, b2],
             Op::Cat(v, _) => v.iter().collect(),
             Op::CrossEntropy(x, ..) | Op::SoftmaxScaled(x, ..) | Op::Gelu(x, _) => vec![x],
             Op::LayerNorm(x, w, b, ..) => std::iter::once(x).chain(std::iter::once(w)).chain(b.as_ref()).collect(),
@@ -133,6 +137,7 @@ impl Op {
             Op::FlashAttention(..) => "flash_attention".into(),
             Op::LinearCrossEntropy(..) => "linear_cross_entropy".into(),
             Op::Linear(..) => "linear".into(),
+            Op::MlpGelu(..) => "mlp_gelu".into(),
             Op::Gelu(_, approx) => if *approx { "gelu_tanh" } else { "gelu_erf" }.into(),
         }
     }

@@ -77,6 +77,11 @@ impl Tensor {
         }
     }
 
+    /// The unfused twin of `mlp_gelu`: two `linear`s around a `gelu_tanh`.
+    pub fn mlp_gelu_slow(&self, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor) -> Tensor {
+        self.linear(w1, Some(b1)).gelu_tanh().linear(w2, Some(b2))
+    }
+
     /// The unfused twin of `linear_cross_entropy`: full logits, then the fused cross-entropy.
     pub fn linear_cross_entropy_slow(&self, w: &Tensor, targets: &Tensor, ignore_index: Option<i64>) -> Tensor {
         self.matmul(&w.t()).cross_entropy(targets, ignore_index)

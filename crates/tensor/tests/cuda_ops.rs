@@ -350,6 +350,42 @@ fn linear_bias_epilogues_match_cpu() {
     }
 }
 
+/// The GELU MLP block with its GELU on cuBLASLt epilogues (`mlp_gelu`: GELU_AUX_BIAS forward,
+/// DGELU_BGRAD backward) against the CPU's composite (linear, gelu_tanh, linear), output and all
+/// five gradients. Tolerances: f32 1e-4 — cuBLASLt's GELU and its derivative are its own
+/// evaluation of the tanh form (not bit-equal to the CPU's tanh); bf16 2e-2 as for `linear`
+/// (products rounded to bf16 once; the fused backward keeps dh in f32 where the composite rounds
+/// it to bf16 before the GELU backward).
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn mlp_gelu_epilogues_match_cpu() {
+    let g = gpu();
+    for (dt, tol) in [(DType::F32, 1e-4), (DType::BF16, 2e-2)] {
+        let x = rnd(&[3, 37, 64], 90, DType::F32);
+        let (w1, b1) = (rnd(&[64, 256], 91, DType::F32).affine(0.125, 0.0), rnd(&[256], 92, DType::F32));
+        let (w2, b2) = (rnd(&[256, 48], 93, DType::F32).affine(0.0625, 0.0), rnd(&[48], 94, DType::F32));
+        let up = rnd(&[3, 37, 48], 95, DType::F32);
+        let run = |dev: Device| {
+            let vars: Vec<Tensor> = [&x, &w1, &b1, &w2, &b2].iter().map(|t| Tensor::new_var(&t.to_device(dev))).collect();
+            let c = |i: usize| vars[i].to_dtype(dt);
+            let y = c(0).mlp_gelu(&c(1), &c(2), &c(3), &c(4));
+            if dev.is_cuda() {
+                assert_eq!(y.op().map(|o| o.name()), Some("reshape".to_string()), "the output is the fused op's reshape");
+                assert_eq!(y.op().unwrap().inputs()[0].op().map(|o| o.name()), Some("mlp_gelu".to_string()), "{dt}: the fused GELU epilogues did not run (cuBLASLt had no kernel?)");
+            }
+            y.to_dtype(DType::F32).mul(&up.to_device(dev)).sum_all().backward();
+            let mut out = vec![y];
+            out.extend(vars.iter().map(|v| v.grad().unwrap()));
+            out
+        };
+        let (want, got) = (run(Device::Cpu), run(g));
+        for (i, name) in ["y", "dx", "dw1", "db1", "dw2", "db2"].iter().enumerate() {
+            eprintln!("mlp_gelu {dt} {name}: relative error {:.2e}", rel(&got[i], &want[i]));
+            close(&format!("mlp_gelu {dt} {name}"), &got[i], &want[i], tol);
+        }
+    }
+}
+
 /// The fused residual + LayerNorm (`add_layer_norm`: one kernel forward; backward sums the
 /// residual stream's gradient inside the LayerNorm backward kernel) against the CPU's add and
 /// LayerNorm, both outputs and every gradient. c = 256 takes the 16-byte path, c = 37 the scalar

@@ -52,6 +52,24 @@ pub(crate) enum Epilogue {
     /// C += A·B into an f32 C (16-bit A and B; beta = 1): gradients summed over chunks in f32
     /// without a cast and an add per chunk.
     AccumulateF32,
+    /// C = gelu(A·B + bias[N]) (tanh form) and aux = A·B + bias, the pre-activation its backward
+    /// needs: an MLP's first layer in one pass (`CUBLASLT_EPILOGUE_GELU_AUX_BIAS`).
+    GeluAuxBias,
+    /// C = (A·B) ⊙ gelu'(aux), and out[N] = Σ_m C[m, n] (the first layer's bias gradient): the
+    /// MLP backward's dh GEMM and the GELU backward in one pass (`CUBLASLT_EPILOGUE_DGELU_BGRAD`;
+    /// column-major the sum runs along D's rows' length, over our M).
+    DGeluBGrad,
+}
+
+impl Epilogue {
+    /// Whether the epilogue reads or writes the vector argument (bias or bias gradient).
+    fn has_vec(self) -> bool {
+        matches!(self, Epilogue::Bias | Epilogue::BiasGrad | Epilogue::GeluAuxBias | Epilogue::DGeluBGrad)
+    }
+    /// Whether it reads or writes an auxiliary [M, N] matrix laid out like C.
+    fn has_aux(self) -> bool {
+        matches!(self, Epilogue::GeluAuxBias | Epilogue::DGeluBGrad)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -153,8 +171,15 @@ impl Blas {
                     Epilogue::None | Epilogue::AccumulateF32 => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
                     Epilogue::Bias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
                     Epilogue::BiasGrad => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADA,
+                    Epilogue::GeluAuxBias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+                    Epilogue::DGeluBGrad => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DGELU_BGRAD,
                 };
                 lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const _, std::mem::size_of_val(&epi)).map_err(blas_err("epilogue"))?;
+                if key.epi.has_aux() {
+                    // The aux matrix is laid out like C: column-major leading dim = C's rows.
+                    let ld = key.m as i64;
+                    lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld as *const i64 as *const _, 8).map_err(blas_err("aux leading dim"))?;
+                }
             }
             let pref = lt::create_matmul_pref().map_err(blas_err("preference"))?;
             unsafe {
@@ -191,9 +216,10 @@ pub(crate) fn ensure_blas(dev: &CudaDevice) -> Result<(), CudaError> {
 /// Row-major C[batch, M, N] = A[batch, M, K] · B[batch, K, N]; `a`/`b` are the column-major
 /// operands for Aᵀ and Bᵀ (see `transposed_view`), C is contiguous. With an epilogue, `vec` is
 /// the bias (read) or the bias gradient (written), N elements of `dtype`; Ok(false) when
-/// cuBLASLt has no kernel for that epilogue here (nothing was launched).
+/// cuBLASLt has no kernel for that epilogue here (nothing was launched). `aux` is the [M, N]
+/// matrix of the GELU epilogues (written by `GeluAuxBias`, read by `DGeluBGrad`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u64, b: Operand, pc: u64, m: usize, n: usize, batch: usize, epi: Epilogue, vec: u64) -> Result<bool, CudaError> {
+pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u64, b: Operand, pc: u64, m: usize, n: usize, batch: usize, epi: Epilogue, vec: u64, aux: u64) -> Result<bool, CudaError> {
     // Profiled GEMMs are named by shape (row-major M×N×K, N/T per operand, batch), so the table
     // shows which of the step's GEMMs takes the time.
     let label = if super::profile::enabled() {
@@ -204,6 +230,8 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
             Epilogue::Bias => " +bias",
             Epilogue::BiasGrad => " +bgrad",
             Epilogue::AccumulateF32 => " +=f32",
+            Epilogue::GeluAuxBias => " +bias gelu",
+            Epilogue::DGeluBGrad => " dgelu +bgrad",
         };
         format!("gemm {m}x{n}x{k} {}{}{} {dtype}{e}", t(&a, true), t(&b, true), if batch > 1 { format!(" x{batch}") } else { String::new() })
     } else {
@@ -220,9 +248,12 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
     let ws = blas.workspace(dev)?;
     let (handle, ws_size) = (blas.handle, blas.ws_size);
     let Some(plan) = blas.plan(key)? else { return Ok(false) };
-    if matches!(epi, Epilogue::Bias | Epilogue::BiasGrad) {
+    if epi.has_vec() {
         // The vector's address is per call; the descriptor is only used under this lock.
         unsafe { lt::set_matmul_desc_attribute(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vec as *const u64 as *const _, 8) }.map_err(blas_err("bias pointer"))?;
+    }
+    if epi.has_aux() {
+        unsafe { lt::set_matmul_desc_attribute(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux as *const u64 as *const _, 8) }.map_err(blas_err("aux pointer"))?;
     }
     let (one64, zero64) = (1.0f64, 0.0f64);
     let (one32, zero32) = (1.0f32, if epi == Epilogue::AccumulateF32 { 1.0f32 } else { 0.0f32 });

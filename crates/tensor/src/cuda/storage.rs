@@ -375,23 +375,24 @@ impl CudaStorage {
 
     /// Batched matmul: `la` [.., M, K], `lb` [.., K, N], batch dims broadcast to the same shape.
     pub fn matmul(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout) -> CudaStorage {
-        self.matmul_epi(la, rhs, lb, gemm::Epilogue::None, 0).expect("a plain GEMM always has a kernel")
+        self.matmul_epi(la, rhs, lb, gemm::Epilogue::None, 0, 0).expect("a plain GEMM always has a kernel")
     }
 
     /// `matmul` with a cuBLASLt epilogue (`vec`: the bias read, or the bias gradient written; N
     /// elements of this dtype). None when no kernel fuses it for these operands (nothing ran).
-    pub(crate) fn matmul_epi(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, epi: gemm::Epilogue, vec: u64) -> Option<CudaStorage> {
-        self.matmul_into(la, rhs, lb, epi, vec, None)
+    pub(crate) fn matmul_epi(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, epi: gemm::Epilogue, vec: u64, aux: u64) -> Option<CudaStorage> {
+        self.matmul_into(la, rhs, lb, epi, vec, aux, None)
     }
 
     /// acc[M, N] += A·B for 16-bit 2-D operands into a contiguous f32 `acc` (one GEMM, beta = 1).
     /// False when cuBLASLt has no kernel for it (nothing ran).
     pub(crate) fn matmul_acc_f32(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, acc: &CudaStorage) -> bool {
         assert!(acc.dtype == DType::F32 && matches!(self.dtype, DType::BF16 | DType::F16), "matmul_acc_f32: 16-bit operands into f32");
-        self.matmul_into(la, rhs, lb, gemm::Epilogue::AccumulateF32, 0, Some(acc)).is_some()
+        self.matmul_into(la, rhs, lb, gemm::Epilogue::AccumulateF32, 0, 0, Some(acc)).is_some()
     }
 
-    fn matmul_into(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, epi: gemm::Epilogue, vec: u64, into: Option<&CudaStorage>) -> Option<CudaStorage> {
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_into(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, epi: gemm::Epilogue, vec: u64, aux: u64, into: Option<&CudaStorage>) -> Option<CudaStorage> {
         let r = la.rank();
         let (m, k, n) = (la.shape[r - 2], la.shape[r - 1], lb.shape[r - 1]);
         let batch_shape = &la.shape[..r - 2];
@@ -443,7 +444,7 @@ impl CudaStorage {
         let oa = operand(&la, m, k).expect("contiguous operand");
         let ob = operand(&lb, k, n).expect("contiguous operand");
         let pc = into.map_or(out.ptr, |acc| acc.ptr);
-        let ran = gemm::matmul(&self.dev, self.dtype, a_st.at(la.offset), oa, b_st.at(lb.offset), ob, pc, m, n, nb, epi, vec).unwrap_or_else(|e| fail(e));
+        let ran = gemm::matmul(&self.dev, self.dtype, a_st.at(la.offset), oa, b_st.at(lb.offset), ob, pc, m, n, nb, epi, vec, aux).unwrap_or_else(|e| fail(e));
         ran.then_some(out)
     }
 
