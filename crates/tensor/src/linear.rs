@@ -7,9 +7,9 @@
 //!
 //! `mlp_gelu`: a GELU MLP block, gelu_tanh(x·w1 + b1)·w2 + b2, as one op, so the GELU also rides
 //! on epilogues: forward, the first GEMM writes gelu(pre) and keeps pre (`GELU_AUX_BIAS`);
-//! backward, the GEMM that makes dh = g·w2ᵀ multiplies by gelu'(pre) and sums the first bias's
-//! gradient as it writes (`DGELU_BGRAD`). The composite runs a GELU kernel each way, reading and
-//! writing the [rows, hidden] activations once more each. Twin: `mlp_gelu_slow` (ops.rs).
+//! backward, the GEMM that makes dh = g·w2ᵀ multiplies by gelu'(pre) as it writes (`DGELU`).
+//! The composite runs a GELU kernel each way, reading and writing the [rows, hidden] activations
+//! once more each. Twin: `mlp_gelu_slow` (ops.rs).
 
 use crate::cuda::gemm::Epilogue;
 use crate::op::Op;
@@ -19,7 +19,7 @@ use crate::Tensor;
 /// C = a·b (2-D) with an epilogue on CUDA storage; `vec` is the bias (read) or the bias gradient
 /// (written), `aux` the GELU epilogues' [M, N] matrix (contiguous). None when cuBLASLt cannot
 /// fuse it here.
-fn gemm_epi(a: &Tensor, b: &Tensor, epi: Epilogue, vec: &Tensor, aux: Option<&Tensor>) -> Option<Tensor> {
+fn gemm_epi(a: &Tensor, b: &Tensor, epi: Epilogue, vec: Option<&Tensor>, aux: Option<&Tensor>) -> Option<Tensor> {
     let (m, n) = (a.dim(0), b.dim(1));
     let pa = aux.map_or(0, |t| {
         assert_eq!(t.shape(), &[m, n], "GELU epilogue: aux {:?} for a [{m}, {n}] product", t.shape());
@@ -27,10 +27,9 @@ fn gemm_epi(a: &Tensor, b: &Tensor, epi: Epilogue, vec: &Tensor, aux: Option<&Te
     });
     let s = a.with_storage(|sa| {
         b.with_storage(|sb| {
-            vec.with_storage(|sv| {
-                let (Storage::Cuda(ca), Storage::Cuda(cb), Storage::Cuda(cv)) = (sa, sb, sv) else { return None };
-                ca.matmul_epi(a.layout(), cb, b.layout(), epi, cv.at(vec.layout().offset), pa)
-            })
+            let (Storage::Cuda(ca), Storage::Cuda(cb)) = (sa, sb) else { return None };
+            let pv = vec.map_or(0, crate::fused::cuda_ptr);
+            ca.matmul_epi(a.layout(), cb, b.layout(), epi, pv, pa)
         })
     })?;
     Some(Tensor::from_any(Storage::Cuda(s), &[m, n], None))
@@ -70,7 +69,7 @@ impl Tensor {
         let x2 = self.reshape(&[rows, k]); // [rows, K]
         let y = {
             let _ng = crate::no_grad();
-            gemm_epi(&x2, w, Epilogue::Bias, b, None)
+            gemm_epi(&x2, w, Epilogue::Bias, Some(b), None)
         };
         let Some(y) = y else { return self.linear_slow(w, bias) };
         let tracked = crate::grad_enabled() && [&x2, w, b].iter().any(|t| t.track_grad());
@@ -82,12 +81,18 @@ impl Tensor {
     /// epilogue when cuBLASLt has one for these operands, else a column sum.
     pub(crate) fn linear_backward(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor) -> (Tensor, Tensor, Tensor) {
         let dx = g.matmul(&w.t());
-        let db = Tensor::zeros_on(&[w.dim(1)], b.dtype(), b.device());
-        let (dw, db) = match gemm_epi(&x.t(), g, Epilogue::BiasGrad, &db, None) {
+        let (dw, db) = Tensor::linear_param_grads(x, b, g);
+        (dx, dw, db)
+    }
+
+    /// (dw, db) of `linear`: dw = xᵀ·g with db from the same GEMM's epilogue where cuBLASLt has
+    /// one, else a column sum.
+    fn linear_param_grads(x: &Tensor, b: &Tensor, g: &Tensor) -> (Tensor, Tensor) {
+        let db = Tensor::zeros_on(&[g.dim(1)], b.dtype(), b.device());
+        match gemm_epi(&x.t(), g, Epilogue::BiasGrad, Some(&db), None) {
             Some(dw) => (dw, db),
             None => (x.t().matmul(g), g.sum(&[0], false)),
-        };
-        (dx, dw, db)
+        }
     }
 
     /// gelu_tanh(x·w1 + b1)·w2 + b2 for x [.., K], w1 [K, H], w2 [H, N] (any strides), biases [H]
@@ -105,7 +110,7 @@ impl Tensor {
         let (h, pre, y) = {
             let _ng = crate::no_grad();
             let pre = cuda_buffer(&x2, &[rows, w1.dim(1)]); // [rows, H], written by the epilogue
-            let Some(h) = gemm_epi(&x2, w1, Epilogue::GeluAuxBias, b1, Some(&pre)) else { return self.mlp_gelu_slow(w1, b1, w2, b2) };
+            let Some(h) = gemm_epi(&x2, w1, Epilogue::GeluAuxBias, Some(b1), Some(&pre)) else { return self.mlp_gelu_slow(w1, b1, w2, b2) };
             let y = h.linear(w2, Some(b2)); // [rows, N]
             (h, pre, y)
         };
@@ -118,24 +123,11 @@ impl Tensor {
     /// held h = gelu(pre) and pre.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn mlp_gelu_backward(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, h: &Tensor, pre: &Tensor, g: &Tensor) -> [Tensor; 5] {
-        // Second layer: dw2 = hᵀ·g with db2 from the same GEMM.
-        let db2 = Tensor::zeros_on(&[w2.dim(1)], b2.dtype(), b2.device());
-        let (dw2, db2) = match gemm_epi(&h.t(), g, Epilogue::BiasGrad, &db2, None) {
-            Some(dw2) => (dw2, db2),
-            None => (h.t().matmul(g), g.sum(&[0], false)),
-        };
-        // dpre = (g·w2ᵀ) ⊙ gelu'(pre) and db1 = Σ_rows dpre, in one GEMM.
-        let db1 = Tensor::zeros_on(&[w1.dim(1)], b1.dtype(), b1.device());
-        let (dpre, db1) = match gemm_epi(g, &w2.t(), Epilogue::DGeluBGrad, &db1, Some(pre)) {
-            Some(d) => (d, db1),
-            None => {
-                let d = Tensor::gelu_backward(pre, &g.matmul(&w2.t()), true);
-                let db1 = d.sum(&[0], false);
-                (d, db1)
-            }
-        };
-        let dx = dpre.matmul(&w1.t());
-        let dw1 = x.t().matmul(&dpre);
+        // Second layer's weight and bias gradients (dw2 = hᵀ·g, db2 from its epilogue).
+        let (dw2, db2) = Tensor::linear_param_grads(h, b2, g);
+        // dpre = (g·w2ᵀ) ⊙ gelu'(pre) in one GEMM.
+        let dpre = gemm_epi(g, &w2.t(), Epilogue::DGelu, None, Some(pre)).unwrap_or_else(|| Tensor::gelu_backward(pre, &g.matmul(&w2.t()), true));
+        let (dx, dw1, db1) = Tensor::linear_backward(x, w1, b1, &dpre);
         [dx, dw1, db1, dw2, db2]
     }
 }

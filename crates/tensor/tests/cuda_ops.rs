@@ -351,7 +351,7 @@ fn linear_bias_epilogues_match_cpu() {
 }
 
 /// The GELU MLP block with its GELU on cuBLASLt epilogues (`mlp_gelu`: GELU_AUX_BIAS forward,
-/// DGELU_BGRAD backward) against the CPU's composite (linear, gelu_tanh, linear), output and all
+/// DGELU backward) against the CPU's composite (linear, gelu_tanh, linear), output and all
 /// five gradients. Tolerances: f32 1e-4 — cuBLASLt's GELU and its derivative are its own
 /// evaluation of the tanh form (not bit-equal to the CPU's tanh); bf16 2e-2 as for `linear`
 /// (products rounded to bf16 once; the fused backward keeps dh in f32 where the composite rounds
