@@ -20,7 +20,7 @@ build)
     | python3 -c 'import json,sys
 for l in sys.stdin:
     m=json.loads(l)
-    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"] in ("cuda_ops","cuda_streams","grad_check","gpt2_parity","graph_step"):
+    if m.get("reason")=="compiler-artifact" and m.get("executable") and m["target"]["name"] in ("cuda_ops","cuda_streams","grad_check","gpt2_parity","graph_step","device_parity"):
         print(m["target"]["name"], m["executable"])' | while read -r name exe; do cp "$exe" "gpu/$name"; done
   strip gpu/* ; ls -la gpu
   # For `curve`: the GPT-2 tokenizer and the Shakespeare plays (a real corpus, 5 MB).
@@ -37,10 +37,10 @@ run)
   nvidia-smi --query-gpu=name,memory.used,memory.total,utilization.gpu --format=csv,noheader || true
   for w in $what; do case $w in
   tests)
-    for t in "cuda_ops --ignored" "cuda_streams --ignored" "grad_check" "gpt2_parity" "graph_step --ignored"; do
+    for t in "cuda_ops --ignored" "cuda_streams --ignored" "grad_check" "gpt2_parity" "graph_step --ignored" "device_parity --ignored"; do
       set -- $t
       log=$(FMLAB_TEST_DEVICE=cuda "gpu/$1" ${2:-} --test-threads=1 --nocapture 2>&1); rc=$?
-      echo "$log" | grep -E -A3 "^test |panicked|error|relative|differ|parity|adamw|bf16|flash|events|step [0-9]" | grep -v "^test .* ok$" | head -80
+      echo "$log" | grep -E -A3 "^test |panicked|error|relative|differ|parity|adamw|bf16|flash|events|llama|bert|step [0-9]" | grep -v "^test .* ok$" | head -80
       summary+=("| $1 (cuda) | $(echo "$log" | grep -E '^test result' | tail -1) |")
     done ;;
   bench)

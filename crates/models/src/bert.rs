@@ -5,7 +5,7 @@
 //! (`embeddings.word_embeddings.weight`, `encoder.layer.0.attention.self.query.weight`, ...).
 
 use fmlab_nn::{Embedding, LayerNorm, Linear, MultiHeadAttention, NnError, VarBuilder, WeightLayout};
-use fmlab_tensor::{AttnMask, DType, Tensor};
+use fmlab_tensor::{Device, AttnMask, DType, Tensor};
 
 /// The fields of HF's `config.json` that the model needs (others are ignored).
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -45,6 +45,8 @@ pub struct Bert {
     token_type: Embedding,
     emb_ln: LayerNorm,
     layers: Vec<Layer>,
+    /// Every weight, by name (for moving the model to a device).
+    pub vars: Vec<(String, Tensor)>,
 }
 
 impl Bert {
@@ -73,7 +75,20 @@ impl Bert {
             emb_ln: LayerNorm::new(&e.pp("LayerNorm"), c, true, cfg.layer_norm_eps)?,
             layers,
             cfg: cfg.clone(),
+            vars: vb.vars(),
         })
+    }
+
+    /// Moves every weight to `device` in place (f32 there too: embeddings are compared across
+    /// devices to 1e-5).
+    pub fn to_device(&self, device: Device) {
+        for (_, v) in &self.vars {
+            v.move_to_device(device);
+        }
+    }
+
+    fn device(&self) -> Device {
+        self.word.weight.device()
     }
 
     /// Loads HF tensors; buffers the model does not use (`position_ids`, the pooler) are dropped,
@@ -94,10 +109,11 @@ impl Bert {
     pub fn forward(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
         let t = ids.dim(1);
         assert!(t <= self.cfg.max_position_embeddings, "{t} tokens exceed max_position_embeddings {}", self.cfg.max_position_embeddings);
+        // Ids stay on the host (the lookups read them there); the mask goes where the scores are.
         let pos = Tensor::arange(t, DType::I32);
         let types = Tensor::zeros(ids.shape(), DType::I32);
         let mut x = self.emb_ln.forward(&self.word.forward(ids).add(&self.pos.forward(&pos)).add(&self.token_type.forward(&types)));
-        let m = AttnMask::KeyPadding(mask.clone());
+        let m = AttnMask::KeyPadding(mask.to_device(self.device()));
         for l in &self.layers {
             // Post-LN: normalize after each residual add.
             x = l.attn_ln.forward(&x.add(&l.attn.forward(&x, None, &m)));
@@ -109,12 +125,13 @@ impl Bert {
     /// Sentence embeddings [B, C]: mean over real tokens, L2-normalized (sentence-transformers'
     /// Pooling(mean) + Normalize).
     pub fn embed(&self, ids: &Tensor, mask: &Tensor) -> Tensor {
+        let dev = self.device();
         let h = self.forward(ids, mask); // [B, T, C]
-        let m = mask.to_dtype(DType::F32).unsqueeze(2); // [B, T, 1]
+        let m = mask.to_dtype(DType::F32).unsqueeze(2).to_device(dev); // [B, T, 1]
         let summed = h.mul(&m).sum(&[1], false); // [B, C]
-        let count = m.sum(&[1], false).maximum(&Tensor::scalar(1e-9, DType::F32)); // [B, 1]
+        let count = m.sum(&[1], false).maximum(&Tensor::scalar(1e-9, DType::F32).to_device(dev)); // [B, 1]
         let mean = summed.div(&count);
-        let norm = mean.sqr().sum(&[1], true).sqrt().maximum(&Tensor::scalar(1e-12, DType::F32));
+        let norm = mean.sqr().sum(&[1], true).sqrt().maximum(&Tensor::scalar(1e-12, DType::F32).to_device(dev));
         mean.div(&norm)
     }
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use fmlab_nn::gguf::Gguf;
 use fmlab_nn::{Embedding, Linear, Mlp, MlpKind, NnError, RmsNorm, VarBuilder, WeightLayout};
-use fmlab_tensor::{attention, rope_tables, AttnMask, DType, Tensor};
+use fmlab_tensor::{attention, rope_tables, AttnMask, DType, Device, Tensor};
 
 /// HF's `LlamaConfig` fields (unknown fields in config.json are ignored).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -61,6 +61,8 @@ pub struct Llama {
     layers: Vec<Layer>,
     norm: RmsNorm,
     lm_head: Option<Linear>,
+    /// Activations' dtype (f32 masters are cast per use); see `to_device`.
+    pub compute_dtype: DType,
 }
 
 /// Keys and values of every layer for the tokens seen so far: [B, Hkv, S, D] each.
@@ -100,7 +102,16 @@ impl Llama {
         let lm_head = if cfg.tie_word_embeddings { None } else { Some(Linear::new(&vb.pp("lm_head"), c, cfg.vocab_size, false, l, std)?) };
         let embed = Embedding::new(&vb.pp("embed_tokens"), cfg.vocab_size, c, std)?;
         let norm = RmsNorm::new(&vb.pp("norm"), c, cfg.rms_norm_eps)?;
-        Ok(Llama { embed, layers, norm, lm_head, cfg: cfg.clone(), vars: vb.vars() })
+        Ok(Llama { embed, layers, norm, lm_head, cfg: cfg.clone(), vars: vb.vars(), compute_dtype: DType::F32 })
+    }
+
+    /// Moves every weight to `device` in place and computes in `dtype` from then on (bf16: the
+    /// f32 weights cast per use, norms and softmax accumulating in f32 inside their kernels).
+    pub fn to_device(&mut self, device: Device, dtype: DType) {
+        for (_, v) in &self.vars {
+            v.move_to_device(device);
+        }
+        self.compute_dtype = dtype;
     }
 
     /// Loads a llama-architecture GGUF (dequantized to f32): config from its metadata, tensors
@@ -197,6 +208,11 @@ impl Llama {
         Ok(m)
     }
 
+    /// Where the weights are.
+    pub fn embed_device(&self) -> Device {
+        self.embed.weight.device()
+    }
+
     /// ids [B, T] → logits [B, T, V], appending this block's keys/values to `cache`.
     pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Tensor {
         let (b, t) = (ids.dim(0), ids.dim(1));
@@ -206,8 +222,10 @@ impl Llama {
         if cache.kv.len() != self.layers.len() {
             cache.kv = (0..self.layers.len()).map(|_| None).collect();
         }
-        let (cos, sin) = rope_tables(t, d, self.cfg.rope_theta, past, DType::F32); // [T, D/2]
-        let mut x = self.embed.forward(ids); // [B, T, C]
+        let dev = self.embed.weight.device();
+        let (cos, sin) = rope_tables(t, d, self.cfg.rope_theta, past, self.compute_dtype); // [T, D/2]
+        let (cos, sin) = (cos.to_device(dev), sin.to_device(dev));
+        let mut x = self.embed.forward(ids).to_dtype(self.compute_dtype); // [B, T, C] (ids stay on the host)
         for (li, l) in self.layers.iter().enumerate() {
             let xn = l.input_norm.forward(&x);
             let q = l.q.forward(&xn).reshape(&[b, t, h, d]).transpose(1, 2).rope(&cos, &sin); // [B, H, T, D]
@@ -228,10 +246,11 @@ impl Llama {
             x = x.add(&l.mlp.forward(&l.post_norm.forward(&x)));
         }
         let x = self.norm.forward(&x);
-        match &self.lm_head {
+        let logits = match &self.lm_head {
             Some(head) => head.forward(&x),
-            None => x.matmul(&self.embed.weight.t()),
-        }
+            None => x.matmul(&self.embed.weight.t().to_dtype(x.dtype())),
+        };
+        logits.to_dtype(DType::F32)
     }
 }
 

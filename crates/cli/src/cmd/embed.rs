@@ -26,6 +26,10 @@ pub struct EmbedArgs {
     /// Token limit per text, [CLS]/[SEP] included (default: the model's max_seq_length).
     #[arg(long)]
     max_len: Option<usize>,
+    /// auto (a GPU if one starts, else the CPU), cpu, cuda or cuda:N. The model runs in f32
+    /// on either.
+    #[arg(long, default_value = "auto")]
+    device: String,
     texts: Vec<String>,
 }
 
@@ -91,7 +95,9 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("nothing to embed: give TEXT arguments or --input FILE");
     }
+    let device = crate::device::resolve(&a.device)?;
     let e = Embedder::load(&a.model)?;
+    e.model.to_device(device);
     let max_len = a.max_len.unwrap_or(e.max_len);
     if max_len < 2 || max_len > e.model.cfg.max_position_embeddings {
         bail!("--max-len {max_len}: must be in 2..={}", e.model.cfg.max_position_embeddings);
@@ -99,7 +105,8 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     let t = Instant::now();
     let v = e.embed(&texts, a.batch, max_len);
     let secs = t.elapsed().as_secs_f64();
-    eprintln!("embedded {} texts in {secs:.2}s ({:.1} sentences/s, {} threads)", texts.len(), texts.len() as f64 / secs, rayon::current_num_threads());
+    let on = if device.is_cuda() { device.to_string() } else { format!("cpu, {} threads", rayon::current_num_threads()) };
+    eprintln!("embedded {} texts in {secs:.2}s ({:.1} sentences/s, {on})", texts.len(), texts.len() as f64 / secs);
     match &a.out {
         Some(p) => {
             let flat: Vec<f32> = v.iter().flatten().copied().collect();

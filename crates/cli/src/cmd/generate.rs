@@ -38,6 +38,12 @@ pub struct GenArgs {
     /// Keep going past end-of-sequence tokens (fixed-length runs for benchmarks).
     #[arg(long)]
     ignore_eos: bool,
+    /// auto (a GPU if one starts, else the CPU), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Activations: auto (bf16 on a GPU, fp32 on the CPU), fp32 or bf16.
+    #[arg(long, default_value = "auto")]
+    precision: String,
 }
 
 #[derive(Args)]
@@ -68,6 +74,15 @@ pub struct Lm {
 }
 
 impl Lm {
+    /// Loads `spec` (see `--model`) onto the device and precision of `gen`'s flags.
+    pub fn load_for(gen: &GenArgs) -> Result<Lm> {
+        let device = crate::device::resolve(&gen.device)?;
+        let precision = crate::device::precision(&gen.precision, device)?;
+        let mut lm = Lm::load(&gen.model)?;
+        lm.model.to_device(device, precision);
+        Ok(lm)
+    }
+
     pub fn load(spec: &str) -> Result<Lm> {
         let path = if spec == "smollm2" {
             let p = crate::assets::cache_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -167,7 +182,7 @@ fn check(a: &GenArgs) -> Result<()> {
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {
     check(&a.gen)?;
-    let lm = Lm::load(&a.gen.model)?;
+    let lm = Lm::load_for(&a.gen)?;
     let prompt = if a.chat {
         let t = lm.template.as_ref().context("--chat: the model has no chat template")?;
         t.render(&[Message { role: "user".into(), content: a.prompt.clone() }], true)
@@ -177,13 +192,17 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let (n, secs) = lm.generate(&prompt, &a.gen, &mut out)?;
     writeln!(out)?;
-    eprintln!("{n} tokens in {secs:.2}s ({:.1} tokens/s, prompt + KV cache, {} threads)", n as f64 / secs, rayon::current_num_threads());
+    let on = match lm.model.embed_device() {
+        fmlab_tensor::Device::Cpu => format!("cpu, {} threads", rayon::current_num_threads()),
+        d => format!("{d}, {}", crate::device::precision_name(lm.model.compute_dtype)),
+    };
+    eprintln!("{n} tokens in {secs:.2}s ({:.1} tokens/s, prompt + KV cache, {on})", n as f64 / secs);
     Ok(())
 }
 
 pub fn run_chat(a: ChatArgs) -> Result<()> {
     check(&a.gen)?;
-    let lm = Lm::load(&a.gen.model)?;
+    let lm = Lm::load_for(&a.gen)?;
     let t = lm.template.clone().context("the model has no chat template")?;
     let mut messages: Vec<Message> = a.system.iter().map(|s| Message { role: "system".into(), content: s.clone() }).collect();
     eprintln!("chatting with {} (empty line or Ctrl-D to quit)", a.gen.model);
