@@ -21,6 +21,15 @@ use crate::op::{BinaryOp, Op};
 use crate::tensor::Storage;
 use crate::{DType, Tensor};
 
+static LN_FUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether the GPU LayerNorm backward computes dx, dW and dB in one pass (`ln_bwd_dwdb`, the
+/// default) or runs the row kernel and then the column reduction over x and g again (its twin);
+/// for tests and benchmarks that compare the two. Process-wide.
+pub fn layer_norm_backward_fused(on: bool) {
+    LN_FUSED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Row counts below this many elements in total run on one thread.
 const PAR_MIN: usize = 1 << 16;
 
@@ -209,6 +218,8 @@ impl Tensor {
     /// (dx, dw, db) of the fused LayerNorm for the upstream gradient `g`.
     /// `add`: another gradient of x to sum into dx (on the GPU inside the kernel, instead of a
     /// separate add over the whole tensor).
+    /// (dx, dw, db) of LayerNorm; on the GPU one fused pass where it applies (`ln_bwd_dwdb`,
+    /// `layer_norm_backward_fused`), else the row kernel then the column reduction.
     pub(crate) fn layer_norm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, g: &Tensor, add: Option<&Tensor>) -> (Tensor, Tensor, Tensor) {
         let add = add.map(|a| if a.dtype() == x.dtype() && a.is_contiguous() { a.clone() } else { a.to_dtype(x.dtype()).contiguous() });
         let add = add.as_ref();
@@ -221,36 +232,61 @@ impl Tensor {
             let dx = CudaStorage::alloc(&dev, xd, x.numel());
             let (dw, db) = (CudaStorage::alloc(&dev, wd, c), CudaStorage::alloc(&dev, wd, c));
             if rows > 0 && c > 0 {
-                Args::new()
-                    .push(cuda_ptr(x))
-                    .push(cuda_ptr(w))
-                    .push(cuda_ptr(&g))
-                    .push(add.map_or(0, cuda_ptr))
-                    .push(cuda_ptr(mean))
-                    .push(cuda_ptr(rstd))
-                    .push(dx.ptr)
-                    .push(rows as u32)
-                    .push(c as u32)
-                    .launch(&dev, &format!("ln_bwd_{}_{}", sfx(xd), sfx(wd)), rows.div_ceil(8) as u32, 256, 0);
-                // dw, db: column sums over the rows.
-                let col_blocks = c.div_ceil(32);
-                let (splits, rps) = crate::cuda::col_splits(rows, c);
-                let part = (splits > 1).then(|| CudaStorage::alloc(&dev, DType::F64, splits * 2 * c));
-                let pp = part.as_ref().map_or(0, |p| p.ptr);
-                Args::new()
-                    .push(cuda_ptr(x))
-                    .push(cuda_ptr(&g))
-                    .push(cuda_ptr(mean))
-                    .push(cuda_ptr(rstd))
-                    .push(pp)
-                    .push(dw.ptr)
-                    .push(db.ptr)
-                    .push(rows as u32)
-                    .push(c as u32)
-                    .push(rps as u32)
-                    .launch3(&dev, &format!("ln_dwdb_{}_{}", sfx(xd), sfx(wd)), (col_blocks as u32, splits as u32, 1), (32, 8, 1), 0);
-                if splits > 1 {
-                    Args::new().push(pp).push(dw.ptr).push(db.ptr).push(c as u32).push(splits as u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
+                // One pass for dx, dW and dB where the fused kernel applies (16-bit activations on
+                // the 16-byte path, c ≤ 2 chunks of 32 lanes × 16 bytes); else dx, then dW/dB.
+                let v = 16 / xd.size_in_bytes();
+                let ch = c / (32 * v);
+                let aligned = [x, w, &g].into_iter().chain(add).all(|t| cuda_ptr(t) % 16 == 0);
+                if LN_FUSED.load(std::sync::atomic::Ordering::Relaxed) && matches!(xd, DType::BF16 | DType::F16) && c % (32 * v) == 0 && (1..=2).contains(&ch) && aligned {
+                    // Blocks of 8 warps, ≥ 8 rows per warp, at most 512 blocks: a grid fixed by
+                    // `rows`, so the dW/dB sums' order (and bits) are too.
+                    let blocks = rows.div_ceil(64).clamp(1, 512);
+                    let part = CudaStorage::alloc(&dev, DType::F64, blocks * 2 * c);
+                    Args::new()
+                        .push(cuda_ptr(x))
+                        .push(cuda_ptr(w))
+                        .push(cuda_ptr(&g))
+                        .push(add.map_or(0, cuda_ptr))
+                        .push(cuda_ptr(mean))
+                        .push(cuda_ptr(rstd))
+                        .push(dx.ptr)
+                        .push(part.ptr)
+                        .push(rows as u32)
+                        .push(c as u32)
+                        .launch(&dev, &format!("ln_bwd_dwdb{ch}_{}_{}", sfx(xd), sfx(wd)), blocks as u32, 256, 0);
+                    Args::new().push(part.ptr).push(dw.ptr).push(db.ptr).push(c as u32).push(blocks as u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
+                } else {
+                    Args::new()
+                        .push(cuda_ptr(x))
+                        .push(cuda_ptr(w))
+                        .push(cuda_ptr(&g))
+                        .push(add.map_or(0, cuda_ptr))
+                        .push(cuda_ptr(mean))
+                        .push(cuda_ptr(rstd))
+                        .push(dx.ptr)
+                        .push(rows as u32)
+                        .push(c as u32)
+                        .launch(&dev, &format!("ln_bwd_{}_{}", sfx(xd), sfx(wd)), rows.div_ceil(8) as u32, 256, 0);
+                    // dw, db: column sums over the rows.
+                    let col_blocks = c.div_ceil(32);
+                    let (splits, rps) = crate::cuda::col_splits(rows, c);
+                    let part = (splits > 1).then(|| CudaStorage::alloc(&dev, DType::F64, splits * 2 * c));
+                    let pp = part.as_ref().map_or(0, |p| p.ptr);
+                    Args::new()
+                        .push(cuda_ptr(x))
+                        .push(cuda_ptr(&g))
+                        .push(cuda_ptr(mean))
+                        .push(cuda_ptr(rstd))
+                        .push(pp)
+                        .push(dw.ptr)
+                        .push(db.ptr)
+                        .push(rows as u32)
+                        .push(c as u32)
+                        .push(rps as u32)
+                        .launch3(&dev, &format!("ln_dwdb_{}_{}", sfx(xd), sfx(wd)), (col_blocks as u32, splits as u32, 1), (32, 8, 1), 0);
+                    if splits > 1 {
+                        Args::new().push(pp).push(dw.ptr).push(db.ptr).push(c as u32).push(splits as u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
+                    }
                 }
             } else {
                 return (add.cloned().unwrap_or_else(|| x.zeros_like()), Tensor::zeros_on(&[c], wd, x.device()), Tensor::zeros_on(&[c], wd, x.device()));

@@ -386,6 +386,50 @@ fn mlp_gelu_epilogues_match_cpu() {
     }
 }
 
+/// The one-pass LayerNorm backward (`ln_bwd_dwdb`: dx, dW and dB from one read of x and g) against
+/// its twin on the GPU (the row kernel, then the column reduction reading x and g again) and the
+/// CPU: bf16 activations with f32 and bf16 weights, c = 256 and 512 (one and two 16-byte chunks
+/// per lane), 111 rows (fewer than one block's share) and 40 000 (the grid capped, 10 rows per
+/// warp), with and without the residual's gradient added in. dx is bit-equal to the twin's (the
+/// same arithmetic in the same order); dW/dB are f32 sums per warp then f64, the twin's f64
+/// throughout: 1e-5 relative. Against the CPU as `add_layer_norm_fused_matches_cpu`: 1e-2.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn layer_norm_backward_one_pass_matches_its_twin_and_cpu() {
+    let g = gpu();
+    for wdt in [DType::F32, DType::BF16] {
+        for (rows, c) in [(111usize, 256usize), (111, 512), (40_000, 256)] {
+            for residual in [false, true] {
+                let (x, r) = (rnd(&[rows, c], 100, DType::F32), rnd(&[rows, c], 101, DType::F32));
+                let (w, b) = (rnd(&[c], 102, DType::F32).affine(0.5, 1.0), rnd(&[c], 103, DType::F32));
+                let (u1, u2) = (rnd(&[rows, c], 104, DType::F32), rnd(&[rows, c], 105, DType::F32));
+                let run = |dev: Device, fused: bool| {
+                    fmlab_tensor::layer_norm_backward_fused(fused);
+                    let vars: Vec<Tensor> = [&x, &r, &w, &b].iter().map(|t| Tensor::new_var(&t.to_device(dev).to_dtype(if t.rank() == 1 { wdt } else { DType::F32 }))).collect();
+                    let xb = vars[0].to_dtype(DType::BF16);
+                    let loss = if residual {
+                        let (s, y) = xb.add_layer_norm(&vars[1].to_dtype(DType::BF16), &vars[2], Some(&vars[3]), 1e-5);
+                        y.to_dtype(DType::F32).mul(&u1.to_device(dev)).sum_all().add(&s.to_dtype(DType::F32).mul(&u2.to_device(dev)).sum_all())
+                    } else {
+                        xb.layer_norm(&vars[2], Some(&vars[3]), 1e-5).to_dtype(DType::F32).mul(&u1.to_device(dev)).sum_all()
+                    };
+                    loss.backward();
+                    let gs: Vec<Tensor> = [0, 2, 3].iter().map(|&i| vars[i].grad().unwrap()).collect();
+                    fmlab_tensor::layer_norm_backward_fused(true);
+                    gs
+                };
+                let (one, two, cpu) = (run(g, true), run(g, false), run(Device::Cpu, true));
+                let what = format!("LN backward w {wdt} rows={rows} c={c} residual={residual}");
+                assert_eq!(one[0].to_vec_f64(), two[0].to_vec_f64(), "{what}: dx differs from the twin's");
+                for (i, name) in ["dx", "dw", "db"].iter().enumerate() {
+                    close(&format!("{what} {name} vs twin"), &one[i], &two[i], 1e-5);
+                    close(&format!("{what} {name} vs cpu"), &one[i], &cpu[i], 1e-2);
+                }
+            }
+        }
+    }
+}
+
 /// The fused residual + LayerNorm (`add_layer_norm`: one kernel forward; backward sums the
 /// residual stream's gradient inside the LayerNorm backward kernel) against the CPU's add and
 /// LayerNorm, both outputs and every gradient. c = 256 takes the 16-byte path, c = 37 the scalar

@@ -18,6 +18,14 @@
 
 #define FA_WARPS 4
 #define FA_TILE 64
+// Query-tile kernels (forward, dQ) take their tiles last-first: under a causal mask the last
+// query tile visits the most key tiles, and the grid's final blocks (light ones, this way) then
+// finish together instead of one heavy block running alone at the end.
+// FMLAB_CUDA_DEFINES=FA_REVERSE=0 restores first-first (for A/B timing).
+#ifndef FA_REVERSE
+#define FA_REVERSE 1
+#endif
+__device__ __forceinline__ u32 fa_query_tile() { return FA_REVERSE ? gridDim.x - 1 - blockIdx.x : blockIdx.x; }
 // dK/dV kernel: query sub-tile whose S^T/dP^T fragments are live at once (register pressure).
 #define FA_HALF 32
 
@@ -176,7 +184,7 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
     __shared__ __align__(16) unsigned short ks_[ST][FA_TILE][D + 8], vs_[ST][FA_TILE][D + 8];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
-    u32 q0 = blockIdx.x * (FA_WARPS * 16), wq = q0 + warp * 16;
+    u32 q0 = fa_query_tile() * (FA_WARPS * 16), wq = q0 + warp * 16;
     const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
     const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
     const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
@@ -416,7 +424,7 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
     __shared__ __align__(16) unsigned short ks_[ST][FA_TILE][D + 8], vs_[ST][FA_TILE][D + 8];
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
-    u32 q0 = blockIdx.x * (FA_WARPS * 16), wq = q0 + warp * 16;
+    u32 q0 = fa_query_tile() * (FA_WARPS * 16), wq = q0 + warp * 16;
     const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
     const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
     const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];

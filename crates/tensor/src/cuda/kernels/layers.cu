@@ -164,6 +164,83 @@ template <typename T, typename W> __device__ void ln_bwd_k(const T* x, const W* 
     }
 }
 
+// ln_bwd_k and ln_dwdb_k in one pass over x and g, for 16-bit T on the 16-byte path with c a
+// multiple of 32·V up to LN_FUSED_CH·32·V (GPT-2 mini: c = 256 = one 16-byte chunk per lane).
+// Blocks of 8 warps stride over the rows (warp w of block b takes rows (b·8 + w) + k·8·gridDim.x);
+// each lane keeps f32 sums of g·x̂ and g for its columns over its warp's rows (a few dozen), the
+// block adds its 8 warps' sums in order in f64 and writes them as split `blockIdx.x` of
+// part [gridDim.x, 2, c], which ln_dwdb_final_k combines in order: deterministic for a given
+// grid (the host derives it from rows alone). Saves re-reading x and g for dW/dB.
+#define LN_FUSED_CH 2
+template <typename T, typename W, int CH> __device__ void ln_bwd_dwdb_k(const T* x, const W* w, const T* g, const T* add, const float* mean, const float* rstd, T* dx, double* part, u32 rows, u32 c) {
+    const int V = 16 / sizeof(T);
+    __shared__ float sh[8][2][LN_FUSED_CH * 32 * V];
+    const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float wv[CH][V], aw[CH][V], ab[CH][V];
+#pragma unroll
+    for (int k = 0; k < CH; ++k) {
+        ln_ld<W, float, V>(w + (k * 32 + lane) * V, wv[k]);
+#pragma unroll
+        for (int e = 0; e < V; ++e) aw[k][e] = ab[k][e] = 0.f;
+    }
+    for (u32 row = blockIdx.x * 8 + warp; row < rows; row += gridDim.x * 8) {
+        const T* xr = x + (u64)row * c;
+        const T* gr = g + (u64)row * c;
+        float m = mean[row], r = rstd[row];
+        float xh[CH][V], dh[CH][V];
+        float sa = 0.f, sb = 0.f;
+#pragma unroll
+        for (int k = 0; k < CH; ++k) {
+            float gv[V];
+            ln_ld<T, float, V>(xr + (k * 32 + lane) * V, xh[k]);
+            ln_ld<T, float, V>(gr + (k * 32 + lane) * V, gv);
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                xh[k][e] = (xh[k][e] - m) * r;
+                dh[k][e] = gv[e] * wv[k][e];
+                sa += dh[k][e];
+                sb += dh[k][e] * xh[k][e];
+                aw[k][e] += gv[e] * xh[k][e];
+                ab[k][e] += gv[e];
+            }
+        }
+        float a = warp_sum(sa) / (float)c, bb = warp_sum(sb) / (float)c;
+#pragma unroll
+        for (int k = 0; k < CH; ++k) {
+            const u32 j = (k * 32 + lane) * V;
+            float o[V], av[V];
+            if (add) ln_ld<T, float, V>(add + (u64)row * c + j, av);
+#pragma unroll
+            for (int e = 0; e < V; ++e) {
+                o[e] = r * (dh[k][e] - a - xh[k][e] * bb);
+                if (add) o[e] = (float)ld(st<T>(o[e])) + av[e];
+            }
+            ln_st<T, float, V>(dx + (u64)row * c + j, o);
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < CH; ++k)
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+            sh[warp][0][(k * 32 + lane) * V + e] = aw[k][e];
+            sh[warp][1][(k * 32 + lane) * V + e] = ab[k][e];
+        }
+    __syncthreads();
+    for (u32 col = threadIdx.x; col < c; col += blockDim.x) {
+        double sw = 0, sb2 = 0;
+        for (int q = 0; q < 8; ++q) { sw += (double)sh[q][0][col]; sb2 += (double)sh[q][1][col]; }
+        part[(u64)blockIdx.x * 2 * c + col] = sw;
+        part[(u64)blockIdx.x * 2 * c + c + col] = sb2;
+    }
+}
+#define LN_FUSED(T, TN, W, WN) \
+extern "C" __global__ void __launch_bounds__(256) ln_bwd_dwdb1_##TN##_##WN(const T* x, const W* w, const T* g, const T* add, const float* mean, const float* rstd, T* dx, double* part, u32 rows, u32 c) { ln_bwd_dwdb_k<T, W, 1>(x, w, g, add, mean, rstd, dx, part, rows, c); } \
+extern "C" __global__ void __launch_bounds__(256) ln_bwd_dwdb2_##TN##_##WN(const T* x, const W* w, const T* g, const T* add, const float* mean, const float* rstd, T* dx, double* part, u32 rows, u32 c) { ln_bwd_dwdb_k<T, W, 2>(x, w, g, add, mean, rstd, dx, part, rows, c); }
+LN_FUSED(bf16, bf16, float, f32)
+LN_FUSED(bf16, bf16, bf16, bf16)
+LN_FUSED(f16, f16, float, f32)
+LN_FUSED(f16, f16, f16, f16)
+
 // dw = Σ_rows g·x̂, db = Σ_rows g, as the column reduction in reduce.cu: block (32, 8), grid
 // (c/32, splits); f64 partials [splits, 2, c] combined in order by ln_dwdb_final (deterministic).
 template <typename T, typename W> __device__ void ln_dwdb_k(const T* x, const T* g, const typename Acc<T>::t* mean, const typename Acc<T>::t* rstd, double* part, W* dw, W* db, u32 rows, u32 c, u32 rps) {
