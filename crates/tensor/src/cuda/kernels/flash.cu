@@ -19,8 +19,9 @@
 #define FA_WARPS 4
 #define FA_TILE 64
 // Query-tile kernels (forward, dQ) take their tiles last-first: under a causal mask the last
-// query tile visits the most key tiles, and the grid's final blocks (light ones, this way) then
-// finish together instead of one heavy block running alone at the end.
+// query tile visits the most key tiles, so the grid's final blocks are light ones. Measured
+// neutral on the H100 at gpt2-mini's shapes (`bench ops --only attention`, one call: forward
+// 0.320 vs 0.311 ms, backward 0.712 vs 0.727 ms first-first): 4096 blocks leave little tail.
 // FMLAB_CUDA_DEFINES=FA_REVERSE=0 restores first-first (for A/B timing).
 #ifndef FA_REVERSE
 #define FA_REVERSE 1
