@@ -187,6 +187,10 @@ fn generate_and_embed_bad_inputs_are_clear_errors() {
     fails_with(bin().args(["generate", "--model", "/no/such.gguf", "--prompt", "hi"]), "/no/such.gguf");
     fails_with(bin().args(["generate", "--prompt", "hi", "--top-p", "0"]), "--top-p 0");
     fails_with(bin().args(["embed", "--model", "/no/dir", "x"]), "/no/dir");
+    // Device and precision flags are checked before a model is loaded.
+    fails_with(bin().args(["generate", "--device", "cuda:99", "--prompt", "hi"]), "--device cuda:99");
+    fails_with(bin().args(["generate", "--device", "cpu", "--precision", "fp8", "--prompt", "hi"]), "--precision fp8");
+    fails_with(bin().args(["embed", "--device", "tpu", "x"]), "--device tpu");
     // A prompt longer than SmolLM2's 8,192-token context (the asset comes from scripts/test.sh).
     let cache = std::env::var_os("FMLAB_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fmlab"));
     let long = "word ".repeat(9000);

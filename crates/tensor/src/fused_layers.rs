@@ -237,33 +237,25 @@ impl Tensor {
                 let v = 16 / xd.size_in_bytes();
                 let ch = c / (32 * v);
                 let aligned = [x, w, &g].into_iter().chain(add).all(|t| cuda_ptr(t) % 16 == 0);
+                // Both row kernels' leading arguments: x, w, g, add (or null), mean, rstd, dx.
+                let row_args = || {
+                    let mut a = Args::new();
+                    a.push(cuda_ptr(x)).push(cuda_ptr(w)).push(cuda_ptr(&g)).push(add.map_or(0, cuda_ptr)).push(cuda_ptr(mean)).push(cuda_ptr(rstd)).push(dx.ptr);
+                    a
+                };
                 if LN_FUSED.load(std::sync::atomic::Ordering::Relaxed) && matches!(xd, DType::BF16 | DType::F16) && c % (32 * v) == 0 && (1..=2).contains(&ch) && aligned {
                     // Blocks of 8 warps, ≥ 8 rows per warp, at most 512 blocks: a grid fixed by
                     // `rows`, so the dW/dB sums' order (and bits) are too.
                     let blocks = rows.div_ceil(64).clamp(1, 512);
                     let part = CudaStorage::alloc(&dev, DType::F64, blocks * 2 * c);
-                    Args::new()
-                        .push(cuda_ptr(x))
-                        .push(cuda_ptr(w))
-                        .push(cuda_ptr(&g))
-                        .push(add.map_or(0, cuda_ptr))
-                        .push(cuda_ptr(mean))
-                        .push(cuda_ptr(rstd))
-                        .push(dx.ptr)
+                    row_args()
                         .push(part.ptr)
                         .push(rows as u32)
                         .push(c as u32)
                         .launch(&dev, &format!("ln_bwd_dwdb{ch}_{}_{}", sfx(xd), sfx(wd)), blocks as u32, 256, 0);
                     Args::new().push(part.ptr).push(dw.ptr).push(db.ptr).push(c as u32).push(blocks as u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
                 } else {
-                    Args::new()
-                        .push(cuda_ptr(x))
-                        .push(cuda_ptr(w))
-                        .push(cuda_ptr(&g))
-                        .push(add.map_or(0, cuda_ptr))
-                        .push(cuda_ptr(mean))
-                        .push(cuda_ptr(rstd))
-                        .push(dx.ptr)
+                    row_args()
                         .push(rows as u32)
                         .push(c as u32)
                         .launch(&dev, &format!("ln_bwd_{}_{}", sfx(xd), sfx(wd)), rows.div_ceil(8) as u32, 256, 0);
