@@ -4,7 +4,7 @@
 //! Keys follow HF's `GPT2LMHeadModel` without the `transformer.` prefix (`wte.weight`,
 //! `h.0.attn.c_attn.weight` [C, 3C] in Conv1D layout, ...); `load_hf` strips the prefix if present.
 
-use fmlab_nn::{Embedding, LayerNorm, Mlp, MlpKind, MultiHeadAttention, NnError, VarBuilder, WeightLayout};
+use fmlab_nn::{cast_like, with_casts, Embedding, LayerNorm, Mlp, MlpKind, MultiHeadAttention, NnError, VarBuilder, WeightLayout};
 use fmlab_tensor::{AttnMask, DType, Rng, Tensor};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -134,9 +134,24 @@ impl Gpt2 {
     /// ids [B, T] → logits [B, T, V]. `rng` enables dropout (training); None = eval.
     pub fn forward(&self, ids: &Tensor, rng: Option<&mut Rng>) -> Tensor {
         let (b, t) = (ids.dim(0), ids.dim(1));
-        let x = self.hidden(ids, rng); // [B·T, C]
-        // Tied LM head: logits = x · wteᵀ.
-        x.matmul(&self.wte.weight.t().to_dtype(x.dtype())).reshape(&[b, t, self.cfg.vocab_size])
+        with_casts(&self.matmul_params(), self.compute_dtype, || {
+            let x = self.hidden(ids, rng); // [B·T, C]
+            // Tied LM head: logits = x · wteᵀ.
+            x.matmul(&cast_like(&self.wte.weight, &x).t()).reshape(&[b, t, self.cfg.vocab_size])
+        })
+    }
+
+    /// The weights and biases the matmuls read (cast to the compute dtype in one batch per step
+    /// under mixed precision: fmlab_nn::with_casts): every Linear's, and the tied head's.
+    fn matmul_params(&self) -> Vec<Tensor> {
+        let mut v = Vec::new();
+        for blk in &self.h {
+            for l in blk.attn.linears().into_iter().chain(&blk.mlp.lins) {
+                v.extend(l.params());
+            }
+        }
+        v.push(self.wte.weight.clone());
+        v
     }
 
     /// ids [B, T] → the final LayerNorm's output [B·T, C], the LM head's input.
@@ -171,8 +186,10 @@ impl Gpt2 {
     /// Mean next-token cross-entropy of ids [B, T] against targets [B, T] (-100 = ignored), through
     /// the fused classifier (the [B·T, V] logits are never held whole; see tensor/classifier.rs).
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, rng: Option<&mut Rng>) -> Tensor {
-        let x = self.hidden(ids, rng); // [B·T, C]
-        let w = self.wte.weight.to_dtype(x.dtype()); // [V, C]
-        x.linear_cross_entropy(&w, &targets.reshape(&[targets.numel()]), Some(-100))
+        with_casts(&self.matmul_params(), self.compute_dtype, || {
+            let x = self.hidden(ids, rng); // [B·T, C]
+            let w = cast_like(&self.wte.weight, &x); // [V, C]
+            x.linear_cross_entropy(&w, &targets.reshape(&[targets.numel()]), Some(-100))
+        })
     }
 }

@@ -5,8 +5,9 @@ use fmlab_tensor::{attention, AttnMask, DType, Tensor};
 /// Mixed precision without a global mode: parameters (fp32 masters) are cast to the dtype of the
 /// activations that reach them, so a model run on bf16 activations does its GEMMs in bf16 and
 /// the Cast's backward returns fp32 gradients to the masters. A no-op when the dtypes agree.
+/// A parameter in x's dtype (a batched copy inside `with_casts`; see casts.rs).
 fn like(p: &Tensor, x: &Tensor) -> Tensor {
-    p.to_dtype(x.dtype())
+    crate::casts::cast_like(p, x)
 }
 
 use crate::{Init, NnError, VarBuilder};
@@ -43,13 +44,20 @@ impl Linear {
         x.linear(&w, b.as_ref())
     }
 
-    /// The weight as [in, out] and the bias, in x's dtype (16-bit copies of f32 masters).
+    /// The weight as [in, out] and the bias, in x's dtype (16-bit copies of f32 masters: cast
+    /// as stored, then viewed transposed, so a batched copy of the stored weight serves).
     fn params_like(&self, x: &Tensor) -> (Tensor, Option<Tensor>) {
+        let w = like(&self.weight, x);
         let w = match self.layout {
-            WeightLayout::OutIn => self.weight.t(),
-            WeightLayout::InOut => self.weight.clone(),
+            WeightLayout::OutIn => w.t(),
+            WeightLayout::InOut => w,
         };
-        (like(&w, x), self.bias.as_ref().map(|b| like(b, x)))
+        (w, self.bias.as_ref().map(|b| like(b, x)))
+    }
+
+    /// The weight and the bias (what `with_casts` should batch).
+    pub fn params(&self) -> Vec<Tensor> {
+        std::iter::once(self.weight.clone()).chain(self.bias.clone()).collect()
     }
 }
 
@@ -173,6 +181,11 @@ pub struct MultiHeadAttention {
 }
 
 impl MultiHeadAttention {
+    /// Its projections (fused or separate, then the output's).
+    pub fn linears(&self) -> Vec<&Linear> {
+        [&self.qkv, &self.q, &self.k, &self.v].into_iter().flatten().chain(std::iter::once(&self.out)).collect()
+    }
+
     /// GPT-2 layout: `c_attn` [C, 3C] and `c_proj`.
     pub fn new_fused(vb: &VarBuilder, d: usize, n_head: usize, bias: bool, layout: WeightLayout, std: f64, proj_std: f64) -> Result<Self, NnError> {
         assert_eq!(d % n_head, 0, "d_model {d} is not divisible by n_head {n_head}");

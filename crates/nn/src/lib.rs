@@ -2,6 +2,7 @@
 //! key paths (`VarBuilder`), layers, optimizers, LR schedules, gradient clipping, and safetensors
 //! checkpoints with every key and shape checked.
 
+mod casts;
 pub mod gguf;
 pub mod graph_step;
 pub mod layers;
@@ -10,6 +11,7 @@ pub mod safetensors_io;
 pub mod schedule;
 mod varbuilder;
 
+pub use casts::{cast_like, with_casts};
 pub use graph_step::{GraphStep, IdRange};
 pub use layers::{Embedding, LayerNorm, Linear, Mlp, MlpKind, MultiHeadAttention, RmsNorm, WeightLayout};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, Sgd};

@@ -26,5 +26,5 @@ pub use fused_layers::layer_norm_backward_fused;
 pub use layout::Layout;
 pub use ops::{attention, attention_slow, rope_tables, AttnMask};
 pub use rng::Rng;
-pub use fused::{adamw_update, adamw_update_all, adamw_update_all_dev, clip_coef, sum_squares_all, AdamItem};
+pub use fused::{adamw_update, adamw_update_all, adamw_update_all_dev, cast_all, clip_coef, sum_squares_all, AdamItem};
 pub use tensor::{grad_enabled, no_grad, Device, NoGradGuard, Storage, Tensor, TensorId};

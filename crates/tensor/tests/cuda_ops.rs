@@ -386,6 +386,32 @@ fn mlp_gelu_epilogues_match_cpu() {
     }
 }
 
+/// The multi-tensor cast (`cast_all`: one launch for many f32 → bf16 casts) equals `to_dtype` bit
+/// for bit, tensor by tensor (sizes across block boundaries, more tensors than one table holds,
+/// a non-contiguous one that takes `to_dtype`), and each output's gradient reaches its own input.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn cast_all_equals_to_dtype_and_routes_gradients() {
+    let g = gpu();
+    let sizes: Vec<usize> = (0..70).map(|i| [1usize, 7, 8192, 8193, 20_000][i % 5] + i).collect();
+    let vars: Vec<Tensor> = sizes.iter().enumerate().map(|(i, &n)| Tensor::new_var(&rnd(&[n], 200 + i as u64, DType::F32).to_device(g))).collect();
+    let mut inputs: Vec<Tensor> = vars.clone();
+    inputs.push(rnd(&[6, 5], 300, DType::F32).to_device(g).t()); // strided: the plain path
+    let out = fmlab_tensor::cast_all(&inputs, DType::BF16);
+    for (i, (o, x)) in out.iter().zip(&inputs).enumerate() {
+        assert_eq!(o.dtype(), DType::BF16);
+        assert_eq!(o.shape(), x.shape());
+        assert_eq!(o.to_vec_f64(), x.to_dtype(DType::BF16).to_vec_f64(), "tensor {i} of {} elements", x.numel());
+    }
+    // d/dx_i Σ_i (i + 1)·Σ cast(x_i) = i + 1 everywhere.
+    let loss = out[..vars.len()].iter().enumerate().map(|(i, o)| o.to_dtype(DType::F32).sum_all().affine(i as f64 + 1.0, 0.0)).reduce(|a, b| a.add(&b)).unwrap();
+    loss.backward();
+    for (i, v) in vars.iter().enumerate() {
+        let gr = v.grad().unwrap().to_vec_f64();
+        assert!(gr.iter().all(|&x| x == i as f64 + 1.0), "gradient of tensor {i}");
+    }
+}
+
 /// The one-pass LayerNorm backward (`ln_bwd_dwdb`: dx, dW and dB from one read of x and g) against
 /// its twin on the GPU (the row kernel, then the column reduction reading x and g again) and the
 /// CPU: bf16 activations with f32 and bf16 weights, c = 256 and 512 (one and two 16-byte chunks

@@ -269,3 +269,24 @@ SOFTMAX(float, f32)
 SOFTMAX(double, f64)
 SOFTMAX(bf16, bf16)
 SOFTMAX(f16, f16)
+
+// Multi-tensor cast f32 → 16-bit: up to CAST_MT contiguous tensors in one launch (a training
+// step casts every matmul weight of the model to bf16: ~100 launches of a few µs each, one here).
+// Block b converts elements [(b - start[t])·CAST_CHUNK, +CAST_CHUNK) of tensor t; rounding as
+// cast_k's (st<D>), so each output equals the single-tensor cast bit for bit.
+#define CAST_MT 64
+#define CAST_CHUNK 8192
+struct CastTab { u64 src[CAST_MT], dst[CAST_MT]; u32 n[CAST_MT]; u32 start[CAST_MT + 1]; u32 count; };
+template <typename D> __device__ void cast_mt_k(const CastTab& tab) {
+    u32 b = blockIdx.x, lo_t = 0, hi_t = tab.count - 1;
+    while (lo_t < hi_t) {  // the last t with start[t] <= b
+        u32 mid = (lo_t + hi_t + 1) / 2;
+        if (tab.start[mid] <= b) lo_t = mid; else hi_t = mid - 1;
+    }
+    const float* x = (const float*)tab.src[lo_t];
+    D* y = (D*)tab.dst[lo_t];
+    u32 lo = (b - tab.start[lo_t]) * CAST_CHUNK, hi = min(tab.n[lo_t], lo + CAST_CHUNK);
+    for (u32 i = lo + threadIdx.x; i < hi; i += blockDim.x) y[i] = st<D>(x[i]);
+}
+extern "C" __global__ void cast_mt_f32_bf16(CastTab tab) { cast_mt_k<bf16>(tab); }
+extern "C" __global__ void cast_mt_f32_f16(CastTab tab) { cast_mt_k<f16>(tab); }
