@@ -457,29 +457,30 @@ struct CastTab {
 pub fn cast_all(ts: &[Tensor], dtype: DType) -> Vec<Tensor> {
     let fused = |t: &Tensor| t.device().is_cuda() && t.dtype() == DType::F32 && matches!(dtype, DType::BF16 | DType::F16) && t.is_contiguous() && t.numel() > 0 && u32::try_from(t.numel()).is_ok();
     let mut out: Vec<Option<Tensor>> = ts.iter().map(|t| (!fused(t)).then(|| t.to_dtype(dtype))).collect();
-    let todo: Vec<usize> = (0..ts.len()).filter(|&i| out[i].is_none()).collect();
-    for chunk in todo.chunks(CAST_MT) {
-        let dev = ts[chunk[0]].with_storage(|s| match s {
+    // The rest, grouped by device, 64 tensors per launch.
+    let mut groups: Vec<(crate::Device, Vec<usize>)> = Vec::new();
+    for i in (0..ts.len()).filter(|&i| out[i].is_none()) {
+        match groups.iter_mut().find(|(d, _)| *d == ts[i].device()) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((ts[i].device(), vec![i])),
+        }
+    }
+    for (_, idx) in groups {
+        let dev = ts[idx[0]].with_storage(|s| match s {
             Storage::Cuda(c) => c.dev.clone(),
             _ => unreachable!(),
         });
-        let mut tab = CastTab { src: [0; CAST_MT], dst: [0; CAST_MT], n: [0; CAST_MT], start: [0; CAST_MT + 1], count: 0 };
-        // Grouped per device: a chunk's tensors may sit on different GPUs.
-        let group: Vec<usize> = chunk.iter().copied().filter(|&i| ts[i].device() == ts[chunk[0]].device()).collect();
-        let rest: Vec<usize> = chunk.iter().copied().filter(|i| !group.contains(i)).collect();
-        for &i in &rest {
-            out[i] = Some(ts[i].to_dtype(dtype));
+        for chunk in idx.chunks(CAST_MT) {
+            let mut tab = CastTab { src: [0; CAST_MT], dst: [0; CAST_MT], n: [0; CAST_MT], start: [0; CAST_MT + 1], count: chunk.len() as u32 };
+            let blocks = block_starts(chunk.iter().map(|&i| ts[i].numel()), CAST_CHUNK, &mut tab.start);
+            for (k, &i) in chunk.iter().enumerate() {
+                let t = &ts[i];
+                let y = CudaStorage::alloc(&dev, dtype, t.numel());
+                (tab.src[k], tab.dst[k], tab.n[k]) = (cuda_ptr(t), y.ptr, t.numel() as u32);
+                out[i] = Some(Tensor::from_any(Storage::Cuda(y), t.shape(), Some(Op::Cast(t.clone()))));
+            }
+            Args::new().push(tab).launch(&dev, &format!("cast_mt_f32_{}", dtype.name()), blocks as u32, 256, 0);
         }
-        tab.count = group.len() as u32;
-        let blocks = block_starts(group.iter().map(|&i| ts[i].numel()), CAST_CHUNK, &mut tab.start);
-        for (k, &i) in group.iter().enumerate() {
-            let t = &ts[i];
-            let y = CudaStorage::alloc(&dev, dtype, t.numel());
-            (tab.src[k], tab.dst[k], tab.n[k]) = (cuda_ptr(t), y.ptr, t.numel() as u32);
-            let op = Some(Op::Cast(t.clone()));
-            out[i] = Some(Tensor::from_any(Storage::Cuda(y), t.shape(), op));
-        }
-        Args::new().push(tab).launch(&dev, &format!("cast_mt_f32_{}", dtype.name()), blocks as u32, 256, 0);
     }
     out.into_iter().map(|t| t.expect("every tensor cast")).collect()
 }
