@@ -1,8 +1,8 @@
 //! The inference models (`fmlab generate`'s Llama, `fmlab embed`'s BERT) on the GPU against the
 //! same weights on the CPU: small random-weight models (the real checkpoints are too large to
 //! carry to the GPU machine in one call; their parity with transformers is checked on the CPU by
-//! smollm2.rs and minilm.rs). Needs a GPU: `scripts/gpu-check.sh run tests` runs these with
-//! `--ignored`.
+//! smollm2.rs and minilm.rs). The GPU tests need a GPU: `scripts/gpu-check.sh run tests` runs
+//! them with `--ignored`; the bf16-on-the-CPU test (the compute-dtype plumbing alone) runs in CI.
 //!
 //! Tolerances: f32 on both devices differs only in summation order (cuBLAS vs the gemm crate):
 //! 1e-4 of the logits' scale. bf16 activations (the GPU default for generate) round every
@@ -77,4 +77,18 @@ fn bert_embeddings_on_the_gpu_match_the_cpu() {
     let e = rel(&got.to_vec::<f32>(), &want);
     eprintln!("bert f32 on the GPU: embeddings relative error {e:.2e}");
     assert!(e <= 1e-4, "bert embeddings differ by {e:.2e}");
+}
+
+#[test]
+fn llama_in_bf16_on_the_cpu_tracks_f32() {
+    let mut m = llama();
+    let want = run_llama(&m);
+    m.to_device(Device::Cpu, DType::BF16);
+    let got = run_llama(&m);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        let e = rel(g, w);
+        assert!(e <= 5e-2, "llama bf16 on the CPU, step {i}: logits relative error {e:.2e}");
+    }
+    // The weights stay f32 masters; only the activations changed dtype.
+    assert!(m.vars.iter().all(|(_, v)| v.dtype() == DType::F32));
 }
