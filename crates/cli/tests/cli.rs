@@ -195,6 +195,10 @@ fn generate_and_embed_bad_inputs_are_clear_errors() {
     let cache = std::env::var_os("FMLAB_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fmlab"));
     let long = "word ".repeat(9000);
     fails_with(bin().env("FMLAB_CACHE", &cache).args(["generate", "--max-tokens", "1", "--prompt", &long]), "context is 8192");
+    // --precision bf16 runs the model with bf16 activations (here on the CPU) and says so.
+    let (okk, out, err) = run(bin().env("FMLAB_CACHE", &cache).args(["generate", "--device", "cpu", "--precision", "bf16", "--max-tokens", "3", "--temperature", "0", "--prompt", "The capital of France is"]));
+    assert!(okk && !out.trim().is_empty(), "{err}");
+    assert!(err.contains("cpu, bf16"), "{err}");
 }
 
 #[test]

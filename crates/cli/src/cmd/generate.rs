@@ -192,9 +192,10 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let mut out = std::io::stdout().lock();
     let (n, secs) = lm.generate(&prompt, &a.gen, &mut out)?;
     writeln!(out)?;
+    let precision = crate::device::precision_name(lm.model.compute_dtype);
     let on = match lm.model.embed_device() {
-        fmlab_tensor::Device::Cpu => format!("cpu, {} threads", rayon::current_num_threads()),
-        d => format!("{d}, {}", crate::device::precision_name(lm.model.compute_dtype)),
+        fmlab_tensor::Device::Cpu => format!("cpu, {precision}, {} threads", rayon::current_num_threads()),
+        d => format!("{d}, {precision}"),
     };
     eprintln!("{n} tokens in {secs:.2}s ({:.1} tokens/s, prompt + KV cache, {on})", n as f64 / secs);
     Ok(())
