@@ -87,7 +87,8 @@ impl Bert {
         }
     }
 
-    fn device(&self) -> Device {
+    /// Where the weights are.
+    pub fn device(&self) -> Device {
         self.word.weight.device()
     }
 

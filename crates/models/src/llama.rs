@@ -209,7 +209,7 @@ impl Llama {
     }
 
     /// Where the weights are.
-    pub fn embed_device(&self) -> Device {
+    pub fn device(&self) -> Device {
         self.embed.weight.device()
     }
 
@@ -222,7 +222,7 @@ impl Llama {
         if cache.kv.len() != self.layers.len() {
             cache.kv = (0..self.layers.len()).map(|_| None).collect();
         }
-        let dev = self.embed.weight.device();
+        let dev = self.device();
         let (cos, sin) = rope_tables(t, d, self.cfg.rope_theta, past, self.compute_dtype); // [T, D/2]
         let (cos, sin) = (cos.to_device(dev), sin.to_device(dev));
         let mut x = self.embed.forward(ids).to_dtype(self.compute_dtype); // [B, T, C] (ids stay on the host)

@@ -52,7 +52,7 @@ fn llama_logits_and_kv_cache_decoding_on_the_gpu_match_the_cpu() {
     let want = run_llama(&m);
     for (dtype, tol) in [(DType::F32, 1e-4f32), (DType::BF16, 5e-2)] {
         m.to_device(gpu(), dtype);
-        assert!(m.embed_device().is_cuda());
+        assert!(m.device().is_cuda());
         let got = run_llama(&m);
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {
             let e = rel(g, w);

@@ -193,7 +193,7 @@ pub fn run_generate(a: GenerateArgs) -> Result<()> {
     let (n, secs) = lm.generate(&prompt, &a.gen, &mut out)?;
     writeln!(out)?;
     let precision = crate::device::precision_name(lm.model.compute_dtype);
-    let on = match lm.model.embed_device() {
+    let on = match lm.model.device() {
         fmlab_tensor::Device::Cpu => format!("cpu, {precision}, {} threads", rayon::current_num_threads()),
         d => format!("{d}, {precision}"),
     };

@@ -271,11 +271,13 @@ impl<S: Source> Pool<S> {
             }),
         };
         match graph.and_then(|g| self.private.get_mut(&g)) {
-            // Still in use by the graph: stays counted in `allocated`.
+            // Still in use by the graph: stays counted in `allocated`. Other streams' uses are not
+            // waited for here: the graph's blocks are reused only by its own capture and join the
+            // shared lists when the graph is dropped, after a device-wide synchronization.
             Some(lists) => lists.entry(size).or_default().push(p),
             None => match other {
                 Some(streams) => {
-                    let events = streams.iter().map(|&s| self.src.record(self.streams.get(s as usize).copied().unwrap_or(0))).collect();
+                    let events = streams.iter().map(|&s| self.src.record(*self.streams.get(s as usize).expect("record_stream: a stream the pool was told of (add_stream)"))).collect();
                     self.pending.push(Pending { p, size, stream, events });
                 }
                 None => {
