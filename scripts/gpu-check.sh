@@ -2,7 +2,7 @@
 # The CUDA backend's checks and benchmark in one GPU-machine call (build here, run there).
 #
 #   scripts/gpu-check.sh build          # dev machine: test binaries + CLI into gpu/ (git-ignored)
-#   scripts/gpu-check.sh run [WHAT...]  # GPU machine: WHAT = tests ops bench profile (default: tests bench)
+#   scripts/gpu-check.sh run [WHAT...]  # GPU machine: WHAT = tests ops attn bench profile curve (default: tests bench)
 #
 # `run` needs no Rust: it runs the carried binaries, finds the CUDA libraries itself (fmlab's
 # loader searches the toolkit and the pip wheels; see crates/tensor/src/cuda/libs.rs), and prints
@@ -95,6 +95,26 @@ out = ["| step | CPU fp32 loss | GPU fp32 loss | GPU bf16 loss | GPU fp32 − CP
 for s in pick:
     c, g, b = loss["cpu-fp32"][s], loss["cuda-fp32"][s], loss["cuda-bf16"][s]
     out.append(f"| {s} | {c:.4f} | {g:.4f} | {b:.4f} | {g - c:+.4f} | {b - c:+.4f} |")
+print("\n".join(out))
+PY
+)") ;;
+  attn)
+    # fmlab's flash attention next to PyTorch's SDPA backends at gpt2-mini's attention shapes,
+    # timed the same way (tools/bench_attention_torch.py says how).
+    ours=$(gpu/fmlab bench ops --device cuda --only attention 2>&1 | grep 'flash'); echo "$ours"
+    theirs=$(python3 tools/bench_attention_torch.py 2>&1 | grep '^torch-attn'); echo "$theirs"
+    summary+=("$(python3 - "$ours" "$theirs" <<'PY'
+import re, sys
+ours, theirs = sys.argv[1], sys.argv[2]
+out = ["| attention [32, 8, 1024, 32] causal bf16 | fwd ms | bwd ms | fwd+bwd vs fmlab |", "|---|---|---|---|"]
+def ms(text, pat):
+    m = re.search(pat, text)
+    return float(m.group(1)) if m else float("nan")
+f = ms(ours, r"flash\) fwd \|[^|]*\| ([0-9.]+)"); b = ms(ours, r"flash\) bwd \|[^|]*\| ([0-9.]+)")
+out.append(f"| fmlab flash | {f:.3f} | {b:.3f} | 1.00 |")
+for name in ("flash", "cudnn", "efficient"):
+    tf = ms(theirs, rf"torch-attn {name} fwd ([0-9.]+)"); tb = ms(theirs, rf"torch-attn {name} bwd ([0-9.]+)")
+    out.append(f"| PyTorch SDPA {name} | {tf:.3f} | {tb:.3f} | fmlab is {(tf + tb) / (f + b):.2f}x |")
 print("\n".join(out))
 PY
 )") ;;
