@@ -2,7 +2,7 @@
 # The CUDA backend's checks and benchmark in one GPU-machine call (build here, run there).
 #
 #   scripts/gpu-check.sh build          # dev machine: test binaries + CLI into gpu/ (git-ignored)
-#   scripts/gpu-check.sh run [WHAT...]  # GPU machine: WHAT = tests ops attn bench profile curve (default: tests bench)
+#   scripts/gpu-check.sh run [WHAT...]  # GPU machine: WHAT = tests ops attn ncu bench profile curve (default: tests bench)
 #
 # `run` needs no Rust: it runs the carried binaries, finds the CUDA libraries itself (fmlab's
 # loader searches the toolkit and the pip wheels; see crates/tensor/src/cuda/libs.rs), and prints
@@ -118,6 +118,16 @@ for name in ("flash", "cudnn", "efficient"):
 print("\n".join(out))
 PY
 )") ;;
+  ncu)
+    # Hardware counters of the flash kernels, fmlab's and PyTorch's (Nsight Compute, where the
+    # machine has it; clocks left alone). Full reports go to $OUT when the caller gives one.
+    sec="--section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis --section SchedulerStats --section InstructionStats"
+    o=${OUT:-/tmp}
+    ncu --clock-control none $sec -k "regex:${NCU_KERNELS:-fa_(fwd|bwd_kv|bwd_q)_d32}" -c 3 gpu/fmlab bench ops --device cuda --only attention --iters 1 > "$o/ncu-fmlab.txt" 2>&1
+    ncu --clock-control none $sec -k "regex:flash_(fwd|bwd)" -c 4 python3 tools/bench_attention_torch.py --iters 1 > "$o/ncu-torch.txt" 2>&1
+    for f in "$o/ncu-fmlab.txt" "$o/ncu-torch.txt"; do
+      grep -E "^  [a-z_].*\(|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Executed Ipc A|Block Limit|Shared Memory Configuration Size|Dynamic Shared|Static Shared" "$f" | head -80
+    done ;;
   profile)
     # Where the time goes: per-kernel GPU time of 2 steps (events around each launch).
     FMLAB_CUDA_PROFILE=1 gpu/fmlab bench train --preset gpt2-mini --batch "${BENCH_BATCH:-32}" --seq "${BENCH_SEQ:-1024}" --steps 2 --warmup 1 --device cuda 2>&1 | tail -68 ;;

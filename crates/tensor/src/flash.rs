@@ -35,15 +35,16 @@ struct FaDims {
 const TILE: usize = 64;
 
 /// (batch, head, row) strides of a [B, H, rows, D] view whose last dim is contiguous and whose
-/// strides and offset are even (bf16 pairs are read as 32-bit words); None otherwise.
+/// strides and offset are multiples of 8 (the kernels copy rows in 16-byte pieces; storage
+/// blocks are 512-byte aligned); None otherwise.
 fn bhr_strides(x: &Tensor) -> Option<[u32; 3]> {
     let l = x.layout();
     let st = &l.strides;
-    if st[3] != 1 || l.offset % 2 != 0 {
+    if st[3] != 1 || l.offset % 8 != 0 {
         return None;
     }
     let s = [st[0], st[1], st[2]];
-    if s.iter().any(|&v| v % 2 != 0 || u32::try_from(v).is_err()) {
+    if s.iter().any(|&v| v % 8 != 0 || u32::try_from(v).is_err()) {
         return None;
     }
     Some([s[0] as u32, s[1] as u32, s[2] as u32])
@@ -67,7 +68,13 @@ pub(crate) fn supported(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> 
         AttnMask::Custom(_) => false,
     };
     let fits = (b * h * t.max(s) * d) < u32::MAX as usize / 2;
-    shapes && mask_ok && fits && [q, k, v].iter().all(|x| bhr_strides(x).is_some())
+    shapes && mask_ok && fits
+}
+
+/// `x` itself when the kernels can read it in place, else a packed copy (contiguous with D a
+/// multiple of 8 qualifies; gradients flow back through the copy).
+fn aligned(x: &Tensor) -> Tensor {
+    if bhr_strides(x).is_some() { x.clone() } else { x.contiguous() }
 }
 
 fn dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> FaDims {
@@ -96,6 +103,7 @@ fn at(t: &Tensor) -> u64 {
 
 /// softmax(scale · q kᵀ + mask) v for supported inputs (see `supported`).
 pub(crate) fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Tensor {
+    let (q, k, v) = (&aligned(q), &aligned(k), &aligned(v));
     let (b, h, t, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
     let scale = 1.0 / (d as f64).sqrt();
     let causal = matches!(mask, AttnMask::Causal);

@@ -5,8 +5,10 @@
 // dK/dV parallel over key tiles, dQ parallel over query tiles.
 //
 // Layouts: q [B, H, T, D], k/v [B, H, S, D] as strided views (element strides for b, h, row; the
-// last dim contiguous; the host checks even strides so bf16 pairs are 4-byte aligned). Outputs
-// (O, dQ, dK, dV) are written [B, rows, H, D] contiguous. LSE and delta are [B·H, T] f32.
+// last dim contiguous; the host passes strides and offsets that are multiples of 8, so every row
+// starts 16-byte aligned). Outputs (O, dQ, dK, dV) are written [B, rows, H, D] contiguous. LSE
+// and delta are [B·H, T] f32; the LSE is that of scale·QKᵀ in log2 units (log2 Σ_j
+// exp2(s_ij·scale·log2e)), which the backward uses as it is.
 // Masks: causal = query i sees keys j <= i + (S - T); pad (u8 [B, S], may be null) = 0 hides a key.
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4):
@@ -35,7 +37,12 @@ __device__ __forceinline__ void mma_bf16(float* c, const u32* a, u32 b0, u32 b1)
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-__device__ __forceinline__ u32 pack_bf16(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+// Two floats to a bf16 pair in one instruction (round to nearest even, as f2bf; sm_80+).
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
 __device__ __forceinline__ float fa_exp2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 // ldmatrix: a warp loads four 8×8 b16 matrices from shared memory, lane 8i + r giving the address
 // of row r of matrix i; each lane receives the pair (row g, cols 2t, 2t+1) of every matrix, or with
@@ -60,9 +67,11 @@ template <int D> __device__ __forceinline__ void ldsm_b_t(u32* r, unsigned short
     int lane = threadIdx.x & 31, mi = lane >> 3;
     ldsm_x4_t(r, &sm[kk * 16 + (mi & 1) * 8 + (lane & 7)][(nd + (mi >> 1)) * 8]);
 }
-#define FA_NEG_INF (-1.0f / 0.0f)
+// Infinities by their bits: NVRTC does not fold a division by zero and emits a full IEEE
+// division (FCHK and a slow-path call) wherever it appears, which was once per masked score.
+#define FA_INF __int_as_float(0x7f800000)
+#define FA_NEG_INF __int_as_float(0xff800000)
 #define LOG2E 1.4426950408889634f
-#define LN2 0.6931471805599453f
 
 struct FaDims {
     u32 b, h, t, s;       // batch, heads, queries, keys
@@ -98,25 +107,19 @@ __device__ __forceinline__ void cp_async4(void* dst, const void* src, u32 bytes)
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
-// Copies rows [r0, r0 + FA_TILE) of a [n, D] strided matrix into shared [FA_TILE][D + 8], rows
-// past n as zeros: 16-byte copies when the rows are 16-byte aligned (the usual case: q, k, v read
-// in place from the QKV projection), 4-byte otherwise. Issues the copies; the caller commits the
-// group and waits for it.
-template <int D> __device__ __forceinline__ void load_tile_async(unsigned short (*sm)[D + 8], const bf16* base, u32 row_stride, u32 r0, u32 n) {
-    if ((((u64)base | ((u64)row_stride * 2)) & 15) == 0) {
-        const int vecs = D / 8;
-        for (int i = threadIdx.x; i < FA_TILE * vecs; i += blockDim.x) {
-            int r = i / vecs, w = i % vecs;
-            bool ok = r0 + r < n;
-            cp_async16(&sm[r][8 * w], ok ? base + (u64)(r0 + r) * row_stride + 8 * w : base, ok ? 16 : 0);
-        }
-        return;
-    }
-    const int words = D / 2;
-    for (int i = threadIdx.x; i < FA_TILE * words; i += blockDim.x) {
-        int r = i / words, w = i % words;
-        bool ok = r0 + r < n;
-        cp_async4(&sm[r][2 * w], ok ? base + (u64)(r0 + r) * row_stride + 2 * w : base, ok ? 4 : 0);
+// Copies rows [r0, r0 + FA_TILE) of a [n, D] matrix (row stride rs elements) into shared
+// [FA_TILE][D + 8], rows past n as zeros, in 16-byte copies: the host passes only 16-byte-aligned
+// rows (flash.rs copies other layouts first). Thread i copies vector i % (D/8) of rows
+// i / (D/8) + c·RS; every flash kernel runs FA_WARPS warps per block, so the loop has a
+// compile-time length and unrolls. Issues the copies; the caller commits the group and waits.
+template <int D> __device__ __forceinline__ void load_tile_async(unsigned short (*sm)[D + 8], const bf16* base, u32 rs, u32 r0, u32 n) {
+    const int VECS = D / 8, RS = FA_WARPS * 32 / VECS;
+    const u32 r = threadIdx.x / VECS, w = threadIdx.x % VECS;
+    const bf16* p = base + (u64)(r0 + r) * rs + 8 * w;
+#pragma unroll
+    for (int c = 0; c < FA_TILE / RS; ++c) {
+        bool ok = r0 + r + c * RS < n;
+        cp_async16(&sm[r + c * RS][8 * w], ok ? p + (u64)c * RS * rs : base, ok ? 16 : 0);
     }
 }
 
@@ -172,12 +175,43 @@ __device__ __forceinline__ u32 fa_key_tiles(const FaDims& d, u32 q0) {
     return (kend + FA_TILE - 1) / FA_TILE;
 }
 
-// Whether query row i may see key j.
-__device__ __forceinline__ bool fa_visible(const FaDims& d, const u8* pad, u32 bi, u32 i, u32 j) {
-    if (j >= d.s || i >= d.t) return false;
-    if (d.causal && j > i + (d.s - d.t)) return false;
-    if (pad && !pad[(u64)bi * d.s + j]) return false;
-    return true;
+// Masks (boundary tiles only; interior tiles skip them). Scores a query may not see become -inf,
+// so exp2 makes their probabilities 0. Query i sees key j when j < S, pad[b, j] != 0 (no pad:
+// every key) and, causal, j <= i + (S - T). Rows past T (queries) or S (keys) are never stored.
+//
+// Scores of a 16-query warp tile (rows r0 + g, r0 + g + 8) against keys k0.. (C fragments).
+__device__ __forceinline__ void fa_mask_rows(float (*sc)[4], const FaDims& d, const u8* pad, u32 bi, u32 r0, u32 k0) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    u32 lim[2]; // keys below lim[r] are visible to row r (before the pad)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) lim[r] = d.causal ? min(d.s, r0 + g + r * 8 + (d.s - d.t) + 1) : d.s;
+#pragma unroll
+    for (int nt = 0; nt < FA_TILE / 8; ++nt)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+            u32 j = k0 + nt * 8 + 2 * t + c;
+            bool kp = !pad || (j < d.s && pad[(u64)bi * d.s + j]);
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+                if (!kp || j >= lim[r]) sc[nt][2 * r + c] = FA_NEG_INF;
+        }
+}
+// Transposed scores of a 16-key warp tile (rows k0 + g, k0 + g + 8) against queries q0.., N/8
+// n-tiles (dK/dV's S^T).
+template <int N> __device__ __forceinline__ void fa_mask_keys(float (*st)[4], const FaDims& d, const u8* pad, u32 bi, u32 k0, u32 q0) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        u32 j = k0 + g + r * 8;
+        bool kp = j < d.s && (!pad || pad[(u64)bi * d.s + j]);
+#pragma unroll
+        for (int n = 0; n < N / 8; ++n)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                u32 i = q0 + n * 8 + 2 * t + c;
+                if (!kp || (d.causal && i + (d.s - d.t) < j)) st[n][2 * r + c] = FA_NEG_INF;
+            }
+    }
 }
 
 template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) {
@@ -216,26 +250,23 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
                 mma_bf16(sc[nt], qa[kk + 1], b[2], b[3]);
             }
         }
-        // Scale (log2 domain), mask, row maxima over the 4 lanes sharing a row.
-        float mx[2] = {FA_NEG_INF, FA_NEG_INF};
-        // Interior tiles (every key exists and is visible to every row of this warp) skip the
-        // per-element mask. Rows past T are never stored, so they need no mask.
+        // Mask (boundary tiles only: interior tiles have every key present and visible to every
+        // row of this warp; rows past T are never stored, so they need no mask), then the row
+        // maxima of the raw scores over the 4 lanes sharing a row. The scale is positive, so it
+        // is applied to the maxima and folded into the exponent's FMA below.
         bool masked = k0 + FA_TILE > d.s || pad || (d.causal && k0 + FA_TILE - 1 > wq + (d.s - d.t));
+        if (masked) fa_mask_rows(sc, d, pad, bi, wq, k0);
+        float mx[2] = {FA_NEG_INF, FA_NEG_INF};
 #pragma unroll
         for (int nt = 0; nt < FA_TILE / 8; ++nt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                u32 i = wq + g + (e >> 1) * 8, j = k0 + nt * 8 + 2 * t + (e & 1);
-                float x = (!masked || fa_visible(d, pad, bi, i, j)) ? sc[nt][e] * sl2 : FA_NEG_INF;
-                sc[nt][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
-            }
+            for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], sc[nt][e]);
         float corr[2], base[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            float mn = fmaxf(m[r], mx[r]);
+            float mn = fmaxf(m[r], mx[r] * sl2);
             base[r] = mn == FA_NEG_INF ? 0.f : mn; // a row with nothing visible yet: exp2(-inf) = 0
             corr[r] = fa_exp2(m[r] - base[r]);
             m[r] = mn;
@@ -251,7 +282,7 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
             for (int h2 = 0; h2 < 2; ++h2)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    float x = fa_exp2(sc[2 * kk + h2][e] - base[e >> 1]);
+                    float x = fa_exp2(__fmaf_rn(sc[2 * kk + h2][e], sl2, -base[e >> 1]));
                     p[h2][e] = x;
                     l[e >> 1] += x;
                 }
@@ -279,8 +310,9 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
         bf16* orow = o + (((u64)bi * d.t + i) * d.h + hi) * D;
 #pragma unroll
         for (int nd = 0; nd < D / 8; ++nd) *(u32*)(orow + nd * 8 + 2 * t) = pack_bf16(acc[nd][2 * r] * inv, acc[nd][2 * r + 1] * inv);
-        // Natural-log LSE; +inf for a row that sees no key (backward's exp(s - lse) is then 0).
-        if (t == 0) lse[(u64)bh * d.t + i] = l[r] > 0.f ? (m[r] + log2f(l[r])) * LN2 : 1.0f / 0.0f;
+        // The row's log-sum-exp of scale·s in log2 units (backward's P = exp2(s·scale·log2e −
+        // lse) is one FMA and an exp2); +inf for a row that sees no key (P is then 0).
+        if (t == 0) lse[(u64)bh * d.t + i] = l[r] > 0.f ? m[r] + log2f(l[r]) : FA_INF;
     }
 }
 
@@ -325,6 +357,7 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
     const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
     const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
     const bf16* gb = dout + (u64)bi * ds0 + (u64)hi * ds1;
+    const float sl2 = d.scale * LOG2E;
     u32 ka[D / 16][4], va[D / 16][4];
     load_a_global<D>(ka, kb, d.ks[2], wk, d.s);
     load_a_global<D>(va, vb, d.vs[2], wk, d.s);
@@ -347,7 +380,7 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
                 cp_async4(&lse_b[b][i], lse + (u64)bh * d.t + r0 + i, 4);
                 cp_async4(&del_b[b][i], delta + (u64)bh * d.t + r0 + i, 4);
             } else {
-                lse_b[b][i] = 1.0f / 0.0f; // P = 0 for queries past T
+                lse_b[b][i] = FA_INF; // P = 0 for queries past T
                 del_b[b][i] = 0.f;
             }
         }
@@ -361,8 +394,8 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
         const float* lse_s = lse_b[it % ST];
         const float* del_s = del_b[it % ST];
         fa_stage_ready<ST>(it, ntiles, issue);
-        // P^T = exp(s·scale − lse_i); dS^T = P^T ∘ (dP^T − delta_i). Unmasked interior tiles:
-        // queries past T have lse = +inf (P = 0); keys past S are rows never stored.
+        // P^T = exp2(s·scale·log2e − lse_i); dS^T = P^T ∘ (dP^T − delta_i). Interior tiles need
+        // no mask: queries past T have lse = +inf (P = 0); keys past S are rows never stored.
         bool masked = pad || (d.causal && wk + 15 > q0 + (d.s - d.t));
         // The tile's queries in two halves of FA_HALF: the S^T and dP^T fragments of a half are
         // 32 registers, not 64 (at 175 registers only 2 blocks fit an SM; see FA_HALF).
@@ -375,12 +408,13 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
                 const int nt = h0 / 8 + n;
                 fa_dual_scores<D>(st[n], dpt[n], ka, va, qt, gt, nt);
             }
+            if (masked) fa_mask_keys<FA_HALF>(st, d, pad, bi, wk, q0 + h0);
 #pragma unroll
             for (int n = 0; n < FA_HALF / 8; ++n)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    u32 j = wk + g + (e >> 1) * 8, qi = h0 + n * 8 + 2 * t + (e & 1), i = q0 + qi;
-                    float p = (!masked || fa_visible(d, pad, bi, i, j)) ? fa_exp2((st[n][e] * d.scale - lse_s[qi]) * LOG2E) : 0.f;
+                    u32 qi = h0 + n * 8 + 2 * t + (e & 1);
+                    float p = fa_exp2(__fmaf_rn(st[n][e], sl2, -lse_s[qi]));
                     st[n][e] = p;
                     dpt[n][e] = p * (dpt[n][e] - del_s[qi]);
                 }
@@ -430,6 +464,7 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
     const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
     const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
     const bf16* gb = dout + (u64)bi * ds0 + (u64)hi * ds1;
+    const float sl2 = d.scale * LOG2E;
     u32 qa[D / 16][4], ga[D / 16][4];
     load_a_global<D>(qa, qb, d.qs[2], wq, d.t);
     load_a_global<D>(ga, gb, ds2, wq, d.t);
@@ -437,7 +472,7 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         u32 i = wq + g + r * 8;
-        lr[r] = i < d.t ? lse[(u64)bh * d.t + i] : 1.0f / 0.0f;
+        lr[r] = i < d.t ? lse[(u64)bh * d.t + i] : FA_INF;
         dr[r] = i < d.t ? delta[(u64)bh * d.t + i] : 0.f;
     }
     float dqa[D / 8][4];
@@ -457,12 +492,12 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
             fa_dual_scores<D>(sc[nt], dp[nt], qa, ga, kt, vt, nt);
         }
         bool masked = k0 + FA_TILE > d.s || pad || (d.causal && k0 + FA_TILE - 1 > wq + (d.s - d.t));
+        if (masked) fa_mask_rows(sc, d, pad, bi, wq, k0);
 #pragma unroll
         for (int nt = 0; nt < FA_TILE / 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                u32 i = wq + g + (e >> 1) * 8, j = k0 + nt * 8 + 2 * t + (e & 1);
-                float p = (!masked || fa_visible(d, pad, bi, i, j)) ? fa_exp2((sc[nt][e] * d.scale - lr[e >> 1]) * LOG2E) : 0.f;
+                float p = fa_exp2(__fmaf_rn(sc[nt][e], sl2, -lr[e >> 1]));
                 sc[nt][e] = p * (dp[nt][e] - dr[e >> 1]);
             }
         // dQ += dS K (k = key index).
@@ -493,8 +528,11 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
 // of 65536 / (128 · n)), per head dim. For d32, measured on the H100 (bench ops, one call):
 // forward 1 → 5 blocks (126 → 96 registers, 16 bytes spilled) 0.375 → 0.311 ms; dQ 1 → 5
 // (128 → 96) and dK/dV 1 → 4 (135 → 128) backward 0.947 → 0.819 / 0.893 ms; the gpt2-mini step
-// 35.5 → 32.6 ms with all three. d64/d128 are not tuned (0: the compiler's own choice; an
-// explicit 1 lets it take up to 255 registers, more than it does unasked). FMLAB_CUDA_DEFINES can set
+// 35.5 → 32.6 ms with all three. After the masks moved off the interior tiles (one call, fwd /
+// bwd ms, FMLAB_CUDA_DEFINES): as 5, 4, 5: 0.132 / 0.372; forward 4: 0.130 / 0.359, 3: 0.127 /
+// 0.377; dK/dV 3: 0.132 / 0.363; dQ 4 (128 registers, 36 bytes spilled instead of 240): 0.130 /
+// 0.331, taken. d64/d128 are not tuned (0: the compiler's own choice; an explicit 1 lets it
+// take up to 255 registers, more than it does unasked). FMLAB_CUDA_DEFINES can set
 // FA_FWD_MINB, FA_KV_MINB, FA_Q_MINB for every head dim to try others (cuda/mod.rs).
 #ifdef FA_FWD_MINB
 #define FA_FWD_B(d) FA_FWD_MINB
@@ -516,6 +554,6 @@ extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_FWD_B(FWDB)) fa_f
 extern "C" __global__ void fa_delta_d##DIM(const bf16* o, const bf16* dout, float* delta, FaDims d, u32 s0, u32 s1, u32 s2) { fa_delta_k<DIM>(o, dout, delta, d, s0, s1, s2); } \
 extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_KV_B(KVB)) fa_bwd_kv_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_kv_k<DIM>(q, k, v, pad, dout, lse, delta, dk, dv, d, s0, s1, s2); } \
 extern "C" __global__ void __launch_bounds__(FA_WARPS * 32, FA_Q_B(QB)) fa_bwd_q_d##DIM(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dq, FaDims d, u32 s0, u32 s1, u32 s2) { fa_bwd_q_k<DIM>(q, k, v, pad, dout, lse, delta, dq, d, s0, s1, s2); }
-FA(32, 5, 4, 5)
+FA(32, 5, 4, 4)
 FA(64, 0, 0, 0)
 FA(128, 0, 0, 0)
