@@ -6,6 +6,12 @@ typedef unsigned char u8;
 struct bf16 { unsigned short x; };
 struct f16 { unsigned short x; };
 
+// Infinities by their bits: NVRTC does not fold 1.0 / 0.0, it emits a full IEEE division (a
+// slow-path call) wherever the expression appears, inner loops included.
+template <typename A> __device__ __forceinline__ A inf_of();
+template <> __device__ __forceinline__ float inf_of<float>() { return __int_as_float(0x7f800000); }
+template <> __device__ __forceinline__ double inf_of<double>() { return __longlong_as_double(0x7ff0000000000000ll); }
+
 // Acc<T>: the type arithmetic runs in (f32 for 16-bit floats, as on the CPU engine).
 template <typename T> struct Acc { typedef float t; };
 template <> struct Acc<double> { typedef double t; };
@@ -27,11 +33,19 @@ template <> __device__ __forceinline__ float st<float>(float v) { return v; }
 template <> __device__ __forceinline__ float st<float>(double v) { return (float)v; }
 template <> __device__ __forceinline__ double st<double>(double v) { return v; }
 template <> __device__ __forceinline__ double st<double>(float v) { return (double)v; }
+// f32 -> bf16, round to nearest even: one instruction from sm_80 on (a NaN becomes the
+// canonical NaN); the integer version before.
 __device__ __forceinline__ unsigned short f2bf(float f) {
+#if __CUDA_ARCH__ >= 800
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+#else
     u32 u = __float_as_uint(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u); // NaN stays NaN
     u += 0x7fffu + ((u >> 16) & 1u); // round to nearest even
     return (unsigned short)(u >> 16);
+#endif
 }
 template <> __device__ __forceinline__ bf16 st<bf16>(float v) { bf16 r; r.x = f2bf(v); return r; }
 template <> __device__ __forceinline__ bf16 st<bf16>(double v) { bf16 r; r.x = f2bf((float)v); return r; }

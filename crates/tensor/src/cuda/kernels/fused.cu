@@ -7,11 +7,11 @@ template <typename T> __device__ void ce_fwd_k(const T* x, const int* t, typenam
     const T* row = x + (u64)blockIdx.x * v;
     // One pass (online softmax): each thread keeps its running max and the sum of exp relative
     // to it, rescaled when the max grows; the block then rescales every thread's sum to the row max.
-    A mt = -1.0 / 0.0, st_ = 0;
+    A mt = -inf_of<A>(), st_ = 0;
     for (u32 j = threadIdx.x; j < v; j += blockDim.x) {
         A a = ld(row[j]);
         if (a > mt) { st_ = st_ * m_exp(mt - a) + (A)1; mt = a; }
-        else if (mt > (A)(-1.0 / 0.0)) st_ += m_exp(a - mt); // a −∞ before any finite value adds 0
+        else if (mt > -inf_of<A>()) st_ += m_exp(a - mt); // a −∞ before any finite value adds 0
     }
     A m = block_max<A>(mt);
     A s = block_sum<A>(mt == m ? st_ : st_ * m_exp(mt - m));
@@ -34,15 +34,23 @@ template <typename T> __device__ void ce_bwd_k(const T* x, const int* t, const t
         drow[j] = st<T>(r);
     }
 }
+// exp in the fused classifier for logits of type T: the hardware exp2 for 16-bit logits (relative
+// error ~1e-7 with the argument's rounding, far below the 4e-3 of the bf16/f16 gradient it
+// feeds; expf's range reduction made the kernel issue-bound), the accurate exp otherwise.
+template <typename T, typename A> __device__ __forceinline__ A ce_exp(A x) { return m_exp(x); }
+__device__ __forceinline__ float ce_exp2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+template <> __device__ __forceinline__ float ce_exp<bf16, float>(float x) { return ce_exp2(x * 1.4426950408889634f); }
+template <> __device__ __forceinline__ float ce_exp<f16, float>(float x) { return ce_exp2(x * 1.4426950408889634f); }
+
 // Online-softmax update of a thread's (max, sum of exp relative to it) by n values at once: one
 // rescale per group instead of a branch per element.
-template <typename A> __device__ __forceinline__ void online_add(A& mt, A& st, const A* a, int n) {
+template <typename T, typename A> __device__ __forceinline__ void online_add(A& mt, A& st, const A* a, int n) {
     A pm = a[0];
     for (int i = 1; i < n; ++i) pm = a[i] > pm ? a[i] : pm;
-    if (pm == (A)(-1.0 / 0.0)) return; // all −∞: adds nothing
+    if (pm == -inf_of<A>()) return; // all −∞: adds nothing
     A mn = pm > mt ? pm : mt, s = 0;
-    for (int i = 0; i < n; ++i) s += m_exp(a[i] - mn);
-    st = st * m_exp(mt - mn) + s; // mt = −∞ (nothing yet): exp(−∞) = 0 and st = 0
+    for (int i = 0; i < n; ++i) s += ce_exp<T, A>(a[i] - mn);
+    st = st * ce_exp<T, A>(mt - mn) + s; // mt = −∞ (nothing yet): exp(−∞) = 0 and st = 0
     mt = mn;
 }
 // The fused classifier's per-chunk step: loss of each row of logits x [rows, ld] (the first v
@@ -58,20 +66,20 @@ template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Ac
     // 16-byte loads and stores when every row starts 16-byte aligned (the padded width ensures it).
     bool vec = ldx % VW == 0 && ((u64)x & 15) == 0;
     u32 nv = vec ? v / VW : 0;
-    A mt = -1.0 / 0.0, st_ = 0;
+    A mt = -inf_of<A>(), st_ = 0;
     for (u32 p = threadIdx.x; p < nv; p += blockDim.x) {
         Pack<T> pk = ((const Pack<T>*)row)[p];
         A a[16 / sizeof(T)];
 #pragma unroll
         for (u32 e = 0; e < VW; ++e) a[e] = (A)ld(pk.v[e]);
-        online_add<A>(mt, st_, a, VW);
+        online_add<T, A>(mt, st_, a, VW);
     }
     for (u32 j = nv * VW + threadIdx.x; j < v; j += blockDim.x) {
         A a = (A)ld(row[j]);
-        online_add<A>(mt, st_, &a, 1);
+        online_add<T, A>(mt, st_, &a, 1);
     }
     A m = block_max<A>(mt);
-    A s = block_sum<A>(mt == m ? st_ : st_ * m_exp(mt - m));
+    A s = block_sum<A>(mt == m ? st_ : st_ * ce_exp<T, A>(mt - m));
     A l = m + m_log(s);
     int ti = t[blockIdx.x];
     // Every thread read the target's logit before any thread overwrites the row.
@@ -86,13 +94,13 @@ template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Ac
 #pragma unroll
         for (u32 e = 0; e < VW; ++e) {
             u32 j = p * VW + e;
-            A r = (ti < 0 || j >= v) ? (A)0 : (m_exp((A)ld(pk.v[e]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
+            A r = (ti < 0 || j >= v) ? (A)0 : (ce_exp<T, A>((A)ld(pk.v[e]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
             pk.v[e] = st<T>(r);
         }
         ((Pack<T>*)row)[p] = pk;
     }
     for (u32 j = nall * VW + threadIdx.x; j < ldx; j += blockDim.x) {
-        A r = (ti < 0 || j >= v) ? (A)0 : (m_exp((A)ld(row[j]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
+        A r = (ti < 0 || j >= v) ? (A)0 : (ce_exp<T, A>((A)ld(row[j]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
         row[j] = st<T>(r);
     }
 }
@@ -108,7 +116,7 @@ template <typename T> __device__ void ce_fused_sm_k(T* x, const int* t, typename
     Pack<T>* sm = (Pack<T>*)ce_sm_raw;
     Pack<T>* row = (Pack<T>*)(x + (u64)blockIdx.x * ldx);
     u32 np = ldx / VW;
-    A mt = -1.0 / 0.0, st_ = 0;
+    A mt = -inf_of<A>(), st_ = 0;
     for (u32 p = threadIdx.x; p < np; p += blockDim.x) {
         Pack<T> pk = row[p];
         sm[p] = pk;
@@ -117,10 +125,10 @@ template <typename T> __device__ void ce_fused_sm_k(T* x, const int* t, typename
         A a[16 / sizeof(T)];
 #pragma unroll
         for (u32 e = 0; e < VW; ++e) a[e] = (A)ld(pk.v[e]);
-        online_add<A>(mt, st_, a, n);
+        online_add<T, A>(mt, st_, a, n);
     }
     A m = block_max<A>(mt);
-    A s = block_sum<A>(mt == m ? st_ : st_ * m_exp(mt - m));
+    A s = block_sum<A>(mt == m ? st_ : st_ * ce_exp<T, A>(mt - m));
     A l = m + m_log(s);
     int ti = t[blockIdx.x];
     // block_sum's barriers made every thread's shared-memory stores visible.
@@ -133,7 +141,7 @@ template <typename T> __device__ void ce_fused_sm_k(T* x, const int* t, typename
 #pragma unroll
         for (u32 e = 0; e < VW; ++e) {
             u32 j = p * VW + e;
-            A r = (ti < 0 || j >= v) ? (A)0 : (m_exp((A)ld(pk.v[e]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
+            A r = (ti < 0 || j >= v) ? (A)0 : (ce_exp<T, A>((A)ld(pk.v[e]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
             pk.v[e] = st<T>(r);
         }
         row[p] = pk;
@@ -243,7 +251,7 @@ template <typename T> __device__ void softmax_fwd_k(const T* x, T* y, u32 s, u32
     const T* row = x + (u64)blockIdx.x * s;
     T* out = y + (u64)blockIdx.x * s;
     u32 lim = causal ? (blockIdx.x % t) + (s - t) + 1 : s;
-    A m = -1.0 / 0.0;
+    A m = -inf_of<A>();
     for (u32 j = threadIdx.x; j < lim; j += blockDim.x) { A a = (A)ld(row[j]) * (A)scale; m = a > m ? a : m; }
     m = block_max<A>(m);
     A sum = 0;

@@ -13,7 +13,7 @@ template <typename A> __device__ __forceinline__ A comb(int op, A a, A b) {
 template <typename T> __device__ void reduce_k(const T* x, T* y, Geom go, Geom gr, int op) {
     typedef typename Acc<T>::t F;
     __shared__ double sh[32];
-    const double init = op == 0 ? 0.0 : (op == 1 ? -1.0 / 0.0 : 1.0 / 0.0);
+    const double init = op == 0 ? 0.0 : (op == 1 ? -inf_of<double>() : inf_of<double>());
     for (u32 o = blockIdx.x; o < go.n; o += gridDim.x) {
         const T* base = x + goff(go, o, 0);
         double acc = init;
@@ -49,7 +49,7 @@ REDUCE(f16, f16)
 template <typename T> __device__ void reduce_cols_k(const T* x, double* part, T* y, u32 r, u32 k, u32 rows_per_split, int op) {
     typedef typename Acc<T>::t F;
     __shared__ double sh[8][33];
-    const double init = op == 0 ? 0.0 : (op == 1 ? -1.0 / 0.0 : 1.0 / 0.0);
+    const double init = op == 0 ? 0.0 : (op == 1 ? -inf_of<double>() : inf_of<double>());
     u32 c = blockIdx.x * 32 + threadIdx.x;
     u32 r0 = blockIdx.y * rows_per_split, r1 = min(r, r0 + rows_per_split);
     double acc = init;
