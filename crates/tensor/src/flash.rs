@@ -155,7 +155,7 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
     }
     let delta = Tensor::zeros_on(&[b * h * t], DType::F32, q.device());
     let n = b * h * t;
-    Args::new().push(cuda_ptr(o)).push(at(&g)).push(cuda_ptr(&delta)).push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch(&dev, &format!("fa_delta_d{d}"), crate::cuda::grid_for(n * (d / 2).min(32), 256), 256, 0);
+    Args::new().push(cuda_ptr(o)).push(at(&g)).push(cuda_ptr(&delta)).push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch(&dev, &format!("fa_delta_d{d}"), crate::cuda::grid_for(n * (d / 8), 256), 256, 0);
     let (dq, dk, dv) = if fused {
         // Every element of the buffer is written (dq, dk, dv tile it): no zero fill.
         let buf = Tensor::from_any(Storage::Cuda(CudaStorage::alloc(&dev, DType::BF16, 3 * b * t * h * d)), &[3 * b * t * h * d], None);

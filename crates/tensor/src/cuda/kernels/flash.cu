@@ -321,11 +321,12 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
 }
 
 // delta[bh, i] = Σ_d dO[i, d] · O[i, d] (O as written by the forward, dO strided like q).
-// FA_DELTA_TPR(D) consecutive lanes share a row, each reading bf16 pairs (the host checks even
-// strides), so a warp reads whole rows in one go; the lanes' sums meet by shuffles.
-#define FA_DELTA_TPR(D) ((D) / 2 < 32 ? (D) / 2 : 32)
+// FA_DELTA_TPR(D) = D/8 consecutive lanes share a row, each reading 16 bytes (8 bf16) of O and of
+// dO (rows are 16-byte aligned: the host guarantees it), so a warp reads whole rows in one go;
+// the lanes' sums meet by shuffles.
+#define FA_DELTA_TPR(D) ((D) / 8)
 template <int D> __device__ void fa_delta_k(const bf16* o, const bf16* dout, float* delta, FaDims d, u32 dstr0, u32 dstr1, u32 dstr2) {
-    const u32 TPR = FA_DELTA_TPR(D), RPW = 32 / TPR, PER = D / 2 / TPR;
+    const u32 TPR = FA_DELTA_TPR(D), RPW = 32 / TPR;
     const u32 n = d.b * d.h * d.t;
     const u32 warp = (blockIdx.x * blockDim.x + threadIdx.x) / 32, nwarps = gridDim.x * blockDim.x / 32;
     const u32 sub = (threadIdx.x & 31) / TPR, li = threadIdx.x % TPR;
@@ -335,13 +336,12 @@ template <int D> __device__ void fa_delta_k(const bf16* o, const bf16* dout, flo
         float s = 0.f;
         if (r < n) {
             u32 i = r % d.t, bh = r / d.t, bi = bh / d.h, hi = bh % d.h;
-            const bf16* orow = o + (((u64)bi * d.t + i) * d.h + hi) * D;
-            const bf16* grow = dout + (u64)bi * dstr0 + (u64)hi * dstr1 + (u64)i * dstr2;
+            uint4 ov = *(const uint4*)(o + (((u64)bi * d.t + i) * d.h + hi) * D + 8 * li);
+            uint4 gv = *(const uint4*)(dout + (u64)bi * dstr0 + (u64)hi * dstr1 + (u64)i * dstr2 + 8 * li);
+            const u32 ow[4] = {ov.x, ov.y, ov.z, ov.w}, gw[4] = {gv.x, gv.y, gv.z, gv.w};
 #pragma unroll
-            for (u32 p = 0; p < PER; ++p) {
-                u32 c = 2 * (li + p * TPR);
-                s += ld(orow[c]) * ld(grow[c]) + ld(orow[c + 1]) * ld(grow[c + 1]);
-            }
+            for (int p = 0; p < 4; ++p)
+                s += __uint_as_float(ow[p] << 16) * __uint_as_float(gw[p] << 16) + __uint_as_float(ow[p] & 0xffff0000u) * __uint_as_float(gw[p] & 0xffff0000u);
         }
 #pragma unroll
         for (u32 off = TPR / 2; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
