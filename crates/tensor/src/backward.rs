@@ -302,6 +302,11 @@ fn accumulate(grads: &mut HashMap<TensorId, Tensor>, slabs: &mut HashMap<TensorI
     }
     slabs.remove(&t.id());
     let sum = match grads.remove(&t.id()) {
+        // A 16-bit tensor's gradient may arrive in f32 (see `linear_param_grads`): sums are f32.
+        Some(prev) if prev.dtype() != dg.dtype() => {
+            let wide = if prev.dtype().size_in_bytes() >= dg.dtype().size_in_bytes() { prev.dtype() } else { dg.dtype() };
+            prev.to_dtype(wide).add(&dg.to_dtype(wide))
+        }
         Some(prev) => prev.add(&dg),
         None => dg,
     };

@@ -35,6 +35,23 @@ fn gemm_epi(a: &Tensor, b: &Tensor, epi: Epilogue, vec: Option<&Tensor>, aux: Op
     Some(Tensor::from_any(Storage::Cuda(s), &[m, n], None))
 }
 
+/// Whether `t` is a 16-bit cast of an f32 tensor, directly or through reshapes and permutes (a
+/// Linear's weight is `cast(w).t()`): its gradient is bound for an f32 master.
+fn casts_f32_master(t: &Tensor) -> bool {
+    if !matches!(t.dtype(), crate::DType::BF16 | crate::DType::F16) {
+        return false;
+    }
+    let mut t = t.clone();
+    loop {
+        let next = match t.op() {
+            Some(Op::Cast(src)) => return src.dtype() == crate::DType::F32,
+            Some(Op::Permute(src, _)) | Some(Op::Reshape(src)) => src.clone(),
+            _ => return false,
+        };
+        t = next;
+    }
+}
+
 /// FMLAB_EPILOGUE=0 turns the fused paths off (read once: this runs for every Linear).
 fn epilogues_on() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -81,13 +98,21 @@ impl Tensor {
     /// epilogue when cuBLASLt has one for these operands, else a column sum.
     pub(crate) fn linear_backward(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor) -> (Tensor, Tensor, Tensor) {
         let dx = g.matmul(&w.t());
-        let (dw, db) = Tensor::linear_param_grads(x, b, g);
+        let (dw, db) = Tensor::linear_param_grads(x, w, b, g);
         (dx, dw, db)
     }
 
     /// (dw, db) of `linear`: dw = xᵀ·g with db from the same GEMM's epilogue where cuBLASLt has
-    /// one, else a column sum.
-    fn linear_param_grads(x: &Tensor, b: &Tensor, g: &Tensor) -> (Tensor, Tensor) {
+    /// one, else a column sum. When w and b are 16-bit casts of f32 masters (mixed precision),
+    /// both come out of the GEMM in f32: the casts' backward then has nothing to do, and the
+    /// gradients skip a rounding to bf16 (they are f32 tensors in the 16-bit w's and b's slots).
+    fn linear_param_grads(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor) -> (Tensor, Tensor) {
+        if casts_f32_master(w) && casts_f32_master(b) {
+            let db = Tensor::zeros_on(&[g.dim(1)], crate::DType::F32, b.device());
+            if let Some(dw) = gemm_epi(&x.t(), g, Epilogue::BiasGradF32, Some(&db), None) {
+                return (dw, db);
+            }
+        }
         let db = Tensor::zeros_on(&[g.dim(1)], b.dtype(), b.device());
         match gemm_epi(&x.t(), g, Epilogue::BiasGrad, Some(&db), None) {
             Some(dw) => (dw, db),
@@ -124,7 +149,7 @@ impl Tensor {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn mlp_gelu_backward(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, h: &Tensor, pre: &Tensor, g: &Tensor) -> [Tensor; 5] {
         // Second layer's weight and bias gradients (dw2 = hᵀ·g, db2 from its epilogue).
-        let (dw2, db2) = Tensor::linear_param_grads(h, b2, g);
+        let (dw2, db2) = Tensor::linear_param_grads(h, w2, b2, g);
         // dpre = (g·w2ᵀ) ⊙ gelu'(pre) in one GEMM.
         let dpre = gemm_epi(g, &w2.t(), Epilogue::DGelu, None, Some(pre)).unwrap_or_else(|| Tensor::gelu_backward(pre, &g.matmul(&w2.t()), true));
         let (dx, dw1, db1) = Tensor::linear_backward(x, w1, b1, &dpre);

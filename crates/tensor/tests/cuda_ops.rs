@@ -322,7 +322,9 @@ fn fused_classifier_bf16_matches_cpu() {
 /// plain, at an odd N (where cuBLASLt may decline the epilogue and the op falls back).
 /// f32: 1e-5 (GEMM, see the top); bf16: 1e-2 (GEMMs and the bias-gradient column sums accumulate
 /// in f32 on both sides and round once; the epilogue adds the bias before that rounding, the CPU
-/// after the product's rounding: one more bf16 ulp).
+/// after the product's rounding: one more bf16 ulp). In bf16 the weight and bias are casts of
+/// f32 masters, so on the GPU their gradients come out of the GEMM in f32 (`BiasGradF32`, no bf16
+/// rounding, no cast after) and reach the masters through the casts unchanged.
 #[test]
 #[ignore = "needs a GPU (scripts/gpu-check.sh)"]
 fn linear_bias_epilogues_match_cpu() {

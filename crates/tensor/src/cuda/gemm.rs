@@ -49,6 +49,10 @@ pub(crate) enum Epilogue {
     /// B is the output gradient and the GEMM makes the weight gradient). Column-major, B is
     /// cuBLASLt's A operand and the sum runs over the GEMM's k: `CUBLASLT_EPILOGUE_BGRADA`.
     BiasGrad,
+    /// `BiasGrad` with C and the bias gradient in f32 (16-bit A and B): a mixed-precision
+    /// Linear's weight and bias gradients made straight in the f32 masters' dtype, with no
+    /// bf16 rounding and no cast launch per parameter after the GEMM.
+    BiasGradF32,
     /// C += A·B into an f32 C (16-bit A and B; beta = 1): gradients summed over chunks in f32
     /// without a cast and an add per chunk.
     AccumulateF32,
@@ -65,7 +69,7 @@ pub(crate) enum Epilogue {
 impl Epilogue {
     /// Whether the epilogue reads or writes the vector argument (bias or bias gradient).
     fn has_vec(self) -> bool {
-        matches!(self, Epilogue::Bias | Epilogue::BiasGrad | Epilogue::GeluAuxBias)
+        matches!(self, Epilogue::Bias | Epilogue::BiasGrad | Epilogue::BiasGradF32 | Epilogue::GeluAuxBias)
     }
     /// Whether it reads or writes an auxiliary [M, N] matrix laid out like C.
     fn has_aux(self) -> bool {
@@ -162,7 +166,7 @@ impl Blas {
             let la = layout(key.a.rows, key.a.cols, key.a.ld, key.a.batch_stride)?;
             let lc_of = |dt_c: sys::cudaDataType| -> Result<sys::cublasLtMatrixLayout_t, CudaError> { lt::create_matrix_layout(dt_c, key.m, key.n, key.m as i64).map_err(blas_err("matrix layout")) };
             let lb = layout(key.b.rows, key.b.cols, key.b.ld, key.b.batch_stride)?;
-            let lc = if key.epi == Epilogue::AccumulateF32 { lc_of(sys::cudaDataType_t::CUDA_R_32F)? } else { layout(key.m, key.n, key.m as i64, (key.m * key.n) as i64)? };
+            let lc = if matches!(key.epi, Epilogue::AccumulateF32 | Epilogue::BiasGradF32) { lc_of(sys::cudaDataType_t::CUDA_R_32F)? } else { layout(key.m, key.n, key.m as i64, (key.m * key.n) as i64)? };
             let desc = lt::create_matmul_desc(compute, scale).map_err(blas_err("matmul descriptor"))?;
             let (ta, tb) = (key.a.trans as i32, key.b.trans as i32);
             unsafe {
@@ -171,11 +175,15 @@ impl Blas {
                 let epi = match key.epi {
                     Epilogue::None | Epilogue::AccumulateF32 => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DEFAULT,
                     Epilogue::Bias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
-                    Epilogue::BiasGrad => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADA,
+                    Epilogue::BiasGrad | Epilogue::BiasGradF32 => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADA,
                     Epilogue::GeluAuxBias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
                     Epilogue::DGelu => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DGELU,
                 };
                 lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const _, std::mem::size_of_val(&epi)).map_err(blas_err("epilogue"))?;
+                if key.epi == Epilogue::BiasGradF32 {
+                    let bt = sys::cudaDataType_t::CUDA_R_32F;
+                    lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt as *const _ as *const _, std::mem::size_of_val(&bt)).map_err(blas_err("bias data type"))?;
+                }
                 if key.epi.has_aux() {
                     // The aux matrix is laid out like C: column-major leading dim = C's rows.
                     let ld = key.m as i64;
@@ -230,6 +238,7 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
             Epilogue::None => "",
             Epilogue::Bias => " +bias",
             Epilogue::BiasGrad => " +bgrad",
+            Epilogue::BiasGradF32 => " +bgrad f32",
             Epilogue::AccumulateF32 => " +=f32",
             Epilogue::GeluAuxBias => " +bias gelu",
             Epilogue::DGelu => " dgelu",

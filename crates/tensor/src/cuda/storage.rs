@@ -401,7 +401,8 @@ impl CudaStorage {
             assert!(acc.len == nb * m * n, "matmul_acc_f32: accumulator of {} elements for [{nb}×{m}×{n}]", acc.len);
         }
         // With an accumulator, `out` is only a placeholder returned on success.
-        let out = CudaStorage::alloc(&self.dev, self.dtype, if into.is_some() { 0 } else { nb * m * n });
+        let out_dtype = if epi == gemm::Epilogue::BiasGradF32 { DType::F32 } else { self.dtype };
+        let out = CudaStorage::alloc(&self.dev, out_dtype, if into.is_some() { 0 } else { nb * m * n });
         if epi != gemm::Epilogue::None && (nb != 1 || m * n * k == 0) {
             return None;
         }
