@@ -6,7 +6,8 @@
 //! The output is stored [B, T, H, D] and returned as its [B, H, T, D] view, so the usual
 //! `transpose(1, 2).reshape([B, T, C])` after attention is free; gradients come back the same way.
 //! Backward: delta = rowsum(dO ∘ O), then dK/dV (parallel over key tiles) and dQ (over query
-//! tiles) recompute P = exp(scale · QKᵀ − lse): no atomics, so results are deterministic.
+//! tiles) recompute P = exp2(scale·log2e · QKᵀ − lse), the forward's LSE being kept in log2
+//! units (one FMA and an exp2 per score): no atomics, so results are deterministic.
 
 use crate::cuda::{Args, CudaStorage};
 use crate::fused::cuda_ptr;
