@@ -134,5 +134,5 @@ PY
   esac; done
   echo; echo "== summary =="; printf '%s\n' "${summary[@]}"
   ;;
-*) echo "usage: $0 build | run [tests] [bench]"; exit 2 ;;
+*) echo "usage: $0 build | run [tests] [ops] [attn] [ncu] [bench] [profile] [curve]"; exit 2 ;;
 esac
