@@ -147,11 +147,12 @@ template <typename T> __device__ void ce_fused_sm_k(T* x, const int* t, typename
         row[p] = pk;
     }
 }
+// The fused classifier's kernels run 1024 threads a row (classifier.rs says why).
 #define CE(T, N) \
 extern "C" __global__ void ce_fwd_##N(const T* x, const int* t, Acc<T>::t* lse, Acc<T>::t* loss, u32 v) { ce_fwd_k<T>(x, t, lse, loss, v); } \
 extern "C" __global__ void ce_bwd_##N(const T* x, const int* t, const Acc<T>::t* lse, T* d, u32 v, double scale) { ce_bwd_k<T>(x, t, lse, d, v, scale); } \
-extern "C" __global__ void ce_fused_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) { ce_fused_k<T>(x, t, loss, v, ldx, scale, grad); } \
-extern "C" __global__ void ce_fused_sm_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) { ce_fused_sm_k<T>(x, t, loss, v, ldx, scale, grad); }
+extern "C" __global__ void __launch_bounds__(1024) ce_fused_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) { ce_fused_k<T>(x, t, loss, v, ldx, scale, grad); } \
+extern "C" __global__ void __launch_bounds__(1024) ce_fused_sm_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) { ce_fused_sm_k<T>(x, t, loss, v, ldx, scale, grad); }
 CE(float, f32)
 CE(double, f64)
 CE(bf16, bf16)
