@@ -157,7 +157,7 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
             .push(ld as u32)
             .push(cuda_ptr(inv_kept))
             .push(grad as i32)
-            // 1024 threads a row: two rows per SM (the register file's limit at 31 registers), 26
+            // 1024 threads a row: two rows per SM (2048 threads an SM, 32 registers each), 26
             // MB of rows in flight over 132 SMs, under the 50 MB L2, so the second pass reads
             // its row from L2 rather than memory. Measured on the H100 (bench ops --only
             // classifier, interleaved A/B/A/B in one call): 512 threads (four rows per SM, 53 MB)

@@ -36,7 +36,8 @@ template <typename T> __device__ void ce_bwd_k(const T* x, const int* t, const t
 }
 // exp in the fused classifier for logits of type T: the hardware exp2 for 16-bit logits (relative
 // error ~1e-7 with the argument's rounding, far below the 4e-3 of the bf16/f16 gradient it
-// feeds; expf's range reduction made the kernel issue-bound), the accurate exp otherwise.
+// feeds; one multiply and one MUFU instead of expf's ~10 instructions), the accurate exp
+// otherwise.
 template <typename T, typename A> __device__ __forceinline__ A ce_exp(A x) { return m_exp(x); }
 __device__ __forceinline__ float ce_exp2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 template <> __device__ __forceinline__ float ce_exp<bf16, float>(float x) { return ce_exp2(x * 1.4426950408889634f); }
