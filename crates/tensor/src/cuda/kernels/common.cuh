@@ -12,6 +12,10 @@ template <typename A> __device__ __forceinline__ A inf_of();
 template <> __device__ __forceinline__ float inf_of<float>() { return __int_as_float(0x7f800000); }
 template <> __device__ __forceinline__ double inf_of<double>() { return __longlong_as_double(0x7ff0000000000000ll); }
 
+// 2^x by the special-function unit (one instruction, relative error ~2^-22; subnormal results
+// flush to 0): the softmax exponentials of flash attention and of the classifier's 16-bit logits.
+__device__ __forceinline__ float exp2_approx(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
+
 // Acc<T>: the type arithmetic runs in (f32 for 16-bit floats, as on the CPU engine).
 template <typename T> struct Acc { typedef float t; };
 template <> struct Acc<double> { typedef double t; };

@@ -21,8 +21,9 @@
 #define FA_WARPS 4
 // The inner loops' tile (keys in forward and dQ, queries in dK/dV); a block's own rows are
 // FA_WARPS·16. Measured on the H100 (bench ops, one call, fwd / bwd ms): 64: 0.135 / 0.319;
-// 32 (no spills anywhere): 0.163 / 0.309; 128 does not fit 48 KB of static shared memory at
-// head_dim 128. FMLAB_CUDA_DEFINES=FA_TILE=n to try.
+// 32 (no spills anywhere): 0.163 / 0.309; 128 failed to run in that call (not investigated:
+// its head_dim-128 kernels take 68-74 KB of static shared memory, ptxas says, above the 48 KB
+// a launch gets without opting in). FMLAB_CUDA_DEFINES=FA_TILE=n to try.
 #ifndef FA_TILE
 #define FA_TILE 64
 #endif
@@ -53,7 +54,6 @@ __device__ __forceinline__ u32 pack_bf16(float lo, float hi) {
     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
     return r;
 }
-__device__ __forceinline__ float fa_exp2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 // ldmatrix: a warp loads four 8×8 b16 matrices from shared memory, lane 8i + r giving the address
 // of row r of matrix i; each lane receives the pair (row g, cols 2t, 2t+1) of every matrix, or with
 // .trans the pair (rows 2t, 2t+1, col g) — exactly an mma B fragment half of a [k][n] tile.
@@ -278,7 +278,7 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
             mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
             float mn = fmaxf(m[r], mx[r] * sl2);
             base[r] = mn == FA_NEG_INF ? 0.f : mn; // a row with nothing visible yet: exp2(-inf) = 0
-            corr[r] = fa_exp2(m[r] - base[r]);
+            corr[r] = exp2_approx(m[r] - base[r]);
             m[r] = mn;
             l[r] *= corr[r];
         }
@@ -292,7 +292,7 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
             for (int h2 = 0; h2 < 2; ++h2)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    float x = fa_exp2(__fmaf_rn(sc[2 * kk + h2][e], sl2, -base[e >> 1]));
+                    float x = exp2_approx(__fmaf_rn(sc[2 * kk + h2][e], sl2, -base[e >> 1]));
                     p[h2][e] = x;
                     l[e >> 1] += x;
                 }
@@ -424,7 +424,7 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     u32 qi = h0 + n * 8 + 2 * t + (e & 1);
-                    float p = fa_exp2(__fmaf_rn(st[n][e], sl2, -lse_s[qi]));
+                    float p = exp2_approx(__fmaf_rn(st[n][e], sl2, -lse_s[qi]));
                     st[n][e] = p;
                     dpt[n][e] = p * (dpt[n][e] - del_s[qi]);
                 }
@@ -507,7 +507,7 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
         for (int nt = 0; nt < FA_TILE / 8; ++nt)
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                float p = fa_exp2(__fmaf_rn(sc[nt][e], sl2, -lr[e >> 1]));
+                float p = exp2_approx(__fmaf_rn(sc[nt][e], sl2, -lr[e >> 1]));
                 sc[nt][e] = p * (dp[nt][e] - dr[e >> 1]);
             }
         // dQ += dS K (k = key index).

@@ -39,9 +39,8 @@ template <typename T> __device__ void ce_bwd_k(const T* x, const int* t, const t
 // feeds; one multiply and one MUFU instead of expf's ~10 instructions), the accurate exp
 // otherwise.
 template <typename T, typename A> __device__ __forceinline__ A ce_exp(A x) { return m_exp(x); }
-__device__ __forceinline__ float ce_exp2(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
-template <> __device__ __forceinline__ float ce_exp<bf16, float>(float x) { return ce_exp2(x * 1.4426950408889634f); }
-template <> __device__ __forceinline__ float ce_exp<f16, float>(float x) { return ce_exp2(x * 1.4426950408889634f); }
+template <> __device__ __forceinline__ float ce_exp<bf16, float>(float x) { return exp2_approx(x * 1.4426950408889634f); }
+template <> __device__ __forceinline__ float ce_exp<f16, float>(float x) { return exp2_approx(x * 1.4426950408889634f); }
 
 // Online-softmax update of a thread's (max, sum of exp relative to it) by n values at once: one
 // rescale per group instead of a branch per element.
