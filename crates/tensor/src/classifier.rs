@@ -24,7 +24,11 @@ const CHUNK_ELEMS: usize = 4096 * 50257;
 /// On a GPU twice that (0.8 GB of bf16 logits): each chunk reads and writes the f32 dW
 /// accumulator (51 MB at GPT-2's head) once, so fewer chunks move less. Measured on the H100
 /// (gpt2-mini step, binaries interleaved in one call): 2048 rows 22.7 / 22.7 ms, 4096 21.9 /
-/// 22.0, 8192 21.6 / 21.7 (peak memory 4.60, 4.79, 5.19 GiB).
+/// 22.0, 8192 21.6 / 21.7 (peak memory 4.60, 4.79, 5.19 GiB). Also measured (session 10, one
+/// call): 32768 rows (one chunk) 21.4 / 21.4 ms at 7.47 GiB — not taken for 0.2 ms; and each
+/// chunk's logits GEMM + loss kernel run in sub-chunks of 128-1024 rows, small enough that the
+/// logits stay in L2 between the two: slower, 22.1-23.0 ms (the small GEMMs run below the large
+/// one's rate, and the dW GEMM still reads the whole chunk's gradient from memory).
 const CUDA_CHUNK_ELEMS: usize = 2 * CHUNK_ELEMS;
 
 impl Tensor {

@@ -323,18 +323,21 @@ fn fused_classifier_bf16_matches_cpu() {
 /// f32: 1e-5 (GEMM, see the top); bf16: 1e-2 (GEMMs and the bias-gradient column sums accumulate
 /// in f32 on both sides and round once; the epilogue adds the bias before that rounding, the CPU
 /// after the product's rounding: one more bf16 ulp). In bf16 the weight and bias are casts of
-/// f32 masters, so on the GPU their gradients come out of the GEMM in f32 (`BiasGradF32`, no bf16
-/// rounding, no cast after) and reach the masters through the casts unchanged.
+/// f32 masters, so on the GPU their gradients are made in f32 (the weight's by a GEMM with an f32
+/// output, `OutF32`; the bias's by the `colsum16` kernel: no bf16 rounding, no cast after) and
+/// reach the masters through the casts unchanged.
 #[test]
 #[ignore = "needs a GPU (scripts/gpu-check.sh)"]
 fn linear_bias_epilogues_match_cpu() {
     let g = gpu();
     for (dt, tol) in [(DType::F32, 1e-5), (DType::BF16, 2e-2)] {
-        for (n, transposed) in [(48usize, true), (48, false), (7, true)] {
-            let x = rnd(&[3, 37, 32], 70, DType::F32);
+        // The last case: enough rows for many row splits of the bias-gradient kernel, with a
+        // partial 256-column strip.
+        for (lead, n, transposed) in [(&[3usize, 37][..], 48usize, true), (&[3, 37], 48, false), (&[3, 37], 7, true), (&[4133], 1032, true)] {
+            let x = rnd(&[lead, &[32]].concat(), 70, DType::F32);
             let w = rnd(&[n, 32], 71, DType::F32);
             let b = rnd(&[n], 72, DType::F32);
-            let up = rnd(&[3, 37, n], 73, DType::F32);
+            let up = rnd(&[lead, &[n]].concat(), 73, DType::F32);
             let run = |dev: Device| {
                 let vars: Vec<Tensor> = [&x, &w, &b].iter().map(|t| Tensor::new_var(&t.to_device(dev))).collect();
                 let wt = if transposed { vars[1].t() } else { vars[1].t().contiguous() };
