@@ -391,6 +391,43 @@ fn mlp_gelu_epilogues_match_cpu() {
     }
 }
 
+/// GEMMs whose cuBLASLt kernel was picked by timing the heuristic's candidates
+/// (`gemm_autotune`, FMLAB_GEMM_TUNE): the timing runs write scratch memory only, and whatever
+/// kernel wins gives the CPU's results. Every epilogue is planned here at shapes no other test
+/// uses (plans are cached per shape): bias and bias-gradient (`linear`, f32; f32 output plus
+/// column sums in bf16), GELU with its aux matrix and the GELU backward (`mlp_gelu`), f32
+/// accumulation (the classifier's dW over chunks). Tolerances as in the epilogue tests above.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn autotuned_gemms_match_cpu() {
+    let g = gpu();
+    fmlab_tensor::gemm_autotune(8);
+    for (dt, tol) in [(DType::F32, 1e-4), (DType::BF16, 2e-2)] {
+        let x = rnd(&[301, 72], 400, DType::F32);
+        let (w0, b0) = (rnd(&[72, 136], 401, DType::F32).affine(0.125, 0.0), rnd(&[136], 402, DType::F32));
+        let (wa, ba) = (rnd(&[136, 96], 403, DType::F32).affine(0.0625, 0.0), rnd(&[96], 404, DType::F32));
+        let (wb, bb) = (rnd(&[96, 40], 405, DType::F32).affine(0.125, 0.0), rnd(&[40], 406, DType::F32));
+        let head = rnd(&[1003, 40], 407, DType::F32).affine(0.125, 0.0);
+        let targets = Tensor::from_vec((0..301).map(|i| (i * 37 % 1003) as i32).collect::<Vec<_>>(), &[301]);
+        let run = |dev: Device| {
+            let vars: Vec<Tensor> = [&x, &w0, &b0, &wa, &ba, &wb, &bb, &head].iter().map(|t| Tensor::new_var(&t.to_device(dev))).collect();
+            let c = |i: usize| vars[i].to_dtype(dt);
+            let h = c(0).linear(&c(1), Some(&c(2))); // [301, 136]
+            let y = h.mlp_gelu(&c(3), &c(4), &c(5), &c(6)); // [301, 40]
+            let loss = y.linear_cross_entropy_chunked(&c(7), &targets.to_device(dev), None, 128);
+            loss.backward();
+            let mut out = vec![y.to_dtype(DType::F32), loss];
+            out.extend(vars.iter().map(|v| v.grad().unwrap()));
+            out
+        };
+        let (want, got) = (run(Device::Cpu), run(g));
+        for (i, name) in ["y", "loss", "dx", "dw0", "db0", "dwa", "dba", "dwb", "dbb", "dhead"].iter().enumerate() {
+            close(&format!("autotuned {dt} {name}"), &got[i], &want[i], tol);
+        }
+    }
+    fmlab_tensor::gemm_autotune(1);
+}
+
 /// The multi-tensor cast (`cast_all`: one launch for many f32 → bf16 casts) equals `to_dtype` bit
 /// for bit, tensor by tensor (sizes across block boundaries, more tensors than one table holds,
 /// a non-contiguous one that takes `to_dtype`), and each output's gradient reaches its own input.

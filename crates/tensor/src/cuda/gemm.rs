@@ -308,8 +308,21 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
 /// How many of cuBLASLt's heuristic candidates the first call of each GEMM shape times
 /// (FMLAB_GEMM_TUNE; 1: take the heuristic's first, no timing).
 fn tune_candidates() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::env::var("FMLAB_GEMM_TUNE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 32))
+    use std::sync::atomic::Ordering::Relaxed;
+    if TUNE.load(Relaxed) == 0 {
+        TUNE.store(std::env::var("FMLAB_GEMM_TUNE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 32), Relaxed);
+    }
+    TUNE.load(Relaxed)
+}
+
+/// 0: not read from the environment yet.
+static TUNE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// How many cuBLASLt candidates each new GEMM shape times (1: none, the heuristic's first; the
+/// default unless FMLAB_GEMM_TUNE says otherwise). Process-wide; applies to shapes planned
+/// afterwards.
+pub fn gemm_autotune(candidates: usize) {
+    TUNE.store(candidates.clamp(1, 32), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Times each candidate algorithm of `plan` on the real operands (outputs into scratch memory,
