@@ -154,9 +154,8 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
         // Gradients written in the layout of q, k, v themselves (one [B, T, 3, H, D] buffer).
         (fd.gq, fd.gkv) = (fd.qs, fd.ks);
     }
-    let delta = Tensor::zeros_on(&[b * h * t], DType::F32, q.device());
-    let n = b * h * t;
-    Args::new().push(cuda_ptr(o)).push(at(&g)).push(cuda_ptr(&delta)).push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch(&dev, &format!("fa_delta_d{d}"), crate::cuda::grid_for(n * (d / 8), 256), 256, 0);
+    // Σ_d dO·O per query row: written by the dQ kernel, read by the dK/dV kernel after it.
+    let delta = Tensor::from_any(Storage::Cuda(CudaStorage::alloc(&dev, DType::F32, b * h * t)), &[b * h * t], None);
     let (dq, dk, dv) = if fused {
         // Every element of the buffer is written (dq, dk, dv tile it): no zero fill.
         let buf = Tensor::from_any(Storage::Cuda(CudaStorage::alloc(&dev, DType::BF16, 3 * b * t * h * d)), &[3 * b * t * h * d], None);
@@ -167,18 +166,19 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
         (new(t), new(s), new(s))
     };
     let pp = pad.map_or(0, cuda_ptr);
-    // Both backward kernels take (q, k, v, pad, dO, lse, delta, outputs..., dims, dO strides) and
-    // one block of 128 threads per 64-row tile of `rows` per (batch, head).
-    let launch = |name: &str, outs: &[&Tensor], rows: usize| {
+    // Both backward kernels take (q, k, v, pad, dO, lse, delta, then their own pointers, dims, dO
+    // strides) and one block of 128 threads per 64-row tile of `rows` per (batch, head). dQ runs
+    // first: it writes delta (and reads O for it).
+    let launch = |name: &str, ptrs: &[u64], rows: usize| {
         let mut a = Args::new();
         a.push(at(q)).push(at(k)).push(at(v)).push(pp).push(at(&g)).push(cuda_ptr(lse)).push(cuda_ptr(&delta));
-        for o in outs {
-            a.push(at(o));
+        for &p in ptrs {
+            a.push(p);
         }
         a.push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch3(&dev, &format!("{name}_d{d}"), (rows.div_ceil(TILE) as u32, (b * h) as u32, 1), (128, 1, 1), 0);
     };
-    launch("fa_bwd_kv", &[&dk, &dv], s);
-    launch("fa_bwd_q", &[&dq], t);
+    launch("fa_bwd_q", &[at(&dq), cuda_ptr(o)], t);
+    launch("fa_bwd_kv", &[at(&dk), at(&dv)], s);
     (dq, dk, dv)
 }
 
