@@ -287,7 +287,10 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
     if !dev.is_capturing() {
         let plan = blas.plans.get_mut(&key).and_then(|p| p.as_mut()).expect("planned above");
         if plan.cands.len() > 1 {
-            tune(dev, handle, plan, &key, [pa, pb, vec, aux], (alpha, beta), ws, ws_size)?;
+            // Timing only picks among valid kernels: if it cannot run (no memory for its scratch
+            // outputs), the heuristic's first choice stays.
+            let _ = tune(dev, handle, plan, &key, [pa, pb, vec, aux], (alpha, beta), ws, ws_size);
+            plan.cands.clear();
         }
     }
     let plan = blas.plans[&key].as_ref().expect("planned above");
@@ -381,7 +384,6 @@ fn tune(dev: &CudaDevice, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: &
         }
         plan.algo = plan.cands[i];
     }
-    plan.cands.clear();
     Ok(())
 }
 
