@@ -60,20 +60,26 @@ fn dw_split() -> bool {
     *ON.get_or_init(|| std::env::var_os("FMLAB_DW_SPLIT").is_none_or(|v| v != "0"))
 }
 
-/// Σ over rows of a contiguous 16-bit g [rows, N] on the GPU, in f32 (`colsum16_*`); None where
-/// the kernel does not apply (other dtypes or devices, N not a multiple of 8, unaligned rows).
-fn bias_grad_f32(g: &Tensor) -> Option<Tensor> {
-    use crate::cuda::Args;
+/// Whether `bias_grad_f32` takes g: a contiguous 16-bit [rows, N] on a GPU, N a multiple of 8,
+/// rows 16-byte aligned.
+fn bias_grad_applies(g: &Tensor) -> bool {
     if !(g.rank() == 2 && g.is_contiguous() && matches!(g.dtype(), crate::DType::BF16 | crate::DType::F16)) {
-        return None;
+        return false;
     }
     let (rows, k) = (g.dim(0), g.dim(1));
+    g.with_storage(|s| match s {
+        Storage::Cuda(gs) => k % 8 == 0 && gs.at(g.layout().offset) % 16 == 0 && rows > 0 && rows <= u32::MAX as usize && k <= u32::MAX as usize,
+        _ => false,
+    })
+}
+
+/// Σ over rows of g (see `bias_grad_applies`) in f32, by `colsum16_*`.
+fn bias_grad_f32(g: &Tensor) -> Tensor {
+    use crate::cuda::Args;
+    let (rows, k) = (g.dim(0), g.dim(1));
     g.with_storage(|s| {
-        let Storage::Cuda(gs) = s else { return None };
+        let Storage::Cuda(gs) = s else { unreachable!("bias_grad_f32 off the GPU") };
         let p = gs.at(g.layout().offset);
-        if k % 8 != 0 || p % 16 != 0 || rows == 0 || rows > u32::MAX as usize || k > u32::MAX as usize {
-            return None;
-        }
         let dev = gs.device();
         // About four 256-thread blocks per SM of an H100 over all strips. Measured (gpt2-mini
         // step, one call): 264 blocks 21.1 / 21.0 ms, 528 21.0 / 21.0, 1056 21.8 / 21.8 (the
@@ -87,7 +93,7 @@ fn bias_grad_f32(g: &Tensor) -> Option<Tensor> {
         let sfx = crate::cuda::storage::sfx(g.dtype());
         Args::new().push(p).push(part.ptr).push(rows as u32).push(k as u32).push(rps as u32).launch3(dev, &format!("colsum16_{sfx}"), (strips as u32, splits as u32, 1), (32, 8, 1), 0);
         Args::new().push(part.ptr).push(out.ptr).push(k as u32).push(splits as u32).launch3(dev, "colsum16_final", (k.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
-        Some(Tensor::from_any(Storage::Cuda(out), &[k], None))
+        Tensor::from_any(Storage::Cuda(out), &[k], None)
     })
 }
 
@@ -152,11 +158,9 @@ impl Tensor {
     /// FMLAB_DW_SPLIT=0 goes back to the epilogue.
     fn linear_param_grads(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor) -> (Tensor, Tensor) {
         if casts_f32_master(w) && casts_f32_master(b) {
-            if dw_split() {
-                if let Some(db) = bias_grad_f32(g) {
-                    if let Some(dw) = gemm_epi(&x.t(), g, Epilogue::OutF32, None, None) {
-                        return (dw, db);
-                    }
+            if dw_split() && bias_grad_applies(g) {
+                if let Some(dw) = gemm_epi(&x.t(), g, Epilogue::OutF32, None, None) {
+                    return (dw, bias_grad_f32(g));
                 }
             }
             let db = Tensor::zeros_on(&[g.dim(1)], crate::DType::F32, b.device());

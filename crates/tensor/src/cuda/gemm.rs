@@ -4,10 +4,12 @@
 //! shape, strides, dtype and pointer alignment.
 //!
 //! FMLAB_GEMM_TUNE=N (off by default) times the heuristic's first N candidates (cuBLASLt offers
-//! up to 8 here) at each shape's first call outside a graph capture and keeps the fastest. On
-//! the H100 it found 2-15% faster kernels for 11 of gpt2-mini's 15 GEMM shapes, and the step
-//! moved 21.6 / 21.6 → 21.4 / 21.3 ms (one call). Off by default because the choice rests on
-//! timings: two runs may then pick different kernels, and sum in a different order.
+//! up to 8 here) at each shape's first call outside a graph capture and keeps the fastest
+//! (FMLAB_GEMM_TUNE_LOG=1 prints each choice). On the H100, before the weight-gradient GEMMs lost
+//! their bias epilogue (linear.rs), it found a faster kernel for 11 of gpt2-mini's 15 GEMM shapes
+//! (1-15% faster) and the step moved 21.6 / 21.6 → 21.5 / 21.4 ms at N = 8 (one call). Off by
+//! default because the choice rests on timings: two runs may then pick different kernels, and
+//! sum in a different order.
 
 use std::collections::HashMap;
 
@@ -296,10 +298,10 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
     let plan = blas.plans[&key].as_ref().expect("planned above");
     if epi.has_vec() {
         // The vector's address is per call; the descriptor is only used under this lock.
-        unsafe { lt::set_matmul_desc_attribute(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &vec as *const u64 as *const _, 8) }.map_err(blas_err("bias pointer"))?;
+        set_pointer(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, vec)?;
     }
     if epi.has_aux() {
-        unsafe { lt::set_matmul_desc_attribute(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux as *const u64 as *const _, 8) }.map_err(blas_err("aux pointer"))?;
+        set_pointer(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, aux)?;
     }
     unsafe {
         lt::matmul(handle, plan.desc, alpha, beta, pb as *const _, plan.la, pa as *const _, plan.lb, pc as *const _, plan.lc, pc as *mut _, plan.lc, &plan.algo, ws as *mut _, ws_size, dev.cu_stream() as *mut _)
@@ -334,7 +336,7 @@ pub fn gemm_autotune(candidates: usize) {
 #[allow(clippy::too_many_arguments)]
 fn tune(dev: &CudaDevice, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: &Key, [pa, pb, vec, aux]: [u64; 4], (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void), ws: u64, ws_size: usize) -> Result<(), CudaError> {
     use cudarc::driver::{result as drv, sys as dsys};
-    let drv_err = |what: &'static str| move |e: cudarc::driver::DriverError| CudaError::Driver { what: what.into(), msg: format!("{e:?}") };
+    use sys::cublasLtMatmulDescAttributes_t::{CUBLASLT_MATMUL_DESC_BIAS_POINTER, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER};
     let el = key.dtype.size_in_bytes();
     let f32_out = matches!(key.epi, Epilogue::AccumulateF32 | Epilogue::BiasGradF32 | Epilogue::OutF32);
     let cells = (key.m * key.n * key.batch) as usize;
@@ -342,51 +344,59 @@ fn tune(dev: &CudaDevice, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: &
     let d_bytes = cells * if f32_out { 4 } else { el };
     let vec_bytes = if matches!(key.epi, Epilogue::BiasGrad | Epilogue::BiasGradF32) { key.m as usize * if key.epi == Epilogue::BiasGradF32 { 4 } else { el } } else { 0 };
     let aux_bytes = if key.epi == Epilogue::GeluAuxBias { cells * el } else { 0 };
-    let scratch = unsafe { drv::malloc_sync(d_bytes + vec_bytes + aux_bytes + 512) }.map_err(drv_err("allocating GEMM tuning scratch"))?;
-    let align = |p: u64| p.div_ceil(256) * 256;
-    let d = align(scratch);
-    let (v_out, aux_out) = (align(d + d_bytes as u64), align(align(d + d_bytes as u64) + vec_bytes as u64));
-    if vec_bytes > 0 {
-        unsafe { sys_set(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, v_out) }?;
-    } else if key.epi.has_vec() {
-        unsafe { sys_set(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, vec) }?;
-    }
-    if key.epi.has_aux() {
-        unsafe { sys_set(plan.desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, if aux_bytes > 0 { aux_out } else { aux }) }?;
-    }
-    let stream = dev.cu_stream();
+    let scratch = unsafe { drv::malloc_sync(d_bytes + vec_bytes + aux_bytes + 512) }.map_err(super::drv_err("allocating GEMM tuning scratch"))?;
     let (e0, e1) = (drv::event::create(dsys::CUevent_flags::CU_EVENT_DEFAULT), drv::event::create(dsys::CUevent_flags::CU_EVENT_DEFAULT));
-    let (e0, e1) = (e0.map_err(drv_err("creating an event"))?, e1.map_err(drv_err("creating an event"))?);
-    let run = |algo: &sys::cublasLtMatmulAlgo_t| unsafe { lt::matmul(handle, plan.desc, alpha, beta, pb as *const _, plan.la, pa as *const _, plan.lb, d as *const _, plan.lc, d as *mut _, plan.lc, algo, ws as *mut _, ws_size, stream as *mut _) }.is_ok();
-    let mut times = Vec::new();
-    for (i, algo) in plan.cands.iter().enumerate() {
-        // One untimed run (a failure drops the candidate), then the mean of three.
-        if !run(algo) {
-            continue;
+    let stream = dev.cu_stream();
+    let timed = |e0: dsys::CUevent, e1: dsys::CUevent| -> Result<Vec<(f32, usize)>, CudaError> {
+        let align = |p: u64| p.div_ceil(256) * 256;
+        let d = align(scratch);
+        let v_out = align(d + d_bytes as u64);
+        let aux_out = align(v_out + vec_bytes as u64);
+        // Written epilogue outputs go to scratch; read ones are the caller's.
+        if key.epi.has_vec() {
+            set_pointer(plan.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, if vec_bytes > 0 { v_out } else { vec })?;
         }
-        unsafe { drv::event::record(e0, stream) }.map_err(drv_err("recording an event"))?;
-        let ok = (0..3).all(|_| run(algo));
-        unsafe { drv::event::record(e1, stream) }.map_err(drv_err("recording an event"))?;
-        let ms = unsafe { drv::event::synchronize(e1).and_then(|_| drv::event::elapsed(e0, e1)) }.map_err(drv_err("timing a GEMM"))?;
-        if ok {
-            times.push((ms / 3.0, i));
+        if key.epi.has_aux() {
+            set_pointer(plan.desc, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, if aux_bytes > 0 { aux_out } else { aux })?;
         }
-    }
+        let run = |algo: &sys::cublasLtMatmulAlgo_t| unsafe { lt::matmul(handle, plan.desc, alpha, beta, pb as *const _, plan.la, pa as *const _, plan.lb, d as *const _, plan.lc, d as *mut _, plan.lc, algo, ws as *mut _, ws_size, stream as *mut _) }.is_ok();
+        let mut times = Vec::new();
+        for (i, algo) in plan.cands.iter().enumerate() {
+            // One untimed run (a failure drops the candidate), then the mean of three.
+            if !run(algo) {
+                continue;
+            }
+            unsafe { drv::event::record(e0, stream) }.map_err(super::drv_err("recording an event"))?;
+            let ok = (0..3).all(|_| run(algo));
+            unsafe { drv::event::record(e1, stream) }.map_err(super::drv_err("recording an event"))?;
+            let ms = unsafe { drv::event::synchronize(e1).and_then(|_| drv::event::elapsed(e0, e1)) }.map_err(super::drv_err("timing a GEMM"))?;
+            if ok {
+                times.push((ms / 3.0, i));
+            }
+        }
+        Ok(times)
+    };
+    let times = match (e0, e1) {
+        (Ok(a), Ok(b)) => timed(a, b),
+        (Err(e), _) | (_, Err(e)) => Err(super::drv_err("creating an event")(e)),
+    };
+    // Released on every path.
     unsafe {
-        let _ = drv::event::destroy(e0);
-        let _ = drv::event::destroy(e1);
-        drv::free_sync(scratch).map_err(drv_err("freeing GEMM tuning scratch"))?;
+        for e in [e0, e1].into_iter().flatten() {
+            let _ = drv::event::destroy(e);
+        }
+        let _ = drv::free_sync(scratch);
     }
-    if let Some(&(best, i)) = times.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
+    if let Some(&(best, i)) = times?.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
         if std::env::var_os("FMLAB_GEMM_TUNE_LOG").is_some() {
-            let first = times.iter().find(|t| t.1 == 0).map_or(f32::NAN, |t| t.0);
-            eprintln!("gemm tune m={} n={} k={} {:?} {}: heuristic's first {:.4} ms, best #{i} {:.4} ms of {}", key.m, key.n, if key.a.trans { key.a.rows } else { key.a.cols }, key.epi, key.dtype, first, best, times.len());
+            eprintln!("gemm tune m={} n={} k={} {:?} {}: best candidate #{i} of {}, {:.4} ms", key.m, key.n, if key.a.trans { key.a.rows } else { key.a.cols }, key.epi, key.dtype, plan.cands.len(), best);
         }
         plan.algo = plan.cands[i];
     }
     Ok(())
 }
 
-unsafe fn sys_set(desc: sys::cublasLtMatmulDesc_t, attr: sys::cublasLtMatmulDescAttributes_t, p: u64) -> Result<(), CudaError> {
-    lt::set_matmul_desc_attribute(desc, attr, &p as *const u64 as *const _, 8).map_err(blas_err("epilogue pointer"))
+/// Sets a pointer attribute (bias, aux) of a matmul descriptor.
+fn set_pointer(desc: sys::cublasLtMatmulDesc_t, attr: sys::cublasLtMatmulDescAttributes_t, p: u64) -> Result<(), CudaError> {
+    unsafe { lt::set_matmul_desc_attribute(desc, attr, &p as *const u64 as *const _, 8) }.map_err(blas_err("epilogue pointer"))
 }

@@ -388,17 +388,17 @@ impl CudaStorage {
     /// False when cuBLASLt has no kernel for it (nothing ran).
     pub(crate) fn matmul_acc_f32(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, acc: &CudaStorage) -> bool {
         assert!(acc.dtype == DType::F32 && matches!(self.dtype, DType::BF16 | DType::F16), "matmul_acc_f32: 16-bit operands into f32");
-        self.matmul_into(la, rhs, lb, gemm::Epilogue::AccumulateF32, 0, 0, Some((acc, 0))).is_some()
+        self.matmul_into(la, rhs, lb, gemm::Epilogue::AccumulateF32, 0, 0, Some(acc)).is_some()
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn matmul_into(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, epi: gemm::Epilogue, vec: u64, aux: u64, into: Option<(&CudaStorage, usize)>) -> Option<CudaStorage> {
+    fn matmul_into(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, epi: gemm::Epilogue, vec: u64, aux: u64, into: Option<&CudaStorage>) -> Option<CudaStorage> {
         let r = la.rank();
         let (m, k, n) = (la.shape[r - 2], la.shape[r - 1], lb.shape[r - 1]);
         let batch_shape = &la.shape[..r - 2];
         let nb: usize = batch_shape.iter().product();
-        if let Some((acc, off)) = into {
-            assert!(off + nb * m * n <= acc.len, "matmul into {} elements at {off}: [{nb}×{m}×{n}] does not fit", acc.len);
+        if let Some(acc) = into {
+            assert!(acc.len == nb * m * n, "matmul_acc_f32: accumulator of {} elements for [{nb}×{m}×{n}]", acc.len);
         }
         // With an accumulator, `out` is only a placeholder returned on success.
         let out_dtype = if matches!(epi, gemm::Epilogue::BiasGradF32 | gemm::Epilogue::OutF32) { DType::F32 } else { self.dtype };
@@ -444,7 +444,7 @@ impl CudaStorage {
         };
         let oa = operand(&la, m, k).expect("contiguous operand");
         let ob = operand(&lb, k, n).expect("contiguous operand");
-        let pc = into.map_or(out.ptr, |(acc, off)| acc.at(off));
+        let pc = into.map_or(out.ptr, |acc| acc.ptr);
         let ran = gemm::matmul(&self.dev, self.dtype, a_st.at(la.offset), oa, b_st.at(lb.offset), ob, pc, m, n, nb, epi, vec, aux).unwrap_or_else(|e| fail(e));
         ran.then_some(out)
     }

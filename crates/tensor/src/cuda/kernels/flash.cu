@@ -439,7 +439,6 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
     }
 }
 
-// dQ for 16 queries per warp, looping over key tiles.
 // dQ for 16 queries per warp, looping over key tiles. It runs before fa_bwd_kv_k and makes the
 // delta both use, delta[bh, i] = Σ_d dO[i, d] · O[i, d], for its own rows from the dO fragments it
 // holds anyway and O's (O [B, T, H, D] as the forward wrote it): no separate delta kernel.
