@@ -73,15 +73,38 @@ impl Tensor {
         // The CPU cross-entropy is f32/f64: 16-bit logits are widened per chunk there.
         let widen = !dev.is_cuda() && !matches!(x.dtype(), DType::F32 | DType::F64);
         let acc = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        // On the GPU the head is padded with zero rows to a multiple of 64: an odd V (50257) makes
-        // every logits row misaligned for cuBLASLt, which then runs these GEMMs at a fraction of
-        // its speed. The padded logit columns are excluded from the softmax by the kernel.
-        let vp = if dev.is_cuda() { v.div_ceil(64) * 64 } else { v };
-        let wp = if vp > v { Tensor::cat(&[w.clone(), Tensor::zeros_on(&[vp - v, w.dim(1)], w.dtype(), dev)], 0) } else { w.clone() }; // [Vp, C]
+        // On the GPU the head is padded with zero rows to a multiple of 128 (the Hopper kernels'
+        // vocabulary tile): an odd V (50257) makes every logits row misaligned for cuBLASLt,
+        // which then runs these GEMMs at a fraction of its speed. The padded logit columns are
+        // excluded from the softmax by the kernels.
+        let vp = if dev.is_cuda() { v.div_ceil(128) * 128 } else { v };
+        let wp = if vp > v { Tensor::cat(&[w.clone(), Tensor::zeros_on(&[vp - v, w.dim(1)], w.dtype(), dev)], 0) } else { w.contiguous() }; // [Vp, C]
         let mut loss: Option<Tensor> = None;
         let mut dx_parts = Vec::new();
         let mut dw: Option<Tensor> = None;
+        // Hopper, opted in: the logits never leave registers (classifier_sm90.cu); the loss of every
+        // row in one pass, then per chunk the logits' gradient from a second.
+        let sm90 = sm90_applies(&x);
+        let stats = sm90.then(|| {
+            let (ls, lse2, tl) = lmce_sm90_loss(&x, &wp, &tt, v);
+            loss = Some(ls);
+            (lse2, tl)
+        });
         for r0 in (0..n).step_by(rows) {
+            if let Some((lse2, tl)) = &stats {
+                if !want_grad {
+                    break;
+                }
+                let len = rows.min(n - r0);
+                let xc = x.narrow(0, r0, len); // [len, C], contiguous rows
+                let d = lmce_sm90_grad(&xc, &wp, &tt.narrow(0, r0, len), v, &lse2.narrow(0, r0, len), &tl.narrow(0, r0, len), inv_kept.as_ref().expect("1/kept on the GPU")); // [len, Vp]
+                dx_parts.push(d.matmul(&wp)); // [len, C]
+                let sum = dw.get_or_insert_with(|| Tensor::zeros_on(&[vp, x.dim(1)], acc, dev));
+                if !gemm_acc_f32(&d.t(), &xc, sum) {
+                    *sum = sum.add(&d.t().matmul(&xc).to_dtype(acc)); // [Vp, C]
+                }
+                continue;
+            }
             let len = rows.min(n - r0);
             let xc = x.narrow(0, r0, len); // [len, C], contiguous rows
             let tc = tt.narrow(0, r0, len);
@@ -169,6 +192,137 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
             .launch(&xs.dev, &format!("{kernel}_{}", sfx(logits.dtype())), rows as u32, 1024, shmem);
     });
     loss.sum_all()
+}
+
+/// 0: not read yet; 1: the Hopper kernels where they apply; 2: never.
+static SM90: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether the fused classifier uses the Hopper kernels (classifier_sm90.cu) where they apply
+/// or the cuBLASLt logits GEMM + `ce_fused` (the default: FMLAB_CE_SM90=1 opts in); for
+/// benchmarks and tests that compare the two. Process-wide.
+///
+/// Off by default because it is slower, measured on the H100 (gpt2-mini, eager profile of the
+/// classifier per step): its two passes 2.64 + 3.68 ms against 1.56 (logits GEMM) + 2.80
+/// (`ce_fused`); the step 23.0 / 23.1 ms against 21.0 / 21.0. Both passes are bound by copying
+/// W's tiles from L2 (the loss pass runs at 2.55 ms with no epilogue at all): each SM reads a
+/// 64 KB tile per 128 × 128 block of logits. cuBLASLt's GEMM shares tiles between the SMs of a
+/// cluster (TMA multicast); doing the same here is what would make this path pay.
+pub fn classifier_sm90(on: bool) {
+    SM90.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The Hopper kernels take x (contiguous, 16-byte aligned rows) when it is bf16 on an sm_90 GPU
+/// with C a multiple of 64 up to 256 (H's 128-row tile stays in shared memory, 64 KB at 256).
+fn sm90_applies(x: &Tensor) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    if SM90.load(Relaxed) == 0 {
+        SM90.store(if std::env::var_os("FMLAB_CE_SM90").is_some_and(|v| v == "1") { 1 } else { 2 }, Relaxed);
+    }
+    let c = x.dim(1);
+    SM90.load(Relaxed) == 1
+        && x.dtype() == DType::BF16
+        && c % 64 == 0
+        && (64..=256).contains(&c)
+        && x.is_contiguous()
+        && x.with_storage(|s| matches!(s, Storage::Cuda(xs) if xs.device().has_module("classifier_sm90") && xs.at(x.layout().offset) % 16 == 0))
+}
+
+/// Thread blocks a Hopper classifier launch aims for: eight waves of an H100's 132 SMs at one
+/// block per SM (each block holds 192 KB of shared memory), so the last wave's tail is short.
+const SM90_TARGET_BLOCKS: usize = 8 * 132;
+
+/// (vocabulary tiles per split, splits) for `row_tiles` 128-row tiles over `vtiles` tiles.
+fn sm90_splits(row_tiles: usize, vtiles: usize) -> (usize, usize) {
+    let want = SM90_TARGET_BLOCKS.div_ceil(row_tiles).clamp(1, vtiles);
+    let tps = vtiles.div_ceil(want);
+    (tps, vtiles.div_ceil(tps))
+}
+
+/// Σ of the kept rows' losses (f32 scalar), each row's log-sum-exp in log2 units and its target's
+/// logit ([n] f32 each) of x·wpᵀ (x [n, C] bf16, wp [Vp, C] bf16 with zero rows past v), by
+/// `lmce_target`, `lmce_lse_k*` and `lmce_combine`.
+fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Tensor, Tensor) {
+    let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
+    let dev = x.device();
+    let (tps, splits) = sm90_splits(n.div_ceil(128), vp / 128);
+    let pm = Tensor::zeros_on(&[n, splits], DType::F32, dev);
+    let pl = Tensor::zeros_on(&[n, splits], DType::F32, dev);
+    let tl = Tensor::zeros_on(&[n], DType::F32, dev);
+    let lse2 = Tensor::zeros_on(&[n], DType::F32, dev);
+    let lrows = Tensor::zeros_on(&[n], DType::F32, dev);
+    x.with_storage(|s| {
+        let Storage::Cuda(xs) = s else { unreachable!() };
+        Args::new()
+            .push(cuda_ptr(x))
+            .push(c as u32)
+            .push(cuda_ptr(wp))
+            .push(c as u32)
+            .push(cuda_ptr(tt))
+            .push(n as u32)
+            .push(c as u32)
+            .push(cuda_ptr(&tl))
+            .launch(&xs.dev, "lmce_target", n.div_ceil(8) as u32, 256, 0);
+        Args::new()
+            .push(cuda_ptr(x))
+            .push(c as u32)
+            .push(cuda_ptr(wp))
+            .push(c as u32)
+            .push(n as u32)
+            .push(v as u32)
+            .push(vp as u32)
+            .push(tps as u32)
+            .push(cuda_ptr(&pm))
+            .push(cuda_ptr(&pl))
+            .launch3(&xs.dev, &format!("lmce_lse_k{}", c / 64), (splits as u32, n.div_ceil(128) as u32, 1), (384, 1, 1), sm90_smem(c));
+        Args::new()
+            .push(cuda_ptr(&pm))
+            .push(cuda_ptr(&pl))
+            .push(cuda_ptr(&tl))
+            .push(cuda_ptr(tt))
+            .push(n as u32)
+            .push(splits as u32)
+            .push(cuda_ptr(&lse2))
+            .push(cuda_ptr(&lrows))
+            .launch(&xs.dev, "lmce_combine", n.div_ceil(256) as u32, 256, 0);
+    });
+    (lrows.sum_all(), lse2, tl)
+}
+
+/// Dynamic shared memory of the Hopper classifier kernels at width c: H's tile and two stages of
+/// W's (128 rows × c bf16 each), plus 1 KB to align them to the 128-byte swizzle's 1024 bytes.
+fn sm90_smem(c: usize) -> u32 {
+    (3 * 128 * c * 2 + 1024) as u32
+}
+
+/// The logits' gradient [n, Vp] bf16 of x·wpᵀ for rows x (given their log-sum-exp `lse2` and target
+/// logits `tl` from `lmce_sm90_loss`), scaled by `inv_kept` (f64 scalar on the device), zero past v and on ignored
+/// rows, by `lmce_grad_k*`.
+fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor, tl: &Tensor, inv_kept: &Tensor) -> Tensor {
+    let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
+    let (tps, splits) = sm90_splits(n.div_ceil(128), vp / 128);
+    x.with_storage(|s| {
+        let Storage::Cuda(xs) = s else { unreachable!() };
+        // Rows up to the kernel's 128-row tile, so that its stores need no row test.
+        let np = n.div_ceil(128) * 128;
+        let g = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, np * vp);
+        Args::new()
+            .push(xs.at(x.layout().offset))
+            .push(c as u32)
+            .push(cuda_ptr(wp))
+            .push(c as u32)
+            .push(cuda_ptr(tt))
+            .push(n as u32)
+            .push(v as u32)
+            .push(vp as u32)
+            .push(tps as u32)
+            .push(cuda_ptr(lse2))
+            .push(cuda_ptr(tl))
+            .push(cuda_ptr(inv_kept))
+            .push(g.ptr)
+            .push(vp as u32)
+            .launch3(&xs.dev, &format!("lmce_grad_k{}", c / 64), (splits as u32, n.div_ceil(128) as u32, 1), (384, 1, 1), sm90_smem(c));
+        Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n)
+    })
 }
 
 /// 0: not read yet; 1: row in shared memory; 2: the two-pass kernel.

@@ -20,7 +20,7 @@ mod rng;
 mod tensor;
 
 pub use backward::sum_to;
-pub use classifier::classifier_rows_in_shared_memory;
+pub use classifier::{classifier_rows_in_shared_memory, classifier_sm90};
 pub use cuda::gemm::gemm_autotune;
 pub use dtype::{DType, WithDType};
 pub use fused_layers::layer_norm_backward_fused;

@@ -317,6 +317,44 @@ fn fused_classifier_bf16_matches_cpu() {
     close("classifier dw, rows in shared memory", &dw2.to_dtype(DType::F32), &dw_gpu.to_dtype(DType::F32), 5e-3);
 }
 
+/// The Hopper classifier (classifier_sm90.cu: wgmma, the logits never written) at every width it
+/// takes (C = 64, 128, 192, 256) against f32 logits + cross-entropy on the CPU, with a vocabulary
+/// of 40 tiles whose last is mostly padding, rows that are not a multiple of its 128-row tile,
+/// ignored rows, chunks that split the rows unevenly, and an eval (no-gradient) call. Tolerance as
+/// in `fused_classifier_bf16_matches_cpu` (bf16 inputs; its logits stay f32, so they are, if
+/// anything, closer). On a GPU other than Hopper it checks the fallback the same way. The path is
+/// opt-in (`classifier_sm90`): turned on here, off again at the end.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn hopper_classifier_matches_cpu() {
+    let g = gpu();
+    fmlab_tensor::classifier_sm90(true);
+    let (n, v) = (333, 5003);
+    for c in [64, 128, 192, 256] {
+        let x = rnd(&[n, c], 90 + c as u64, DType::F32);
+        let w = rnd(&[v, c], 91 + c as u64, DType::F32).scale(0.3);
+        let targets = Tensor::from_vec((0..n).map(|i| if i % 13 == 7 { -100 } else { (i * 7919 % v) as i32 }).collect::<Vec<_>>(), &[n]);
+        let run = |x: &Tensor, w: &Tensor, fused: bool| {
+            let (xv, wv) = (Tensor::new_var(x), Tensor::new_var(w));
+            let l = if fused { xv.linear_cross_entropy_chunked(&wv, &targets, Some(-100), 200) } else { xv.linear_cross_entropy_slow(&wv, &targets, Some(-100)) };
+            l.scale(2.0).backward();
+            (l.item(), xv.grad().unwrap(), wv.grad().unwrap())
+        };
+        let (l_cpu, dx_cpu, dw_cpu) = run(&x, &w, false);
+        let (xb, wb) = (x.to_dtype(DType::BF16).to_device(g), w.to_dtype(DType::BF16).to_device(g));
+        let (l_gpu, dx_gpu, dw_gpu) = run(&xb, &wb, true);
+        assert!((l_gpu - l_cpu).abs() <= 1e-2 * l_cpu.abs(), "C={c}: loss {l_gpu} vs {l_cpu}");
+        close(&format!("hopper classifier dx C={c}"), &dx_gpu.to_dtype(DType::F32), &dx_cpu, 2e-2);
+        close(&format!("hopper classifier dw C={c}"), &dw_gpu.to_dtype(DType::F32), &dw_cpu, 2e-2);
+        let l_eval = {
+            let _ng = fmlab_tensor::no_grad();
+            xb.linear_cross_entropy(&wb, &targets, Some(-100)).item()
+        };
+        assert!((l_eval - l_gpu).abs() <= 1e-6 * l_gpu.abs(), "C={c}: eval loss {l_eval} vs {l_gpu}");
+    }
+    fmlab_tensor::classifier_sm90(false);
+}
+
 /// `linear` (bias in cuBLASLt epilogues on the GPU) against the CPU's matmul + add, forward and
 /// all three gradients, with the weight as a transposed view (nn::Linear's [out, in] layout) and
 /// plain, at an odd N (where cuBLASLt may decline the epilogue and the op falls back).

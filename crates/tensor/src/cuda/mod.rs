@@ -63,6 +63,9 @@ const SOURCES: &[(&str, &str)] = &[
     ("layers", include_str!("kernels/layers.cu")),
     ("flash", include_str!("kernels/flash.cu")),
 ];
+/// Sources for Hopper only, compiled for `sm_90a` (wgmma is an arch-specific feature) on an sm_90
+/// device and absent elsewhere: `CudaDevice::has_kernel` says whether they are there.
+const SOURCES_SM90A: &[(&str, &str)] = &[("classifier_sm90", include_str!("kernels/classifier_sm90.cu"))];
 
 pub struct CudaDevice {
     pub ordinal: usize,
@@ -131,8 +134,9 @@ impl CudaDevice {
         let name = ctx.name().map_err(drv_err("device query"))?;
         let smem_optin = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).map_err(drv_err("device query"))?.max(0) as usize;
         let mut modules = Vec::new();
-        for (kname, src) in SOURCES {
-            let bin = compile_cached(kname, &format!("{}{COMMON}\n{src}", tuning_defines()), &arch)?;
+        let hopper = if arch == "sm_90" { SOURCES_SM90A } else { &[] };
+        for (kname, src, karch) in SOURCES.iter().map(|(k, s)| (k, s, arch.clone())).chain(hopper.iter().map(|(k, s)| (k, s, "sm_90a".to_string()))) {
+            let bin = compile_cached(kname, &format!("{}{COMMON}\n{src}", tuning_defines()), &karch)?;
             let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {kname}")))?;
             modules.push((*kname, m));
         }
@@ -154,6 +158,12 @@ impl CudaDevice {
             }
         }
         panic!("no CUDA kernel named `{name}` in fmlab's kernel sources (an op/dtype pair without a kernel)");
+    }
+
+    /// Whether a kernel source module `kname` was built for this device (the sm_90a sources
+    /// exist only on Hopper).
+    pub(crate) fn has_module(&self, kname: &str) -> bool {
+        self.modules.iter().any(|(k, _)| *k == kname)
     }
 
     /// Blocks the host until all work on every stream of this device is done.
@@ -364,6 +374,11 @@ pub fn compile_all(arch: &str) -> Result<usize, CudaError> {
     for (kname, src) in SOURCES {
         total += nvrtc_cubin(kname, &format!("{COMMON}\n{src}"), arch)?.len();
     }
+    if arch == "sm_90" {
+        for (kname, src) in SOURCES_SM90A {
+            total += nvrtc_cubin(kname, &format!("{COMMON}\n{src}"), "sm_90a")?.len();
+        }
+    }
     Ok(total)
 }
 
@@ -375,7 +390,7 @@ mod tests {
     /// other fixes of that commit). Infinities are written by their bits (`inf_of`, `FA_INF`).
     #[test]
     fn kernel_sources_spell_infinities_by_their_bits() {
-        for (name, src) in [("common.cuh", super::COMMON)].into_iter().chain(super::SOURCES.iter().copied()) {
+        for (name, src) in [("common.cuh", super::COMMON)].into_iter().chain(super::SOURCES.iter().copied()).chain(super::SOURCES_SM90A.iter().copied()) {
             for (i, line) in src.lines().enumerate() {
                 let code = line.split("//").next().unwrap().replace(' ', "");
                 for pat in ["/0.0", "/0.f", "/0)", "/0;"] {

@@ -1,0 +1,339 @@
+// The fused classifier on Hopper (sm_90a: wgmma): the logits H·Wᵀ of an LM head are made tile by
+// tile in registers and never written. Two passes over the vocabulary, each a GEMM with its
+// epilogue in registers:
+//   lmce_lse:  per (row, vocab split) the running max and sum of exp of the logits (online, in
+//              log2 units), and the target's logit where this split holds it;
+//   lmce_combine: per row the log-sum-exp (log2 units) and the loss, lse − x[target];
+//   lmce_grad: the logits again, and the logits' gradient (softmax − onehot)·scale written in bf16
+//              for the two cuBLASLt GEMMs that make dH and dW.
+// Against the unfused path (a cuBLASLt GEMM writing bf16 logits, then `ce_fused` reading them
+// twice and writing the gradient over them) the logits never go through memory: the classifier
+// moves the gradient once instead of the logits three times. The logits are also not rounded to
+// bf16 before the softmax (f32 accumulators throughout).
+//
+// Status: correct (cuda_ops `hopper_classifier_matches_cpu`) but slower than the unfused path on
+// the H100, so opt-in (FMLAB_CE_SM90=1; classifier.rs has the numbers). Both passes are bound by
+// copying W's 64 KB tiles from L2 into every SM (the loss pass takes 2.55 ms with an empty
+// epilogue); the next step is TMA loads multicast to a cluster of SMs that share them.
+//
+// Shapes: H [n, K] bf16 (row stride ldh), W [vp, K] bf16 (row stride ldw; vp a multiple of 128,
+// rows past the real vocabulary v are zeros and are masked), K = 64·KA (KA = 1..4), targets [n]
+// i32 (-1: ignored row). Block: 384 threads = two consumer warpgroups (128 rows of H, 64 each)
+// and a producer warpgroup (lm_loop), vocab tiles of 128 columns; grid (vocab splits, row tiles), each block walking its split's
+// tiles with its rows of H resident in shared memory.
+//
+// Shared memory (dynamic, 1024-byte aligned): H's tile, then two stages of W's tile, each
+// [KA][128 rows][128 bytes]: for each 64-column slab of K, 128-byte rows with the 16-byte chunks
+// of row r stored at chunk index (c ^ (r % 8)) — the 128-byte swizzle wgmma's descriptors name
+// (layout type 1), so its reads of 8 rows hit 8 different bank groups.
+//
+// Accumulator layout (wgmma m64nNk16, f32; PTX ISA "register fragments"): warp w of the
+// warpgroup holds rows 16w..16w+15; lane (g = lane / 4, t = lane % 4) holds
+// d[4j + 0, 1] = (row g, columns 8j + 2t, +1) and d[4j + 2, 3] = (row g + 8, same columns).
+
+#define LM_BM 128
+#define LM_BN 128
+#define LM_THREADS 256
+#define LM_LOG2E 1.4426950408889634f
+#define LM_LN2 0.6931471805599453f
+#define LM_NEG_INF __int_as_float(0xff800000)
+
+__device__ __forceinline__ u32 lm_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+
+// One 128-row tile of a [rows, 64·KA] bf16 matrix (row stride ld elements, rows past `nrows`
+// zero-filled) into the swizzled layout at shared address `s`, as 16-byte cp.async copies by the
+// NT threads numbered `tid`: consecutive threads take consecutive chunks of a row (coalesced).
+template <int KA, int NT> __device__ __forceinline__ void lm_load(u32 s, const bf16* m, u32 ld, u32 r0, u32 nrows, u32 tid) {
+    const int CH = 8 * KA; // 16-byte chunks a row
+#pragma unroll 4
+    for (int k = 0; k < LM_BM * CH / NT; ++k) {
+        int i = k * NT + tid;
+        int r = i / CH, c = i % CH;
+        u32 dst = s + (c >> 3) * (LM_BM * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
+        bool ok = r0 + r < nrows;
+        const bf16* src = ok ? m + (u64)(r0 + r) * ld + c * 8 : m;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
+    }
+}
+
+// wgmma shared-memory descriptor: start address, leading byte offset (unused by the swizzled
+// K-major layout: 1), stride byte offset 1024 (8 rows of 128 bytes), layout type 1 (128-byte swizzle).
+__device__ __forceinline__ u64 lm_desc(u32 s) {
+    return (u64)((s & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
+
+// d (+)= A·Bᵀ for A 64×16 and B 128×16, both K-major in shared memory (descriptors).
+__device__ __forceinline__ void lm_wgmma(float* d, u64 da, u64 db, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(accumulate));
+}
+
+// Issues (does not wait for) the 128-column logits tile of this warpgroup's 64 rows against W's
+// tile in stage `sw`, into d, as one wgmma group.
+template <int KA> __device__ __forceinline__ void lm_issue(float* d, u32 sa, u32 sw) {
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+    for (int s = 0; s < 4 * KA; ++s) {
+        u32 off = (s >> 2) * (LM_BM * 128) + (s & 3) * 32; // slab s / 4, 16 columns (32 bytes) in
+        lm_wgmma(d, lm_desc(sa + off), lm_desc(sw + off), s > 0);
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+// Keeps every read of the accumulators after the wait that precedes this.
+__device__ __forceinline__ void lm_fence_acc(float* d) {
+#pragma unroll
+    for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int N> __device__ __forceinline__ void lm_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+// Named barriers (0 is __syncthreads): FULL + stage, the producer warp to the consumers (the
+// stage holds its tile); EMPTY + stage, the consumers to the producer (the stage may be refilled).
+#define LM_FULL 1
+#define LM_EMPTY 3
+__device__ __forceinline__ void lm_bar_sync(int id) { asm volatile("bar.sync %0, %1;" ::"r"(id), "n"(LM_THREADS + 128) : "memory"); }
+__device__ __forceinline__ void lm_bar_arrive(int id) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "n"(LM_THREADS + 128) : "memory"); }
+
+// The shared loop of both passes, warp-specialized: threads 0-255 (two warpgroups) multiply and
+// run the epilogue `epi(d, c0)` on each tile's accumulators (c0: the tile's first vocabulary
+// column); threads 256-383 (the producer warpgroup) copy H's tile once and W's tiles t0..t1 into
+// two shared-memory stages. Registers move from the producer (40 a thread) to the consumers (232:
+// two accumulators of 64 and the epilogue's) by setmaxnreg; 2·128·232 + 128·40 ≤ 65536. The producer alone waits for the copies and fences them for wgmma
+// (cp.async writes through the generic proxy, wgmma reads through the async proxy): that fence
+// waits for every earlier memory operation of the thread, which in a consumer would include the
+// epilogue's stores of the logits' gradient (measured: the gradient pass 3-4× slower).
+// Consumers keep two register accumulators, so the tensor cores multiply tile i + 1 while the
+// warpgroup runs tile i's epilogue.
+template <int KA, typename Epi> __device__ __forceinline__ void lm_loop(const bf16* h, u32 ldh, const bf16* w, u32 ldw, u32 n, u32 vp, u32 r0, u32 t0, u32 t1, Epi& epi) {
+    extern __shared__ unsigned char lm_raw[];
+    const u32 TA = KA * LM_BM * 128; // bytes of one tile
+    u32 base = (lm_smem_addr(lm_raw) + 1023) & ~1023u;
+    u32 sw0 = base + TA;
+    const u32 nt = t1 - t0;
+    if (threadIdx.x >= LM_THREADS) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        u32 tid = threadIdx.x - LM_THREADS;
+        for (u32 k = 0; k < nt; ++k) {
+            u32 st = k & 1;
+            if (k >= 2) lm_bar_sync(LM_EMPTY + st); // tile k - 2 is multiplied
+            if (k == 0) lm_load<KA, 128>(base, h, ldh, r0, n, tid);
+            lm_load<KA, 128>(sw0 + st * TA, w, ldw, (t0 + k) * LM_BN, vp, tid);
+            asm volatile("cp.async.commit_group;");
+            asm volatile("cp.async.wait_group 0;" ::: "memory");
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+            lm_bar_arrive(LM_FULL + st);
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    u32 sa = base + (threadIdx.x >> 7) * (64 * 128); // this warpgroup's 64 rows
+    float d0[64], d1[64];
+    lm_bar_sync(LM_FULL);
+    lm_issue<KA>(d0, sa, sw0);
+    // Tile i (k = i - t0), whose wgmma group is in flight in `cur` (stage k % 2), when a tile
+    // i + 1 follows (its group goes into `nxt`) or not. The loop below keeps every path
+    // straight-line in which registers hold which group: where an accumulator's contents depend
+    // on a branch, ptxas serializes every wgmma of the kernel (C7514/C7515).
+    auto step = [&](float* cur, float* nxt, u32 i) {
+        u32 k = i - t0, st = k & 1;
+        lm_bar_sync(LM_FULL + (st ^ 1));
+        lm_issue<KA>(nxt, sa, sw0 + (st ^ 1) * TA);
+        lm_wgmma_wait<1>();
+        lm_fence_acc(cur);
+        if (k + 2 < nt) lm_bar_arrive(LM_EMPTY + st); // this stage is read: the producer may refill it
+        epi(cur, i * LM_BN);
+    };
+    auto last = [&](float* cur, u32 i) {
+        lm_wgmma_wait<0>();
+        lm_fence_acc(cur);
+        epi(cur, i * LM_BN);
+    };
+    u32 i = t0;
+    for (; i + 2 < t1; i += 2) {
+        step(d0, d1, i);
+        step(d1, d0, i + 1);
+    }
+    if (i + 1 < t1) {
+        step(d0, d1, i);
+        last(d1, i + 1);
+    } else {
+        last(d0, i);
+    }
+}
+
+// x[target] per row: a warp a row, f32 dot products of bf16 H[row] and W[target] (0 for ignored
+// rows). Separate from the GEMM passes, whose epilogues would otherwise test every logit's
+// column against the target.
+extern "C" __global__ void lmce_target(const bf16* h, u32 ldh, const bf16* w, u32 ldw, const int* tgt, u32 n, u32 k, float* tl) {
+    u32 row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (row >= n) return;
+    int ti = tgt[row];
+    float acc = 0.f;
+    if (ti >= 0) {
+        for (u32 c = lane * 8; c < k; c += 256) {
+            uint4 a = *(const uint4*)(h + (u64)row * ldh + c), b = *(const uint4*)(w + (u64)ti * ldw + c);
+            const u32 av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                acc = __fmaf_rn(__uint_as_float(av[e] << 16), __uint_as_float(bv[e] << 16), acc);
+                acc = __fmaf_rn(__uint_as_float(av[e] & 0xffff0000u), __uint_as_float(bv[e] & 0xffff0000u), acc);
+            }
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+    if (lane == 0) tl[row] = acc;
+}
+
+// Pass 1: per row and split, (m, l) with m the max of x·log2e over the split's real columns and
+// l = Σ exp2(x·log2e − m).
+template <bool EDGE> __device__ __forceinline__ void lmce_lse_tile(const float* d, u32 c0, u32 v, int t, float* m, float* l) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        // Columns past the vocabulary (padding, in the last tile only) count as -inf.
+        auto x = [&](int j, int e) { return EDGE && c0 + 8 * j + 2 * t + e >= v ? LM_NEG_INF : d[4 * j + 2 * r + e]; };
+        float mx = LM_NEG_INF;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) mx = fmaxf(mx, fmaxf(x(j, 0), x(j, 1)));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float mn = fmaxf(m[r], mx * LM_LOG2E); // finite: every tile has a real column
+        float s = 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            s += exp2_approx(__fmaf_rn(x(j, 0), LM_LOG2E, -mn));
+            s += exp2_approx(__fmaf_rn(x(j, 1), LM_LOG2E, -mn));
+        }
+        l[r] = l[r] * exp2_approx(m[r] - mn) + s;
+        m[r] = mn;
+    }
+}
+template <int KA> __device__ void lmce_lse_k(const bf16* h, u32 ldh, const bf16* w, u32 ldw, u32 n, u32 v, u32 vp, u32 tps, float* pm, float* pl) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    u32 r0 = blockIdx.y * LM_BM, split = blockIdx.x, nsplit = gridDim.x;
+    u32 row0 = r0 + (threadIdx.x >> 5) * 16 + g; // warps 0-3: rows 0-63, warps 4-7: rows 64-127
+    u32 rows[2] = {row0, row0 + 8};
+    float m[2] = {LM_NEG_INF, LM_NEG_INF}, l[2] = {0.f, 0.f};
+    u32 t0 = split * tps, t1 = min(t0 + tps, vp / LM_BN);
+    auto epi = [&](const float* d, u32 c0) {
+        if (c0 + LM_BN > v) lmce_lse_tile<true>(d, c0, v, t, m, l);
+        else lmce_lse_tile<false>(d, c0, v, t, m, l);
+    };
+    lm_loop<KA>(h, ldh, w, ldw, n, vp, r0, t0, t1, epi);
+    if (threadIdx.x >= LM_THREADS) return; // the producer warpgroup
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        if (t == 0 && rows[r] < n) {
+            pm[(u64)rows[r] * nsplit + split] = m[r];
+            pl[(u64)rows[r] * nsplit + split] = l[r];
+        }
+    }
+}
+
+// Pass 2: g[row, c] = (2^(x·log2e − lse2[row]) − [c == target]) · scale for the real columns, 0 for
+// the padding and for ignored rows; g has rows up to a multiple of 128 (those past n are junk).
+//
+// Stores: lane t holds the pairs (columns 8j + 2t, +1) of its rows; four j at a time the quad
+// transposes them (two butterfly stages of shuffles) so that lane t holds columns 8j..8j+7 of
+// j = 4q + t and writes them as one 16-byte store: a warp writes 8 rows × 64 contiguous bytes,
+// whole sectors, not 8 × 16 bytes.
+template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float* d, u32 c0, u32 v, int t, const u32* rows, u32 n, const int* tg, const float* ls, const float* sc, const float* tl, bf16* gout, u32 ldg) {
+    const int b0 = t & 1, b1 = (t >> 1) & 1;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        u32 rel = (u32)(tg[r] - (int)c0); // the target's column in this tile (huge when not in it)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            u32 a[4];
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) {
+                int j = 4 * q + jj;
+                float p0 = exp2_approx(__fmaf_rn(d[4 * j + 2 * r], LM_LOG2E, -ls[r])) * sc[r];
+                float p1 = exp2_approx(__fmaf_rn(d[4 * j + 2 * r + 1], LM_LOG2E, -ls[r])) * sc[r];
+                if (EDGE) {
+                    u32 c = c0 + 8 * j + 2 * t;
+                    p0 = c < v ? p0 : 0.f;
+                    p1 = c + 1 < v ? p1 : 0.f;
+                }
+                asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(a[jj]) : "f"(p1), "f"(p0));
+            }
+            // M[lane][jj] = a[jj] of that lane; lane t wants column t: M[0..3][t].
+            // Stage 1 (lanes t, t^2): keep the columns of half b1, send the other half's.
+            u32 s0 = b1 ? a[0] : a[2], s1 = b1 ? a[1] : a[3];
+            u32 k0 = b1 ? a[2] : a[0], k1 = b1 ? a[3] : a[1]; // M[t][2b1], M[t][2b1+1]
+            u32 r0_ = __shfl_xor_sync(0xffffffffu, s0, 2), r1_ = __shfl_xor_sync(0xffffffffu, s1, 2); // M[t^2][2b1], M[t^2][2b1+1]
+            // Stage 2 (lanes t, t^1): keep column 2b1 + b0, send the other.
+            u32 own_t = b0 ? k1 : k0, own_t2 = b0 ? r1_ : r0_;      // M[t][t], M[t^2][t]
+            u32 snd_a = b0 ? k0 : k1, snd_b = b0 ? r0_ : r1_;       // M[t][t^1], M[t^2][t^1]
+            u32 got_t1 = __shfl_xor_sync(0xffffffffu, snd_a, 1);    // M[t^1][t]
+            u32 got_t3 = __shfl_xor_sync(0xffffffffu, snd_b, 1);    // M[t^3][t]
+            // o[k] = M[k][t]: X[k ^ t] with X = {M[t], M[t^1], M[t^2], M[t^3]} (rows of column t).
+            // (Selects, not branches: b0 and b1 differ between the lanes of a warp.)
+            u32 y0 = b0 ? got_t1 : own_t, y1 = b0 ? own_t : got_t1, y2 = b0 ? got_t3 : own_t2, y3 = b0 ? own_t2 : got_t3;
+            u32 x0 = b1 ? y2 : y0, x1 = b1 ? y3 : y1, x2 = b1 ? y0 : y2, x3 = b1 ? y1 : y3;
+            u32 col = c0 + 8 * (4 * q + t);
+            // The target's own logit: softmax − 1, from x[target] (lmce_target), patched into the
+            // pack that holds it (rare: one tile in Vp / 128 per row).
+            // Selects throughout, no branch: a branch here costs every lane its reconvergence.
+            {
+                bool hit = rel - 8 * (4 * q + t) < 8;
+                float p = (exp2_approx(__fmaf_rn(tl[r], LM_LOG2E, -ls[r])) - 1.f) * sc[r];
+                u32 e = rel & 7, shift = (e & 1) * 16, keep = ~(0xffffu << shift), hv = (u32)f2bf(p) << shift;
+                x0 = hit && (e >> 1) == 0 ? (x0 & keep) | hv : x0;
+                x1 = hit && (e >> 1) == 1 ? (x1 & keep) | hv : x1;
+                x2 = hit && (e >> 1) == 2 ? (x2 & keep) | hv : x2;
+                x3 = hit && (e >> 1) == 3 ? (x3 & keep) | hv : x3;
+            }
+            // The output has rows up to the 128-row tile (the host pads it): no row test.
+            *(uint4*)(gout + (u64)rows[r] * ldg + col) = make_uint4(x0, x1, x2, x3);
+        }
+    }
+}
+template <int KA> __device__ void lmce_grad_k(const bf16* h, u32 ldh, const bf16* w, u32 ldw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const float* tlog, const double* scale, bf16* gout, u32 ldg) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    u32 r0 = blockIdx.y * LM_BM, split = blockIdx.x;
+    u32 row0 = r0 + (threadIdx.x >> 5) * 16 + g;
+    u32 rows[2] = {row0, row0 + 8};
+    int tg[2];
+    float ls[2], sc[2], tl[2];
+    float s0 = (float)*scale;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        tg[r] = rows[r] < n ? tgt[rows[r]] : -1;
+        ls[r] = rows[r] < n ? lse2[rows[r]] : 0.f;
+        tl[r] = rows[r] < n ? tlog[rows[r]] : 0.f;
+        sc[r] = tg[r] >= 0 ? s0 : 0.f; // ignored rows: a zero gradient
+    }
+    u32 t0 = split * tps, t1 = min(t0 + tps, vp / LM_BN);
+    auto epi = [&](const float* d, u32 c0) {
+        if (c0 + LM_BN > v) lmce_grad_tile<true>(d, c0, v, t, rows, n, tg, ls, sc, tl, gout, ldg);
+        else lmce_grad_tile<false>(d, c0, v, t, rows, n, tg, ls, sc, tl, gout, ldg);
+    };
+    lm_loop<KA>(h, ldh, w, ldw, n, vp, r0, t0, t1, epi);
+}
+
+// Per row: lse2 = log2 Σ_j 2^(x_j·log2e) from the splits' (m, l); loss = lse2·ln2 − x[target]
+// (0 for ignored rows).
+extern "C" __global__ void lmce_combine(const float* pm, const float* pl, const float* tl, const int* tgt, u32 n, u32 nsplit, float* lse2, float* loss) {
+    u32 row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= n) return;
+    float mx = LM_NEG_INF;
+    for (u32 s = 0; s < nsplit; ++s) mx = fmaxf(mx, pm[(u64)row * nsplit + s]);
+    float sum = 0.f;
+    for (u32 s = 0; s < nsplit; ++s) sum += pl[(u64)row * nsplit + s] * exp2f(pm[(u64)row * nsplit + s] - mx);
+    float l2 = mx + log2f(sum);
+    lse2[row] = l2;
+    int t = tgt[row];
+    loss[row] = t >= 0 ? l2 * LM_LN2 - tl[row] : 0.f;
+}
+
+#define LMCE(KA) \
+extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) lmce_lse_k##KA(const bf16* h, u32 ldh, const bf16* w, u32 ldw, u32 n, u32 v, u32 vp, u32 tps, float* pm, float* pl) { lmce_lse_k<KA>(h, ldh, w, ldw, n, v, vp, tps, pm, pl); } \
+extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) lmce_grad_k##KA(const bf16* h, u32 ldh, const bf16* w, u32 ldw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const float* tl, const double* scale, bf16* g, u32 ldg) { lmce_grad_k<KA>(h, ldh, w, ldw, tgt, n, v, vp, tps, lse2, tl, scale, g, ldg); }
+LMCE(1)
+LMCE(2)
+LMCE(3)
+LMCE(4)
