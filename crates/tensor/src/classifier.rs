@@ -221,7 +221,7 @@ fn sm90_applies(x: &Tensor) -> bool {
     let c = x.dim(1);
     SM90.load(Relaxed) == 1
         && x.dtype() == DType::BF16
-        && c % 64 == 0
+        && c.is_multiple_of(64)
         && (64..=256).contains(&c)
         && x.is_contiguous()
         && x.with_storage(|s| matches!(s, Storage::Cuda(xs) if xs.device().has_module("classifier_sm90") && xs.at(x.layout().offset) % 16 == 0))
@@ -252,21 +252,13 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Te
     let lrows = Tensor::zeros_on(&[n], DType::F32, dev);
     x.with_storage(|s| {
         let Storage::Cuda(xs) = s else { unreachable!() };
-        Args::new()
-            .push(cuda_ptr(x))
-            .push(c as u32)
-            .push(cuda_ptr(wp))
-            .push(c as u32)
+        sm90_operands(x, wp)
             .push(cuda_ptr(tt))
             .push(n as u32)
             .push(c as u32)
             .push(cuda_ptr(&tl))
             .launch(&xs.dev, "lmce_target", n.div_ceil(8) as u32, 256, 0);
-        Args::new()
-            .push(cuda_ptr(x))
-            .push(c as u32)
-            .push(cuda_ptr(wp))
-            .push(c as u32)
+        sm90_operands(x, wp)
             .push(n as u32)
             .push(v as u32)
             .push(vp as u32)
@@ -288,15 +280,23 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Te
     (lrows.sum_all(), lse2, tl)
 }
 
+/// The first arguments of every Hopper classifier kernel: H (x [n, C]) and W (wp [Vp, C]) with
+/// their row strides.
+fn sm90_operands(x: &Tensor, wp: &Tensor) -> Args {
+    let mut a = Args::new();
+    a.push(cuda_ptr(x)).push(x.dim(1) as u32).push(cuda_ptr(wp)).push(wp.dim(1) as u32);
+    a
+}
+
 /// Dynamic shared memory of the Hopper classifier kernels at width c: H's tile and two stages of
 /// W's (128 rows × c bf16 each), plus 1 KB to align them to the 128-byte swizzle's 1024 bytes.
 fn sm90_smem(c: usize) -> u32 {
     (3 * 128 * c * 2 + 1024) as u32
 }
 
-/// The logits' gradient [n, Vp] bf16 of x·wpᵀ for rows x (given their log-sum-exp `lse2` and target
-/// logits `tl` from `lmce_sm90_loss`), scaled by `inv_kept` (f64 scalar on the device), zero past v and on ignored
-/// rows, by `lmce_grad_k*`.
+/// The logits' gradient [n, Vp] bf16 of x·wpᵀ for rows x (given their log-sum-exp `lse2` and
+/// target logits `tl` from `lmce_sm90_loss`), scaled by `inv_kept` (f64 scalar on the device),
+/// zero past v and on ignored rows, by `lmce_grad_k*`.
 fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor, tl: &Tensor, inv_kept: &Tensor) -> Tensor {
     let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
     let (tps, splits) = sm90_splits(n.div_ceil(128), vp / 128);
@@ -305,11 +305,7 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor,
         // Rows up to the kernel's 128-row tile, so that its stores need no row test.
         let np = n.div_ceil(128) * 128;
         let g = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, np * vp);
-        Args::new()
-            .push(xs.at(x.layout().offset))
-            .push(c as u32)
-            .push(cuda_ptr(wp))
-            .push(c as u32)
+        sm90_operands(x, wp)
             .push(cuda_ptr(tt))
             .push(n as u32)
             .push(v as u32)
