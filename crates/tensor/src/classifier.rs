@@ -73,11 +73,12 @@ impl Tensor {
         // The CPU cross-entropy is f32/f64: 16-bit logits are widened per chunk there.
         let widen = !dev.is_cuda() && !matches!(x.dtype(), DType::F32 | DType::F64);
         let acc = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        // On the GPU the head is padded with zero rows to a multiple of 128 (the Hopper kernels'
-        // vocabulary tile): an odd V (50257) makes every logits row misaligned for cuBLASLt,
-        // which then runs these GEMMs at a fraction of its speed. The padded logit columns are
-        // excluded from the softmax by the kernels.
-        let vp = if dev.is_cuda() { v.div_ceil(128) * 128 } else { v };
+        // On the GPU the head is padded with zero rows to a multiple of 64 (also the Hopper
+        // kernels' vocabulary tile, so none of their tiles is all padding): an odd V (50257)
+        // makes every logits row misaligned for cuBLASLt, which then runs these GEMMs at a
+        // fraction of its speed. The padded logit columns are excluded from the softmax by the
+        // kernels.
+        let vp = if dev.is_cuda() { v.div_ceil(64) * 64 } else { v };
         let wp = if vp > v { Tensor::cat(&[w.clone(), Tensor::zeros_on(&[vp - v, w.dim(1)], w.dtype(), dev)], 0) } else { w.contiguous() }; // [Vp, C]
         let mut loss: Option<Tensor> = None;
         let mut dx_parts = Vec::new();
@@ -201,12 +202,11 @@ static SM90: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 /// or the cuBLASLt logits GEMM + `ce_fused` (the default: FMLAB_CE_SM90=1 opts in); for
 /// benchmarks and tests that compare the two. Process-wide.
 ///
-/// Off by default because it is slower, measured on the H100 (gpt2-mini, eager profile of the
-/// classifier per step): its two passes 2.64 + 3.68 ms against 1.56 (logits GEMM) + 2.80
-/// (`ce_fused`); the step 23.0 / 23.1 ms against 21.0 / 21.0. Both passes are bound by copying
-/// W's tiles from L2 (the loss pass runs at 2.55 ms with no epilogue at all): each SM reads a
-/// 64 KB tile per 128 × 128 block of logits. cuBLASLt's GEMM shares tiles between the SMs of a
-/// cluster (TMA multicast); doing the same here is what would make this path pay.
+/// Off by default because it is no faster, measured on the H100 (gpt2-mini, eager profile of
+/// the classifier per step): its two passes 1.90 + 2.53 ms against 1.56 (logits GEMM) + 2.80
+/// (`ce_fused`); the step 21.1 / 21.3 ms against 21.0 / 21.1. Its loop is bound by feeding the
+/// tensor cores W's tiles (copies from L2, then shared-memory reads); docs/benchmarks.md
+/// (session 11) has the eight versions measured and what comes next (TMA multicast).
 pub fn classifier_sm90(on: bool) {
     SM90.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
 }
@@ -231,7 +231,7 @@ fn sm90_applies(x: &Tensor) -> bool {
 /// block per SM (each block holds 192 KB of shared memory), so the last wave's tail is short.
 const SM90_TARGET_BLOCKS: usize = 8 * 132;
 
-/// (vocabulary tiles per split, splits) for `row_tiles` 128-row tiles over `vtiles` tiles.
+/// (vocabulary tiles per split, splits) for `row_tiles` blocks of rows over `vtiles` tiles.
 fn sm90_splits(row_tiles: usize, vtiles: usize) -> (usize, usize) {
     let want = SM90_TARGET_BLOCKS.div_ceil(row_tiles).clamp(1, vtiles);
     let tps = vtiles.div_ceil(want);
@@ -244,7 +244,7 @@ fn sm90_splits(row_tiles: usize, vtiles: usize) -> (usize, usize) {
 fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Tensor, Tensor) {
     let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
     let dev = x.device();
-    let (tps, splits) = sm90_splits(n.div_ceil(128), vp / 128);
+    let (tps, splits) = sm90_splits(n.div_ceil(SM90_ROWS), vp / SM90_TILE_N);
     let pm = Tensor::zeros_on(&[n, splits], DType::F32, dev);
     let pl = Tensor::zeros_on(&[n, splits], DType::F32, dev);
     let tl = Tensor::zeros_on(&[n], DType::F32, dev);
@@ -265,7 +265,7 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Te
             .push(tps as u32)
             .push(cuda_ptr(&pm))
             .push(cuda_ptr(&pl))
-            .launch3(&xs.dev, &format!("lmce_lse_k{}", c / 64), (splits as u32, n.div_ceil(128) as u32, 1), (384, 1, 1), sm90_smem(c));
+            .launch3(&xs.dev, &format!("lmce_lse_k{}", c / 64), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
         Args::new()
             .push(cuda_ptr(&pm))
             .push(cuda_ptr(&pl))
@@ -288,10 +288,17 @@ fn sm90_operands(x: &Tensor, wp: &Tensor) -> Args {
     a
 }
 
-/// Dynamic shared memory of the Hopper classifier kernels at width c: H's tile and two stages of
-/// W's (128 rows × c bf16 each), plus 1 KB to align them to the 128-byte swizzle's 1024 bytes.
+/// The Hopper kernels' rows a block, vocabulary tile and its stages in shared memory (LM_BM,
+/// LM_BN, LM_STAGES).
+const SM90_ROWS: usize = 256;
+const SM90_TILE_N: usize = 64;
+const SM90_STAGES: usize = 3;
+
+/// Dynamic shared memory of the Hopper classifier kernels at width c: H's tile (SM90_ROWS × c
+/// bf16) and SM90_STAGES of W's (SM90_TILE_N rows), plus 1 KB to align them to the 128-byte
+/// swizzle's 1024 bytes (225 KB at c = 256, of the 227 a block may have).
 fn sm90_smem(c: usize) -> u32 {
-    (3 * 128 * c * 2 + 1024) as u32
+    ((SM90_ROWS + SM90_STAGES * SM90_TILE_N) * c * 2 + 1024) as u32
 }
 
 /// The logits' gradient [n, Vp] bf16 of x·wpᵀ for rows x (given their log-sum-exp `lse2` and
@@ -299,11 +306,11 @@ fn sm90_smem(c: usize) -> u32 {
 /// zero past v and on ignored rows, by `lmce_grad_k*`.
 fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor, tl: &Tensor, inv_kept: &Tensor) -> Tensor {
     let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
-    let (tps, splits) = sm90_splits(n.div_ceil(128), vp / 128);
+    let (tps, splits) = sm90_splits(n.div_ceil(SM90_ROWS), vp / SM90_TILE_N);
     x.with_storage(|s| {
         let Storage::Cuda(xs) = s else { unreachable!() };
-        // Rows up to the kernel's 128-row tile, so that its stores need no row test.
-        let np = n.div_ceil(128) * 128;
+        // Rows up to the kernel's block of rows, so that its stores need no row test.
+        let np = n.div_ceil(SM90_ROWS) * SM90_ROWS;
         let g = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, np * vp);
         sm90_operands(x, wp)
             .push(cuda_ptr(tt))
@@ -316,7 +323,7 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor,
             .push(cuda_ptr(inv_kept))
             .push(g.ptr)
             .push(vp as u32)
-            .launch3(&xs.dev, &format!("lmce_grad_k{}", c / 64), (splits as u32, n.div_ceil(128) as u32, 1), (384, 1, 1), sm90_smem(c));
+            .launch3(&xs.dev, &format!("lmce_grad_k{}", c / 64), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
         Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n)
     })
 }

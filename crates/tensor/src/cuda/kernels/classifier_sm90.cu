@@ -11,19 +11,21 @@
 // moves the gradient once instead of the logits three times. The logits are also not rounded to
 // bf16 before the softmax (f32 accumulators throughout).
 //
-// Status: correct (cuda_ops `hopper_classifier_matches_cpu`) but slower than the unfused path on
-// the H100, so opt-in (FMLAB_CE_SM90=1; classifier.rs has the numbers). Both passes are bound by
-// copying W's 64 KB tiles from L2 into every SM (the loss pass takes 2.55 ms with an empty
-// epilogue); the next step is TMA loads multicast to a cluster of SMs that share them.
+// Status: correct (cuda_ops `hopper_classifier_matches_cpu`), as fast as the unfused path on the
+// H100 and no faster, so opt-in (FMLAB_CE_SM90=1; classifier.rs has the numbers). The loop is
+// bound by feeding the tensor cores W's tiles (cp.async copies from L2, then shared-memory reads
+// by both 64-row wgmma blocks of a warpgroup); the next step is TMA loads multicast to a cluster
+// of SMs (docs/benchmarks.md, session 11).
 //
-// Shapes: H [n, K] bf16 (row stride ldh), W [vp, K] bf16 (row stride ldw; vp a multiple of 128,
-// rows past the real vocabulary v are zeros and are masked), K = 64·KA (KA = 1..4), targets [n]
-// i32 (-1: ignored row). Block: 384 threads = two consumer warpgroups (128 rows of H, 64 each)
-// and a producer warpgroup (lm_loop), vocab tiles of 128 columns; grid (vocab splits, row tiles), each block walking its split's
-// tiles with its rows of H resident in shared memory.
+// Shapes: H [n, K] bf16 (row stride ldh), W [vp, K] bf16 (row stride ldw; vp a multiple of
+// LM_BN, rows past the real vocabulary v are zeros and are masked), K = 64·KA (KA = 1..4),
+// targets [n] i32 (-1: ignored row). Block: 384 threads = two consumer warpgroups (128 rows of H,
+// 64 each) and a producer warpgroup (lm_loop), vocabulary tiles of LM_BN columns; grid
+// (vocabulary splits, row tiles), each block walking its split's tiles with its rows of H
+// resident in shared memory.
 //
-// Shared memory (dynamic, 1024-byte aligned): H's tile, then two stages of W's tile, each
-// [KA][128 rows][128 bytes]: for each 64-column slab of K, 128-byte rows with the 16-byte chunks
+// Shared memory (dynamic, 1024-byte aligned): H's tile, then LM_STAGES stages of W's tile, each
+// [KA][rows][128 bytes]: for each 64-column slab of K, 128-byte rows with the 16-byte chunks
 // of row r stored at chunk index (c ^ (r % 8)) — the 128-byte swizzle wgmma's descriptors name
 // (layout type 1), so its reads of 8 rows hit 8 different bank groups.
 //
@@ -31,8 +33,16 @@
 // warpgroup holds rows 16w..16w+15; lane (g = lane / 4, t = lane % 4) holds
 // d[4j + 0, 1] = (row g, columns 8j + 2t, +1) and d[4j + 2, 3] = (row g + 8, same columns).
 
-#define LM_BM 128
-#define LM_BN 128
+// Rows of H a block (two consumer warpgroups of 128, each as two 64-row wgmma blocks): every
+// W tile copied from L2 serves 256 rows. Measured at 128 rows (one 64-row block a warpgroup):
+// the loss pass 2.17-2.19 ms, copying W at ~3 TB/s from L2.
+#define LM_BM 256
+// Vocabulary columns a tile. 64 (not 128) so that W's tiles (32 KB at K = 256) fit LM_STAGES deep
+// beside H's 64 KB: the copies run several tiles ahead (with two 64 KB stages the loop waited on
+// them: the loss pass 2.64 ms, ncu's top stall the barrier where consumers wait for a tile).
+#define LM_BN 64
+#define LM_STAGES 3
+#define LM_ACC LM_BN // accumulator registers a thread: two m64nN blocks of N/2 f32
 #define LM_THREADS 256
 #define LM_LOG2E 1.4426950408889634f
 #define LM_LN2 0.6931471805599453f
@@ -40,16 +50,16 @@
 
 __device__ __forceinline__ u32 lm_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
-// One 128-row tile of a [rows, 64·KA] bf16 matrix (row stride ld elements, rows past `nrows`
+// One ROWS-row tile of a [rows, 64·KA] bf16 matrix (row stride ld elements, rows past `nrows`
 // zero-filled) into the swizzled layout at shared address `s`, as 16-byte cp.async copies by the
 // NT threads numbered `tid`: consecutive threads take consecutive chunks of a row (coalesced).
-template <int KA, int NT> __device__ __forceinline__ void lm_load(u32 s, const bf16* m, u32 ld, u32 r0, u32 nrows, u32 tid) {
+template <int KA, int NT, int ROWS> __device__ __forceinline__ void lm_load(u32 s, const bf16* m, u32 ld, u32 r0, u32 nrows, u32 tid) {
     const int CH = 8 * KA; // 16-byte chunks a row
 #pragma unroll 4
-    for (int k = 0; k < LM_BM * CH / NT; ++k) {
+    for (int k = 0; k < ROWS * CH / NT; ++k) {
         int i = k * NT + tid;
         int r = i / CH, c = i % CH;
-        u32 dst = s + (c >> 3) * (LM_BM * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
+        u32 dst = s + (c >> 3) * (ROWS * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
         bool ok = r0 + r < nrows;
         const bf16* src = ok ? m + (u64)(r0 + r) * ld + c * 8 : m;
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
@@ -62,52 +72,58 @@ __device__ __forceinline__ u64 lm_desc(u32 s) {
     return (u64)((s & 0x3FFFF) >> 4) | ((u64)1 << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
 }
 
-// d (+)= A·Bᵀ for A 64×16 and B 128×16, both K-major in shared memory (descriptors).
+// d (+)= A·Bᵀ for A 64×16 and B 64×16, both K-major in shared memory (descriptors).
 __device__ __forceinline__ void lm_wgmma(float* d, u64 da, u64 db, int accumulate) {
     asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
         : "l"(da), "l"(db), "r"(accumulate));
 }
 
-// Issues (does not wait for) the 128-column logits tile of this warpgroup's 64 rows against W's
-// tile in stage `sw`, into d, as one wgmma group.
+// Issues (does not wait for) the LM_BN-column logits tile of this warpgroup's 128 rows (two
+// 64-row blocks at sa and sa + 64 rows: d[0..N/2) and d[N/2..N)) against W's tile at `sw`, as
+// one wgmma group.
 template <int KA> __device__ __forceinline__ void lm_issue(float* d, u32 sa, u32 sw) {
     asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
     for (int s = 0; s < 4 * KA; ++s) {
-        u32 off = (s >> 2) * (LM_BM * 128) + (s & 3) * 32; // slab s / 4, 16 columns (32 bytes) in
-        lm_wgmma(d, lm_desc(sa + off), lm_desc(sw + off), s > 0);
+        u32 in = (s & 3) * 32; // 16 columns (32 bytes) into slab s / 4
+        u64 db = lm_desc(sw + (s >> 2) * (LM_BN * 128) + in);
+        u32 a = sa + (s >> 2) * (LM_BM * 128) + in;
+        lm_wgmma(d, lm_desc(a), db, s > 0);
+        lm_wgmma(d + LM_BN / 2, lm_desc(a + 64 * 128), db, s > 0);
     }
     asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }
 // Keeps every read of the accumulators after the wait that precedes this.
 __device__ __forceinline__ void lm_fence_acc(float* d) {
 #pragma unroll
-    for (int i = 0; i < 64; ++i) asm volatile("" : "+f"(d[i])::"memory");
+    for (int i = 0; i < LM_ACC; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 template <int N> __device__ __forceinline__ void lm_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-// Named barriers (0 is __syncthreads): FULL + stage, the producer warp to the consumers (the
-// stage holds its tile); EMPTY + stage, the consumers to the producer (the stage may be refilled).
+// Named barriers (0 is __syncthreads) over all 384 threads: FULL + stage, the producer warpgroup
+// to the consumers (the stage holds its tile); EMPTY + stage, the consumers to the producer (the
+// stage may be refilled).
 #define LM_FULL 1
-#define LM_EMPTY 3
+#define LM_EMPTY (1 + LM_STAGES)
 __device__ __forceinline__ void lm_bar_sync(int id) { asm volatile("bar.sync %0, %1;" ::"r"(id), "n"(LM_THREADS + 128) : "memory"); }
 __device__ __forceinline__ void lm_bar_arrive(int id) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "n"(LM_THREADS + 128) : "memory"); }
 
 // The shared loop of both passes, warp-specialized: threads 0-255 (two warpgroups) multiply and
 // run the epilogue `epi(d, c0)` on each tile's accumulators (c0: the tile's first vocabulary
 // column); threads 256-383 (the producer warpgroup) copy H's tile once and W's tiles t0..t1 into
-// two shared-memory stages. Registers move from the producer (40 a thread) to the consumers (232:
-// two accumulators of 64 and the epilogue's) by setmaxnreg; 2·128·232 + 128·40 ≤ 65536. The producer alone waits for the copies and fences them for wgmma
-// (cp.async writes through the generic proxy, wgmma reads through the async proxy): that fence
-// waits for every earlier memory operation of the thread, which in a consumer would include the
-// epilogue's stores of the logits' gradient (measured: the gradient pass 3-4× slower).
-// Consumers keep two register accumulators, so the tensor cores multiply tile i + 1 while the
-// warpgroup runs tile i's epilogue.
+// a ring of LM_STAGES shared-memory stages, two tiles' copies in flight. Registers move from the
+// producer (40 a thread) to the consumers (216) by setmaxnreg; 2·128·216 + 128·40 ≤ 65536
+// (without it ptxas keeps every thread within 168 and the epilogues spill).
+// The producer alone waits for the copies and fences them for wgmma (cp.async writes through the
+// generic proxy, wgmma reads through the async proxy): that fence waits for every earlier memory
+// operation of the thread, which in a consumer would include the epilogue's stores of the
+// logits' gradient (measured: the gradient pass 3-4× slower). Consumers keep two register
+// accumulators, so the tensor cores multiply tile i + 1 while the warpgroup runs tile i's epilogue.
 template <int KA, typename Epi> __device__ __forceinline__ void lm_loop(const bf16* h, u32 ldh, const bf16* w, u32 ldw, u32 n, u32 vp, u32 r0, u32 t0, u32 t1, Epi& epi) {
     extern __shared__ unsigned char lm_raw[];
-    const u32 TA = KA * LM_BM * 128; // bytes of one tile
+    const u32 TA = KA * LM_BM * 128, TW = KA * LM_BN * 128; // bytes of H's tile, of one W tile
     u32 base = (lm_smem_addr(lm_raw) + 1023) & ~1023u;
     u32 sw0 = base + TA;
     const u32 nt = t1 - t0;
@@ -115,33 +131,39 @@ template <int KA, typename Epi> __device__ __forceinline__ void lm_loop(const bf
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
         u32 tid = threadIdx.x - LM_THREADS;
         for (u32 k = 0; k < nt; ++k) {
-            u32 st = k & 1;
-            if (k >= 2) lm_bar_sync(LM_EMPTY + st); // tile k - 2 is multiplied
-            if (k == 0) lm_load<KA, 128>(base, h, ldh, r0, n, tid);
-            lm_load<KA, 128>(sw0 + st * TA, w, ldw, (t0 + k) * LM_BN, vp, tid);
+            u32 st = k % LM_STAGES;
+            if (k >= LM_STAGES) lm_bar_sync(LM_EMPTY + st); // tile k - LM_STAGES is multiplied
+            if (k == 0) lm_load<KA, 128, LM_BM>(base, h, ldh, r0, n, tid);
+            lm_load<KA, 128, LM_BN>(sw0 + st * TW, w, ldw, (t0 + k) * LM_BN, vp, tid);
             asm volatile("cp.async.commit_group;");
-            asm volatile("cp.async.wait_group 0;" ::: "memory");
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            lm_bar_arrive(LM_FULL + st);
+            if (k >= 1) {
+                // Tile k - 1 has landed (tile k's copies stay in flight).
+                asm volatile("cp.async.wait_group 1;" ::: "memory");
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+                lm_bar_arrive(LM_FULL + (k - 1) % LM_STAGES);
+            }
         }
+        asm volatile("cp.async.wait_group 0;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        lm_bar_arrive(LM_FULL + (nt - 1) % LM_STAGES);
         return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
-    u32 sa = base + (threadIdx.x >> 7) * (64 * 128); // this warpgroup's 64 rows
-    float d0[64], d1[64];
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 216;");
+    u32 sa = base + (threadIdx.x >> 7) * (128 * 128); // this warpgroup's 128 rows
+    float d0[LM_ACC], d1[LM_ACC];
     lm_bar_sync(LM_FULL);
     lm_issue<KA>(d0, sa, sw0);
-    // Tile i (k = i - t0), whose wgmma group is in flight in `cur` (stage k % 2), when a tile
-    // i + 1 follows (its group goes into `nxt`) or not. The loop below keeps every path
-    // straight-line in which registers hold which group: where an accumulator's contents depend
-    // on a branch, ptxas serializes every wgmma of the kernel (C7514/C7515).
+    // Tile i (k = i - t0), whose wgmma group is in flight in `cur`, when a tile i + 1 follows
+    // (its group goes into `nxt`) or not. The loop below keeps every path straight-line in which
+    // registers hold which group: where an accumulator's contents depend on a branch, ptxas
+    // serializes every wgmma of the kernel (C7514/C7515).
     auto step = [&](float* cur, float* nxt, u32 i) {
-        u32 k = i - t0, st = k & 1;
-        lm_bar_sync(LM_FULL + (st ^ 1));
-        lm_issue<KA>(nxt, sa, sw0 + (st ^ 1) * TA);
+        u32 k = i - t0, sn = (k + 1) % LM_STAGES;
+        lm_bar_sync(LM_FULL + sn);
+        lm_issue<KA>(nxt, sa, sw0 + sn * TW);
         lm_wgmma_wait<1>();
         lm_fence_acc(cur);
-        if (k + 2 < nt) lm_bar_arrive(LM_EMPTY + st); // this stage is read: the producer may refill it
+        if (k + LM_STAGES < nt) lm_bar_arrive(LM_EMPTY + k % LM_STAGES); // the producer may refill it
         epi(cur, i * LM_BN);
     };
     auto last = [&](float* cur, u32 i) {
@@ -195,13 +217,13 @@ template <bool EDGE> __device__ __forceinline__ void lmce_lse_tile(const float* 
         auto x = [&](int j, int e) { return EDGE && c0 + 8 * j + 2 * t + e >= v ? LM_NEG_INF : d[4 * j + 2 * r + e]; };
         float mx = LM_NEG_INF;
 #pragma unroll
-        for (int j = 0; j < 16; ++j) mx = fmaxf(mx, fmaxf(x(j, 0), x(j, 1)));
+        for (int j = 0; j < LM_BN / 8; ++j) mx = fmaxf(mx, fmaxf(x(j, 0), x(j, 1)));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
         float mn = fmaxf(m[r], mx * LM_LOG2E); // finite: every tile has a real column
         float s = 0.f;
 #pragma unroll
-        for (int j = 0; j < 16; ++j) {
+        for (int j = 0; j < LM_BN / 8; ++j) {
             s += exp2_approx(__fmaf_rn(x(j, 0), LM_LOG2E, -mn));
             s += exp2_approx(__fmaf_rn(x(j, 1), LM_LOG2E, -mn));
         }
@@ -209,21 +231,33 @@ template <bool EDGE> __device__ __forceinline__ void lmce_lse_tile(const float* 
         m[r] = mn;
     }
 }
+// This thread's rows of a 256-row block: warpgroup wg holds rows 128·wg.., as two 64-row wgmma
+// blocks (sub), whose warps hold 16 rows each; index 2·sub + r for the rows g and g + 8.
+__device__ __forceinline__ void lm_rows(u32* rows, u32 r0) {
+    u32 wg = threadIdx.x >> 7, wl = (threadIdx.x >> 5) & 3, g = (threadIdx.x & 31) >> 2;
+#pragma unroll
+    for (int sub = 0; sub < 2; ++sub)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) rows[2 * sub + r] = r0 + 128 * wg + 64 * sub + 16 * wl + g + 8 * r;
+}
 template <int KA> __device__ void lmce_lse_k(const bf16* h, u32 ldh, const bf16* w, u32 ldw, u32 n, u32 v, u32 vp, u32 tps, float* pm, float* pl) {
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int t = threadIdx.x & 3;
     u32 r0 = blockIdx.y * LM_BM, split = blockIdx.x, nsplit = gridDim.x;
-    u32 row0 = r0 + (threadIdx.x >> 5) * 16 + g; // warps 0-3: rows 0-63, warps 4-7: rows 64-127
-    u32 rows[2] = {row0, row0 + 8};
-    float m[2] = {LM_NEG_INF, LM_NEG_INF}, l[2] = {0.f, 0.f};
+    u32 rows[4];
+    lm_rows(rows, r0);
+    float m[4] = {LM_NEG_INF, LM_NEG_INF, LM_NEG_INF, LM_NEG_INF}, l[4] = {0.f, 0.f, 0.f, 0.f};
     u32 t0 = split * tps, t1 = min(t0 + tps, vp / LM_BN);
     auto epi = [&](const float* d, u32 c0) {
-        if (c0 + LM_BN > v) lmce_lse_tile<true>(d, c0, v, t, m, l);
-        else lmce_lse_tile<false>(d, c0, v, t, m, l);
+#pragma unroll
+        for (int sub = 0; sub < 2; ++sub) {
+            if (c0 + LM_BN > v) lmce_lse_tile<true>(d + sub * (LM_BN / 2), c0, v, t, m + 2 * sub, l + 2 * sub);
+            else lmce_lse_tile<false>(d + sub * (LM_BN / 2), c0, v, t, m + 2 * sub, l + 2 * sub);
+        }
     };
     lm_loop<KA>(h, ldh, w, ldw, n, vp, r0, t0, t1, epi);
     if (threadIdx.x >= LM_THREADS) return; // the producer warpgroup
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < 4; ++r) {
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
         if (t == 0 && rows[r] < n) {
@@ -234,7 +268,7 @@ template <int KA> __device__ void lmce_lse_k(const bf16* h, u32 ldh, const bf16*
 }
 
 // Pass 2: g[row, c] = (2^(x·log2e − lse2[row]) − [c == target]) · scale for the real columns, 0 for
-// the padding and for ignored rows; g has rows up to a multiple of 128 (those past n are junk).
+// the padding and for ignored rows; g has rows up to a multiple of LM_BM (those past n are junk).
 //
 // Stores: lane t holds the pairs (columns 8j + 2t, +1) of its rows; four j at a time the quad
 // transposes them (two butterfly stages of shuffles) so that lane t holds columns 8j..8j+7 of
@@ -246,7 +280,7 @@ template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float*
     for (int r = 0; r < 2; ++r) {
         u32 rel = (u32)(tg[r] - (int)c0); // the target's column in this tile (huge when not in it)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) {
+        for (int q = 0; q < LM_BN / 32; ++q) {
             u32 a[4];
 #pragma unroll
             for (int jj = 0; jj < 4; ++jj) {
@@ -287,21 +321,21 @@ template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float*
                 x2 = hit && (e >> 1) == 2 ? (x2 & keep) | hv : x2;
                 x3 = hit && (e >> 1) == 3 ? (x3 & keep) | hv : x3;
             }
-            // The output has rows up to the 128-row tile (the host pads it): no row test.
+            // The output has rows up to the block's LM_BM (the host pads it): no row test.
             *(uint4*)(gout + (u64)rows[r] * ldg + col) = make_uint4(x0, x1, x2, x3);
         }
     }
 }
 template <int KA> __device__ void lmce_grad_k(const bf16* h, u32 ldh, const bf16* w, u32 ldw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const float* tlog, const double* scale, bf16* gout, u32 ldg) {
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    int t = threadIdx.x & 3;
     u32 r0 = blockIdx.y * LM_BM, split = blockIdx.x;
-    u32 row0 = r0 + (threadIdx.x >> 5) * 16 + g;
-    u32 rows[2] = {row0, row0 + 8};
-    int tg[2];
-    float ls[2], sc[2], tl[2];
+    u32 rows[4];
+    lm_rows(rows, r0);
+    int tg[4];
+    float ls[4], sc[4], tl[4];
     float s0 = (float)*scale;
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
+    for (int r = 0; r < 4; ++r) {
         tg[r] = rows[r] < n ? tgt[rows[r]] : -1;
         ls[r] = rows[r] < n ? lse2[rows[r]] : 0.f;
         tl[r] = rows[r] < n ? tlog[rows[r]] : 0.f;
@@ -309,8 +343,13 @@ template <int KA> __device__ void lmce_grad_k(const bf16* h, u32 ldh, const bf16
     }
     u32 t0 = split * tps, t1 = min(t0 + tps, vp / LM_BN);
     auto epi = [&](const float* d, u32 c0) {
-        if (c0 + LM_BN > v) lmce_grad_tile<true>(d, c0, v, t, rows, n, tg, ls, sc, tl, gout, ldg);
-        else lmce_grad_tile<false>(d, c0, v, t, rows, n, tg, ls, sc, tl, gout, ldg);
+#pragma unroll
+        for (int sub = 0; sub < 2; ++sub) {
+            const float* ds = d + sub * (LM_BN / 2);
+            int o = 2 * sub;
+            if (c0 + LM_BN > v) lmce_grad_tile<true>(ds, c0, v, t, rows + o, n, tg + o, ls + o, sc + o, tl + o, gout, ldg);
+            else lmce_grad_tile<false>(ds, c0, v, t, rows + o, n, tg + o, ls + o, sc + o, tl + o, gout, ldg);
+        }
     };
     lm_loop<KA>(h, ldh, w, ldw, n, vp, r0, t0, t1, epi);
 }
