@@ -212,7 +212,7 @@ pub fn classifier_sm90(on: bool) {
 }
 
 /// The Hopper kernels take x (contiguous, 16-byte aligned rows) when it is bf16 on an sm_90 GPU
-/// with C a multiple of 64 up to 256 (H's 128-row tile stays in shared memory, 64 KB at 256).
+/// with C a multiple of 64 up to 256 (H's 256-row block stays in shared memory, 128 KB at 256).
 fn sm90_applies(x: &Tensor) -> bool {
     use std::sync::atomic::Ordering::Relaxed;
     if SM90.load(Relaxed) == 0 {
@@ -228,7 +228,8 @@ fn sm90_applies(x: &Tensor) -> bool {
 }
 
 /// Thread blocks a Hopper classifier launch aims for: eight waves of an H100's 132 SMs at one
-/// block per SM (each block holds 192 KB of shared memory), so the last wave's tail is short.
+/// block per SM (each block holds 225 KB of shared memory at C = 256), so the last wave's tail
+/// is short.
 const SM90_TARGET_BLOCKS: usize = 8 * 132;
 
 /// (vocabulary tiles per split, splits) for `row_tiles` blocks of rows over `vtiles` tiles.
