@@ -279,6 +279,18 @@ fn multi_tensor_adamw_matches_cpu_loop() {
     }
 }
 
+/// The classifier tests' run: the loss (targets -100 ignored) and the gradients of 2·loss for x
+/// and w, by the fused op in `chunk`-row chunks, or (None) by its unfused twin.
+fn classifier_run(x: &Tensor, w: &Tensor, targets: &Tensor, chunk: Option<usize>) -> (f64, Tensor, Tensor) {
+    let (xv, wv) = (Tensor::new_var(x), Tensor::new_var(w));
+    let l = match chunk {
+        Some(rows) => xv.linear_cross_entropy_chunked(&wv, targets, Some(-100), rows),
+        None => xv.linear_cross_entropy_slow(&wv, targets, Some(-100)),
+    };
+    l.scale(2.0).backward();
+    (l.item(), xv.grad().unwrap(), wv.grad().unwrap())
+}
+
 /// The fused classifier in bf16 on the GPU against full f32 logits + cross-entropy on the CPU,
 /// at a vocabulary that is not a multiple of anything and chunks that split the rows unevenly.
 #[test]
@@ -289,12 +301,7 @@ fn fused_classifier_bf16_matches_cpu() {
     let x = rnd(&[n, c], 80, DType::F32);
     let w = rnd(&[v, c], 81, DType::F32).scale(0.2);
     let targets = Tensor::from_vec((0..n).map(|i| if i % 11 == 5 { -100 } else { (i * 7919 % v) as i32 }).collect::<Vec<_>>(), &[n]);
-    let run = |x: &Tensor, w: &Tensor, fused: bool| {
-        let (xv, wv) = (Tensor::new_var(x), Tensor::new_var(w));
-        let l = if fused { xv.linear_cross_entropy_chunked(&wv, &targets, Some(-100), 128) } else { xv.linear_cross_entropy_slow(&wv, &targets, Some(-100)) };
-        l.scale(2.0).backward();
-        (l.item(), xv.grad().unwrap(), wv.grad().unwrap())
-    };
+    let run = |x: &Tensor, w: &Tensor, fused: bool| classifier_run(x, w, &targets, fused.then_some(128));
     let (l_cpu, dx_cpu, dw_cpu) = run(&x, &w, false);
     let (l_gpu, dx_gpu, dw_gpu) = run(&x.to_dtype(DType::BF16).to_device(g), &w.to_dtype(DType::BF16).to_device(g), true);
     // bf16 inputs (8 bits of mantissa) through a 64-long dot product: ~1e-2 relative.
@@ -319,7 +326,8 @@ fn fused_classifier_bf16_matches_cpu() {
 
 /// The Hopper classifier (classifier_sm90.cu: wgmma, the logits never written) at every width it
 /// takes (C = 64, 128, 192, 256) against f32 logits + cross-entropy on the CPU, with a vocabulary
-/// of 40 tiles whose last is mostly padding, rows that are not a multiple of its 128-row tile,
+/// of 79 64-column tiles whose last is mostly padding, rows that are not a multiple of its
+/// 256-row block,
 /// ignored rows, chunks that split the rows unevenly, and an eval (no-gradient) call. Tolerance as
 /// in `fused_classifier_bf16_matches_cpu` (bf16 inputs; its logits stay f32, so they are, if
 /// anything, closer). On a GPU other than Hopper it checks the fallback the same way. The path is
@@ -334,12 +342,7 @@ fn hopper_classifier_matches_cpu() {
         let x = rnd(&[n, c], 90 + c as u64, DType::F32);
         let w = rnd(&[v, c], 91 + c as u64, DType::F32).scale(0.3);
         let targets = Tensor::from_vec((0..n).map(|i| if i % 13 == 7 { -100 } else { (i * 7919 % v) as i32 }).collect::<Vec<_>>(), &[n]);
-        let run = |x: &Tensor, w: &Tensor, fused: bool| {
-            let (xv, wv) = (Tensor::new_var(x), Tensor::new_var(w));
-            let l = if fused { xv.linear_cross_entropy_chunked(&wv, &targets, Some(-100), 200) } else { xv.linear_cross_entropy_slow(&wv, &targets, Some(-100)) };
-            l.scale(2.0).backward();
-            (l.item(), xv.grad().unwrap(), wv.grad().unwrap())
-        };
+        let run = |x: &Tensor, w: &Tensor, fused: bool| classifier_run(x, w, &targets, fused.then_some(200));
         let (l_cpu, dx_cpu, dw_cpu) = run(&x, &w, false);
         let (xb, wb) = (x.to_dtype(DType::BF16).to_device(g), w.to_dtype(DType::BF16).to_device(g));
         let (l_gpu, dx_gpu, dw_gpu) = run(&xb, &wb, true);
