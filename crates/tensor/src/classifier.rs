@@ -170,56 +170,62 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
     let loss = Tensor::zeros_on(&[rows], acc, logits.device());
     logits.with_storage(|s| {
         let Storage::Cuda(xs) = s else { unreachable!() };
-        // The two-pass kernel by default. FMLAB_CE_SMEM=1 keeps each row in shared memory (one
-        // global read instead of two) where it fits — measured slower on the H100 (classifier
-        // 9.99 vs 8.53 ms: two 100 KB blocks per SM keep too few loads in flight), kept as an
-        // opt-in experiment with its bench row and test.
+        // Rows streamed through shared memory where it runs (`ce_stream`, sm_90 and later: bulk
+        // copies into two row buffers of a persistent block per SM, each logit read from global
+        // memory once), else the two-pass kernel. Measured on the H100 (gpt2-mini, one call,
+        // interleaved): the step 21.0 / 21.0 → 20.9 / 20.8 ms; eager profile 2.80 → 2.58 ms per
+        // step. FMLAB_CE_SMEM=0 keeps the two-pass kernel.
         let bytes = ld * logits.dtype().size_in_bytes();
-        let smem = bytes.is_multiple_of(16) && xs.ptr.is_multiple_of(16) && bytes <= xs.dev.smem_optin && ce_smem_enabled();
-        let (kernel, shmem) = if smem { ("ce_fused_sm", bytes as u32) } else { ("ce_fused", 0) };
-        Args::new()
-            .push(xs.ptr)
-            .push(cuda_ptr(tt))
-            .push(cuda_ptr(&loss))
-            .push(v as u32)
-            .push(ld as u32)
-            .push(cuda_ptr(inv_kept))
-            .push(grad as i32)
+        let hopper = xs.dev.arch.strip_prefix("sm_").and_then(|a| a.parse::<u32>().ok()).is_some_and(|a| a >= 90);
+        let stream = hopper && bytes.is_multiple_of(16) && xs.ptr.is_multiple_of(16) && 2 * bytes + 16 <= xs.dev.smem_optin && ce_smem_enabled();
+        let sfx = sfx(logits.dtype());
+        let mut args = Args::new();
+        args.push(xs.ptr).push(cuda_ptr(tt)).push(cuda_ptr(&loss));
+        if stream {
+            args.push(rows as u32);
+        }
+        args.push(v as u32).push(ld as u32).push(cuda_ptr(inv_kept)).push(grad as i32);
+        if stream {
+            args.launch(&xs.dev, &format!("ce_stream_{sfx}"), rows.min(xs.dev.sm_count) as u32, 1024, (2 * bytes + 16) as u32);
+            return;
+        }
+        args
             // 1024 threads a row: two rows per SM (2048 threads an SM, 32 registers each), 26
             // MB of rows in flight over 132 SMs, under the 50 MB L2, so the second pass reads
             // its row from L2 rather than memory. Measured on the H100 (bench ops --only
             // classifier, interleaved A/B/A/B in one call): 512 threads (four rows per SM, 53 MB)
             // 8.24 / 8.32 ms, 1024: 7.80 / 7.74; the step 22.4 / 22.5 → 21.7 / 21.8 ms.
-            .launch(&xs.dev, &format!("{kernel}_{}", sfx(logits.dtype())), rows as u32, 1024, shmem);
+            .launch(&xs.dev, &format!("ce_fused_{sfx}"), rows as u32, 1024, 0);
     });
     loss.sum_all()
 }
 
-/// 0: not read yet; 1: the Hopper kernels where they apply; 2: never.
+/// 0: the default (FMLAB_CE_SM90, else on); 1: the Hopper kernels where they apply; 2: never.
 static SM90: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// Whether the fused classifier uses the Hopper kernels (classifier_sm90.cu) where they apply
-/// or the cuBLASLt logits GEMM + `ce_fused` (the default: FMLAB_CE_SM90=1 opts in); for
-/// benchmarks and tests that compare the two. Process-wide.
+/// (Some(true)) or the cuBLASLt logits GEMM + a cross-entropy kernel (Some(false)); None restores
+/// the default: on, unless FMLAB_CE_SM90=0. For benchmarks and tests that compare the two.
+/// Process-wide.
 ///
-/// Off by default because it is no faster, measured on the H100 (gpt2-mini, eager profile of
-/// the classifier per step): its two passes 1.90 + 2.53 ms against 1.56 (logits GEMM) + 2.80
-/// (`ce_fused`); the step 21.1 / 21.3 ms against 21.0 / 21.1. Its loop is bound by feeding the
-/// tensor cores W's tiles (copies from L2, then shared-memory reads); docs/benchmarks.md
-/// (session 11) has the eight versions measured and what comes next (TMA multicast).
-pub fn classifier_sm90(on: bool) {
-    SM90.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+/// On by default because it is faster, measured on the H100 (gpt2-mini, B=32 T=1024; eager
+/// profile of the classifier per step): its two passes 1.39 + 2.30 ms against 1.56 (logits
+/// GEMM) + 2.58 (`ce_stream`); the CUDA-graph step 20.4 / 20.4 ms against 20.8 / 20.8 (and 21.1
+/// / 21.0 with `ce_fused`). docs/benchmarks.md (sessions 11 and 12) has the versions measured.
+pub fn classifier_sm90(on: Option<bool>) {
+    SM90.store(on.map_or(0, |on| if on { 1 } else { 2 }), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// The Hopper kernels take x (contiguous, 16-byte aligned rows) when it is bf16 on an sm_90 GPU
 /// with C a multiple of 64 up to 256 (H's 256-row block stays in shared memory, 128 KB at 256).
 fn sm90_applies(x: &Tensor) -> bool {
     use std::sync::atomic::Ordering::Relaxed;
-    if SM90.load(Relaxed) == 0 {
-        SM90.store(if std::env::var_os("FMLAB_CE_SM90").is_some_and(|v| v == "1") { 1 } else { 2 }, Relaxed);
-    }
+    let on = match SM90.load(Relaxed) {
+        0 => std::env::var_os("FMLAB_CE_SM90").is_none_or(|v| v != "0"),
+        s => s == 1,
+    };
     let c = x.dim(1);
-    SM90.load(Relaxed) == 1
+    on
         && x.dtype() == DType::BF16
         && c.is_multiple_of(64)
         && (64..=256).contains(&c)
@@ -253,7 +259,11 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Te
     let lrows = Tensor::zeros_on(&[n], DType::F32, dev);
     x.with_storage(|s| {
         let Storage::Cuda(xs) = s else { unreachable!() };
-        sm90_operands(x, wp)
+        Args::new()
+            .push(cuda_ptr(x))
+            .push(c as u32)
+            .push(cuda_ptr(wp))
+            .push(c as u32)
             .push(cuda_ptr(tt))
             .push(n as u32)
             .push(c as u32)
@@ -281,11 +291,12 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Te
     (lrows.sum_all(), lse2, tl)
 }
 
-/// The first arguments of every Hopper classifier kernel: H (x [n, C]) and W (wp [Vp, C]) with
-/// their row strides.
+/// The first arguments of both Hopper classifier GEMM kernels: TMA tensor maps of H (x [n, C],
+/// boxes of SM90_ROWS rows) and W (wp [Vp, C], boxes of SM90_TILE_N rows), 64 columns a box.
 fn sm90_operands(x: &Tensor, wp: &Tensor) -> Args {
     let mut a = Args::new();
-    a.push(cuda_ptr(x)).push(x.dim(1) as u32).push(cuda_ptr(wp)).push(wp.dim(1) as u32);
+    a.push(crate::cuda::tma_map_bf16(cuda_ptr(x), x.dim(0), x.dim(1), x.dim(1), 64, SM90_ROWS as u32));
+    a.push(crate::cuda::tma_map_bf16(cuda_ptr(wp), wp.dim(0), wp.dim(1), wp.dim(1), 64, SM90_TILE_N as u32));
     a
 }
 
@@ -329,22 +340,24 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor,
     })
 }
 
-/// 0: not read yet; 1: row in shared memory; 2: the two-pass kernel.
+/// 0: the default (FMLAB_CE_SMEM, else on); 1: rows streamed through shared memory
+/// (`ce_stream`) where it runs; 2: the two-pass kernel.
 static CE_SMEM: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 fn ce_smem_enabled() -> bool {
-    use std::sync::atomic::Ordering::Relaxed;
-    if CE_SMEM.load(Relaxed) == 0 {
-        CE_SMEM.store(if std::env::var_os("FMLAB_CE_SMEM").is_some_and(|v| v == "1") { 1 } else { 2 }, Relaxed);
+    match CE_SMEM.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => std::env::var_os("FMLAB_CE_SMEM").is_none_or(|v| v != "0"),
+        s => s == 1,
     }
-    CE_SMEM.load(Relaxed) == 1
 }
 
-/// Whether the fused classifier's GPU kernel keeps each row of logits in shared memory where it
-/// fits (an experiment, slower on the H100) or reads it twice from global memory (the default,
-/// two-pass kernel); for benchmarks and tests that compare the two. Process-wide.
-pub fn classifier_rows_in_shared_memory(on: bool) {
-    CE_SMEM.store(if on { 1 } else { 2 }, std::sync::atomic::Ordering::Relaxed);
+/// Whether the fused classifier's cross-entropy kernel streams the rows of logits through
+/// shared memory (Some(true): `ce_stream`, sm_90 and later, where two rows fit) or reads each
+/// row twice from global memory (Some(false): `ce_fused`, the two-pass kernel); None restores the
+/// default: streamed, unless FMLAB_CE_SMEM=0. For benchmarks and tests that compare the two.
+/// Process-wide.
+pub fn classifier_rows_in_shared_memory(on: Option<bool>) {
+    CE_SMEM.store(on.map_or(0, |on| if on { 1 } else { 2 }), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Targets [n] (i32, on the GPU) → (stored targets with -1 for ignored rows, 1 / rows kept as an

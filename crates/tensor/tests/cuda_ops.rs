@@ -297,6 +297,9 @@ fn classifier_run(x: &Tensor, w: &Tensor, targets: &Tensor, chunk: Option<usize>
 #[ignore = "needs a GPU (scripts/gpu-check.sh)"]
 fn fused_classifier_bf16_matches_cpu() {
     let g = gpu();
+    // The chunked path (cuBLASLt logits + a cross-entropy kernel), not the Hopper kernels.
+    fmlab_tensor::classifier_sm90(Some(false));
+    fmlab_tensor::classifier_rows_in_shared_memory(Some(false));
     let (n, c, v) = (300, 64, 5003);
     let x = rnd(&[n, c], 80, DType::F32);
     let w = rnd(&[v, c], 81, DType::F32).scale(0.2);
@@ -313,15 +316,26 @@ fn fused_classifier_bf16_matches_cpu() {
     assert!((l32 - l_cpu).abs() <= 1e-5 * l_cpu.abs(), "f32 loss {l32} vs {l_cpu}");
     close("classifier dx f32", &dx32, &dx_cpu, 1e-5);
     close("classifier dw f32", &dw32, &dw_cpu, 1e-5);
-    // The row-in-shared-memory kernel (an opt-in experiment) against the default two-pass one,
-    // bf16: the same arithmetic but for which thread sums which logits, so the loss agrees to f32
-    // rounding and the bf16 gradients to a last-bit rounding here and there.
-    fmlab_tensor::classifier_rows_in_shared_memory(true);
-    let (l2, dx2, dw2) = run(&x.to_dtype(DType::BF16).to_device(g), &w.to_dtype(DType::BF16).to_device(g), true);
-    fmlab_tensor::classifier_rows_in_shared_memory(false);
-    assert!((l2 - l_gpu).abs() <= 1e-6 * l_gpu.abs(), "shared-memory loss {l2} vs {l_gpu}");
-    close("classifier dx, rows in shared memory", &dx2.to_dtype(DType::F32), &dx_gpu.to_dtype(DType::F32), 5e-3);
-    close("classifier dw, rows in shared memory", &dw2.to_dtype(DType::F32), &dw_gpu.to_dtype(DType::F32), 5e-3);
+    // The rows streamed through shared memory (`ce_stream`, sm_90 and later; elsewhere this
+    // reruns the two-pass kernel) against the two-pass kernel: the same arithmetic but
+    // for which thread sums which logits, so the loss agrees to f32 rounding and the gradients to
+    // a last-bit rounding here and there. Chunks of 128 rows give each of the H100's 132 blocks one
+    // row; 300 give some three, so a buffer is refilled and its barrier waited on a second time.
+    for rows in [128, 300] {
+        for dtype in [DType::BF16, DType::F32] {
+            let (xd, wd) = (x.to_dtype(dtype).to_device(g), w.to_dtype(dtype).to_device(g));
+            let (l1, dx1, dw1) = classifier_run(&xd, &wd, &targets, Some(rows));
+            fmlab_tensor::classifier_rows_in_shared_memory(Some(true));
+            let (l2, dx2, dw2) = classifier_run(&xd, &wd, &targets, Some(rows));
+            fmlab_tensor::classifier_rows_in_shared_memory(Some(false));
+            let what = format!("{dtype:?}, {rows}-row chunks, rows streamed through shared memory");
+            assert!((l2 - l1).abs() <= 1e-6 * l1.abs(), "{what}: loss {l2} vs {l1}");
+            close(&format!("classifier dx, {what}"), &dx2.to_dtype(DType::F32), &dx1.to_dtype(DType::F32), 5e-3);
+            close(&format!("classifier dw, {what}"), &dw2.to_dtype(DType::F32), &dw1.to_dtype(DType::F32), 5e-3);
+        }
+    }
+    fmlab_tensor::classifier_rows_in_shared_memory(None);
+    fmlab_tensor::classifier_sm90(None);
 }
 
 /// The Hopper classifier (classifier_sm90.cu: wgmma, the logits never written) at every width it
@@ -331,12 +345,12 @@ fn fused_classifier_bf16_matches_cpu() {
 /// ignored rows, chunks that split the rows unevenly, and an eval (no-gradient) call. Tolerance as
 /// in `fused_classifier_bf16_matches_cpu` (bf16 inputs; its logits stay f32, so they are, if
 /// anything, closer). On a GPU other than Hopper it checks the fallback the same way. The path is
-/// opt-in (`classifier_sm90`): turned on here, off again at the end.
+/// the default where it applies; set here explicitly, restored at the end.
 #[test]
 #[ignore = "needs a GPU (scripts/gpu-check.sh)"]
 fn hopper_classifier_matches_cpu() {
     let g = gpu();
-    fmlab_tensor::classifier_sm90(true);
+    fmlab_tensor::classifier_sm90(Some(true));
     let (n, v) = (333, 5003);
     for c in [64, 128, 192, 256] {
         let x = rnd(&[n, c], 90 + c as u64, DType::F32);
@@ -355,7 +369,7 @@ fn hopper_classifier_matches_cpu() {
         };
         assert!((l_eval - l_gpu).abs() <= 1e-6 * l_gpu.abs(), "C={c}: eval loss {l_eval} vs {l_gpu}");
     }
-    fmlab_tensor::classifier_sm90(false);
+    fmlab_tensor::classifier_sm90(None);
 }
 
 /// `linear` (bias in cuBLASLt epilogues on the GPU) against the CPU's matmul + add, forward and

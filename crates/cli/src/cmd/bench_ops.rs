@@ -228,13 +228,13 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         let ts = Tensor::from_vec((0..vs).map(|i| ((i * 7919) % sv) as i32).collect::<Vec<_>>(), &[vs]);
         let small = [rnd(&[vs, c], 23, bf), rnd(&[sv, c], 24, bf).scale(0.05)];
         for (name, fused, smem, sm90) in [
-            ("classifier fwd+bwd (fused, Hopper wgmma: logits in registers, opt-in)", true, false, true),
+            ("classifier fwd+bwd (fused, Hopper wgmma + TMA: logits in registers)", true, false, true),
             ("classifier fwd+bwd (fused, chunked, two-pass rows)", true, false, false),
-            ("classifier fwd+bwd (fused, chunked, rows in shared memory)", true, true, false),
+            ("classifier fwd+bwd (fused, chunked, rows streamed through shared memory)", true, true, false),
             ("classifier fwd+bwd (matmul + cross_entropy)", false, false, false),
         ] {
-            fmlab_tensor::classifier_rows_in_shared_memory(smem);
-            fmlab_tensor::classifier_sm90(sm90);
+            fmlab_tensor::classifier_rows_in_shared_memory(Some(smem));
+            fmlab_tensor::classifier_sm90(Some(sm90));
             let f = |v: &[Tensor], t: &Tensor| if fused { v[0].linear_cross_entropy(&v[1], t, None) } else { v[0].linear_cross_entropy_slow(&v[1], t, None) };
             let (vx, vw) = (Tensor::new_var(&x), Tensor::new_var(&w));
             let one = Tensor::full_on(1.0, &[], DType::F32, dev);
@@ -242,8 +242,8 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
             let err = check_grads(&small, &|v| f(v, &ts)).max(check(&small, &|v| f(v, &ts)));
             rows.push(Row { name: name.into(), shape: format!("[{n}, {c}] x [{v}, {c}]ᵀ bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 6.0 * (n * c * v) as f64 / s / 1e12), err });
         }
-        fmlab_tensor::classifier_rows_in_shared_memory(false);
-        fmlab_tensor::classifier_sm90(false);
+        fmlab_tensor::classifier_rows_in_shared_memory(None);
+        fmlab_tensor::classifier_sm90(None);
     }
     if want("matmul") {
         let (x, w) = (rnd(&[n, c], 16, bf).to_device(dev), rnd(&[c, h], 17, bf).to_device(dev));

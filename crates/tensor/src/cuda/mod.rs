@@ -74,6 +74,8 @@ pub struct CudaDevice {
     pub arch: String,
     /// Most shared memory one block may opt into (bytes).
     pub(crate) smem_optin: usize,
+    /// Streaming multiprocessors (the grid of a persistent kernel).
+    pub(crate) sm_count: usize,
     pub(crate) ctx: Arc<CudaContext>,
     pub(crate) stream: Arc<CudaStream>,
     /// Every stream made on this device, by id (0: `stream`); kept for the device's life.
@@ -133,6 +135,7 @@ impl CudaDevice {
         let arch = format!("sm_{maj}{min}");
         let name = ctx.name().map_err(drv_err("device query"))?;
         let smem_optin = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).map_err(drv_err("device query"))?.max(0) as usize;
+        let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(drv_err("device query"))?.max(1) as usize;
         let mut modules = Vec::new();
         let hopper = if arch == "sm_90" { SOURCES_SM90A } else { &[] };
         for (kname, src, karch) in SOURCES.iter().map(|(k, s)| (k, s, arch.clone())).chain(hopper.iter().map(|(k, s)| (k, s, "sm_90a".to_string()))) {
@@ -142,7 +145,7 @@ impl CudaDevice {
         }
         let mut pool = alloc::Pool::new(ordinal);
         pool.add_stream(0, stream.cu_stream() as usize);
-        Ok(CudaDevice { ordinal, name, arch, smem_optin, ctx, streams: Mutex::new(vec![stream.clone()]), stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(pool), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()), capture_uploads: Mutex::new(None) })
+        Ok(CudaDevice { ordinal, name, arch, smem_optin, sm_count, ctx, streams: Mutex::new(vec![stream.clone()]), stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(pool), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()), capture_uploads: Mutex::new(None) })
     }
 
     /// The kernel `name` (from any module).
@@ -264,6 +267,27 @@ impl Args {
             }
         }
     }
+}
+
+/// A TMA tensor map (the driver's 128-byte `CUtensorMap`) of a row-major [rows, cols] bf16
+/// matrix at device address `ptr` with row stride `ld` elements, read in boxes of `box_cols` ×
+/// `box_rows` elements written to shared memory in the 128-byte swizzle (box_cols · 2 = 128),
+/// rows past the end as zeros. A kernel takes it by value as a `__grid_constant__` parameter.
+/// The TMA unit needs `ptr` 16-byte aligned and `ld · 2` a multiple of 16 (the callers check).
+pub(crate) fn tma_map_bf16(ptr: u64, rows: usize, cols: usize, ld: usize, box_cols: u32, box_rows: u32) -> [u64; 16] {
+    use sys::{CUtensorMapDataType as Dt, CUtensorMapFloatOOBfill as Oob, CUtensorMapInterleave as Il, CUtensorMapL2promotion as L2, CUtensorMapSwizzle as Sw};
+    let mut map = sys::CUtensorMap { opaque: [0; 16] };
+    let dims = [cols as u64, rows as u64];
+    let strides = [(ld * 2) as u64]; // bytes, of every dimension but the first
+    let boxes = [box_cols, box_rows];
+    let steps = [1u32, 1];
+    // SAFETY: every array holds the rank (2) entries the driver reads (strides: rank − 1); `map`
+    // is the 128-byte struct it writes.
+    let r = unsafe { sys::cuTensorMapEncodeTiled(&mut map, Dt::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, ptr as *mut c_void, dims.as_ptr(), strides.as_ptr(), boxes.as_ptr(), steps.as_ptr(), Il::CU_TENSOR_MAP_INTERLEAVE_NONE, Sw::CU_TENSOR_MAP_SWIZZLE_128B, L2::CU_TENSOR_MAP_L2_PROMOTION_L2_256B, Oob::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) }.result();
+    if let Err(e) = r {
+        panic!("{}", CudaError::Driver { what: format!("encoding a TMA tensor map of a [{rows}, {cols}] bf16 matrix (row stride {ld}, box {box_rows} × {box_cols})"), msg: format!("{e:?}") });
+    }
+    map.opaque
 }
 
 /// Grid size for `n` elements at `block` threads, capped (kernels grid-stride beyond it).

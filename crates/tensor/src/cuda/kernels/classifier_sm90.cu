@@ -11,23 +11,23 @@
 // moves the gradient once instead of the logits three times. The logits are also not rounded to
 // bf16 before the softmax (f32 accumulators throughout).
 //
-// Status: correct (cuda_ops `hopper_classifier_matches_cpu`), as fast as the unfused path on the
-// H100 and no faster, so opt-in (FMLAB_CE_SM90=1; classifier.rs has the numbers). The loop is
-// bound by feeding the tensor cores W's tiles (cp.async copies from L2, then shared-memory reads
-// by both 64-row wgmma blocks of a warpgroup); the next step is TMA loads multicast to a cluster
-// of SMs (docs/benchmarks.md, session 11).
+// Status: correct (cuda_ops `hopper_classifier_matches_cpu`) and the default on Hopper: with
+// its operands copied by the TMA unit it is faster than the unfused path on the H100 (its two
+// passes 1.39 + 2.30 ms a gpt2-mini step against 1.56 + 2.58; classifier.rs has the step). With
+// the copies issued as cp.async by a producer warpgroup it had been level (1.90 + 2.53 ms).
 //
-// Shapes: H [n, K] bf16 (row stride ldh), W [vp, K] bf16 (row stride ldw; vp a multiple of
-// LM_BN, rows past the real vocabulary v are zeros and are masked), K = 64·KA (KA = 1..4),
-// targets [n] i32 (-1: ignored row). Block: 384 threads = two consumer warpgroups (128 rows of H,
-// 64 each) and a producer warpgroup (lm_loop), vocabulary tiles of LM_BN columns; grid
+// Shapes: H [n, K] bf16, W [vp, K] bf16 (vp a multiple of LM_BN, rows past the real vocabulary
+// v are zeros and are masked), both contiguous and read through TMA tensor maps, K = 64·KA (KA = 1..4),
+// targets [n] i32 (-1: ignored row). Block: 384 threads = two consumer warpgroups (128 rows of H
+// each, as two 64-row wgmma blocks) and a producer warpgroup (lm_loop), vocabulary tiles of LM_BN columns; grid
 // (vocabulary splits, row tiles), each block walking its split's tiles with its rows of H
 // resident in shared memory.
 //
 // Shared memory (dynamic, 1024-byte aligned): H's tile, then LM_STAGES stages of W's tile, each
 // [KA][rows][128 bytes]: for each 64-column slab of K, 128-byte rows with the 16-byte chunks
-// of row r stored at chunk index (c ^ (r % 8)) — the 128-byte swizzle wgmma's descriptors name
-// (layout type 1), so its reads of 8 rows hit 8 different bank groups.
+// of row r stored at chunk index (c ^ (r % 8)) — the 128-byte swizzle that the TMA unit writes
+// and wgmma's descriptors name (layout type 1), so wgmma's reads of 8 rows hit 8 different bank
+// groups.
 //
 // Accumulator layout (wgmma m64nNk16, f32; PTX ISA "register fragments"): warp w of the
 // warpgroup holds rows 16w..16w+15; lane (g = lane / 4, t = lane % 4) holds
@@ -49,22 +49,6 @@
 #define LM_NEG_INF __int_as_float(0xff800000)
 
 __device__ __forceinline__ u32 lm_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-
-// One ROWS-row tile of a [rows, 64·KA] bf16 matrix (row stride ld elements, rows past `nrows`
-// zero-filled) into the swizzled layout at shared address `s`, as 16-byte cp.async copies by the
-// NT threads numbered `tid`: consecutive threads take consecutive chunks of a row (coalesced).
-template <int KA, int NT, int ROWS> __device__ __forceinline__ void lm_load(u32 s, const bf16* m, u32 ld, u32 r0, u32 nrows, u32 tid) {
-    const int CH = 8 * KA; // 16-byte chunks a row
-#pragma unroll 4
-    for (int k = 0; k < ROWS * CH / NT; ++k) {
-        int i = k * NT + tid;
-        int r = i / CH, c = i % CH;
-        u32 dst = s + (c >> 3) * (ROWS * 128) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
-        bool ok = r0 + r < nrows;
-        const bf16* src = ok ? m + (u64)(r0 + r) * ld + c * 8 : m;
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(ok ? 16 : 0));
-    }
-}
 
 // wgmma shared-memory descriptor: start address, leading byte offset (unused by the swizzled
 // K-major layout: 1), stride byte offset 1024 (8 rows of 128 bytes), layout type 1 (128-byte swizzle).
@@ -102,56 +86,73 @@ __device__ __forceinline__ void lm_fence_acc(float* d) {
     for (int i = 0; i < LM_ACC; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 template <int N> __device__ __forceinline__ void lm_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-// Named barriers (0 is __syncthreads) over all 384 threads: FULL + stage, the producer warpgroup
-// to the consumers (the stage holds its tile); EMPTY + stage, the consumers to the producer (the
-// stage may be refilled).
-#define LM_FULL 1
-#define LM_EMPTY (1 + LM_STAGES)
-__device__ __forceinline__ void lm_bar_sync(int id) { asm volatile("bar.sync %0, %1;" ::"r"(id), "n"(LM_THREADS + 128) : "memory"); }
-__device__ __forceinline__ void lm_bar_arrive(int id) { asm volatile("bar.arrive %0, %1;" ::"r"(id), "n"(LM_THREADS + 128) : "memory"); }
+// The loop's stages are handed over by mbarriers (shared memory, lm_bars): FULL[st] completes
+// when the tensor-memory-access unit (TMA) has written the stage's bytes (one arrival, the
+// producer's, plus the bytes announced); EMPTY[st] when all 256 consumer threads have arrived
+// after their wgmma reads of the stage completed.
+__device__ __forceinline__ void lm_bar_init(u32 bar, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory"); }
+__device__ __forceinline__ void lm_bar_wait(u32 bar, u32 parity) {
+    u32 done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void lm_bar_arrive(u32 bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory"); }
+__device__ __forceinline__ void lm_bar_expect(u32 bar, u32 bytes) { asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory"); }
+
+// A TMA tensor map (CUtensorMap: 128 opaque bytes the host encodes, classifier.rs `tma_map`):
+// a [rows, 64·KA] bf16 matrix in boxes of 64 columns (128 bytes) × box rows, written to shared
+// memory in the 128-byte swizzle wgmma's descriptors name. Passed by value as a
+// __grid_constant__ kernel parameter, which the TMA unit reads from its parameter address.
+struct __align__(64) LmTmaMap { u64 opaque[16]; };
+// The box at (column c, row r) of `map` into shared address `dst`, completing on `bar`. Rows past
+// the matrix's end arrive as zeros (and count in the bytes all the same).
+__device__ __forceinline__ void lm_tma(u32 dst, const LmTmaMap* map, int c, int r, u32 bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst), "l"((u64)map), "r"(c), "r"(r), "r"(bar) : "memory");
+}
 
 // The shared loop of both passes, warp-specialized: threads 0-255 (two warpgroups) multiply and
 // run the epilogue `epi(d, c0)` on each tile's accumulators (c0: the tile's first vocabulary
-// column); threads 256-383 (the producer warpgroup) copy H's tile once and W's tiles t0..t1 into
-// a ring of LM_STAGES shared-memory stages, two tiles' copies in flight. Registers move from the
-// producer (40 a thread) to the consumers (216) by setmaxnreg; 2·128·216 + 128·40 ≤ 65536
-// (without it ptxas keeps every thread within 168 and the epilogues spill).
-// The producer alone waits for the copies and fences them for wgmma (cp.async writes through the
-// generic proxy, wgmma reads through the async proxy): that fence waits for every earlier memory
-// operation of the thread, which in a consumer would include the epilogue's stores of the
-// logits' gradient (measured: the gradient pass 3-4× slower). Consumers keep two register
-// accumulators, so the tensor cores multiply tile i + 1 while the warpgroup runs tile i's epilogue.
-template <int KA, typename Epi> __device__ __forceinline__ void lm_loop(const bf16* h, u32 ldh, const bf16* w, u32 ldw, u32 n, u32 vp, u32 r0, u32 t0, u32 t1, Epi& epi) {
+// column); one thread of the producer warpgroup (threads 256-383) has the TMA unit copy H's
+// tile once and W's tiles t0..t1 into a ring of LM_STAGES shared-memory stages, as far ahead as
+// the ring allows. Registers move from the producer (40 a thread) to the consumers (216) by
+// setmaxnreg; 2·128·216 + 128·40 ≤ 65536 (without it ptxas keeps every thread within 168 and the
+// epilogues spill). Consumers keep two register accumulators, so the tensor cores multiply tile
+// i + 1 while the warpgroup runs tile i's epilogue.
+template <int KA, typename Epi> __device__ __forceinline__ void lm_loop(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 t1, Epi& epi) {
     extern __shared__ unsigned char lm_raw[];
+    __shared__ __align__(8) u64 lm_bars[2 * LM_STAGES];
     const u32 TA = KA * LM_BM * 128, TW = KA * LM_BN * 128; // bytes of H's tile, of one W tile
     u32 base = (lm_smem_addr(lm_raw) + 1023) & ~1023u;
     u32 sw0 = base + TA;
+    const u32 full0 = lm_smem_addr(&lm_bars[0]), empty0 = lm_smem_addr(&lm_bars[LM_STAGES]);
     const u32 nt = t1 - t0;
+    if (threadIdx.x == 0) {
+        for (int st = 0; st < LM_STAGES; ++st) {
+            lm_bar_init(full0 + 8 * st, 1);
+            lm_bar_init(empty0 + 8 * st, LM_THREADS);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
     if (threadIdx.x >= LM_THREADS) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
-        u32 tid = threadIdx.x - LM_THREADS;
+        if (threadIdx.x != LM_THREADS) return;
         for (u32 k = 0; k < nt; ++k) {
-            u32 st = k % LM_STAGES;
-            if (k >= LM_STAGES) lm_bar_sync(LM_EMPTY + st); // tile k - LM_STAGES is multiplied
-            if (k == 0) lm_load<KA, 128, LM_BM>(base, h, ldh, r0, n, tid);
-            lm_load<KA, 128, LM_BN>(sw0 + st * TW, w, ldw, (t0 + k) * LM_BN, vp, tid);
-            asm volatile("cp.async.commit_group;");
-            if (k >= 1) {
-                // Tile k - 1 has landed (tile k's copies stay in flight).
-                asm volatile("cp.async.wait_group 1;" ::: "memory");
-                asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-                lm_bar_arrive(LM_FULL + (k - 1) % LM_STAGES);
-            }
+            u32 st = k % LM_STAGES, full = full0 + 8 * st;
+            if (k >= LM_STAGES) lm_bar_wait(empty0 + 8 * st, (k / LM_STAGES - 1) & 1); // tile k - LM_STAGES is multiplied
+            lm_bar_expect(full, TW + (k == 0 ? TA : 0));
+            if (k == 0)
+#pragma unroll
+                for (int s = 0; s < KA; ++s) lm_tma(base + s * (LM_BM * 128), tmh, 64 * s, r0, full);
+#pragma unroll
+            for (int s = 0; s < KA; ++s) lm_tma(sw0 + st * TW + s * (LM_BN * 128), tmw, 64 * s, (t0 + k) * LM_BN, full);
         }
-        asm volatile("cp.async.wait_group 0;" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        lm_bar_arrive(LM_FULL + (nt - 1) % LM_STAGES);
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 216;");
     u32 sa = base + (threadIdx.x >> 7) * (128 * 128); // this warpgroup's 128 rows
     float d0[LM_ACC], d1[LM_ACC];
-    lm_bar_sync(LM_FULL);
+    lm_bar_wait(full0, 0);
     lm_issue<KA>(d0, sa, sw0);
     // Tile i (k = i - t0), whose wgmma group is in flight in `cur`, when a tile i + 1 follows
     // (its group goes into `nxt`) or not. The loop below keeps every path straight-line in which
@@ -159,11 +160,11 @@ template <int KA, typename Epi> __device__ __forceinline__ void lm_loop(const bf
     // serializes every wgmma of the kernel (C7514/C7515).
     auto step = [&](float* cur, float* nxt, u32 i) {
         u32 k = i - t0, sn = (k + 1) % LM_STAGES;
-        lm_bar_sync(LM_FULL + sn);
+        lm_bar_wait(full0 + 8 * sn, ((k + 1) / LM_STAGES) & 1);
         lm_issue<KA>(nxt, sa, sw0 + sn * TW);
         lm_wgmma_wait<1>();
         lm_fence_acc(cur);
-        if (k + LM_STAGES < nt) lm_bar_arrive(LM_EMPTY + k % LM_STAGES); // the producer may refill it
+        lm_bar_arrive(empty0 + 8 * (k % LM_STAGES)); // the producer may refill it
         epi(cur, i * LM_BN);
     };
     auto last = [&](float* cur, u32 i) {
@@ -240,7 +241,7 @@ __device__ __forceinline__ void lm_rows(u32* rows, u32 r0) {
 #pragma unroll
         for (int r = 0; r < 2; ++r) rows[2 * sub + r] = r0 + 128 * wg + 64 * sub + 16 * wl + g + 8 * r;
 }
-template <int KA> __device__ void lmce_lse_k(const bf16* h, u32 ldh, const bf16* w, u32 ldw, u32 n, u32 v, u32 vp, u32 tps, float* pm, float* pl) {
+template <int KA> __device__ void lmce_lse_k(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 n, u32 v, u32 vp, u32 tps, float* pm, float* pl) {
     int t = threadIdx.x & 3;
     u32 r0 = blockIdx.y * LM_BM, split = blockIdx.x, nsplit = gridDim.x;
     u32 rows[4];
@@ -254,7 +255,7 @@ template <int KA> __device__ void lmce_lse_k(const bf16* h, u32 ldh, const bf16*
             else lmce_lse_tile<false>(d + sub * (LM_BN / 2), c0, v, t, m + 2 * sub, l + 2 * sub);
         }
     };
-    lm_loop<KA>(h, ldh, w, ldw, n, vp, r0, t0, t1, epi);
+    lm_loop<KA>(tmh, tmw, r0, t0, t1, epi);
     if (threadIdx.x >= LM_THREADS) return; // the producer warpgroup
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
@@ -326,7 +327,7 @@ template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float*
         }
     }
 }
-template <int KA> __device__ void lmce_grad_k(const bf16* h, u32 ldh, const bf16* w, u32 ldw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const float* tlog, const double* scale, bf16* gout, u32 ldg) {
+template <int KA> __device__ void lmce_grad_k(const LmTmaMap* tmh, const LmTmaMap* tmw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const float* tlog, const double* scale, bf16* gout, u32 ldg) {
     int t = threadIdx.x & 3;
     u32 r0 = blockIdx.y * LM_BM, split = blockIdx.x;
     u32 rows[4];
@@ -351,7 +352,7 @@ template <int KA> __device__ void lmce_grad_k(const bf16* h, u32 ldh, const bf16
             else lmce_grad_tile<false>(ds, c0, v, t, rows + o, n, tg + o, ls + o, sc + o, tl + o, gout, ldg);
         }
     };
-    lm_loop<KA>(h, ldh, w, ldw, n, vp, r0, t0, t1, epi);
+    lm_loop<KA>(tmh, tmw, r0, t0, t1, epi);
 }
 
 // Per row: lse2 = log2 Σ_j 2^(x_j·log2e) from the splits' (m, l); loss = lse2·ln2 − x[target]
@@ -370,8 +371,8 @@ extern "C" __global__ void lmce_combine(const float* pm, const float* pl, const 
 }
 
 #define LMCE(KA) \
-extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) lmce_lse_k##KA(const bf16* h, u32 ldh, const bf16* w, u32 ldw, u32 n, u32 v, u32 vp, u32 tps, float* pm, float* pl) { lmce_lse_k<KA>(h, ldh, w, ldw, n, v, vp, tps, pm, pl); } \
-extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) lmce_grad_k##KA(const bf16* h, u32 ldh, const bf16* w, u32 ldw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const float* tl, const double* scale, bf16* g, u32 ldg) { lmce_grad_k<KA>(h, ldh, w, ldw, tgt, n, v, vp, tps, lse2, tl, scale, g, ldg); }
+extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) lmce_lse_k##KA(const __grid_constant__ LmTmaMap tmh, const __grid_constant__ LmTmaMap tmw, u32 n, u32 v, u32 vp, u32 tps, float* pm, float* pl) { lmce_lse_k<KA>(&tmh, &tmw, n, v, vp, tps, pm, pl); } \
+extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) lmce_grad_k##KA(const __grid_constant__ LmTmaMap tmh, const __grid_constant__ LmTmaMap tmw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const float* tl, const double* scale, bf16* g, u32 ldg) { lmce_grad_k<KA>(&tmh, &tmw, tgt, n, v, vp, tps, lse2, tl, scale, g, ldg); }
 LMCE(1)
 LMCE(2)
 LMCE(3)

@@ -104,55 +104,94 @@ template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Ac
         row[j] = st<T>(r);
     }
 }
-// ce_fused_k with the row kept in shared memory (dynamic, ldx elements: 100 KB for a bf16 row of
-// GPT-2's padded 50304-way head, two blocks per SM): the logits are read from global memory once,
-// not twice — the second pass (the gradient) reads shared memory. ldx·sizeof(T) must be a multiple
-// of 16 and x 16-byte aligned (the host checks); same arithmetic as ce_fused_k, element for element
-// except for which thread sums which logits.
-template <typename T> __device__ void ce_fused_sm_k(T* x, const int* t, typename Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) {
+// ce_fused_k streaming rows through shared memory (sm_90+: bulk copies, mbarriers): a persistent
+// block per SM walks rows blockIdx.x, + gridDim.x, ..., with two row buffers (dynamic shared
+// memory: 2·ldx elements, 201 KB for a bf16 row of GPT-2's padded 50304-way head, then two
+// mbarriers). While a row is reduced and its gradient written, the next row is already being
+// copied in by the copy engine (one thread issues it), so every SM keeps a whole row's load in
+// flight at all times and each logit is read from global memory once, not twice. Same arithmetic
+// as ce_fused_k, element for element except for which thread sums which logits. ldx·sizeof(T)
+// must be a multiple of 16 and x 16-byte aligned (the host checks).
+#define CE_COPY_CHUNK 16384u // bytes a bulk copy (a row is several)
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ u32 ce_smem(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void ce_bar_wait(u64* bar, u32 parity) {
+    u32 done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(ce_smem(bar)), "r"(parity) : "memory");
+}
+// Thread 0: announce `bytes` to the barrier, then copy them from global `src` to shared `dst`.
+__device__ __forceinline__ void ce_bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(ce_smem(bar)), "r"(bytes) : "memory");
+    for (u32 o = 0; o < bytes; o += CE_COPY_CHUNK)
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(ce_smem((const char*)dst + o)), "l"((const char*)src + o), "r"(min(CE_COPY_CHUNK, bytes - o)), "r"(ce_smem(bar)) : "memory");
+}
+#endif
+template <typename T> __device__ void ce_stream_k(T* x, const int* t, typename Acc<T>::t* loss, u32 rows, u32 v, u32 ldx, const double* scale, int grad) {
+#if __CUDA_ARCH__ >= 900
     typedef typename Acc<T>::t A;
     const u32 VW = 16 / sizeof(T);
     extern __shared__ __align__(16) unsigned char ce_sm_raw[];
-    Pack<T>* sm = (Pack<T>*)ce_sm_raw;
-    Pack<T>* row = (Pack<T>*)(x + (u64)blockIdx.x * ldx);
-    u32 np = ldx / VW;
-    A mt = -inf_of<A>(), st_ = 0;
-    for (u32 p = threadIdx.x; p < np; p += blockDim.x) {
-        Pack<T> pk = row[p];
-        sm[p] = pk;
-        u32 n = p * VW + VW <= v ? VW : (p * VW < v ? v - p * VW : 0);
-        if (n == 0) continue;
-        A a[16 / sizeof(T)];
-#pragma unroll
-        for (u32 e = 0; e < VW; ++e) a[e] = (A)ld(pk.v[e]);
-        online_add<T, A>(mt, st_, a, n);
+    const u32 bytes = ldx * sizeof(T), np = ldx / VW;
+    u64* bar = (u64*)(ce_sm_raw + 2 * bytes);
+    if (threadIdx.x == 0) {
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(ce_smem(&bar[0])) : "memory");
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(ce_smem(&bar[1])) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    A m = block_max<A>(mt);
-    A s = block_sum<A>(mt == m ? st_ : st_ * ce_exp<T, A>(mt - m));
-    A l = m + m_log(s);
-    int ti = t[blockIdx.x];
-    // block_sum's barriers made every thread's shared-memory stores visible.
-    A xt = ti < 0 ? (A)0 : (A)ld(((const T*)sm)[ti]);
-    if (threadIdx.x == 0) loss[blockIdx.x] = ti < 0 ? (A)0 : l - xt;
-    if (!grad) return;
-    A sc = (A)*scale;
-    for (u32 p = threadIdx.x; p < np; p += blockDim.x) {
-        Pack<T> pk = sm[p];
+    __syncthreads();
+    if (threadIdx.x == 0 && blockIdx.x < rows) ce_bulk_load(ce_sm_raw, x + (u64)blockIdx.x * ldx, bytes, &bar[0]);
+    u32 it = 0;
+    for (u32 r = blockIdx.x; r < rows; r += gridDim.x, ++it) {
+        const u32 b = it & 1;
+        // The other buffer was last read in the previous iteration, which ended at a barrier.
+        if (threadIdx.x == 0 && r + gridDim.x < rows) ce_bulk_load(ce_sm_raw + (b ^ 1) * bytes, x + (u64)(r + gridDim.x) * ldx, bytes, &bar[b ^ 1]);
+        ce_bar_wait(&bar[b], (it >> 1) & 1);
+        const Pack<T>* sm = (const Pack<T>*)(ce_sm_raw + b * bytes);
+        A mt = -inf_of<A>(), st_ = 0;
+        for (u32 p = threadIdx.x; p < np; p += blockDim.x) {
+            u32 n = p * VW + VW <= v ? VW : (p * VW < v ? v - p * VW : 0);
+            if (n == 0) break;
+            Pack<T> pk = sm[p];
+            // The padding columns of the row's last pack as −∞ (exp 0): a whole pack always,
+            // so the array stays in registers.
+            A a[16 / sizeof(T)];
 #pragma unroll
-        for (u32 e = 0; e < VW; ++e) {
-            u32 j = p * VW + e;
-            A r = (ti < 0 || j >= v) ? (A)0 : (ce_exp<T, A>((A)ld(pk.v[e]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
-            pk.v[e] = st<T>(r);
+            for (u32 e = 0; e < VW; ++e) a[e] = e < n ? (A)ld(pk.v[e]) : -inf_of<A>();
+            online_add<T, A>(mt, st_, a, VW);
         }
-        row[p] = pk;
+        A m = block_max<A>(mt);
+        A s = block_sum<A>(mt == m ? st_ : st_ * ce_exp<T, A>(mt - m));
+        A l = m + m_log(s);
+        int ti = t[r];
+        A xt = ti < 0 ? (A)0 : (A)ld(((const T*)sm)[ti]);
+        if (threadIdx.x == 0) loss[r] = ti < 0 ? (A)0 : l - xt;
+        if (grad) {
+            A sc = (A)*scale;
+            Pack<T>* row = (Pack<T>*)(x + (u64)r * ldx);
+            for (u32 p = threadIdx.x; p < np; p += blockDim.x) {
+                Pack<T> pk = sm[p];
+#pragma unroll
+                for (u32 e = 0; e < VW; ++e) {
+                    u32 j = p * VW + e;
+                    A q = (ti < 0 || j >= v) ? (A)0 : (ce_exp<T, A>((A)ld(pk.v[e]) - l) - (j == (u32)ti ? (A)1 : (A)0)) * sc;
+                    pk.v[e] = st<T>(q);
+                }
+                row[p] = pk;
+            }
+        }
+        __syncthreads(); // every thread is done with buffer b before the next iteration refills it
     }
+#else
+    __trap(); // the host launches this kernel on sm_90 and later only
+#endif
 }
 // The fused classifier's kernels run 1024 threads a row (classifier.rs says why).
 #define CE(T, N) \
 extern "C" __global__ void ce_fwd_##N(const T* x, const int* t, Acc<T>::t* lse, Acc<T>::t* loss, u32 v) { ce_fwd_k<T>(x, t, lse, loss, v); } \
 extern "C" __global__ void ce_bwd_##N(const T* x, const int* t, const Acc<T>::t* lse, T* d, u32 v, double scale) { ce_bwd_k<T>(x, t, lse, d, v, scale); } \
 extern "C" __global__ void __launch_bounds__(1024) ce_fused_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) { ce_fused_k<T>(x, t, loss, v, ldx, scale, grad); } \
-extern "C" __global__ void __launch_bounds__(1024) ce_fused_sm_##N(T* x, const int* t, Acc<T>::t* loss, u32 v, u32 ldx, const double* scale, int grad) { ce_fused_sm_k<T>(x, t, loss, v, ldx, scale, grad); }
+extern "C" __global__ void __launch_bounds__(1024, 1) ce_stream_##N(T* x, const int* t, Acc<T>::t* loss, u32 rows, u32 v, u32 ldx, const double* scale, int grad) { ce_stream_k<T>(x, t, loss, rows, v, ldx, scale, grad); }
 CE(float, f32)
 CE(double, f64)
 CE(bf16, bf16)
