@@ -114,11 +114,12 @@ __device__ __forceinline__ void lm_tma(u32 dst, const LmTmaMap* map, int c, int 
 // run the epilogue `epi(d, c0)` on each tile's accumulators (c0: the tile's first vocabulary
 // column); one thread of the producer warpgroup (threads 256-383) has the TMA unit copy H's
 // tile once and W's tiles t0..t1 into a ring of LM_STAGES shared-memory stages, as far ahead as
-// the ring allows. Registers move from the producer (40 a thread) to the consumers (216) by
-// setmaxnreg; 2·128·216 + 128·40 ≤ 65536 (without it ptxas keeps every thread within 168 and the
-// epilogues spill). Consumers keep two register accumulators, so the tensor cores multiply tile
+// the ring allows. Registers move from the producer (24 a thread) to the consumers (240) by
+// setmaxnreg: 2·128·240 + 128·24 ≤ 65536, all that 384 threads at 168 (the launch's share) give
+// back and take. ptxas allocates each side within its own budget, so state the consumers' epilogue
+// keeps (`init`) is made after the increase: made before it, it spilled. Consumers keep two register accumulators, so the tensor cores multiply tile
 // i + 1 while the warpgroup runs tile i's epilogue.
-template <int KA, typename Epi> __device__ __forceinline__ void lm_loop(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 t1, Epi& epi) {
+template <int KA, typename Init, typename Epi> __device__ __forceinline__ void lm_loop(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 t1, Init& init, Epi& epi) {
     extern __shared__ unsigned char lm_raw[];
     __shared__ __align__(8) u64 lm_bars[2 * LM_STAGES];
     const u32 TA = KA * LM_BM * 128, TW = KA * LM_BN * 128; // bytes of H's tile, of one W tile
@@ -135,7 +136,7 @@ template <int KA, typename Epi> __device__ __forceinline__ void lm_loop(const Lm
     }
     __syncthreads();
     if (threadIdx.x >= LM_THREADS) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
         if (threadIdx.x != LM_THREADS) return;
         for (u32 k = 0; k < nt; ++k) {
             u32 st = k % LM_STAGES, full = full0 + 8 * st;
@@ -149,7 +150,8 @@ template <int KA, typename Epi> __device__ __forceinline__ void lm_loop(const Lm
         }
         return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 216;");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+    init(); // the epilogue's per-row state, made only here, inside the consumers' larger register budget
     u32 sa = base + (threadIdx.x >> 7) * (128 * 128); // this warpgroup's 128 rows
     float d0[LM_ACC], d1[LM_ACC];
     lm_bar_wait(full0, 0);
@@ -244,9 +246,8 @@ __device__ __forceinline__ void lm_rows(u32* rows, u32 r0) {
 template <int KA> __device__ void lmce_lse_k(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 n, u32 v, u32 vp, u32 tps, float* pm, float* pl) {
     int t = threadIdx.x & 3;
     u32 r0 = blockIdx.y * LM_BM, split = blockIdx.x, nsplit = gridDim.x;
-    u32 rows[4];
-    lm_rows(rows, r0);
     float m[4] = {LM_NEG_INF, LM_NEG_INF, LM_NEG_INF, LM_NEG_INF}, l[4] = {0.f, 0.f, 0.f, 0.f};
+    auto init = [] {};
     u32 t0 = split * tps, t1 = min(t0 + tps, vp / LM_BN);
     auto epi = [&](const float* d, u32 c0) {
 #pragma unroll
@@ -255,8 +256,10 @@ template <int KA> __device__ void lmce_lse_k(const LmTmaMap* tmh, const LmTmaMap
             else lmce_lse_tile<false>(d + sub * (LM_BN / 2), c0, v, t, m + 2 * sub, l + 2 * sub);
         }
     };
-    lm_loop<KA>(tmh, tmw, r0, t0, t1, epi);
+    lm_loop<KA>(tmh, tmw, r0, t0, t1, init, epi);
     if (threadIdx.x >= LM_THREADS) return; // the producer warpgroup
+    u32 rows[4];
+    lm_rows(rows, r0);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
@@ -275,7 +278,12 @@ template <int KA> __device__ void lmce_lse_k(const LmTmaMap* tmh, const LmTmaMap
 // transposes them (two butterfly stages of shuffles) so that lane t holds columns 8j..8j+7 of
 // j = 4q + t and writes them as one 16-byte store: a warp writes 8 rows × 64 contiguous bytes,
 // whole sectors, not 8 × 16 bytes.
-template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float* d, u32 c0, u32 v, int t, const u32* rows, u32 n, const int* tg, const float* ls, const float* sc, const float* tl, bf16* gout, u32 ldg) {
+//
+// Per row (r) the thread keeps: tg, its target (-1: none); ls, its log-sum-exp in log2 units (+∞
+// for an ignored row or one past n, whose gradient is then exp2(−∞) = 0); tp, its target's
+// gradient, softmax − 1, scaled. `row` is its first row; the others are row + 8 (r = 1), and the
+// caller passes row + 64 for the second wgmma block.
+template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float* d, u32 c0, u32 v, int t, u32 row, const int* tg, const float* ls, float sc, const float* tp, bf16* gout, u32 ldg) {
     const int b0 = t & 1, b1 = (t >> 1) & 1;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -286,8 +294,8 @@ template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float*
 #pragma unroll
             for (int jj = 0; jj < 4; ++jj) {
                 int j = 4 * q + jj;
-                float p0 = exp2_approx(__fmaf_rn(d[4 * j + 2 * r], LM_LOG2E, -ls[r])) * sc[r];
-                float p1 = exp2_approx(__fmaf_rn(d[4 * j + 2 * r + 1], LM_LOG2E, -ls[r])) * sc[r];
+                float p0 = exp2_approx(__fmaf_rn(d[4 * j + 2 * r], LM_LOG2E, -ls[r])) * sc;
+                float p1 = exp2_approx(__fmaf_rn(d[4 * j + 2 * r + 1], LM_LOG2E, -ls[r])) * sc;
                 if (EDGE) {
                     u32 c = c0 + 8 * j + 2 * t;
                     p0 = c < v ? p0 : 0.f;
@@ -310,49 +318,53 @@ template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float*
             u32 y0 = b0 ? got_t1 : own_t, y1 = b0 ? own_t : got_t1, y2 = b0 ? got_t3 : own_t2, y3 = b0 ? own_t2 : got_t3;
             u32 x0 = b1 ? y2 : y0, x1 = b1 ? y3 : y1, x2 = b1 ? y0 : y2, x3 = b1 ? y1 : y3;
             u32 col = c0 + 8 * (4 * q + t);
-            // The target's own logit: softmax − 1, from x[target] (lmce_target), patched into the
-            // pack that holds it (rare: one tile in Vp / 128 per row).
-            // Selects throughout, no branch: a branch here costs every lane its reconvergence.
+            // The target's own logit: tp, patched into the pack that holds it (rare: one tile in
+            // Vp / 64 per row). Selects throughout, no branch: a branch here costs every lane its
+            // reconvergence.
             {
                 bool hit = rel - 8 * (4 * q + t) < 8;
-                float p = (exp2_approx(__fmaf_rn(tl[r], LM_LOG2E, -ls[r])) - 1.f) * sc[r];
-                u32 e = rel & 7, shift = (e & 1) * 16, keep = ~(0xffffu << shift), hv = (u32)f2bf(p) << shift;
+                u32 e = rel & 7, shift = (e & 1) * 16, keep = ~(0xffffu << shift), hv = (u32)f2bf(tp[r]) << shift;
                 x0 = hit && (e >> 1) == 0 ? (x0 & keep) | hv : x0;
                 x1 = hit && (e >> 1) == 1 ? (x1 & keep) | hv : x1;
                 x2 = hit && (e >> 1) == 2 ? (x2 & keep) | hv : x2;
                 x3 = hit && (e >> 1) == 3 ? (x3 & keep) | hv : x3;
             }
             // The output has rows up to the block's LM_BM (the host pads it): no row test.
-            *(uint4*)(gout + (u64)rows[r] * ldg + col) = make_uint4(x0, x1, x2, x3);
+            *(uint4*)(gout + (u64)(row + 8 * r) * ldg + col) = make_uint4(x0, x1, x2, x3);
         }
     }
 }
 template <int KA> __device__ void lmce_grad_k(const LmTmaMap* tmh, const LmTmaMap* tmw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const float* tlog, const double* scale, bf16* gout, u32 ldg) {
     int t = threadIdx.x & 3;
     u32 r0 = blockIdx.y * LM_BM, split = blockIdx.x;
-    u32 rows[4];
-    lm_rows(rows, r0);
     int tg[4];
-    float ls[4], sc[4], tl[4];
-    float s0 = (float)*scale;
+    float ls[4], tp[4], sc;
+    u32 row0;
+    auto init = [&] {
+        u32 rows[4];
+        lm_rows(rows, r0);
+        row0 = rows[0];
+        sc = (float)*scale;
 #pragma unroll
-    for (int r = 0; r < 4; ++r) {
-        tg[r] = rows[r] < n ? tgt[rows[r]] : -1;
-        ls[r] = rows[r] < n ? lse2[rows[r]] : 0.f;
-        tl[r] = rows[r] < n ? tlog[rows[r]] : 0.f;
-        sc[r] = tg[r] >= 0 ? s0 : 0.f; // ignored rows: a zero gradient
-    }
+        for (int r = 0; r < 4; ++r) {
+            bool ok = rows[r] < n;
+            tg[r] = ok ? tgt[rows[r]] : -1;
+            float l = ok ? lse2[rows[r]] : 0.f;
+            ls[r] = tg[r] >= 0 ? l : __int_as_float(0x7f800000);
+            tp[r] = tg[r] >= 0 ? (exp2_approx(__fmaf_rn(ok ? tlog[rows[r]] : 0.f, LM_LOG2E, -l)) - 1.f) * sc : 0.f;
+        }
+    };
     u32 t0 = split * tps, t1 = min(t0 + tps, vp / LM_BN);
     auto epi = [&](const float* d, u32 c0) {
 #pragma unroll
         for (int sub = 0; sub < 2; ++sub) {
             const float* ds = d + sub * (LM_BN / 2);
             int o = 2 * sub;
-            if (c0 + LM_BN > v) lmce_grad_tile<true>(ds, c0, v, t, rows + o, n, tg + o, ls + o, sc + o, tl + o, gout, ldg);
-            else lmce_grad_tile<false>(ds, c0, v, t, rows + o, n, tg + o, ls + o, sc + o, tl + o, gout, ldg);
+            if (c0 + LM_BN > v) lmce_grad_tile<true>(ds, c0, v, t, row0 + 64 * sub, tg + o, ls + o, sc, tp + o, gout, ldg);
+            else lmce_grad_tile<false>(ds, c0, v, t, row0 + 64 * sub, tg + o, ls + o, sc, tp + o, gout, ldg);
         }
     };
-    lm_loop<KA>(tmh, tmw, r0, t0, t1, epi);
+    lm_loop<KA>(tmh, tmw, r0, t0, t1, init, epi);
 }
 
 // Per row: lse2 = log2 Σ_j 2^(x_j·log2e) from the splits' (m, l); loss = lse2·ln2 − x[target]
