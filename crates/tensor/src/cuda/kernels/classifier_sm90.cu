@@ -212,7 +212,8 @@ extern "C" __global__ void lmce_target(const bf16* h, u32 ldh, const bf16* w, u3
 }
 
 // Pass 1: per row and split, (m, l) with m the max of x·log2e over the split's real columns and
-// l = Σ exp2(x·log2e − m).
+// l = Σ exp2(x·log2e − m). Each thread keeps its own (m, l) over its columns (no shuffles per
+// tile); the four threads of a row are combined once, at the end (lmce_lse_k).
 template <bool EDGE> __device__ __forceinline__ void lmce_lse_tile(const float* d, u32 c0, u32 v, int t, float* m, float* l) {
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -221,16 +222,15 @@ template <bool EDGE> __device__ __forceinline__ void lmce_lse_tile(const float* 
         float mx = LM_NEG_INF;
 #pragma unroll
         for (int j = 0; j < LM_BN / 8; ++j) mx = fmaxf(mx, fmaxf(x(j, 0), x(j, 1)));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        float mn = fmaxf(m[r], mx * LM_LOG2E); // finite: every tile has a real column
+        float mn = fmaxf(m[r], mx * LM_LOG2E);
+        float base = mn == LM_NEG_INF ? 0.f : mn; // none of this thread's columns real yet: all terms 0
         float s = 0.f;
 #pragma unroll
         for (int j = 0; j < LM_BN / 8; ++j) {
-            s += exp2_approx(__fmaf_rn(x(j, 0), LM_LOG2E, -mn));
-            s += exp2_approx(__fmaf_rn(x(j, 1), LM_LOG2E, -mn));
+            s += exp2_approx(__fmaf_rn(x(j, 0), LM_LOG2E, -base));
+            s += exp2_approx(__fmaf_rn(x(j, 1), LM_LOG2E, -base));
         }
-        l[r] = l[r] * exp2_approx(m[r] - mn) + s;
+        l[r] = l[r] * exp2_approx(m[r] - base) + s;
         m[r] = mn;
     }
 }
@@ -262,8 +262,12 @@ template <int KA> __device__ void lmce_lse_k(const LmTmaMap* tmh, const LmTmaMap
     lm_rows(rows, r0);
 #pragma unroll
     for (int r = 0; r < 4; ++r) {
+        float mq = fmaxf(m[r], __shfl_xor_sync(0xffffffffu, m[r], 1));
+        mq = fmaxf(mq, __shfl_xor_sync(0xffffffffu, mq, 2)); // the row's max (finite: every tile has a real column)
+        l[r] = m[r] == LM_NEG_INF ? 0.f : l[r] * exp2_approx(m[r] - mq);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        m[r] = mq;
         if (t == 0 && rows[r] < n) {
             pm[(u64)rows[r] * nsplit + split] = m[r];
             pl[(u64)rows[r] * nsplit + split] = l[r];
@@ -279,11 +283,11 @@ template <int KA> __device__ void lmce_lse_k(const LmTmaMap* tmh, const LmTmaMap
 // j = 4q + t and writes them as one 16-byte store: a warp writes 8 rows × 64 contiguous bytes,
 // whole sectors, not 8 × 16 bytes.
 //
-// Per row (r) the thread keeps: tg, its target (-1: none); ls, its log-sum-exp in log2 units (+∞
-// for an ignored row or one past n, whose gradient is then exp2(−∞) = 0); tp, its target's
-// gradient, softmax − 1, scaled. `row` is its first row; the others are row + 8 (r = 1), and the
+// Per row (r) the thread keeps: tg, its target (-1: none); ls, its log-sum-exp in log2 units less
+// log2(scale), so that exp2(x·log2e − ls) is the scaled softmax (+∞ for an ignored row or one past
+// n, whose gradient is then exp2(−∞) = 0); tp, its target's gradient, softmax − 1, scaled. `row` is its first row; the others are row + 8 (r = 1), and the
 // caller passes row + 64 for the second wgmma block.
-template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float* d, u32 c0, u32 v, int t, u32 row, const int* tg, const float* ls, float sc, const float* tp, bf16* gout, u32 ldg) {
+template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float* d, u32 c0, u32 v, int t, u32 row, const int* tg, const float* ls, const float* tp, bf16* gout, u32 ldg) {
     const int b0 = t & 1, b1 = (t >> 1) & 1;
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -294,8 +298,8 @@ template <bool EDGE> __device__ __forceinline__ void lmce_grad_tile(const float*
 #pragma unroll
             for (int jj = 0; jj < 4; ++jj) {
                 int j = 4 * q + jj;
-                float p0 = exp2_approx(__fmaf_rn(d[4 * j + 2 * r], LM_LOG2E, -ls[r])) * sc;
-                float p1 = exp2_approx(__fmaf_rn(d[4 * j + 2 * r + 1], LM_LOG2E, -ls[r])) * sc;
+                float p0 = exp2_approx(__fmaf_rn(d[4 * j + 2 * r], LM_LOG2E, -ls[r]));
+                float p1 = exp2_approx(__fmaf_rn(d[4 * j + 2 * r + 1], LM_LOG2E, -ls[r]));
                 if (EDGE) {
                     u32 c = c0 + 8 * j + 2 * t;
                     p0 = c < v ? p0 : 0.f;
@@ -338,19 +342,19 @@ template <int KA> __device__ void lmce_grad_k(const LmTmaMap* tmh, const LmTmaMa
     int t = threadIdx.x & 3;
     u32 r0 = blockIdx.y * LM_BM, split = blockIdx.x;
     int tg[4];
-    float ls[4], tp[4], sc;
+    float ls[4], tp[4];
     u32 row0;
     auto init = [&] {
         u32 rows[4];
         lm_rows(rows, r0);
         row0 = rows[0];
-        sc = (float)*scale;
+        float sc = (float)*scale;
 #pragma unroll
         for (int r = 0; r < 4; ++r) {
             bool ok = rows[r] < n;
             tg[r] = ok ? tgt[rows[r]] : -1;
             float l = ok ? lse2[rows[r]] : 0.f;
-            ls[r] = tg[r] >= 0 ? l : __int_as_float(0x7f800000);
+            ls[r] = tg[r] >= 0 ? l - log2f(sc) : __int_as_float(0x7f800000);
             tp[r] = tg[r] >= 0 ? (exp2_approx(__fmaf_rn(ok ? tlog[rows[r]] : 0.f, LM_LOG2E, -l)) - 1.f) * sc : 0.f;
         }
     };
@@ -360,8 +364,8 @@ template <int KA> __device__ void lmce_grad_k(const LmTmaMap* tmh, const LmTmaMa
         for (int sub = 0; sub < 2; ++sub) {
             const float* ds = d + sub * (LM_BN / 2);
             int o = 2 * sub;
-            if (c0 + LM_BN > v) lmce_grad_tile<true>(ds, c0, v, t, row0 + 64 * sub, tg + o, ls + o, sc, tp + o, gout, ldg);
-            else lmce_grad_tile<false>(ds, c0, v, t, row0 + 64 * sub, tg + o, ls + o, sc, tp + o, gout, ldg);
+            if (c0 + LM_BN > v) lmce_grad_tile<true>(ds, c0, v, t, row0 + 64 * sub, tg + o, ls + o, tp + o, gout, ldg);
+            else lmce_grad_tile<false>(ds, c0, v, t, row0 + 64 * sub, tg + o, ls + o, tp + o, gout, ldg);
         }
     };
     lm_loop<KA>(tmh, tmw, r0, t0, t1, init, epi);
