@@ -209,9 +209,9 @@ static SM90: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 /// Process-wide.
 ///
 /// On by default because it is faster, measured on the H100 (gpt2-mini, B=32 T=1024; eager
-/// profile of the classifier per step): its two passes 1.39 + 2.30 ms against 1.56 (logits
-/// GEMM) + 2.58 (`ce_stream`); the CUDA-graph step 20.4 / 20.4 ms against 20.8 / 20.8 (and 21.1
-/// / 21.0 with `ce_fused`). docs/benchmarks.md (sessions 11 and 12) has the versions measured.
+/// profile of the classifier per step): its two passes 1.16 + 1.88 ms against 1.56 (logits
+/// GEMM) + 2.58 (`ce_stream`); the CUDA-graph step 19.8 / 20.0 ms against 20.9 / 20.9.
+/// docs/benchmarks.md (sessions 11 and 12) has the versions measured.
 pub fn classifier_sm90(on: Option<bool>) {
     SM90.store(on.map_or(0, |on| if on { 1 } else { 2 }), std::sync::atomic::Ordering::Relaxed);
 }

@@ -13,8 +13,9 @@
 //
 // Status: correct (cuda_ops `hopper_classifier_matches_cpu`) and the default on Hopper: with
 // its operands copied by the TMA unit it is faster than the unfused path on the H100 (its two
-// passes 1.39 + 2.30 ms a gpt2-mini step against 1.56 + 2.58; classifier.rs has the step). With
-// the copies issued as cp.async by a producer warpgroup it had been level (1.90 + 2.53 ms).
+// passes 1.16 + 1.88 ms a gpt2-mini step against 1.56 + 2.58; classifier.rs has the step). With
+// the copies issued as cp.async by a producer warpgroup it had been level (1.90 + 2.53 ms);
+// docs/benchmarks.md (sessions 11, 12) has each version.
 //
 // Shapes: H [n, K] bf16, W [vp, K] bf16 (vp a multiple of LM_BN, rows past the real vocabulary
 // v are zeros and are masked), both contiguous and read through TMA tensor maps, K = 64·KA (KA = 1..4),
@@ -42,6 +43,14 @@
 // them: the loss pass 2.64 ms, ncu's top stall the barrier where consumers wait for a tile).
 #define LM_BN 64
 #define LM_STAGES 3
+// The loss pass takes its first 64-row block's A operand from registers (lm_issue): its loop is
+// bound by shared-memory reads (ncu: mio_throttle), both operands of both blocks otherwise.
+// Measured on the H100 (gpt2-mini, eager profile, one call): 1.26 → 1.16 ms a step. The
+// gradient pass has no registers to spare for it (ptxas spills 272 bytes). LM_LSE_RS=0 (via
+// FMLAB_CUDA_DEFINES) turns it off.
+#ifndef LM_LSE_RS
+#define LM_LSE_RS 1
+#endif
 #define LM_ACC LM_BN // accumulator registers a thread: two m64nN blocks of N/2 f32
 #define LM_THREADS 256
 #define LM_LOG2E 1.4426950408889634f
@@ -65,20 +74,44 @@ __device__ __forceinline__ void lm_wgmma(float* d, u64 da, u64 db, int accumulat
         : "l"(da), "l"(db), "r"(accumulate));
 }
 
+// d (+)= A·Bᵀ for A 64×16 from registers (a: this thread's fragment, laid out as an mma.sync
+// m16n8k16 A fragment of its warp's 16 rows) and B 64×16 K-major in shared memory.
+__device__ __forceinline__ void lm_wgmma_rs(float* d, const u32* a, u64 db, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(0), "r"(accumulate));
+}
+
 // Issues (does not wait for) the LM_BN-column logits tile of this warpgroup's 128 rows (two
 // 64-row blocks at sa and sa + 64 rows: d[0..N/2) and d[N/2..N)) against W's tile at `sw`, as
-// one wgmma group.
-template <int KA> __device__ __forceinline__ void lm_issue(float* d, u32 sa, u32 sw) {
+// one wgmma group. With RS the first block's A comes from registers (af: 4 per 16-column step),
+// which takes a quarter of the shared-memory reads off the loop.
+template <int KA, int RS> __device__ __forceinline__ void lm_issue(float* d, u32 sa, u32 sw, const u32* af) {
     asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
     for (int s = 0; s < 4 * KA; ++s) {
         u32 in = (s & 3) * 32; // 16 columns (32 bytes) into slab s / 4
         u64 db = lm_desc(sw + (s >> 2) * (LM_BN * 128) + in);
         u32 a = sa + (s >> 2) * (LM_BM * 128) + in;
-        lm_wgmma(d, lm_desc(a), db, s > 0);
+        if (RS) lm_wgmma_rs(d, af + 4 * s, db, s > 0);
+        else lm_wgmma(d, lm_desc(a), db, s > 0);
         lm_wgmma(d + LM_BN / 2, lm_desc(a + 64 * 128), db, s > 0);
     }
     asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+// This warp's A fragments (mma.sync m16n8k16 layout) of the 64-row block at shared address sa
+// (H's swizzled tile: 16-byte chunk c of row r at chunk c ^ (r % 8) of its 128-byte row), for every
+// 16-column step s of K: four ldmatrix 8×8 matrices, rows 0-7 / 8-15 × chunks 2s', 2s' + 1.
+template <int KA> __device__ __forceinline__ void lm_load_af(u32* af, u32 sa) {
+    u32 lane = threadIdx.x & 31, m = lane >> 3, row = 16 * ((threadIdx.x >> 5) & 3) + 8 * (m & 1) + (lane & 7);
+#pragma unroll
+    for (int s = 0; s < 4 * KA; ++s) {
+        u32 c = 2 * (s & 3) + (m >> 1);
+        u32 addr = sa + (s >> 2) * (LM_BM * 128) + row * 128 + ((c ^ (row & 7)) << 4);
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];" : "=r"(af[4 * s]), "=r"(af[4 * s + 1]), "=r"(af[4 * s + 2]), "=r"(af[4 * s + 3]) : "r"(addr));
+    }
 }
 // Keeps every read of the accumulators after the wait that precedes this.
 __device__ __forceinline__ void lm_fence_acc(float* d) {
@@ -119,7 +152,7 @@ __device__ __forceinline__ void lm_tma(u32 dst, const LmTmaMap* map, int c, int 
 // back and take. ptxas allocates each side within its own budget, so state the consumers' epilogue
 // keeps (`init`) is made after the increase: made before it, it spilled. Consumers keep two register accumulators, so the tensor cores multiply tile
 // i + 1 while the warpgroup runs tile i's epilogue.
-template <int KA, typename Init, typename Epi> __device__ __forceinline__ void lm_loop(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 t1, Init& init, Epi& epi) {
+template <int KA, int RS, typename Init, typename Epi> __device__ __forceinline__ void lm_loop(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 t1, Init& init, Epi& epi) {
     extern __shared__ unsigned char lm_raw[];
     __shared__ __align__(8) u64 lm_bars[2 * LM_STAGES];
     const u32 TA = KA * LM_BM * 128, TW = KA * LM_BN * 128; // bytes of H's tile, of one W tile
@@ -154,8 +187,10 @@ template <int KA, typename Init, typename Epi> __device__ __forceinline__ void l
     init(); // the epilogue's per-row state, made only here, inside the consumers' larger register budget
     u32 sa = base + (threadIdx.x >> 7) * (128 * 128); // this warpgroup's 128 rows
     float d0[LM_ACC], d1[LM_ACC];
+    u32 af[RS ? 16 * KA : 1];
     lm_bar_wait(full0, 0);
-    lm_issue<KA>(d0, sa, sw0);
+    if (RS) lm_load_af<KA>(af, sa);
+    lm_issue<KA, RS>(d0, sa, sw0, af);
     // Tile i (k = i - t0), whose wgmma group is in flight in `cur`, when a tile i + 1 follows
     // (its group goes into `nxt`) or not. The loop below keeps every path straight-line in which
     // registers hold which group: where an accumulator's contents depend on a branch, ptxas
@@ -163,7 +198,7 @@ template <int KA, typename Init, typename Epi> __device__ __forceinline__ void l
     auto step = [&](float* cur, float* nxt, u32 i) {
         u32 k = i - t0, sn = (k + 1) % LM_STAGES;
         lm_bar_wait(full0 + 8 * sn, ((k + 1) / LM_STAGES) & 1);
-        lm_issue<KA>(nxt, sa, sw0 + sn * TW);
+        lm_issue<KA, RS>(nxt, sa, sw0 + sn * TW, af);
         lm_wgmma_wait<1>();
         lm_fence_acc(cur);
         lm_bar_arrive(empty0 + 8 * (k % LM_STAGES)); // the producer may refill it
@@ -256,7 +291,7 @@ template <int KA> __device__ void lmce_lse_k(const LmTmaMap* tmh, const LmTmaMap
             else lmce_lse_tile<false>(d + sub * (LM_BN / 2), c0, v, t, m + 2 * sub, l + 2 * sub);
         }
     };
-    lm_loop<KA>(tmh, tmw, r0, t0, t1, init, epi);
+    lm_loop<KA, LM_LSE_RS>(tmh, tmw, r0, t0, t1, init, epi);
     if (threadIdx.x >= LM_THREADS) return; // the producer warpgroup
     u32 rows[4];
     lm_rows(rows, r0);
@@ -368,7 +403,7 @@ template <int KA> __device__ void lmce_grad_k(const LmTmaMap* tmh, const LmTmaMa
             else lmce_grad_tile<false>(ds, c0, v, t, row0 + 64 * sub, tg + o, ls + o, tp + o, gout, ldg);
         }
     };
-    lm_loop<KA>(tmh, tmw, r0, t0, t1, init, epi);
+    lm_loop<KA, 0>(tmh, tmw, r0, t0, t1, init, epi);
 }
 
 // Per row: lse2 = log2 Σ_j 2^(x_j·log2e) from the splits' (m, l); loss = lse2·ln2 − x[target]
