@@ -57,7 +57,6 @@
 #define LM_LN2 0.6931471805599453f
 #define LM_NEG_INF __int_as_float(0xff800000)
 
-__device__ __forceinline__ u32 lm_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 
 // wgmma shared-memory descriptor: start address, leading byte offset (unused by the swizzled
 // K-major layout: 1), stride byte offset 1024 (8 rows of 128 bytes), layout type 1 (128-byte swizzle).
@@ -119,19 +118,10 @@ __device__ __forceinline__ void lm_fence_acc(float* d) {
     for (int i = 0; i < LM_ACC; ++i) asm volatile("" : "+f"(d[i])::"memory");
 }
 template <int N> __device__ __forceinline__ void lm_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-// The loop's stages are handed over by mbarriers (shared memory, lm_bars): FULL[st] completes
-// when the tensor-memory-access unit (TMA) has written the stage's bytes (one arrival, the
-// producer's, plus the bytes announced); EMPTY[st] when all 256 consumer threads have arrived
-// after their wgmma reads of the stage completed.
-__device__ __forceinline__ void lm_bar_init(u32 bar, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory"); }
-__device__ __forceinline__ void lm_bar_wait(u32 bar, u32 parity) {
-    u32 done = 0;
-    while (!done)
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void lm_bar_arrive(u32 bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory"); }
-__device__ __forceinline__ void lm_bar_expect(u32 bar, u32 bytes) { asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory"); }
-
+// lm_loop's stages are handed over by mbarriers (common.cuh's mbar_*; lm_bars in shared memory):
+// FULL[st] completes when the tensor-memory-access unit (TMA) has written the stage's bytes (one
+// arrival, the producer's, plus the bytes announced); EMPTY[st] when all 256 consumer threads
+// have arrived after their wgmma reads of the stage completed.
 // A TMA tensor map (CUtensorMap: 128 opaque bytes the host encodes, classifier.rs `tma_map`):
 // a [rows, 64·KA] bf16 matrix in boxes of 64 columns (128 bytes) × box rows, written to shared
 // memory in the 128-byte swizzle wgmma's descriptors name. Passed by value as a
@@ -156,14 +146,14 @@ template <int KA, int RS, typename Init, typename Epi> __device__ __forceinline_
     extern __shared__ unsigned char lm_raw[];
     __shared__ __align__(8) u64 lm_bars[2 * LM_STAGES];
     const u32 TA = KA * LM_BM * 128, TW = KA * LM_BN * 128; // bytes of H's tile, of one W tile
-    u32 base = (lm_smem_addr(lm_raw) + 1023) & ~1023u;
+    u32 base = (smem_addr(lm_raw) + 1023) & ~1023u;
     u32 sw0 = base + TA;
-    const u32 full0 = lm_smem_addr(&lm_bars[0]), empty0 = lm_smem_addr(&lm_bars[LM_STAGES]);
+    const u32 full0 = smem_addr(&lm_bars[0]), empty0 = smem_addr(&lm_bars[LM_STAGES]);
     const u32 nt = t1 - t0;
     if (threadIdx.x == 0) {
         for (int st = 0; st < LM_STAGES; ++st) {
-            lm_bar_init(full0 + 8 * st, 1);
-            lm_bar_init(empty0 + 8 * st, LM_THREADS);
+            mbar_init(full0 + 8 * st, 1);
+            mbar_init(empty0 + 8 * st, LM_THREADS);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
@@ -173,8 +163,8 @@ template <int KA, int RS, typename Init, typename Epi> __device__ __forceinline_
         if (threadIdx.x != LM_THREADS) return;
         for (u32 k = 0; k < nt; ++k) {
             u32 st = k % LM_STAGES, full = full0 + 8 * st;
-            if (k >= LM_STAGES) lm_bar_wait(empty0 + 8 * st, (k / LM_STAGES - 1) & 1); // tile k - LM_STAGES is multiplied
-            lm_bar_expect(full, TW + (k == 0 ? TA : 0));
+            if (k >= LM_STAGES) mbar_wait(empty0 + 8 * st, (k / LM_STAGES - 1) & 1); // tile k - LM_STAGES is multiplied
+            mbar_expect(full, TW + (k == 0 ? TA : 0));
             if (k == 0)
 #pragma unroll
                 for (int s = 0; s < KA; ++s) lm_tma(base + s * (LM_BM * 128), tmh, 64 * s, r0, full);
@@ -188,7 +178,7 @@ template <int KA, int RS, typename Init, typename Epi> __device__ __forceinline_
     u32 sa = base + (threadIdx.x >> 7) * (128 * 128); // this warpgroup's 128 rows
     float d0[LM_ACC], d1[LM_ACC];
     u32 af[RS ? 16 * KA : 1];
-    lm_bar_wait(full0, 0);
+    mbar_wait(full0, 0);
     if (RS) lm_load_af<KA>(af, sa);
     lm_issue<KA, RS>(d0, sa, sw0, af);
     // Tile i (k = i - t0), whose wgmma group is in flight in `cur`, when a tile i + 1 follows
@@ -197,11 +187,11 @@ template <int KA, int RS, typename Init, typename Epi> __device__ __forceinline_
     // serializes every wgmma of the kernel (C7514/C7515).
     auto step = [&](float* cur, float* nxt, u32 i) {
         u32 k = i - t0, sn = (k + 1) % LM_STAGES;
-        lm_bar_wait(full0 + 8 * sn, ((k + 1) / LM_STAGES) & 1);
+        mbar_wait(full0 + 8 * sn, ((k + 1) / LM_STAGES) & 1);
         lm_issue<KA, RS>(nxt, sa, sw0 + sn * TW, af);
         lm_wgmma_wait<1>();
         lm_fence_acc(cur);
-        lm_bar_arrive(empty0 + 8 * (k % LM_STAGES)); // the producer may refill it
+        mbar_arrive(empty0 + 8 * (k % LM_STAGES)); // the producer may refill it
         epi(cur, i * LM_BN);
     };
     auto last = [&](float* cur, u32 i) {

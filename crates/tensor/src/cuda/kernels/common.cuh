@@ -16,6 +16,23 @@ template <> __device__ __forceinline__ double inf_of<double>() { return __longlo
 // flush to 0): the softmax exponentials of flash attention and of the classifier's 16-bit logits.
 __device__ __forceinline__ float exp2_approx(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 
+// Shared-memory barriers of sm_90 and later (mbarrier: arrivals plus bytes of asynchronous copies
+// to wait for), by shared address: the classifier's streamed rows (fused.cu, ce_stream) and its
+// Hopper kernels' stages (classifier_sm90.cu).
+__device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory"); }
+// Waits until the barrier's phase of this parity has completed.
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    u32 done = 0;
+    while (!done)
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(u32 bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory"); }
+// Arrives and announces `bytes` that asynchronous copies will complete on the barrier.
+__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) { asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory"); }
+#endif
+
 // Acc<T>: the type arithmetic runs in (f32 for 16-bit floats, as on the CPU engine).
 template <typename T> struct Acc { typedef float t; };
 template <> struct Acc<double> { typedef double t; };

@@ -114,17 +114,11 @@ template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Ac
 // must be a multiple of 16 and x 16-byte aligned (the host checks).
 #define CE_COPY_CHUNK 16384u // bytes a bulk copy (a row is several)
 #if __CUDA_ARCH__ >= 900
-__device__ __forceinline__ u32 ce_smem(const void* p) { return (u32)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void ce_bar_wait(u64* bar, u32 parity) {
-    u32 done = 0;
-    while (!done)
-        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(ce_smem(bar)), "r"(parity) : "memory");
-}
 // Thread 0: announce `bytes` to the barrier, then copy them from global `src` to shared `dst`.
-__device__ __forceinline__ void ce_bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(ce_smem(bar)), "r"(bytes) : "memory");
+__device__ __forceinline__ void ce_bulk_load(void* dst, const void* src, u32 bytes, u32 bar) {
+    mbar_expect(bar, bytes);
     for (u32 o = 0; o < bytes; o += CE_COPY_CHUNK)
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(ce_smem((const char*)dst + o)), "l"((const char*)src + o), "r"(min(CE_COPY_CHUNK, bytes - o)), "r"(ce_smem(bar)) : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(smem_addr((const char*)dst + o)), "l"((const char*)src + o), "r"(min(CE_COPY_CHUNK, bytes - o)), "r"(bar) : "memory");
 }
 #endif
 template <typename T> __device__ void ce_stream_k(T* x, const int* t, typename Acc<T>::t* loss, u32 rows, u32 v, u32 ldx, const double* scale, int grad) {
@@ -133,20 +127,20 @@ template <typename T> __device__ void ce_stream_k(T* x, const int* t, typename A
     const u32 VW = 16 / sizeof(T);
     extern __shared__ __align__(16) unsigned char ce_sm_raw[];
     const u32 bytes = ldx * sizeof(T), np = ldx / VW;
-    u64* bar = (u64*)(ce_sm_raw + 2 * bytes);
+    const u32 bar = smem_addr(ce_sm_raw + 2 * bytes); // two 8-byte barriers, one per buffer
     if (threadIdx.x == 0) {
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(ce_smem(&bar[0])) : "memory");
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(ce_smem(&bar[1])) : "memory");
+        mbar_init(bar, 1);
+        mbar_init(bar + 8, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
-    if (threadIdx.x == 0 && blockIdx.x < rows) ce_bulk_load(ce_sm_raw, x + (u64)blockIdx.x * ldx, bytes, &bar[0]);
+    if (threadIdx.x == 0 && blockIdx.x < rows) ce_bulk_load(ce_sm_raw, x + (u64)blockIdx.x * ldx, bytes, bar);
     u32 it = 0;
     for (u32 r = blockIdx.x; r < rows; r += gridDim.x, ++it) {
         const u32 b = it & 1;
         // The other buffer was last read in the previous iteration, which ended at a barrier.
-        if (threadIdx.x == 0 && r + gridDim.x < rows) ce_bulk_load(ce_sm_raw + (b ^ 1) * bytes, x + (u64)(r + gridDim.x) * ldx, bytes, &bar[b ^ 1]);
-        ce_bar_wait(&bar[b], (it >> 1) & 1);
+        if (threadIdx.x == 0 && r + gridDim.x < rows) ce_bulk_load(ce_sm_raw + (b ^ 1) * bytes, x + (u64)(r + gridDim.x) * ldx, bytes, bar + 8 * (b ^ 1));
+        mbar_wait(bar + 8 * b, (it >> 1) & 1);
         const Pack<T>* sm = (const Pack<T>*)(ce_sm_raw + b * bytes);
         A mt = -inf_of<A>(), st_ = 0;
         for (u32 p = threadIdx.x; p < np; p += blockDim.x) {
