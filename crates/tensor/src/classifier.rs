@@ -220,8 +220,9 @@ pub fn classifier_sm90(on: Option<bool>) {
 /// with C a multiple of 64 up to 256 (H's 256-row block stays in shared memory, 128 KB at 256).
 fn sm90_applies(x: &Tensor) -> bool {
     use std::sync::atomic::Ordering::Relaxed;
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let on = match SM90.load(Relaxed) {
-        0 => std::env::var_os("FMLAB_CE_SM90").is_none_or(|v| v != "0"),
+        0 => *ENV.get_or_init(|| std::env::var_os("FMLAB_CE_SM90").is_none_or(|v| v != "0")),
         s => s == 1,
     };
     let c = x.dim(1);
@@ -345,8 +346,9 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor,
 static CE_SMEM: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 fn ce_smem_enabled() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     match CE_SMEM.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => std::env::var_os("FMLAB_CE_SMEM").is_none_or(|v| v != "0"),
+        0 => *ENV.get_or_init(|| std::env::var_os("FMLAB_CE_SMEM").is_none_or(|v| v != "0")),
         s => s == 1,
     }
 }
