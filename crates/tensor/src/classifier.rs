@@ -176,8 +176,7 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
         // interleaved): the step 21.0 / 21.0 → 20.9 / 20.8 ms; eager profile 2.80 → 2.58 ms per
         // step. FMLAB_CE_SMEM=0 keeps the two-pass kernel.
         let bytes = ld * logits.dtype().size_in_bytes();
-        let hopper = xs.dev.arch.strip_prefix("sm_").and_then(|a| a.parse::<u32>().ok()).is_some_and(|a| a >= 90);
-        let stream = hopper && bytes.is_multiple_of(16) && xs.ptr.is_multiple_of(16) && 2 * bytes + 16 <= xs.dev.smem_optin && ce_smem_enabled();
+        let stream = xs.dev.cc_major() >= 9 && bytes.is_multiple_of(16) && xs.ptr.is_multiple_of(16) && 2 * bytes + 16 <= xs.dev.smem_optin && ce_smem_enabled();
         let sfx = sfx(logits.dtype());
         let mut args = Args::new();
         args.push(xs.ptr).push(cuda_ptr(tt)).push(cuda_ptr(&loss));

@@ -64,7 +64,7 @@ const SOURCES: &[(&str, &str)] = &[
     ("flash", include_str!("kernels/flash.cu")),
 ];
 /// Sources for Hopper only, compiled for `sm_90a` (wgmma is an arch-specific feature) on an sm_90
-/// device and absent elsewhere: `CudaDevice::has_kernel` says whether they are there.
+/// device and absent elsewhere: `CudaDevice::has_module` says whether they are there.
 const SOURCES_SM90A: &[(&str, &str)] = &[("classifier_sm90", include_str!("kernels/classifier_sm90.cu"))];
 
 pub struct CudaDevice {
@@ -161,6 +161,11 @@ impl CudaDevice {
             }
         }
         panic!("no CUDA kernel named `{name}` in fmlab's kernel sources (an op/dtype pair without a kernel)");
+    }
+
+    /// The major compute capability (9 for sm_90), from `arch`.
+    pub(crate) fn cc_major(&self) -> u32 {
+        self.arch.strip_prefix("sm_").and_then(|a| a.parse::<u32>().ok()).map_or(0, |a| a / 10)
     }
 
     /// Whether a kernel source module `kname` was built for this device (the sm_90a sources

@@ -112,7 +112,7 @@ template <typename T> __device__ void ce_fused_k(T* x, const int* t, typename Ac
 // flight at all times and each logit is read from global memory once, not twice. Same arithmetic
 // as ce_fused_k, element for element except for which thread sums which logits. ldx·sizeof(T)
 // must be a multiple of 16 and x 16-byte aligned (the host checks).
-#define CE_COPY_CHUNK 16384u // bytes a bulk copy (a row is several)
+#define CE_COPY_CHUNK 16384u // bytes a bulk copy: a 100 KB row goes as several moderate copies
 #if __CUDA_ARCH__ >= 900
 // Thread 0: announce `bytes` to the barrier, then copy them from global `src` to shared `dst`.
 __device__ __forceinline__ void ce_bulk_load(void* dst, const void* src, u32 bytes, u32 bar) {
