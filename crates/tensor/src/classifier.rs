@@ -302,14 +302,14 @@ fn sm90_operands(x: &Tensor, wp: &Tensor) -> Args {
 
 /// The Hopper kernels' rows a block, vocabulary tile and its stages in shared memory (LM_BM,
 /// LM_BN, LM_STAGES).
-const SM90_ROWS: usize = 256;
+pub(crate) const SM90_ROWS: usize = 256;
 const SM90_TILE_N: usize = 64;
 const SM90_STAGES: usize = 3;
 
 /// Dynamic shared memory of the Hopper classifier kernels at width c: H's tile (SM90_ROWS × c
 /// bf16) and SM90_STAGES of W's (SM90_TILE_N rows), plus 1 KB to align them to the 128-byte
 /// swizzle's 1024 bytes (225 KB at c = 256, of the 227 a block may have).
-fn sm90_smem(c: usize) -> u32 {
+pub(crate) fn sm90_smem(c: usize) -> u32 {
     ((SM90_ROWS + SM90_STAGES * SM90_TILE_N) * c * 2 + 1024) as u32
 }
 

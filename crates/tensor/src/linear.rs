@@ -92,9 +92,20 @@ fn bias_grad_f32(g: &Tensor) -> Tensor {
         let out = crate::cuda::CudaStorage::alloc(dev, crate::DType::F32, k);
         let sfx = crate::cuda::storage::sfx(g.dtype());
         Args::new().push(p).push(part.ptr).push(rows as u32).push(k as u32).push(rps as u32).launch3(dev, &format!("colsum16_{sfx}"), (strips as u32, splits as u32, 1), (32, 8, 1), 0);
-        Args::new().push(part.ptr).push(out.ptr).push(k as u32).push(splits as u32).launch3(dev, "colsum16_final", (k.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
+        colsum_final(dev, part.ptr, out.ptr, k, splits);
         Tensor::from_any(Storage::Cuda(out), &[k], None)
     })
+}
+
+/// out[c] = Σ_s part[s, c] (f32 [splits, k] partial column sums) in a fixed order.
+fn colsum_final(dev: &std::sync::Arc<crate::cuda::CudaDevice>, part: u64, out: u64, k: usize, splits: usize) {
+    use crate::cuda::Args;
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *WIDE.get_or_init(|| std::env::var_os("FMLAB_COLSUM_WIDE").is_none_or(|v| v != "0")) {
+        Args::new().push(part).push(out).push(k as u32).push(splits as u32).launch3(dev, "colsum_final_wide", (k.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
+    } else {
+        Args::new().push(part).push(out).push(k as u32).push(splits as u32).launch3(dev, "colsum16_final", (k.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
+    }
 }
 
 /// FMLAB_EPILOGUE=0 turns the fused paths off (read once: this runs for every Linear).
@@ -157,12 +168,10 @@ impl Tensor {
     /// the step 21.7 / 21.7 → 21.0 / 21.0 ms with the column sums, interleaved in one call).
     /// FMLAB_DW_SPLIT=0 goes back to the epilogue.
     fn linear_param_grads(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor) -> (Tensor, Tensor) {
+        if let Some(dw) = Tensor::weight_grad_f32(x, w, b, g) {
+            return (dw, bias_grad_f32(g));
+        }
         if casts_f32_master(w) && casts_f32_master(b) {
-            if dw_split() && bias_grad_applies(g) {
-                if let Some(dw) = gemm_epi(&x.t(), g, Epilogue::OutF32, None, None) {
-                    return (dw, bias_grad_f32(g));
-                }
-            }
             let db = Tensor::zeros_on(&[g.dim(1)], crate::DType::F32, b.device());
             if let Some(dw) = gemm_epi(&x.t(), g, Epilogue::BiasGradF32, Some(&db), None) {
                 return (dw, db);
@@ -173,6 +182,15 @@ impl Tensor {
             Some(dw) => (dw, db),
             None => (x.t().matmul(g), g.sum(&[0], false)),
         }
+    }
+
+    /// Mixed precision's dw = xᵀ·g as an f32 GEMM output (`OutF32`), where the bias gradient is a
+    /// column sum of g (`bias_grad_f32`, or one made with g): None where that is not the path.
+    fn weight_grad_f32(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor) -> Option<Tensor> {
+        if !(casts_f32_master(w) && casts_f32_master(b) && dw_split() && bias_grad_applies(g)) {
+            return None;
+        }
+        gemm_epi(&x.t(), g, Epilogue::OutF32, None, None)
     }
 
     /// gelu_tanh(x·w1 + b1)·w2 + b2 for x [.., K], w1 [K, H], w2 [H, N] (any strides), biases [H]
@@ -205,9 +223,75 @@ impl Tensor {
     pub(crate) fn mlp_gelu_backward(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, h: &Tensor, pre: &Tensor, g: &Tensor) -> [Tensor; 5] {
         // Second layer's weight and bias gradients (dw2 = hᵀ·g, db2 from its epilogue).
         let (dw2, db2) = Tensor::linear_param_grads(h, w2, b2, g);
+        // On Hopper, dpre and b1's gradient in one pass (mlp_sm90.cu).
+        if let Some((dpre, db1)) = dgelu_sm90(g, w2, pre) {
+            let dx = dpre.matmul(&w1.t());
+            let dw1 = Tensor::weight_grad_f32(x, w1, b1, &dpre).unwrap_or_else(|| x.t().matmul(&dpre));
+            let db1 = if casts_f32_master(b1) { db1 } else { db1.to_dtype(b1.dtype()) };
+            return [dx, dw1, db1, dw2, db2];
+        }
         // dpre = (g·w2ᵀ) ⊙ gelu'(pre) in one GEMM.
         let dpre = gemm_epi(g, &w2.t(), Epilogue::DGelu, None, Some(pre)).unwrap_or_else(|| Tensor::gelu_backward(pre, &g.matmul(&w2.t()), true));
         let (dx, dw1, db1) = Tensor::linear_backward(x, w1, b1, &dpre);
         [dx, dw1, db1, dw2, db2]
     }
+}
+
+/// 0: the default (FMLAB_MLP_SM90, else on); 1: the Hopper kernel where it applies; 2: never.
+static MLP_SM90: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether `mlp_gelu`'s backward makes the hidden gradient and the first bias's gradient in one
+/// Hopper kernel (mlp_sm90.cu) where it applies (Some(true)), or by cuBLASLt's DGELU epilogue and
+/// a column sum (Some(false)); None restores the default: on, unless FMLAB_MLP_SM90=0. For
+/// benchmarks and tests that compare the two. Process-wide.
+pub fn mlp_sm90(on: Option<bool>) {
+    MLP_SM90.store(on.map_or(0, |on| if on { 1 } else { 2 }), std::sync::atomic::Ordering::Relaxed);
+}
+
+fn mlp_sm90_on() -> bool {
+    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    match MLP_SM90.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => *ENV.get_or_init(|| std::env::var_os("FMLAB_MLP_SM90").is_none_or(|v| v != "0")),
+        s => s == 1,
+    }
+}
+
+/// (dpre [rows, H] bf16, db1 [H] f32) of `mlp_gelu` by `mlp_dgelu_k*` and `colsum16_final`: dpre =
+/// (g·w2ᵀ) ⊙ gelu'(pre), db1 = Σ_rows dpre. Applies to bf16 on an sm_90 GPU with g [rows, K]
+/// contiguous (16-byte aligned, K = 64..256 a multiple of 64: its block of rows stays in shared
+/// memory), pre [rows, H] contiguous with H a multiple of 64; w2 [H, K] any strides (copied
+/// contiguous, H·K·2 bytes: a Linear's weight is a transposed view). None elsewhere.
+fn dgelu_sm90(g: &Tensor, w2: &Tensor, pre: &Tensor) -> Option<(Tensor, Tensor)> {
+    use crate::classifier::{sm90_smem, SM90_ROWS};
+    use crate::cuda::Args;
+    use crate::fused::cuda_ptr;
+    use crate::DType::{BF16, F32};
+    let (rows, k, hid) = (g.dim(0), g.dim(1), pre.dim(1));
+    let shapes = g.rank() == 2 && pre.rank() == 2 && pre.dim(0) == rows && w2.shape() == [hid, k] && rows > 0 && rows <= u32::MAX as usize;
+    let kinds = [g, w2, pre].iter().all(|t| t.dtype() == BF16) && g.is_contiguous() && pre.is_contiguous();
+    if !(mlp_sm90_on() && shapes && kinds && k.is_multiple_of(64) && (64..=256).contains(&k) && hid.is_multiple_of(64) && hid > 0) {
+        return None;
+    }
+    let ok = g.with_storage(|s| matches!(s, Storage::Cuda(gs) if gs.device().has_module("mlp_sm90") && gs.at(g.layout().offset) % 16 == 0))
+        && pre.with_storage(|s| matches!(s, Storage::Cuda(ps) if ps.at(pre.layout().offset) % 4 == 0));
+    if !ok {
+        return None;
+    }
+    let w2c = w2.contiguous(); // [H, K]
+    let np = rows.div_ceil(SM90_ROWS) * SM90_ROWS;
+    let out = cuda_buffer(g, &[np, hid]); // rows past `rows` are written as zeros
+    let db = g.with_storage(|s| {
+        let Storage::Cuda(gs) = s else { unreachable!() };
+        let dev = gs.device();
+        let part = crate::cuda::CudaStorage::alloc(dev, F32, np / 32 * hid); // a row per 32 rows of g
+        let db = crate::cuda::CudaStorage::alloc(dev, F32, hid);
+        let mut a = Args::new();
+        a.push(crate::cuda::tma_map_bf16(cuda_ptr(g), rows, k, k, 64, SM90_ROWS as u32));
+        a.push(crate::cuda::tma_map_bf16(cuda_ptr(&w2c), hid, k, k, 64, 64));
+        a.push(cuda_ptr(pre)).push(rows as u32).push(hid as u32).push(cuda_ptr(&out)).push(part.ptr);
+        a.launch3(dev, &format!("mlp_dgelu_k{}", k / 64), (1, (np / SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(k));
+        colsum_final(dev, part.ptr, db.ptr, hid, np / 32);
+        Tensor::from_any(Storage::Cuda(db), &[hid], None)
+    });
+    Some((out.narrow(0, 0, rows), db))
 }

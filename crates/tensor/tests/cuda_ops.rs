@@ -446,6 +446,47 @@ fn mlp_gelu_epilogues_match_cpu() {
     }
 }
 
+/// The GELU MLP's backward on Hopper (mlp_sm90.cu: dpre = (g·w2ᵀ) ⊙ gelu'(pre) and b1's gradient
+/// in one pass) at every output width it takes (K = 64, 128, 192, 256), in mixed precision (bf16
+/// casts of f32 masters, as a model trains), against the CPU's f32 composite: output and all five
+/// gradients, with w2 as nn::Linear holds it (a transposed view of [out, hidden]) and plain, 333
+/// rows (not a multiple of its 256-row block) and a hidden width of 5 column tiles. Tolerance
+/// 2e-2 as `mlp_gelu_epilogues_match_cpu` (bf16 products; its gelu' takes tanh from the
+/// special-function unit, relative error ~2^-11, below bf16's rounding of dpre). On a GPU other
+/// than Hopper it checks the cuBLASLt path the same way. Set explicitly, restored at the end.
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn hopper_mlp_backward_matches_cpu() {
+    let g = gpu();
+    fmlab_tensor::mlp_sm90(Some(true));
+    let hid = 320;
+    for k in [64, 128, 192, 256] {
+        for transposed in [false, true] {
+            let x = rnd(&[3, 111, 96], 500 + k as u64, DType::F32);
+            let (w1, b1) = (rnd(&[96, hid], 501, DType::F32).affine(0.125, 0.0), rnd(&[hid], 502, DType::F32));
+            let w2 = if transposed { rnd(&[k, hid], 503, DType::F32).affine(0.0625, 0.0) } else { rnd(&[hid, k], 503, DType::F32).affine(0.0625, 0.0) };
+            let b2 = rnd(&[k], 504, DType::F32);
+            let up = rnd(&[3, 111, k], 505, DType::F32);
+            let run = |dev: Device, dt: DType| {
+                let vars: Vec<Tensor> = [&x, &w1, &b1, &w2, &b2].iter().map(|t| Tensor::new_var(&t.to_device(dev))).collect();
+                let c = |i: usize| vars[i].to_dtype(dt);
+                let w2v = if transposed { c(3).t() } else { c(3) };
+                let y = c(0).mlp_gelu(&c(1), &c(2), &w2v, &c(4));
+                y.to_dtype(DType::F32).mul(&up.to_device(dev)).sum_all().backward();
+                let mut out = vec![y.to_dtype(DType::F32)];
+                out.extend(vars.iter().map(|v| v.grad().unwrap().to_dtype(DType::F32)));
+                out
+            };
+            let (want, got) = (run(Device::Cpu, DType::F32), run(g, DType::BF16));
+            for (i, name) in ["y", "dx", "dw1", "db1", "dw2", "db2"].iter().enumerate() {
+                eprintln!("hopper mlp K={k} transposed={transposed} {name}: relative error {:.2e}", rel(&got[i], &want[i]));
+                close(&format!("hopper mlp K={k} transposed={transposed} {name}"), &got[i], &want[i], 2e-2);
+            }
+        }
+    }
+    fmlab_tensor::mlp_sm90(None);
+}
+
 /// GEMMs whose cuBLASLt kernel was picked by timing the heuristic's candidates
 /// (`gemm_autotune`, FMLAB_GEMM_TUNE): the timing runs write scratch memory only, and whatever
 /// kernel wins gives the CPU's results. Every epilogue is planned here at shapes no other test

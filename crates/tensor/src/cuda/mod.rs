@@ -65,7 +65,11 @@ const SOURCES: &[(&str, &str)] = &[
 ];
 /// Sources for Hopper only, compiled for `sm_90a` (wgmma is an arch-specific feature) on an sm_90
 /// device and absent elsewhere: `CudaDevice::has_module` says whether they are there.
-const SOURCES_SM90A: &[(&str, &str)] = &[("classifier_sm90", include_str!("kernels/classifier_sm90.cu"))];
+/// Each is prepended with hopper_gemm.cuh, the wgmma GEMM loop both run their epilogues in.
+const SOURCES_SM90A: &[(&str, &str)] = &[
+    ("classifier_sm90", concat!(include_str!("kernels/hopper_gemm.cuh"), include_str!("kernels/classifier_sm90.cu"))),
+    ("mlp_sm90", concat!(include_str!("kernels/hopper_gemm.cuh"), include_str!("kernels/mlp_sm90.cu"))),
+];
 
 pub struct CudaDevice {
     pub ordinal: usize,

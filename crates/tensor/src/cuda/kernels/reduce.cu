@@ -134,6 +134,27 @@ extern "C" __global__ void __launch_bounds__(1024) colsum16_final(const float* p
         y[c] = s;
     }
 }
+// The same sum with more lanes a column, for many splits: block (8, 128), grid k/8; each of a
+// column's 128 lanes adds at most splits/128 partials (independent loads, in flight together),
+// then a fixed tree over the lanes in shared memory (deterministic). The block (32, 32) version
+// above is bound by its chain of loads when splits is large.
+extern "C" __global__ void __launch_bounds__(1024) colsum_final_wide(const float* part, float* y, u32 k, u32 splits) {
+    __shared__ float sh[128][9];
+    u32 c = blockIdx.x * 8 + threadIdx.x;
+    float s = 0;
+    if (c < k) {
+#pragma unroll 8
+        for (u32 j = threadIdx.y; j < splits; j += 128) s += part[(u64)j * k + c];
+    }
+    sh[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+#pragma unroll
+    for (u32 w = 64; w > 0; w >>= 1) {
+        if (threadIdx.y < w) sh[threadIdx.y][threadIdx.x] += sh[threadIdx.y + w][threadIdx.x];
+        __syncthreads();
+    }
+    if (threadIdx.y == 0 && c < k) y[c] = sh[0][threadIdx.x];
+}
 extern "C" __global__ void colsum16_bf16(const bf16* x, float* part, u32 r, u32 k, u32 rps) { colsum16_k<bf16>(x, part, r, k, rps); }
 extern "C" __global__ void colsum16_f16(const f16* x, float* part, u32 r, u32 k, u32 rps) { colsum16_k<f16>(x, part, r, k, rps); }
 
