@@ -97,15 +97,9 @@ fn bias_grad_f32(g: &Tensor) -> Tensor {
     })
 }
 
-/// out[c] = Σ_s part[s, c] (f32 [splits, k] partial column sums) in a fixed order.
+/// out[c] = Σ_s part[s, c] (f32 [splits, k] partial column sums) in a fixed order, by `colsum16_final`.
 fn colsum_final(dev: &std::sync::Arc<crate::cuda::CudaDevice>, part: u64, out: u64, k: usize, splits: usize) {
-    use crate::cuda::Args;
-    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *WIDE.get_or_init(|| std::env::var_os("FMLAB_COLSUM_WIDE").is_none_or(|v| v != "0")) {
-        Args::new().push(part).push(out).push(k as u32).push(splits as u32).launch3(dev, "colsum_final_wide", (k.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
-    } else {
-        Args::new().push(part).push(out).push(k as u32).push(splits as u32).launch3(dev, "colsum16_final", (k.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
-    }
+    crate::cuda::Args::new().push(part).push(out).push(k as u32).push(splits as u32).launch3(dev, "colsum16_final", (k.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
 }
 
 /// FMLAB_EPILOGUE=0 turns the fused paths off (read once: this runs for every Linear).

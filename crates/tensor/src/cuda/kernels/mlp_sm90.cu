@@ -10,7 +10,7 @@
 // (GELU's input, kept by the forward), hid a multiple of LM_BN. out [np, hid] bf16 with np = n
 // rounded up to LM_BM (rows past n are written, as zeros: no row test on the stores); part
 // [np / 32, hid] f32, row p = the 32 rows of warp p % 8 of row tile p / 8, which
-// `colsum_final_wide` (reduce.cu) adds in a fixed order (deterministic). Grid (1, np / LM_BM): a block walks every column tile.
+// `colsum16_final` (reduce.cu) adds in a fixed order (deterministic). Grid (1, np / LM_BM): a block walks every column tile.
 
 // gelu'(x) of the tanh form (layers.cu `gelu_grad_f`): with t = tanh(x·(k + kc·x²)),
 // 0.5 + 0.5·t + 0.5·x·(1 − t²)·(k + 3kc·x²), k = sqrt(2/π), c = 0.044715; ten instructions, tanh
