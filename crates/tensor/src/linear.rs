@@ -8,8 +8,9 @@
 //!
 //! `mlp_gelu`: a GELU MLP block, gelu_tanh(x·w1 + b1)·w2 + b2, as one op, so the GELU also rides
 //! on epilogues: forward, the first GEMM writes gelu(pre) and keeps pre (`GELU_AUX_BIAS`);
-//! backward, the GEMM that makes dh = g·w2ᵀ multiplies by gelu'(pre) as it writes (`DGELU`).
-//! The composite runs a GELU kernel each way, reading and writing the [rows, hidden] activations
+//! backward, the GEMM that makes dh = g·w2ᵀ multiplies by gelu'(pre) as it writes (`DGELU`). On
+//! Hopper one wgmma kernel (mlp_sm90.cu, `dgelu_sm90`) makes dh and also sums b1's gradient from
+//! its registers, where a column-sum kernel would read dh again. The composite runs a GELU kernel each way, reading and writing the [rows, hidden] activations
 //! once more each. Twin: `mlp_gelu_slow` (ops.rs).
 
 use crate::cuda::gemm::Epilogue;
