@@ -33,7 +33,15 @@ struct FaDims {
     causal: i32,
 }
 
-const TILE: usize = 64;
+/// Warps a flash block runs (flash.cu's FA_WARPS: 4 unless FMLAB_CUDA_DEFINES sets FA_WARPS=n,
+/// read once); each warp takes 16 rows of the block's tile.
+fn fa_warps() -> usize {
+    static W: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *W.get_or_init(|| {
+        let defs = std::env::var("FMLAB_CUDA_DEFINES").unwrap_or_default();
+        defs.split(',').find_map(|d| d.trim().strip_prefix("FA_WARPS=").and_then(|n| n.trim().parse().ok())).unwrap_or(4)
+    })
+}
 
 /// (batch, head, row) strides of a [B, H, rows, D] view whose last dim is contiguous and whose
 /// strides and offset are multiples of 8 (the kernels copy rows in 16-byte pieces; storage
@@ -127,7 +135,7 @@ pub(crate) fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMas
         .push(o.ptr)
         .push(cuda_ptr(&lse))
         .push(fd)
-        .launch3(&dev, &format!("fa_fwd_d{d}"), (t.div_ceil(TILE) as u32, (b * h) as u32, 1), (128, 1, 1), 0);
+        .launch3(&dev, &format!("fa_fwd_d{d}"), (t.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
     let o = Tensor::from_any(Storage::Cuda(o), &[b, t, h, d], None);
     let tracked = crate::grad_enabled() && [q, k, v].iter().any(|x| x.track_grad());
     let o = if tracked { o.with_op(Op::FlashAttention(q.clone(), k.clone(), v.clone(), o.clone(), lse, pad, causal, scale)) } else { o };
@@ -167,7 +175,7 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
     };
     let pp = pad.map_or(0, cuda_ptr);
     // Both backward kernels take (q, k, v, pad, dO, lse, delta, then their own pointers, dims, dO
-    // strides) and one block of 128 threads per 64-row tile of `rows` per (batch, head). dQ runs
+    // strides) and one block of FA_WARPS warps per tile of 16·FA_WARPS rows of `rows` per (batch, head). dQ runs
     // first: it writes delta (and reads O for it).
     let launch = |name: &str, ptrs: &[u64], rows: usize| {
         let mut a = Args::new();
@@ -175,7 +183,7 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
         for &p in ptrs {
             a.push(p);
         }
-        a.push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch3(&dev, &format!("{name}_d{d}"), (rows.div_ceil(TILE) as u32, (b * h) as u32, 1), (128, 1, 1), 0);
+        a.push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch3(&dev, &format!("{name}_d{d}"), (rows.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
     };
     launch("fa_bwd_q", &[at(&dq), cuda_ptr(o)], t);
     launch("fa_bwd_kv", &[at(&dk), at(&dv)], s);

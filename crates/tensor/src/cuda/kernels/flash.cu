@@ -18,7 +18,15 @@
 //   C 16x8 f32:        c0, c1 = (row g, cols 2t, 2t+1), c2, c3 = (row g+8, same cols)
 // Two bf16 per 32-bit register, the lower index in the low half.
 
+// Warps a block (16 rows of the block's tile each). 8, which halves the re-reads of the other
+// operand's tiles from L2 (ncu: the forward's L2 at 63%), measured slower on the H100 (bench ops,
+// one call, two rounds, fwd / bwd ms): 4 warps 0.135 / 0.315 and 0.131 / 0.308; 8 warps at 2
+// blocks per SM 0.138 / 0.330 and 0.138 / 0.335, forward at 3 0.142 / 0.334 and 0.141 / 0.337; the
+// step 19.8 / 19.9 ms vs 19.9 / 19.9. FMLAB_CUDA_DEFINES=FA_WARPS=n (flash.rs reads it too, for
+// the launch) with FA_*_MINB to match.
+#ifndef FA_WARPS
 #define FA_WARPS 4
+#endif
 // The inner loops' tile (keys in forward and dQ, queries in dK/dV); a block's own rows are
 // FA_WARPS·16. Measured on the H100 (bench ops, one call, fwd / bwd ms): 64: 0.135 / 0.319;
 // 32 (no spills anywhere): 0.163 / 0.309; 128 failed to run in that call (not investigated:
