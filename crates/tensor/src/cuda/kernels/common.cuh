@@ -18,7 +18,7 @@ __device__ __forceinline__ float exp2_approx(float x) { float y; asm("ex2.approx
 
 // Shared-memory barriers of sm_90 and later (mbarrier: arrivals plus bytes of asynchronous copies
 // to wait for), by shared address: the classifier's streamed rows (fused.cu, ce_stream) and its
-// Hopper kernels' stages (classifier_sm90.cu).
+// Hopper kernels' stages (hopper_gemm.cuh).
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 #if __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) { asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory"); }

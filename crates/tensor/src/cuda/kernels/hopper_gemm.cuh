@@ -97,7 +97,7 @@ template <int N> __device__ __forceinline__ void lm_wgmma_wait() { asm volatile(
 // FULL[st] completes when the tensor-memory-access unit (TMA) has written the stage's bytes (one
 // arrival, the producer's, plus the bytes announced); EMPTY[st] when all 256 consumer threads
 // have arrived after their wgmma reads of the stage completed.
-// A TMA tensor map (CUtensorMap: 128 opaque bytes the host encodes, classifier.rs `tma_map`):
+// A TMA tensor map (CUtensorMap: 128 opaque bytes the host encodes, cuda/mod.rs `tma_map_bf16`):
 // a [rows, 64·KA] bf16 matrix in boxes of 64 columns (128 bytes) × box rows, written to shared
 // memory in the 128-byte swizzle wgmma's descriptors name. Passed by value as a
 // __grid_constant__ kernel parameter, which the TMA unit reads from its parameter address.
