@@ -15,6 +15,7 @@ use crate::cuda::storage::sfx;
 use crate::cuda::Args;
 use crate::fused::{ce_forward, cuda_ptr};
 use crate::op::Op;
+use crate::switch::Switch;
 use crate::tensor::Storage;
 use crate::{grad_enabled, no_grad, DType, Tensor};
 
@@ -176,7 +177,7 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
         // interleaved): the step 21.0 / 21.0 → 20.9 / 20.8 ms; eager profile 2.80 → 2.58 ms per
         // step. FMLAB_CE_SMEM=0 keeps the two-pass kernel.
         let bytes = ld * logits.dtype().size_in_bytes();
-        let stream = xs.dev.cc_major() >= 9 && bytes.is_multiple_of(16) && xs.ptr.is_multiple_of(16) && 2 * bytes + 16 <= xs.dev.smem_optin && ce_smem_enabled();
+        let stream = xs.dev.cc_major() >= 9 && bytes.is_multiple_of(16) && xs.ptr.is_multiple_of(16) && 2 * bytes + 16 <= xs.dev.smem_optin && CE_SMEM.on();
         let sfx = sfx(logits.dtype());
         let mut args = Args::new();
         args.push(xs.ptr).push(cuda_ptr(tt)).push(cuda_ptr(&loss));
@@ -199,8 +200,8 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
     loss.sum_all()
 }
 
-/// 0: the default (FMLAB_CE_SM90, else on); 1: the Hopper kernels where they apply; 2: never.
-static SM90: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// The Hopper kernels where they apply (FMLAB_CE_SM90).
+static SM90: Switch = Switch::new("FMLAB_CE_SM90");
 
 /// Whether the fused classifier uses the Hopper kernels (classifier_sm90.cu) where they apply
 /// (Some(true)) or the cuBLASLt logits GEMM + a cross-entropy kernel (Some(false)); None restores
@@ -212,20 +213,14 @@ static SM90: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 /// GEMM) + 2.58 (`ce_stream`); the CUDA-graph step 19.8 / 20.0 ms against 20.9 / 20.9.
 /// docs/benchmarks.md (sessions 11 and 12) has the versions measured.
 pub fn classifier_sm90(on: Option<bool>) {
-    SM90.store(on.map_or(0, |on| if on { 1 } else { 2 }), std::sync::atomic::Ordering::Relaxed);
+    SM90.set(on);
 }
 
 /// The Hopper kernels take x (contiguous, 16-byte aligned rows) when it is bf16 on an sm_90 GPU
 /// with C a multiple of 64 up to 256 (H's 256-row block stays in shared memory, 128 KB at 256).
 fn sm90_applies(x: &Tensor) -> bool {
-    use std::sync::atomic::Ordering::Relaxed;
-    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let on = match SM90.load(Relaxed) {
-        0 => *ENV.get_or_init(|| std::env::var_os("FMLAB_CE_SM90").is_none_or(|v| v != "0")),
-        s => s == 1,
-    };
     let c = x.dim(1);
-    on
+    SM90.on()
         && x.dtype() == DType::BF16
         && c.is_multiple_of(64)
         && (64..=256).contains(&c)
@@ -340,17 +335,9 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor,
     })
 }
 
-/// 0: the default (FMLAB_CE_SMEM, else on); 1: rows streamed through shared memory
-/// (`ce_stream`) where it runs; 2: the two-pass kernel.
-static CE_SMEM: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-fn ce_smem_enabled() -> bool {
-    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    match CE_SMEM.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => *ENV.get_or_init(|| std::env::var_os("FMLAB_CE_SMEM").is_none_or(|v| v != "0")),
-        s => s == 1,
-    }
-}
+/// Rows streamed through shared memory (`ce_stream`) where it runs, else the two-pass kernel
+/// (FMLAB_CE_SMEM).
+static CE_SMEM: Switch = Switch::new("FMLAB_CE_SMEM");
 
 /// Whether the fused classifier's cross-entropy kernel streams the rows of logits through
 /// shared memory (Some(true): `ce_stream`, sm_90 and later, where two rows fit) or reads each
@@ -358,7 +345,7 @@ fn ce_smem_enabled() -> bool {
 /// default: streamed, unless FMLAB_CE_SMEM=0. For benchmarks and tests that compare the two.
 /// Process-wide.
 pub fn classifier_rows_in_shared_memory(on: Option<bool>) {
-    CE_SMEM.store(on.map_or(0, |on| if on { 1 } else { 2 }), std::sync::atomic::Ordering::Relaxed);
+    CE_SMEM.set(on);
 }
 
 /// Targets [n] (i32, on the GPU) → (stored targets with -1 for ignored rows, 1 / rows kept as an

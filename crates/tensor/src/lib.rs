@@ -17,6 +17,7 @@ pub mod layout;
 pub mod op;
 pub mod ops;
 mod rng;
+mod switch;
 mod tensor;
 
 pub use backward::sum_to;

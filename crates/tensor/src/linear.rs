@@ -232,23 +232,15 @@ impl Tensor {
     }
 }
 
-/// 0: the default (FMLAB_MLP_SM90, else on); 1: the Hopper kernel where it applies; 2: never.
-static MLP_SM90: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// The Hopper MLP backward where it applies (FMLAB_MLP_SM90).
+static MLP_SM90: crate::switch::Switch = crate::switch::Switch::new("FMLAB_MLP_SM90");
 
 /// Whether `mlp_gelu`'s backward makes the hidden gradient and the first bias's gradient in one
 /// Hopper kernel (mlp_sm90.cu) where it applies (Some(true)), or by cuBLASLt's DGELU epilogue and
 /// a column sum (Some(false)); None restores the default: on, unless FMLAB_MLP_SM90=0. For
 /// benchmarks and tests that compare the two. Process-wide.
 pub fn mlp_sm90(on: Option<bool>) {
-    MLP_SM90.store(on.map_or(0, |on| if on { 1 } else { 2 }), std::sync::atomic::Ordering::Relaxed);
-}
-
-fn mlp_sm90_on() -> bool {
-    static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    match MLP_SM90.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => *ENV.get_or_init(|| std::env::var_os("FMLAB_MLP_SM90").is_none_or(|v| v != "0")),
-        s => s == 1,
-    }
+    MLP_SM90.set(on);
 }
 
 /// (dpre [rows, H] bf16, db1 [H] f32) of `mlp_gelu` by `mlp_dgelu_k*` and `colsum16_final`: dpre =
@@ -264,7 +256,7 @@ fn dgelu_sm90(g: &Tensor, w2: &Tensor, pre: &Tensor) -> Option<(Tensor, Tensor)>
     let (rows, k, hid) = (g.dim(0), g.dim(1), pre.dim(1));
     let shapes = g.rank() == 2 && pre.rank() == 2 && pre.dim(0) == rows && w2.shape() == [hid, k] && rows > 0 && rows <= u32::MAX as usize;
     let kinds = [g, w2, pre].iter().all(|t| t.dtype() == BF16) && g.is_contiguous() && pre.is_contiguous();
-    if !(mlp_sm90_on() && shapes && kinds && k.is_multiple_of(64) && (64..=256).contains(&k) && hid.is_multiple_of(64) && hid > 0) {
+    if !(MLP_SM90.on() && shapes && kinds && k.is_multiple_of(64) && (64..=256).contains(&k) && hid.is_multiple_of(64) && hid > 0) {
         return None;
     }
     let ok = g.with_storage(|s| matches!(s, Storage::Cuda(gs) if gs.device().has_module("mlp_sm90") && gs.at(g.layout().offset) % 16 == 0))
