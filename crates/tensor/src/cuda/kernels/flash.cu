@@ -59,7 +59,7 @@ __device__ __forceinline__ u32 fa_query_tile() { return FA_REVERSE ? gridDim.x -
 // FMLAB_CUDA_DEFINES=FA_ROWSUM_MMA=0 restores the adds. Also measured, not kept: rescaling the
 // running sums only when a warp's row max grew (__any_sync, then skip 2 exp2 and 18 multiplies a
 // tile): forward 0.131 / 0.128 / 0.128 ms against 0.126 / 0.125 / 0.125 (the vote and branch
-// cost more than they save at 4 key tiles a row on average).
+// cost more than they save).
 #ifndef FA_ROWSUM_MMA
 #define FA_ROWSUM_MMA 1
 #endif
