@@ -521,7 +521,7 @@ fn autotuned_gemms_match_cpu() {
             close(&format!("autotuned {dt} {name}"), &got[i], &want[i], tol);
         }
     }
-    fmlab_tensor::gemm_autotune(1);
+    fmlab_tensor::gemm_autotune(0); // back to the environment's setting
 }
 
 /// The multi-tensor cast (`cast_all`: one launch for many f32 → bf16 casts) equals `to_dtype` bit

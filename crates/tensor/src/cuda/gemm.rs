@@ -3,13 +3,17 @@
 //! and out with f32 accumulation. Plans (descriptors + the heuristic's algorithm) are cached per
 //! shape, strides, dtype and pointer alignment.
 //!
-//! FMLAB_GEMM_TUNE=N (off by default) times the heuristic's first N candidates (cuBLASLt offers
-//! up to 8 here) at each shape's first call outside a graph capture and keeps the fastest
-//! (FMLAB_GEMM_TUNE_LOG=1 prints each choice). On the H100, before the weight-gradient GEMMs lost
-//! their bias epilogue (linear.rs), it found a faster kernel for 11 of gpt2-mini's 15 GEMM shapes
-//! (1-15% faster) and the step moved 21.6 / 21.6 → 21.5 / 21.4 ms at N = 8 (one call). Off by
-//! default because the choice rests on timings: two runs may then pick different kernels, and
-//! sum in a different order.
+//! Tuning (FMLAB_GEMM_TUNE=N, off by default): each shape's first call outside a graph capture
+//! times the heuristic's first N candidates (cuBLASLt offers up to 8 here) and keeps the fastest
+//! (FMLAB_GEMM_TUNE_LOG=1 prints each choice). The choice is stored beside the kernel cache
+//! (`gemm-choices-…` per GPU model, arch and cuBLASLt version; one line per shape) and read back
+//! by later tuned runs, which then run the same kernels, in the same summation order, as the run
+//! that timed them: only a machine's first tuned run rests on timings (a bf16 training run of 30
+//! steps, three times on the H100: the same losses to the bit). Off by default because the step
+//! does not measurably gain: gpt2-mini, 30 steps, N = 8 vs 1 interleaved, two calls: 19.4 / 19.5
+//! vs 19.8 / 19.8 ms, then 19.7 / 19.7 vs 19.5 / 19.5 (the isolated timings do not carry over to
+//! the step). Session 10, before the weight-gradient GEMMs lost their bias epilogue, it found a
+//! faster kernel for 11 of the 15 shapes, by 1-15%.
 
 use std::collections::HashMap;
 
@@ -120,6 +124,9 @@ pub(crate) struct Blas {
     ws_size: usize,
     /// None: no algorithm for that key (only possible with an epilogue; the caller falls back).
     plans: HashMap<Key, Option<Plan>>,
+    /// Tuned choices stored by earlier runs (and this one): key (its Debug text) → algorithm.
+    /// None until the first tuning reads the file.
+    choices: Option<HashMap<String, sys::cublasLtMatmulAlgo_t>>,
 }
 // The handle and plans are used only under the device's mutex.
 unsafe impl Send for Blas {}
@@ -150,7 +157,7 @@ fn types(d: DType) -> (sys::cudaDataType, sys::cublasComputeType_t, sys::cudaDat
 impl Blas {
     fn new() -> Result<Blas, CudaError> {
         let handle = lt::create_handle().map_err(blas_err("creating the handle"))?;
-        Ok(Blas { handle, ws: HashMap::new(), ws_size: WORKSPACE, plans: HashMap::new() })
+        Ok(Blas { handle, ws: HashMap::new(), ws_size: WORKSPACE, plans: HashMap::new(), choices: None })
     }
 
     /// The current stream's workspace (allocated on its first GEMM; kept for the device's life).
@@ -285,15 +292,25 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
     let (one32, zero32) = (1.0f32, if epi == Epilogue::AccumulateF32 { 1.0f32 } else { 0.0f32 });
     let (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void) =
         if dtype == DType::F64 { (&one64 as *const f64 as *const _, &zero64 as *const f64 as *const _) } else { (&one32 as *const f32 as *const _, &zero32 as *const f32 as *const _) };
-    // The first call of a shape outside a capture times the heuristic's candidates.
-    if !dev.is_capturing() {
+    // The first call of a shape outside a capture takes the stored choice or times the
+    // heuristic's candidates.
+    if !dev.is_capturing() && blas.plans[&key].as_ref().is_some_and(|p| p.cands.len() > 1) {
+        let choices = blas.choices.get_or_insert_with(|| load_choices(dev));
         let plan = blas.plans.get_mut(&key).and_then(|p| p.as_mut()).expect("planned above");
-        if plan.cands.len() > 1 {
-            // Timing only picks among valid kernels: if it cannot run (no memory for its scratch
-            // outputs), the heuristic's first choice stays.
-            let _ = tune(dev, handle, plan, &key, [pa, pb, vec, aux], (alpha, beta), ws, ws_size);
-            plan.cands.clear();
+        let name = format!("{key:?}");
+        // A stored choice counts only if it is still one of the candidates.
+        match choices.get(&name).filter(|a| plan.cands.iter().any(|c| c.data == a.data)) {
+            Some(a) => plan.algo = *a,
+            None => {
+                // Timing only picks among valid kernels: if it cannot run (no memory for its
+                // scratch outputs), the heuristic's first choice stays, and is not stored.
+                if let Ok(true) = tune(dev, handle, plan, &key, [pa, pb, vec, aux], (alpha, beta), ws, ws_size) {
+                    choices.insert(name.clone(), plan.algo);
+                    store_choice(dev, &name, &plan.algo);
+                }
+            }
         }
+        plan.cands.clear();
     }
     let plan = blas.plans[&key].as_ref().expect("planned above");
     if epi.has_vec() {
@@ -311,7 +328,7 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
 }
 
 /// How many of cuBLASLt's heuristic candidates the first call of each GEMM shape times
-/// (FMLAB_GEMM_TUNE; 1: take the heuristic's first, no timing).
+/// (FMLAB_GEMM_TUNE; 1, the default: take the heuristic's first, no timing).
 fn tune_candidates() -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     if TUNE.load(Relaxed) == 0 {
@@ -323,18 +340,18 @@ fn tune_candidates() -> usize {
 /// 0: not read from the environment yet.
 static TUNE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// How many cuBLASLt candidates each new GEMM shape times (1: none, the heuristic's first; the
-/// default unless FMLAB_GEMM_TUNE says otherwise). Process-wide; applies to shapes planned
-/// afterwards.
+/// How many cuBLASLt candidates each new GEMM shape times (1: none, the heuristic's first; 0:
+/// back to FMLAB_GEMM_TUNE, or 1). Process-wide; applies to shapes planned afterwards.
 pub fn gemm_autotune(candidates: usize) {
-    TUNE.store(candidates.clamp(1, 32), std::sync::atomic::Ordering::Relaxed);
+    TUNE.store(candidates.min(32), std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Times each candidate algorithm of `plan` on the real operands (outputs into scratch memory,
 /// so nothing the caller holds is touched) and keeps the fastest. Runs once per shape, outside
 /// graph captures; blocks the host until the timings are back.
 #[allow(clippy::too_many_arguments)]
-fn tune(dev: &CudaDevice, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: &Key, [pa, pb, vec, aux]: [u64; 4], (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void), ws: u64, ws_size: usize) -> Result<(), CudaError> {
+/// Whether a candidate was timed (then `plan.algo` is the fastest).
+fn tune(dev: &CudaDevice, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: &Key, [pa, pb, vec, aux]: [u64; 4], (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void), ws: u64, ws_size: usize) -> Result<bool, CudaError> {
     use cudarc::driver::{result as drv, sys as dsys};
     use sys::cublasLtMatmulDescAttributes_t::{CUBLASLT_MATMUL_DESC_BIAS_POINTER, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER};
     let el = key.dtype.size_in_bytes();
@@ -392,8 +409,44 @@ fn tune(dev: &CudaDevice, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: &
             eprintln!("gemm tune m={} n={} k={} {:?} {}: best candidate #{i} of {}, {:.4} ms", key.m, key.n, if key.a.trans { key.a.rows } else { key.a.cols }, key.epi, key.dtype, plan.cands.len(), best);
         }
         plan.algo = plan.cands[i];
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
+}
+
+/// The file of stored choices for this device: beside the kernel cache, per GPU model, arch and
+/// cuBLASLt version (the algorithms are only valid there).
+fn choices_path(dev: &CudaDevice) -> Option<std::path::PathBuf> {
+    let v = unsafe { sys::cublasLtGetVersion() };
+    let model: String = dev.name.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    super::kernel_cache_dir().map(|d| d.join(format!("gemm-choices-{model}-{}-cublaslt{v}.txt", dev.arch)))
+}
+
+/// Stored choices: lines of 8 hex words (the algorithm), a tab, the key. Unreadable lines are
+/// skipped (a later line for the same key wins).
+fn load_choices(dev: &CudaDevice) -> HashMap<String, sys::cublasLtMatmulAlgo_t> {
+    let text = choices_path(dev).and_then(|p| std::fs::read_to_string(p).ok()).unwrap_or_default();
+    let mut out = HashMap::new();
+    for line in text.lines() {
+        let Some((words, key)) = line.split_once('\t') else { continue };
+        let data: Vec<u64> = words.split(' ').filter_map(|w| u64::from_str_radix(w, 16).ok()).collect();
+        if let Ok(data) = <[u64; 8]>::try_from(data) {
+            out.insert(key.to_string(), sys::cublasLtMatmulAlgo_t { data });
+        }
+    }
+    out
+}
+
+/// Appends one choice (one short line in one write: concurrent runs do not tear each other's).
+fn store_choice(dev: &CudaDevice, key: &str, algo: &sys::cublasLtMatmulAlgo_t) {
+    use std::io::Write;
+    let Some(path) = choices_path(dev) else { return };
+    let words: Vec<String> = algo.data.iter().map(|w| format!("{w:x}")).collect();
+    let line = format!("{}\t{key}\n", words.join(" "));
+    let _ = std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new(".")));
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&path) {
+        let _ = f.write_all(line.as_bytes());
+    }
 }
 
 /// Sets a pointer attribute (bias, aux) of a matmul descriptor.

@@ -325,7 +325,7 @@ fn fnv64(s: &[u8]) -> u64 {
 
 /// Where compiled kernels are kept: $FMLAB_KERNEL_CACHE, else $FMLAB_CACHE/kernels, else
 /// ~/.cache/fmlab/kernels.
-fn kernel_cache_dir() -> Option<PathBuf> {
+pub(crate) fn kernel_cache_dir() -> Option<PathBuf> {
     if let Ok(d) = std::env::var("FMLAB_KERNEL_CACHE") {
         return Some(d.into());
     }
