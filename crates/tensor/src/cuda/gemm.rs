@@ -348,9 +348,9 @@ pub fn gemm_autotune(candidates: usize) {
 
 /// Times each candidate algorithm of `plan` on the real operands (outputs into scratch memory,
 /// so nothing the caller holds is touched) and keeps the fastest. Runs once per shape, outside
-/// graph captures; blocks the host until the timings are back.
+/// graph captures; blocks the host until the timings are back. Whether a candidate was timed
+/// (then `plan.algo` is the fastest).
 #[allow(clippy::too_many_arguments)]
-/// Whether a candidate was timed (then `plan.algo` is the fastest).
 fn tune(dev: &CudaDevice, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: &Key, [pa, pb, vec, aux]: [u64; 4], (alpha, beta): (*const std::ffi::c_void, *const std::ffi::c_void), ws: u64, ws_size: usize) -> Result<bool, CudaError> {
     use cudarc::driver::{result as drv, sys as dsys};
     use sys::cublasLtMatmulDescAttributes_t::{CUBLASLT_MATMUL_DESC_BIAS_POINTER, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER};

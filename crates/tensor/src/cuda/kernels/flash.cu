@@ -308,7 +308,8 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
 #pragma unroll
         for (int i = 0; i < D / 8; ++i) { acc[i][0] *= corr[0]; acc[i][1] *= corr[0]; acc[i][2] *= corr[1]; acc[i][3] *= corr[1]; }
         if (FA_ROWSUM_MMA) { la[0] *= corr[0]; la[2] *= corr[1]; } // la[1], la[3]: duplicates, unread
-        // P = exp2(s - m), row sums (this lane's part; lanes are combined at the end), P·V.
+        // P = exp2(s - m), the row sums (FA_ROWSUM_MMA: by an mma; else this lane's part, the
+        // lanes combined at the end), P·V.
 #pragma unroll
         for (int kk = 0; kk < FA_TILE / 16; ++kk) {
             float p[2][4];
