@@ -310,7 +310,8 @@ pub(crate) fn sm90_smem(c: usize) -> u32 {
 
 /// The logits' gradient [n, Vp] bf16 of x·wpᵀ for rows x (given their log-sum-exp `lse2` and
 /// target logits `tl` from `lmce_sm90_loss`), scaled by `inv_kept` (f64 scalar on the device),
-/// zero past v and on ignored rows, by `lmce_grad_k*`.
+/// zero past v and on ignored rows, by `lmce_grad_k*` (softmax·scale) and `lmce_patch` (the
+/// targets' columns).
 fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor, tl: &Tensor, inv_kept: &Tensor) -> Tensor {
     let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
     let (tps, splits) = sm90_splits(n.div_ceil(SM90_ROWS), vp / SM90_TILE_N);
@@ -326,11 +327,19 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor,
             .push(vp as u32)
             .push(tps as u32)
             .push(cuda_ptr(lse2))
-            .push(cuda_ptr(tl))
             .push(cuda_ptr(inv_kept))
             .push(g.ptr)
             .push(vp as u32)
             .launch3(&xs.dev, &format!("lmce_grad_k{}", c / 64), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
+        Args::new()
+            .push(cuda_ptr(tt))
+            .push(n as u32)
+            .push(cuda_ptr(lse2))
+            .push(cuda_ptr(tl))
+            .push(cuda_ptr(inv_kept))
+            .push(g.ptr)
+            .push(vp as u32)
+            .launch(&xs.dev, "lmce_patch", n.div_ceil(256) as u32, 256, 0); // the targets' gradients
         Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n)
     })
 }
