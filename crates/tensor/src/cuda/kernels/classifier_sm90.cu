@@ -115,8 +115,8 @@ template <int KA> __device__ void lmce_lse_k(const LmTmaMap* tmh, const LmTmaMap
 }
 
 // Pass 2: g[row, c] = 2^(x·log2e − lse2[row]) · scale for the real columns, 0 for the padding
-// and for ignored rows; g has rows up to a multiple of LM_BM (those past n are junk). The target
-// column's −scale is added after the pass, by `lmce_patch`.
+// and for ignored rows; g has rows up to a multiple of LM_BM (those past n are junk). Each kept
+// row's target column is then overwritten with (softmax − 1)·scale by `lmce_patch`.
 //
 // Stores: four column pairs at a time through the quad transpose (lm_quad_transpose), one
 // 16-byte store a lane. The epilogue is bound by its instruction issue, stores above all:
