@@ -5,7 +5,8 @@
 //! gradient as much again. Here each chunk of rows makes its logits (one GEMM), its loss and, when
 //! a gradient is wanted, its logits' gradient right away (the loss is the graph's end, so the
 //! upstream gradient is a scalar that only scales): dx rows = dlogits · w and dw += dlogitsᵀ · x
-//! (two GEMMs), after which the chunk's logits are freed. Backward only scales dx and dw by the
+//! (two GEMMs; on Hopper dx rows come out of the gradient pass itself, `lmce_grad_dh`), after
+//! which the chunk's logits are freed. Backward only scales dx and dw by the
 //! upstream gradient. Peak extra memory: one chunk of logits and its gradient, plus dw in f32.
 //!
 //! Composed of tensor ops (matmul, the fused cross-entropy forward and backward, cat), so it runs
@@ -99,8 +100,16 @@ impl Tensor {
                 }
                 let len = rows.min(n - r0);
                 let xc = x.narrow(0, r0, len); // [len, C], contiguous rows
-                let d = lmce_sm90_grad(&xc, &wp, &tt.narrow(0, r0, len), v, &lse2.narrow(0, r0, len), &tl.narrow(0, r0, len), inv_kept.as_ref().expect("1/kept on the GPU")); // [len, Vp]
-                dx_parts.push(d.matmul(&wp)); // [len, C]
+                let (tc, inv) = (tt.narrow(0, r0, len), inv_kept.as_ref().expect("1/kept on the GPU"));
+                let d = if DH_FUSED.on() {
+                    let (d, dxc) = lmce_sm90_grad_dh(&xc, &wp, &tc, v, &lse2.narrow(0, r0, len), &tl.narrow(0, r0, len), inv); // [len, Vp], [len, C]
+                    dx_parts.push(dxc);
+                    d
+                } else {
+                    let d = lmce_sm90_grad(&xc, &wp, &tc, v, &lse2.narrow(0, r0, len), &tl.narrow(0, r0, len), inv); // [len, Vp]
+                    dx_parts.push(d.matmul(&wp)); // [len, C]
+                    d
+                };
                 let sum = dw.get_or_insert_with(|| Tensor::zeros_on(&[vp, x.dim(1)], acc, dev));
                 if !gemm_acc_f32(&d.t(), &xc, sum) {
                     *sum = sum.add(&d.t().matmul(&xc).to_dtype(acc)); // [Vp, C]
@@ -264,7 +273,7 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Te
             .push(c as u32)
             .push(cuda_ptr(&tl))
             .launch(&xs.dev, "lmce_target", n.div_ceil(8) as u32, 256, 0);
-        sm90_operands(x, wp)
+        sm90_operands(x, wp, SM90_ROWS)
             .push(n as u32)
             .push(v as u32)
             .push(vp as u32)
@@ -286,11 +295,12 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Te
     (lrows.sum_all(), lse2, tl)
 }
 
-/// The first arguments of both Hopper classifier GEMM kernels: TMA tensor maps of H (x [n, C],
-/// boxes of SM90_ROWS rows) and W (wp [Vp, C], boxes of SM90_TILE_N rows), 64 columns a box.
-fn sm90_operands(x: &Tensor, wp: &Tensor) -> Args {
+/// The first arguments of the Hopper classifier GEMM kernels: TMA tensor maps of H (x [n, C],
+/// boxes of `rows` rows: the kernel's block) and W (wp [Vp, C], boxes of SM90_TILE_N rows), 64
+/// columns a box.
+fn sm90_operands(x: &Tensor, wp: &Tensor, rows: usize) -> Args {
     let mut a = Args::new();
-    a.push(crate::cuda::tma_map_bf16(cuda_ptr(x), x.dim(0), x.dim(1), x.dim(1), 64, SM90_ROWS as u32));
+    a.push(crate::cuda::tma_map_bf16(cuda_ptr(x), x.dim(0), x.dim(1), x.dim(1), 64, rows as u32));
     a.push(crate::cuda::tma_map_bf16(cuda_ptr(wp), wp.dim(0), wp.dim(1), wp.dim(1), 64, SM90_TILE_N as u32));
     a
 }
@@ -320,7 +330,7 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor,
         // Rows up to the kernel's block of rows, so that its stores need no row test.
         let np = n.div_ceil(SM90_ROWS) * SM90_ROWS;
         let g = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, np * vp);
-        sm90_operands(x, wp)
+        sm90_operands(x, wp, SM90_ROWS)
             .push(cuda_ptr(tt))
             .push(n as u32)
             .push(v as u32)
@@ -342,6 +352,79 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor,
             .launch(&xs.dev, "lmce_patch", n.div_ceil(256) as u32, 256, 0); // the targets' gradients
         Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n)
     })
+}
+
+/// The gradient pass with dH made in it (`lmce_grad_dh_k*`) rather than by a GEMM over g
+/// (FMLAB_CE_DH).
+static DH_FUSED: Switch = Switch::new("FMLAB_CE_DH");
+
+/// Whether the Hopper classifier's gradient pass also makes dH = g·W in its loop (Some(true))
+/// or leaves it to a cuBLASLt GEMM that reads g back (Some(false)); None restores the default:
+/// fused, unless FMLAB_CE_DH=0. Process-wide.
+pub fn classifier_dh_fused(on: Option<bool>) {
+    DH_FUSED.set(on);
+}
+
+/// The fused pass's rows a block (LMD_BM) and stages of W's tile (LMD_STAGES).
+const DH_ROWS: usize = 128;
+const DH_STAGES: usize = 4;
+
+/// `lmce_sm90_grad`'s g, and dH = g·wp [n, C] bf16 with it: `lmce_grad_dh_k*` writes g (less the
+/// one-hot part, which `lmce_patch` writes after it) and per vocabulary split f32 partial sums
+/// of dH; `lmce_dh_final` adds those and the one-hot part.
+fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor, tl: &Tensor, inv_kept: &Tensor) -> (Tensor, Tensor) {
+    let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
+    let row_tiles = n.div_ceil(DH_ROWS);
+    let vtiles = vp / SM90_TILE_N;
+    // One wave: each block walks its split of the vocabulary with its rows' dH in registers,
+    // so more splits only add partial sums to add.
+    let want = (132usize.div_ceil(row_tiles)).clamp(1, vtiles);
+    let tps = vtiles.div_ceil(want);
+    let splits = vtiles.div_ceil(tps);
+    let (g, dx) = x.with_storage(|s| {
+        let Storage::Cuda(xs) = s else { unreachable!() };
+        // Rows up to the classifier's block of rows, so that the stores need no row test.
+        let np = n.div_ceil(SM90_ROWS) * SM90_ROWS;
+        let g = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, np * vp);
+        let part = crate::cuda::CudaStorage::alloc(&xs.dev, DType::F32, splits * np * c);
+        let dx = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, n * c);
+        let smem = ((DH_ROWS + DH_STAGES * SM90_TILE_N) * c * 2 + 1024) as u32;
+        sm90_operands(x, wp, DH_ROWS)
+            .push(cuda_ptr(tt))
+            .push(n as u32)
+            .push(v as u32)
+            .push(vp as u32)
+            .push(tps as u32)
+            .push(cuda_ptr(lse2))
+            .push(cuda_ptr(inv_kept))
+            .push(g.ptr)
+            .push(vp as u32)
+            .push(part.ptr)
+            .push(np as u32)
+            .launch3(&xs.dev, &format!("lmce_grad_dh_k{}", c / 64), (splits as u32, row_tiles as u32, 1), (384, 1, 1), smem);
+        Args::new()
+            .push(part.ptr)
+            .push(splits as u32)
+            .push(np as u32)
+            .push(cuda_ptr(tt))
+            .push(n as u32)
+            .push(c as u32)
+            .push(cuda_ptr(wp))
+            .push(cuda_ptr(inv_kept))
+            .push(dx.ptr)
+            .launch(&xs.dev, "lmce_dh_final", (n * c / 2).div_ceil(256) as u32, 256, 0);
+        Args::new()
+            .push(cuda_ptr(tt))
+            .push(n as u32)
+            .push(cuda_ptr(lse2))
+            .push(cuda_ptr(tl))
+            .push(cuda_ptr(inv_kept))
+            .push(g.ptr)
+            .push(vp as u32)
+            .launch(&xs.dev, "lmce_patch", n.div_ceil(256) as u32, 256, 0); // the targets' gradients
+        (Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n), Tensor::from_any(Storage::Cuda(dx), &[n, c], None))
+    });
+    (g, dx)
 }
 
 /// Rows streamed through shared memory (`ce_stream`) where it runs, else the two-pass kernel

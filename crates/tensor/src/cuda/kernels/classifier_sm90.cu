@@ -6,7 +6,7 @@
 //   lmce_combine: per row the log-sum-exp (log2 units) and the loss, lse − x[target];
 //   lmce_grad: the logits again, and the logits' gradient (softmax − onehot)·scale written in bf16
 //              for the two cuBLASLt GEMMs that make dH and dW (the one-hot part, one value a
-//              row, by lmce_patch after it).
+//              row, by lmce_patch after it); lmce_grad_dh, the default, also makes dH itself.
 // Against the unfused path (a cuBLASLt GEMM writing bf16 logits, then `ce_fused` reading them
 // twice and writing the gradient over them) the logits never go through memory: the classifier
 // moves the gradient once instead of the logits three times. The logits are also not rounded to
@@ -183,6 +183,210 @@ template <int KA> __device__ void lmce_grad_k(const LmTmaMap* tmh, const LmTmaMa
     lm_loop<KA, 0>(tmh, tmw, r0, t0, t1, init, epi);
 }
 
+// The gradient pass with dH = g·W made in the same loop (lmce_grad_dh_k, the default): each
+// tile's softmax·scale, rounded to bf16 for g's store, is also the A operand (from registers) of
+// a second wgmma against the W tile already in shared memory, so the dH GEMM, which read all of
+// g back from memory, is gone. dH's accumulator (64 rows × K f32 a warpgroup: 128 registers at
+// K = 256) leaves room for one 64-row block a warpgroup and one logits buffer, so a block holds
+// 128 rows of H (LMD_BM). Blocks over vocabulary splits write f32 partial sums of dH
+// ([splits, rows, K]); `lmce_dh_final` adds them and the one-hot part, −scale·W[target].
+//
+// Measured on the H100 (ncu, 8192-row chunk of gpt2-mini's head, one call): 731-735 µs against
+// 448 (lmce_grad_k4) + ~333 (the dH GEMM); `bench ops --only classifier` 5.82 / 5.92 ms against
+// 5.94 / 6.01 (FMLAB_CE_DH=0, interleaved). A first version that waited for the logits and the
+// previous dH together (no overlap of either with the epilogue) took 6.20 ms. Shared memory is
+// ~84% busy (SS wgmma reads H's and W's tiles for every logits tile); taking the first half or
+// quarter of H's operand from registers brought that to 73-78% without making it faster
+// (731 / 734 / 757 µs for none / a quarter / half), so it was not kept.
+//
+// The second product reads W's tile [64 vocabulary rows, K] with the vocabulary as its K
+// dimension: N-major (transposed) B. In the 128-byte-swizzled layout the TMA unit wrote, a
+// 16-step of K is 16 consecutive 128-byte rows (two 8-row groups 1024 bytes apart: the stride
+// byte offset) of one 64-column slab (the leading byte offset, unused by a 64-wide N).
+#define LMD_BM 128
+#ifndef LMD_STAGES
+#define LMD_STAGES 4
+#endif
+__device__ __forceinline__ u64 lmd_desc_mn(u32 s) {
+    return (u64)((s & 0x3FFFF) >> 4) | ((u64)(8192 >> 4) << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
+// d (+)= A·B for A 64×16 from registers and B 16×64 N-major in shared memory.
+__device__ __forceinline__ void lmd_wgmma_rs_t(float* d, const u32* a, u64 db, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
+template <int N> struct LmdC { static constexpr int value = N; }; // a compile-time flag for the lambdas below
+// A 64×64 tile's softmax·scale, in place over its logits d (f32; 0 past the vocabulary).
+template <bool EDGE> __device__ __forceinline__ void lmd_softmax(float* d, u32 c0, u32 v, int t, const float* ls) {
+#pragma unroll
+    for (int j = 0; j < LM_BN / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            float p = exp2_approx(__fmaf_rn(d[4 * j + e], LM_LOG2E, -ls[e >> 1]));
+            d[4 * j + e] = EDGE && c0 + 8 * j + 2 * t + (e & 1) >= v ? 0.f : p;
+        }
+}
+// The tile rounded to bf16 pairs as the dH product's A fragments: pf[4s..4s+4) for 16-column
+// step s in the mma.sync m16n8k16 A layout (the accumulator's column pairs 16s + 2t and
+// 16s + 8 + 2t, rows g and g + 8).
+__device__ __forceinline__ void lmd_pack(const float* p, u32* pf) {
+#pragma unroll
+    for (int j = 0; j < LM_BN / 8; ++j)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(pf[4 * (j >> 1) + 2 * (j & 1) + r]) : "f"(p[4 * j + 2 * r + 1]), "f"(p[4 * j + 2 * r]));
+}
+// g's 64×64 tile from the fragments: four column pairs at a time through the quad transpose,
+// one 16-byte store a lane (as lmce_grad_tile).
+__device__ __forceinline__ void lmd_store(const u32* pf, u32 c0, int t, u32 row, bf16* gout, u32 ldg) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r)
+#pragma unroll
+        for (int q = 0; q < LM_BN / 32; ++q) {
+            u32 a[4], x[4];
+#pragma unroll
+            for (int jj = 0; jj < 4; ++jj) {
+                int j = 4 * q + jj;
+                a[jj] = pf[4 * (j >> 1) + 2 * (j & 1) + r];
+            }
+            lm_quad_transpose(a, t, x);
+            *(uint4*)(gout + (u64)(row + 8 * r) * ldg + c0 + 8 * (4 * q + t)) = make_uint4(x[0], x[1], x[2], x[3]);
+        }
+}
+// The loop: tile k's logits go into one of two register buffers while the warpgroup runs tile
+// k − 1's epilogue on the other, so the tensor cores always have the next logits queued. In
+// issue order the wgmma groups are S(k+1), then dH(k) after tile k's epilogue, so that waiting
+// for S(k) does not wait for dH(k − 1) (at most two groups left pending), and dH(k − 1) is
+// waited for only after tile k's exponentials, before its fragments pf are rewritten.
+template <int KA> __device__ void lmce_grad_dh_k(const LmTmaMap* tmh, const LmTmaMap* tmw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const double* scale, bf16* gout, u32 ldg, float* dhp, u32 np) {
+    extern __shared__ unsigned char lm_raw[];
+    __shared__ __align__(8) u64 bars[2 * LMD_STAGES];
+    const u32 TA = KA * LMD_BM * 128, TW = KA * LM_BN * 128; // bytes of H's tile, of one W tile
+    u32 base = (smem_addr(lm_raw) + 1023) & ~1023u;
+    u32 sw0 = base + TA;
+    const u32 full0 = smem_addr(&bars[0]), empty0 = smem_addr(&bars[LMD_STAGES]);
+    u32 r0 = blockIdx.y * LMD_BM, split = blockIdx.x;
+    u32 t0 = split * tps, t1 = min(t0 + tps, vp / LM_BN);
+    const u32 nt = t1 - t0;
+    if (threadIdx.x == 0) {
+        for (int st = 0; st < LMD_STAGES; ++st) {
+            mbar_init(full0 + 8 * st, 1);
+            mbar_init(empty0 + 8 * st, LM_THREADS);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    if (threadIdx.x >= LM_THREADS) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
+        if (threadIdx.x != LM_THREADS) return;
+        for (u32 k = 0; k < nt; ++k) {
+            u32 st = k % LMD_STAGES, full = full0 + 8 * st;
+            if (k >= LMD_STAGES) mbar_wait(empty0 + 8 * st, (k / LMD_STAGES - 1) & 1); // tile k - LMD_STAGES is done with
+            mbar_expect(full, TW + (k == 0 ? TA : 0));
+            if (k == 0)
+#pragma unroll
+                for (int s = 0; s < KA; ++s) lm_tma(base + s * (LMD_BM * 128), tmh, 64 * s, r0, full);
+#pragma unroll
+            for (int s = 0; s < KA; ++s) lm_tma(sw0 + st * TW + s * (LM_BN * 128), tmw, 64 * s, (t0 + k) * LM_BN, full);
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+    const int t = threadIdx.x & 3;
+    const u32 wg = threadIdx.x >> 7;
+    const u32 row = r0 + 64 * wg + 16 * ((threadIdx.x >> 5) & 3) + ((threadIdx.x & 31) >> 2); // and row + 8
+    float ls[2];
+    {
+        float l2s = log2f((float)*scale);
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            u32 rr = row + 8 * r;
+            bool kept = rr < n && tgt[rr] >= 0;
+            ls[r] = kept ? lse2[rr] - l2s : __int_as_float(0x7f800000);
+        }
+    }
+    const u32 sa = base + wg * (64 * 128); // this warpgroup's 64 rows in each slab
+    float dh[32 * KA]; // set by the first tile's product (scale-d 0)
+    float d[32];
+    u32 pf[16];
+    auto issue_s = [&](u32 k) {
+        u32 st = k % LMD_STAGES, sw = sw0 + st * TW;
+        mbar_wait(full0 + 8 * st, (k / LMD_STAGES) & 1);
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int s = 0; s < 4 * KA; ++s) {
+            u32 in = (s & 3) * 32; // 16 columns (32 bytes) into slab s / 4
+            lm_wgmma(d, lm_desc(sa + (s >> 2) * (LMD_BM * 128) + in), lm_desc(sw + (s >> 2) * (LM_BN * 128) + in), s > 0);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+    };
+    // Tile k, its logits in d (complete): softmax; dH(k − 1) waited for (the only group pending),
+    // its stage freed; the fragments; S(k + 1) issued into d when NEXT; dH(k) issued; g's stores
+    // while both run; S(k + 1) waited for (dH(k) left pending).
+    auto tile = [&](u32 k, auto next) {
+        u32 c0 = (t0 + k) * LM_BN, sw = sw0 + (k % LMD_STAGES) * TW;
+        if (c0 + LM_BN > v) lmd_softmax<true>(d, c0, v, t, ls);
+        else lmd_softmax<false>(d, c0, v, t, ls);
+        lm_wgmma_wait<0>();
+        if (k > 0) mbar_arrive(empty0 + 8 * ((k - 1) % LMD_STAGES));
+        lmd_pack(d, pf);
+        if (decltype(next)::value) issue_s(k + 1);
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int s = 0; s < 4; ++s)
+#pragma unroll
+            for (int j = 0; j < KA; ++j) lmd_wgmma_rs_t(dh + 32 * j, pf + 4 * s, lmd_desc_mn(sw + j * (LM_BN * 128) + s * 2048), k > 0 || s > 0);
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        lmd_store(pf, c0, t, row, gout, ldg);
+        if (decltype(next)::value) {
+            lm_wgmma_wait<1>();
+            lm_fence_acc(d);
+        }
+    };
+    issue_s(0);
+    lm_wgmma_wait<0>();
+    lm_fence_acc(d);
+    for (u32 k = 0; k + 1 < nt; ++k) tile(k, LmdC<1>{});
+    tile(nt - 1, LmdC<0>{});
+    lm_wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 32 * KA; ++i) asm volatile("" : "+f"(dh[i])::"memory");
+    // dH's partial sums: slab j's accumulator holds (row, 64j + 8jj + 2t, +1) in dh[32j + 4jj + 0, 1]
+    // and row + 8 in [.. + 2, 3].
+    float* out = dhp + ((u64)split * np) * (64 * KA);
+#pragma unroll
+    for (int j = 0; j < KA; ++j)
+#pragma unroll
+        for (int jj = 0; jj < 8; ++jj)
+#pragma unroll
+            for (int r = 0; r < 2; ++r)
+                *(float2*)(out + (u64)(row + 8 * r) * (64 * KA) + 64 * j + 8 * jj + 2 * t) = make_float2(dh[32 * j + 4 * jj + 2 * r], dh[32 * j + 4 * jj + 2 * r + 1]);
+}
+
+// dH[row] = Σ_s part[s, row] − scale·W[target[row]] (kept rows; the one-hot part of g, which
+// the fused pass leaves out), in bf16: a thread per pair of columns.
+extern "C" __global__ void lmce_dh_final(const float* part, u32 splits, u32 np, const int* tgt, u32 n, u32 k, const bf16* w, const double* scale, bf16* dh) {
+    u32 i = blockIdx.x * blockDim.x + threadIdx.x, row = i / (k / 2), c = 2 * (i % (k / 2));
+    if (row >= n) return;
+    float2 s = *(const float2*)(part + (u64)row * k + c);
+    for (u32 p = 1; p < splits; ++p) {
+        float2 q = *(const float2*)(part + ((u64)p * np + row) * k + c);
+        s.x += q.x;
+        s.y += q.y;
+    }
+    int ti = tgt[row];
+    if (ti >= 0) {
+        float sc = (float)*scale;
+        s.x -= sc * ld(w[(u64)ti * k + c]);
+        s.y -= sc * ld(w[(u64)ti * k + c + 1]);
+    }
+    u32 packed;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(s.y), "f"(s.x));
+    *(u32*)(dh + (u64)row * k + c) = packed;
+}
+
 // g[row, target] = (softmax − 1)·scale over the gradient pass's softmax·scale (kept rows; a
 // thread a row): the value made in f32 from the row's target logit and log-sum-exp.
 extern "C" __global__ void lmce_patch(const int* tgt, u32 n, const float* lse2, const float* tlog, const double* scale, bf16* g, u32 ldg) {
@@ -213,7 +417,13 @@ extern "C" __global__ void lmce_combine(const float* pm, const float* pl, const 
 #define LMCE(KA) \
 extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) lmce_lse_k##KA(const __grid_constant__ LmTmaMap tmh, const __grid_constant__ LmTmaMap tmw, u32 n, u32 v, u32 vp, u32 tps, float* pm, float* pl) { lmce_lse_k<KA>(&tmh, &tmw, n, v, vp, tps, pm, pl); } \
 extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) lmce_grad_k##KA(const __grid_constant__ LmTmaMap tmh, const __grid_constant__ LmTmaMap tmw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const double* scale, bf16* g, u32 ldg) { lmce_grad_k<KA>(&tmh, &tmw, tgt, n, v, vp, tps, lse2, scale, g, ldg); }
+#define LMCE_DH(KA) \
+extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) lmce_grad_dh_k##KA(const __grid_constant__ LmTmaMap tmh, const __grid_constant__ LmTmaMap tmw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const double* scale, bf16* g, u32 ldg, float* dhp, u32 np) { lmce_grad_dh_k<KA>(&tmh, &tmw, tgt, n, v, vp, tps, lse2, scale, g, ldg, dhp, np); }
 LMCE(1)
 LMCE(2)
 LMCE(3)
 LMCE(4)
+LMCE_DH(1)
+LMCE_DH(2)
+LMCE_DH(3)
+LMCE_DH(4)
