@@ -70,6 +70,7 @@ impl Tensor {
         // ranges written so far, so that the next disjoint slice of the same input is written into
         // the same buffer instead of padded to full size and added (q, k, v of a fused projection).
         let mut slabs: HashMap<TensorId, Vec<(usize, usize, usize)>> = HashMap::new();
+        let mut sums = ColumnSums::default();
         let mut out = Vec::new();
         for node in nodes {
             let Some(g) = grads.remove(&node.id()) else { continue };
@@ -129,7 +130,10 @@ impl Tensor {
                 } else {
                     None
                 };
-                let (dx, dw, db) = Tensor::layer_norm_backward(x, w, mean, rstd, &g, prev.as_ref());
+                let (dx, dw, db, colsum) = Tensor::layer_norm_backward(x, w, mean, rstd, &g, prev.as_ref());
+                if let Some(cs) = colsum {
+                    sums.keep(&dx, cs);
+                }
                 accumulate(&mut grads, &mut slabs, x, dx);
                 accumulate(&mut grads, &mut slabs, w, dw);
                 if let Some(b) = b {
@@ -261,7 +265,7 @@ impl Tensor {
                 }
                 Op::SoftmaxScaled(x, p, scale, _) => add(x, Tensor::softmax_scaled_backward(p, &g, *scale)),
                 Op::LayerNorm(x, w, b, mean, rstd) => {
-                    let (dx, dw, db) = Tensor::layer_norm_backward(x, w, mean, rstd, &g, None);
+                    let (dx, dw, db, _) = Tensor::layer_norm_backward(x, w, mean, rstd, &g, None);
                     add(x, dx);
                     add(w, dw);
                     if let Some(b) = b {
@@ -270,13 +274,13 @@ impl Tensor {
                 }
                 Op::Gelu(x, approx) => add(x, Tensor::gelu_backward(x, &g, *approx)),
                 Op::Linear(x, w, b) => {
-                    let (dx, dw, db) = Tensor::linear_backward(x, w, b, &g);
+                    let (dx, dw, db) = Tensor::linear_backward(x, w, b, &g, sums.take(&g));
                     add(x, dx);
                     add(w, dw);
                     add(b, db);
                 }
                 Op::MlpGelu(x, w1, b1, w2, b2, h, pre) => {
-                    let [dx, dw1, db1, dw2, db2] = Tensor::mlp_gelu_backward(x, w1, b1, w2, b2, h, pre, &g);
+                    let [dx, dw1, db1, dw2, db2] = Tensor::mlp_gelu_backward(x, w1, b1, w2, b2, h, pre, &g, sums.take(&g));
                     add(x, dx);
                     add(w1, dw1);
                     add(b1, db1);
@@ -292,6 +296,42 @@ impl Tensor {
             }
         }
         out
+    }
+}
+
+/// Column sums (f32) of gradients made by the fused LayerNorm backward, which sums them as it
+/// writes dx (`ln_bwd_dwdb`). A pre-LN transformer's residual stream r' = r + Linear(..) passes
+/// that dx unchanged to the Linear's output, whose bias gradient is exactly those sums: taken
+/// here instead of a `colsum16` pass that reads the gradient again (gpt2-mini: 24 of the step's
+/// 36 bias column sums, proj's and fc2's). A sum is handed out only for the very buffer it was
+/// made from (same storage, offset and size, contiguous, same columns: a reshaped view of it
+/// matches), and gradients are never written in place after they are made (accumulation adds
+/// into a new tensor), so the sums stay true. The few most recent are kept.
+#[derive(Default)]
+struct ColumnSums(Vec<(Tensor, Tensor)>);
+
+/// FMLAB_LN_SUMS=0: the bias gradients from `colsum16` passes even where the LayerNorm made them.
+static LN_SUMS: crate::switch::Switch = crate::switch::Switch::new("FMLAB_LN_SUMS");
+
+impl ColumnSums {
+    const KEEP: usize = 4;
+
+    fn keep(&mut self, g: &Tensor, sums: Tensor) {
+        if !LN_SUMS.on() {
+            return;
+        }
+        if self.0.len() == Self::KEEP {
+            self.0.remove(0);
+        }
+        self.0.push((g.clone(), sums));
+    }
+
+    /// The column sums of g [rows, c] if kept, removed from the store.
+    fn take(&mut self, g: &Tensor) -> Option<Tensor> {
+        let c = *g.shape().last()?;
+        let same = |t: &Tensor| t.same_storage(g) && t.layout().offset == g.layout().offset && t.is_contiguous() && g.is_contiguous() && t.numel() == g.numel() && t.shape().last() == Some(&c);
+        let i = self.0.iter().position(|(t, s)| same(t) && s.numel() == c)?;
+        Some(self.0.remove(i).1)
     }
 }
 

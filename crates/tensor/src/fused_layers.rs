@@ -219,8 +219,9 @@ impl Tensor {
     /// `add`: another gradient of x to sum into dx (on the GPU inside the kernel, instead of a
     /// separate add over the whole tensor).
     /// (dx, dw, db) of LayerNorm; on the GPU one fused pass where it applies (`ln_bwd_dwdb`,
-    /// `layer_norm_backward_fused`), else the row kernel then the column reduction.
-    pub(crate) fn layer_norm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, g: &Tensor, add: Option<&Tensor>) -> (Tensor, Tensor, Tensor) {
+    /// `layer_norm_backward_fused`), else the row kernel then the column reduction. The fused
+    /// pass also gives dx's column sums (f32 [c]; None elsewhere): see `ColumnSums`.
+    pub(crate) fn layer_norm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, g: &Tensor, add: Option<&Tensor>) -> (Tensor, Tensor, Tensor, Option<Tensor>) {
         let add = add.map(|a| if a.dtype() == x.dtype() && a.is_contiguous() { a.clone() } else { a.to_dtype(x.dtype()).contiguous() });
         let add = add.as_ref();
         let c = x.dim(x.rank() - 1);
@@ -231,6 +232,7 @@ impl Tensor {
             let dev = cuda_dev(x);
             let dx = CudaStorage::alloc(&dev, xd, x.numel());
             let (dw, db) = (CudaStorage::alloc(&dev, wd, c), CudaStorage::alloc(&dev, wd, c));
+            let mut colsum = None;
             if rows > 0 && c > 0 {
                 // One pass for dx, dW and dB where the fused kernel applies (16-bit activations on
                 // the 16-byte path, c ≤ 2 chunks of 32 lanes × 16 bytes); else dx, then dW/dB.
@@ -247,13 +249,15 @@ impl Tensor {
                     // Blocks of 8 warps, ≥ 8 rows per warp, at most 512 blocks: a grid fixed by
                     // `rows`, so the dW/dB sums' order (and bits) are too.
                     let blocks = rows.div_ceil(64).clamp(1, 512);
-                    let part = CudaStorage::alloc(&dev, DType::F64, blocks * 2 * c);
+                    let part = CudaStorage::alloc(&dev, DType::F64, blocks * 3 * c);
+                    let cs = CudaStorage::alloc(&dev, DType::F32, c);
                     row_args()
                         .push(part.ptr)
                         .push(rows as u32)
                         .push(c as u32)
                         .launch(&dev, &format!("ln_bwd_dwdb{ch}_{}_{}", sfx(xd), sfx(wd)), blocks as u32, 256, 0);
-                    Args::new().push(part.ptr).push(dw.ptr).push(db.ptr).push(c as u32).push(blocks as u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
+                    Args::new().push(part.ptr).push(dw.ptr).push(db.ptr).push(cs.ptr).push(c as u32).push(blocks as u32).push(3u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
+                    colsum = Some(Tensor::from_any(Storage::Cuda(cs), &[c], None));
                 } else {
                     row_args()
                         .push(rows as u32)
@@ -277,13 +281,13 @@ impl Tensor {
                         .push(rps as u32)
                         .launch3(&dev, &format!("ln_dwdb_{}_{}", sfx(xd), sfx(wd)), (col_blocks as u32, splits as u32, 1), (32, 8, 1), 0);
                     if splits > 1 {
-                        Args::new().push(pp).push(dw.ptr).push(db.ptr).push(c as u32).push(splits as u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
+                        Args::new().push(pp).push(dw.ptr).push(db.ptr).push(0u64).push(c as u32).push(splits as u32).push(2u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
                     }
                 }
             } else {
-                return (add.cloned().unwrap_or_else(|| x.zeros_like()), Tensor::zeros_on(&[c], wd, x.device()), Tensor::zeros_on(&[c], wd, x.device()));
+                return (add.cloned().unwrap_or_else(|| x.zeros_like()), Tensor::zeros_on(&[c], wd, x.device()), Tensor::zeros_on(&[c], wd, x.device()), None);
             }
-            return (Tensor::from_any(Storage::Cuda(dx), x.shape(), None), Tensor::from_any(Storage::Cuda(dw), &[c], None), Tensor::from_any(Storage::Cuda(db), &[c], None));
+            return (Tensor::from_any(Storage::Cuda(dx), x.shape(), None), Tensor::from_any(Storage::Cuda(dw), &[c], None), Tensor::from_any(Storage::Cuda(db), &[c], None), colsum);
         }
         macro_rules! go {
             ($t:ty) => {{
@@ -296,7 +300,7 @@ impl Tensor {
             DType::F32 => go!(f32),
             _ => go!(f64),
         };
-        (add.map_or(dx.clone(), |a| a.add(&dx)), dw, db)
+        (add.map_or(dx.clone(), |a| a.add(&dx)), dw, db, None)
     }
 
     /// GELU, tanh approximation (GPT-2's `gelu_new`), fused; the twin is `gelu_tanh_slow`.

@@ -147,9 +147,10 @@ impl Tensor {
 
     /// (dx, dw, db) of `linear` for the upstream gradient g [rows, N]: db from the dW GEMM's
     /// epilogue when cuBLASLt has one for these operands, else a column sum.
-    pub(crate) fn linear_backward(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor) -> (Tensor, Tensor, Tensor) {
+    /// `g_sums`: g's column sums (f32) where already made (backward.rs `ColumnSums`).
+    pub(crate) fn linear_backward(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor, g_sums: Option<Tensor>) -> (Tensor, Tensor, Tensor) {
         let dx = g.matmul(&w.t());
-        let (dw, db) = Tensor::linear_param_grads(x, w, b, g);
+        let (dw, db) = Tensor::linear_param_grads(x, w, b, g, g_sums);
         (dx, dw, db)
     }
 
@@ -162,9 +163,10 @@ impl Tensor {
     /// gpt2-mini: the 48 weight-gradient GEMMs 2.95 ms a step with the epilogue, 1.72 without;
     /// the step 21.7 / 21.7 → 21.0 / 21.0 ms with the column sums, interleaved in one call).
     /// FMLAB_DW_SPLIT=0 goes back to the epilogue.
-    fn linear_param_grads(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor) -> (Tensor, Tensor) {
+    /// `g_sums`, g's column sums in f32 where already made, are the f32 bias gradient as is.
+    fn linear_param_grads(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor, g_sums: Option<Tensor>) -> (Tensor, Tensor) {
         if let Some(dw) = Tensor::weight_grad_f32(x, w, b, g) {
-            return (dw, bias_grad_f32(g));
+            return (dw, g_sums.unwrap_or_else(|| bias_grad_f32(g)));
         }
         if casts_f32_master(w) && casts_f32_master(b) {
             let db = Tensor::zeros_on(&[g.dim(1)], crate::DType::F32, b.device());
@@ -215,9 +217,9 @@ impl Tensor {
     /// (dx, dw1, db1, dw2, db2) of `mlp_gelu` for the upstream gradient g [rows, N], from the
     /// held h = gelu(pre) and pre.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn mlp_gelu_backward(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, h: &Tensor, pre: &Tensor, g: &Tensor) -> [Tensor; 5] {
+    pub(crate) fn mlp_gelu_backward(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, h: &Tensor, pre: &Tensor, g: &Tensor, g_sums: Option<Tensor>) -> [Tensor; 5] {
         // Second layer's weight and bias gradients (dw2 = hᵀ·g, db2 from its epilogue).
-        let (dw2, db2) = Tensor::linear_param_grads(h, w2, b2, g);
+        let (dw2, db2) = Tensor::linear_param_grads(h, w2, b2, g, g_sums);
         // On Hopper, dpre and b1's gradient in one pass (mlp_sm90.cu).
         if let Some((dpre, db1)) = dgelu_sm90(g, w2, pre) {
             let dx = dpre.matmul(&w1.t());
@@ -227,7 +229,7 @@ impl Tensor {
         }
         // dpre = (g·w2ᵀ) ⊙ gelu'(pre) in one GEMM.
         let dpre = gemm_epi(g, &w2.t(), Epilogue::DGelu, None, Some(pre)).unwrap_or_else(|| Tensor::gelu_backward(pre, &g.matmul(&w2.t()), true));
-        let (dx, dw1, db1) = Tensor::linear_backward(x, w1, b1, &dpre);
+        let (dx, dw1, db1) = Tensor::linear_backward(x, w1, b1, &dpre, None);
         [dx, dw1, db1, dw2, db2]
     }
 }

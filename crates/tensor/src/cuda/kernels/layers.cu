@@ -169,19 +169,22 @@ template <typename T, typename W> __device__ void ln_bwd_k(const T* x, const W* 
 // Blocks of 8 warps stride over the rows (warp w of block b takes rows (b·8 + w) + k·8·gridDim.x);
 // each lane keeps f32 sums of g·x̂ and g for its columns over its warp's rows (a few dozen), the
 // block adds its 8 warps' sums in order in f64 and writes them as split `blockIdx.x` of
-// part [gridDim.x, 2, c], which ln_dwdb_final_k combines in order: deterministic for a given
-// grid (the host derives it from rows alone). Saves re-reading x and g for dW/dB.
+// part [gridDim.x, 3, c], which ln_dwdb_final_k combines in order: deterministic for a given
+// grid (the host derives it from rows alone). Saves re-reading x and g for dW/dB. The third sum
+// is of dx itself (as stored): the column sums of the residual stream's gradient, which are the
+// bias gradients of the Linear whose output was added into that stream (backward.rs hands them
+// over instead of a `colsum16` pass re-reading dx).
 #define LN_FUSED_CH 2
 template <typename T, typename W, int CH> __device__ void ln_bwd_dwdb_k(const T* x, const W* w, const T* g, const T* add, const float* mean, const float* rstd, T* dx, double* part, u32 rows, u32 c) {
     const int V = 16 / sizeof(T);
-    __shared__ float sh[8][2][LN_FUSED_CH * 32 * V];
+    __shared__ float sh[8][3][LN_FUSED_CH * 32 * V];
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    float wv[CH][V], aw[CH][V], ab[CH][V];
+    float wv[CH][V], aw[CH][V], ab[CH][V], as[CH][V];
 #pragma unroll
     for (int k = 0; k < CH; ++k) {
         ln_ld<W, float, V>(w + (k * 32 + lane) * V, wv[k]);
 #pragma unroll
-        for (int e = 0; e < V; ++e) aw[k][e] = ab[k][e] = 0.f;
+        for (int e = 0; e < V; ++e) aw[k][e] = ab[k][e] = as[k][e] = 0.f;
     }
     for (u32 row = blockIdx.x * 8 + warp; row < rows; row += gridDim.x * 8) {
         const T* xr = x + (u64)row * c;
@@ -214,6 +217,8 @@ template <typename T, typename W, int CH> __device__ void ln_bwd_dwdb_k(const T*
             for (int e = 0; e < V; ++e) {
                 o[e] = r * (dh[k][e] - a - xh[k][e] * bb);
                 if (add) o[e] = (float)ld(st<T>(o[e])) + av[e];
+                o[e] = (float)ld(st<T>(o[e])); // dx as stored, which its column sums add
+                as[k][e] += o[e];
             }
             ln_st<T, float, V>(dx + (u64)row * c + j, o);
         }
@@ -224,13 +229,15 @@ template <typename T, typename W, int CH> __device__ void ln_bwd_dwdb_k(const T*
         for (int e = 0; e < V; ++e) {
             sh[warp][0][(k * 32 + lane) * V + e] = aw[k][e];
             sh[warp][1][(k * 32 + lane) * V + e] = ab[k][e];
+            sh[warp][2][(k * 32 + lane) * V + e] = as[k][e];
         }
     __syncthreads();
     for (u32 col = threadIdx.x; col < c; col += blockDim.x) {
-        double sw = 0, sb2 = 0;
-        for (int q = 0; q < 8; ++q) { sw += (double)sh[q][0][col]; sb2 += (double)sh[q][1][col]; }
-        part[(u64)blockIdx.x * 2 * c + col] = sw;
-        part[(u64)blockIdx.x * 2 * c + c + col] = sb2;
+        double sw = 0, sb2 = 0, ss = 0;
+        for (int q = 0; q < 8; ++q) { sw += (double)sh[q][0][col]; sb2 += (double)sh[q][1][col]; ss += (double)sh[q][2][col]; }
+        part[(u64)blockIdx.x * 3 * c + col] = sw;
+        part[(u64)blockIdx.x * 3 * c + c + col] = sb2;
+        part[(u64)blockIdx.x * 3 * c + 2 * c + col] = ss;
     }
 }
 #define LN_FUSED(T, TN, W, WN) \
@@ -272,19 +279,27 @@ template <typename T, typename W> __device__ void ln_dwdb_k(const T* x, const T*
 // Block (32, 32), grid c/32: thread (x, y) sums splits y, y + 32, ... of column x, then row 0 adds
 // the 32 partial sums in order (deterministic). One thread per column looping over all splits
 // took ~20 µs per LayerNorm at 256 splits (a latency-bound chain of loads); this takes a few.
-template <typename W> __device__ void ln_dwdb_final_k(const double* part, W* dw, W* db, u32 c, u32 splits) {
-    __shared__ double sw[32][33], sb[32][33];
+// `nsum` sums a split (2: dW, dB; 3: also dx's column sums, into `cs` as f32).
+template <typename W> __device__ void ln_dwdb_final_k(const double* part, W* dw, W* db, float* cs, u32 c, u32 splits, u32 nsum) {
+    __shared__ double sw[32][33], sb[32][33], ss[32][33];
     u32 col = blockIdx.x * 32 + threadIdx.x;
-    double aw = 0, ab = 0;
+    double aw = 0, ab = 0, as = 0;
     if (col < c)
-        for (u32 s = threadIdx.y; s < splits; s += 32) { aw += part[(u64)s * 2 * c + col]; ab += part[(u64)s * 2 * c + c + col]; }
+        for (u32 s = threadIdx.y; s < splits; s += 32) {
+            const double* p = part + (u64)s * nsum * c + col;
+            aw += p[0];
+            ab += p[c];
+            if (nsum == 3) as += p[2 * c];
+        }
     sw[threadIdx.y][threadIdx.x] = aw;
     sb[threadIdx.y][threadIdx.x] = ab;
+    ss[threadIdx.y][threadIdx.x] = as;
     __syncthreads();
     if (threadIdx.y == 0 && col < c) {
-        for (int j = 1; j < 32; ++j) { aw += sw[j][threadIdx.x]; ab += sb[j][threadIdx.x]; }
+        for (int j = 1; j < 32; ++j) { aw += sw[j][threadIdx.x]; ab += sb[j][threadIdx.x]; as += ss[j][threadIdx.x]; }
         dw[col] = st<W>(aw);
         if (db) db[col] = st<W>(ab);
+        if (nsum == 3) cs[col] = (float)as;
     }
 }
 
@@ -299,7 +314,7 @@ LN(bf16, bf16, bf16, bf16)
 LN(f16, f16, float, f32)
 LN(f16, f16, f16, f16)
 #define LN_FINAL(W, WN) \
-extern "C" __global__ void ln_dwdb_final_##WN(const double* part, W* dw, W* db, u32 c, u32 splits) { ln_dwdb_final_k<W>(part, dw, db, c, splits); }
+extern "C" __global__ void ln_dwdb_final_##WN(const double* part, W* dw, W* db, float* cs, u32 c, u32 splits, u32 nsum) { ln_dwdb_final_k<W>(part, dw, db, cs, c, splits, nsum); }
 LN_FINAL(float, f32)
 LN_FINAL(double, f64)
 LN_FINAL(bf16, bf16)
