@@ -171,13 +171,13 @@ template <typename T, typename W> __device__ void ln_bwd_k(const T* x, const W* 
 // block adds its 8 warps' sums in order in f64 and writes them as split `blockIdx.x` of
 // part [gridDim.x, 3, c], which ln_dwdb_final_k combines in order: deterministic for a given
 // grid (the host derives it from rows alone). Saves re-reading x and g for dW/dB. The third sum
-// is of dx itself (as stored): the column sums of the residual stream's gradient, which are the
+// is of dx itself (in f32, before its rounding): the column sums of the residual stream's gradient, which are the
 // bias gradients of the Linear whose output was added into that stream (backward.rs hands them
 // over instead of a `colsum16` pass re-reading dx).
 #define LN_FUSED_CH 2
 template <typename T, typename W, int CH> __device__ void ln_bwd_dwdb_k(const T* x, const W* w, const T* g, const T* add, const float* mean, const float* rstd, T* dx, double* part, u32 rows, u32 c) {
     const int V = 16 / sizeof(T);
-    __shared__ float sh[8][3][LN_FUSED_CH * 32 * V];
+    __shared__ float sh[8][3][CH * 32 * V];
     const u32 lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     float wv[CH][V], aw[CH][V], ab[CH][V], as[CH][V];
 #pragma unroll
@@ -217,8 +217,8 @@ template <typename T, typename W, int CH> __device__ void ln_bwd_dwdb_k(const T*
             for (int e = 0; e < V; ++e) {
                 o[e] = r * (dh[k][e] - a - xh[k][e] * bb);
                 if (add) o[e] = (float)ld(st<T>(o[e])) + av[e];
-                o[e] = (float)ld(st<T>(o[e])); // dx as stored, which its column sums add
-                as[k][e] += o[e];
+                as[k][e] += o[e]; // dx before its rounding to T
+
             }
             ln_st<T, float, V>(dx + (u64)row * c + j, o);
         }
@@ -241,7 +241,7 @@ template <typename T, typename W, int CH> __device__ void ln_bwd_dwdb_k(const T*
     }
 }
 #define LN_FUSED(T, TN, W, WN) \
-extern "C" __global__ void __launch_bounds__(256) ln_bwd_dwdb1_##TN##_##WN(const T* x, const W* w, const T* g, const T* add, const float* mean, const float* rstd, T* dx, double* part, u32 rows, u32 c) { ln_bwd_dwdb_k<T, W, 1>(x, w, g, add, mean, rstd, dx, part, rows, c); } \
+extern "C" __global__ void __launch_bounds__(256, 4) ln_bwd_dwdb1_##TN##_##WN(const T* x, const W* w, const T* g, const T* add, const float* mean, const float* rstd, T* dx, double* part, u32 rows, u32 c) { ln_bwd_dwdb_k<T, W, 1>(x, w, g, add, mean, rstd, dx, part, rows, c); } \
 extern "C" __global__ void __launch_bounds__(256) ln_bwd_dwdb2_##TN##_##WN(const T* x, const W* w, const T* g, const T* add, const float* mean, const float* rstd, T* dx, double* part, u32 rows, u32 c) { ln_bwd_dwdb_k<T, W, 2>(x, w, g, add, mean, rstd, dx, part, rows, c); }
 LN_FUSED(bf16, bf16, float, f32)
 LN_FUSED(bf16, bf16, bf16, bf16)
