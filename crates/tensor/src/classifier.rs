@@ -361,6 +361,10 @@ static DH_FUSED: Switch = Switch::new("FMLAB_CE_DH");
 /// Whether the Hopper classifier's gradient pass also makes dH = g·W in its loop (Some(true))
 /// or leaves it to a cuBLASLt GEMM that reads g back (Some(false)); None restores the default:
 /// fused, unless FMLAB_CE_DH=0. Process-wide.
+///
+/// On by default because it is faster, measured on the H100 (gpt2-mini, B=32 T=1024, one call,
+/// interleaved): the CUDA-graph step 19.2 / 19.2 ms against 19.6 / 19.6; per 8192-row chunk
+/// (ncu) 731-735 µs against 448 for the gradient pass alone plus ~333 for the dH GEMM.
 pub fn classifier_dh_fused(on: Option<bool>) {
     DH_FUSED.set(on);
 }
