@@ -341,17 +341,24 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor,
             .push(g.ptr)
             .push(vp as u32)
             .launch3(&xs.dev, &format!("lmce_grad_k{}", c / 64), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
-        Args::new()
-            .push(cuda_ptr(tt))
-            .push(n as u32)
-            .push(cuda_ptr(lse2))
-            .push(cuda_ptr(tl))
-            .push(cuda_ptr(inv_kept))
-            .push(g.ptr)
-            .push(vp as u32)
-            .launch(&xs.dev, "lmce_patch", n.div_ceil(256) as u32, 256, 0); // the targets' gradients
+        lmce_patch(&xs.dev, tt, lse2, tl, inv_kept, g.ptr, vp);
         Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n)
     })
+}
+
+/// g[row, target] = (softmax − 1)·scale for the kept rows of a gradient pass's g (at `g`, [n, vp]
+/// bf16), by `lmce_patch`.
+fn lmce_patch(dev: &std::sync::Arc<crate::cuda::CudaDevice>, tt: &Tensor, lse2: &Tensor, tl: &Tensor, inv_kept: &Tensor, g: u64, vp: usize) {
+    let n = tt.dim(0);
+    Args::new()
+        .push(cuda_ptr(tt))
+        .push(n as u32)
+        .push(cuda_ptr(lse2))
+        .push(cuda_ptr(tl))
+        .push(cuda_ptr(inv_kept))
+        .push(g)
+        .push(vp as u32)
+        .launch(dev, "lmce_patch", n.div_ceil(256) as u32, 256, 0);
 }
 
 /// The gradient pass with dH made in it (`lmce_grad_dh_k*`) rather than by a GEMM over g
@@ -417,15 +424,7 @@ fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tens
             .push(cuda_ptr(inv_kept))
             .push(dx.ptr)
             .launch(&xs.dev, "lmce_dh_final", (n * c / 2).div_ceil(256) as u32, 256, 0);
-        Args::new()
-            .push(cuda_ptr(tt))
-            .push(n as u32)
-            .push(cuda_ptr(lse2))
-            .push(cuda_ptr(tl))
-            .push(cuda_ptr(inv_kept))
-            .push(g.ptr)
-            .push(vp as u32)
-            .launch(&xs.dev, "lmce_patch", n.div_ceil(256) as u32, 256, 0); // the targets' gradients
+        lmce_patch(&xs.dev, tt, lse2, tl, inv_kept, g.ptr, vp);
         (Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n), Tensor::from_any(Storage::Cuda(dx), &[n, c], None))
     });
     (g, dx)

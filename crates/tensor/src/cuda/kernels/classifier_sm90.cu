@@ -261,39 +261,13 @@ __device__ __forceinline__ void lmd_store(const u32* pf, u32 c0, int t, u32 row,
 // for S(k) does not wait for dH(k − 1) (at most two groups left pending), and dH(k − 1) is
 // waited for only after tile k's exponentials, before its fragments pf are rewritten.
 template <int KA> __device__ void lmce_grad_dh_k(const LmTmaMap* tmh, const LmTmaMap* tmw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const double* scale, bf16* gout, u32 ldg, float* dhp, u32 np) {
-    extern __shared__ unsigned char lm_raw[];
-    __shared__ __align__(8) u64 bars[2 * LMD_STAGES];
-    const u32 TA = KA * LMD_BM * 128, TW = KA * LM_BN * 128; // bytes of H's tile, of one W tile
-    u32 base = (smem_addr(lm_raw) + 1023) & ~1023u;
-    u32 sw0 = base + TA;
-    const u32 full0 = smem_addr(&bars[0]), empty0 = smem_addr(&bars[LMD_STAGES]);
+    const u32 TW = KA * LM_BN * 128; // bytes of one W tile
     u32 r0 = blockIdx.y * LMD_BM, split = blockIdx.x;
     u32 t0 = split * tps, t1 = min(t0 + tps, vp / LM_BN);
     const u32 nt = t1 - t0;
-    if (threadIdx.x == 0) {
-        for (int st = 0; st < LMD_STAGES; ++st) {
-            mbar_init(full0 + 8 * st, 1);
-            mbar_init(empty0 + 8 * st, LM_THREADS);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
-    if (threadIdx.x >= LM_THREADS) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
-        if (threadIdx.x != LM_THREADS) return;
-        for (u32 k = 0; k < nt; ++k) {
-            u32 st = k % LMD_STAGES, full = full0 + 8 * st;
-            if (k >= LMD_STAGES) mbar_wait(empty0 + 8 * st, (k / LMD_STAGES - 1) & 1); // tile k - LMD_STAGES is done with
-            mbar_expect(full, TW + (k == 0 ? TA : 0));
-            if (k == 0)
-#pragma unroll
-                for (int s = 0; s < KA; ++s) lm_tma(base + s * (LMD_BM * 128), tmh, 64 * s, r0, full);
-#pragma unroll
-            for (int s = 0; s < KA; ++s) lm_tma(sw0 + st * TW + s * (LM_BN * 128), tmw, 64 * s, (t0 + k) * LM_BN, full);
-        }
-        return;
-    }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+    const LmRing ring = lm_pipeline<KA, LMD_BM, LMD_STAGES>(tmh, tmw, r0, t0, nt);
+    if (!ring.consumer) return;
+    const u32 base = ring.base, sw0 = ring.sw0, full0 = ring.full0, empty0 = ring.empty0;
     const int t = threadIdx.x & 3;
     const u32 wg = threadIdx.x >> 7;
     const u32 row = r0 + 64 * wg + 16 * ((threadIdx.x >> 5) & 3) + ((threadIdx.x & 31) >> 2); // and row + 8

@@ -108,25 +108,26 @@ __device__ __forceinline__ void lm_tma(u32 dst, const LmTmaMap* map, int c, int 
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];" ::"r"(dst), "l"((u64)map), "r"(c), "r"(r), "r"(bar) : "memory");
 }
 
-// The shared loop of both passes, warp-specialized: threads 0-255 (two warpgroups) multiply and
-// run the epilogue `epi(d, c0)` on each tile's accumulators (c0: the tile's first vocabulary
-// column); one thread of the producer warpgroup (threads 256-383) has the TMA unit copy H's
-// tile once and W's tiles t0..t1 into a ring of LM_STAGES shared-memory stages, as far ahead as
-// the ring allows. Registers move from the producer (24 a thread) to the consumers (240) by
-// setmaxnreg: 2·128·240 + 128·24 ≤ 65536, all that 384 threads at 168 (the launch's share) give
-// back and take. ptxas allocates each side within its own budget, so state the consumers' epilogue
-// keeps (`init`) is made after the increase: made before it, it spilled. Consumers keep two register accumulators, so the tensor cores multiply tile
-// i + 1 while the warpgroup runs tile i's epilogue.
-template <int KA, int RS, typename Init, typename Epi> __device__ __forceinline__ void lm_loop(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 t1, Init& init, Epi& epi) {
+// The set-up both loops share (lm_loop; classifier_sm90.cu's lmce_grad_dh_k): the shared-memory
+// ring (H's tile at `base`, STAGES W tiles from `sw0`, their FULL and EMPTY mbarriers), then the
+// producer warpgroup, one thread of which has the TMA unit copy H's tile (BM rows) once and W's
+// tiles t0..t0 + nt into the ring, as far ahead as it allows. `consumer` is false on the
+// producer's threads (done), true on the consumers', whose register budget is then raised:
+// registers move from the producer (24 a thread) to the consumers (240) by setmaxnreg,
+// 2·128·240 + 128·24 ≤ 65536, all that 384 threads at 168 (the launch's share) give back and take.
+struct LmRing { u32 base, sw0, full0, empty0; bool consumer; };
+template <int KA, int BM, int STAGES> __device__ __forceinline__ LmRing lm_pipeline(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 nt) {
     extern __shared__ unsigned char lm_raw[];
-    __shared__ __align__(8) u64 lm_bars[2 * LM_STAGES];
-    const u32 TA = KA * LM_BM * 128, TW = KA * LM_BN * 128; // bytes of H's tile, of one W tile
-    u32 base = (smem_addr(lm_raw) + 1023) & ~1023u;
-    u32 sw0 = base + TA;
-    const u32 full0 = smem_addr(&lm_bars[0]), empty0 = smem_addr(&lm_bars[LM_STAGES]);
-    const u32 nt = t1 - t0;
+    __shared__ __align__(8) u64 lm_bars[2 * STAGES];
+    LmRing q;
+    q.base = (smem_addr(lm_raw) + 1023) & ~1023u;
+    q.sw0 = q.base + KA * BM * 128;
+    q.full0 = smem_addr(&lm_bars[0]);
+    q.empty0 = smem_addr(&lm_bars[STAGES]);
+    const u32 base = q.base, sw0 = q.sw0, full0 = q.full0, empty0 = q.empty0;
+    const u32 TA = KA * BM * 128, TW = KA * LM_BN * 128; // bytes of H's tile, of one W tile
     if (threadIdx.x == 0) {
-        for (int st = 0; st < LM_STAGES; ++st) {
+        for (int st = 0; st < STAGES; ++st) {
             mbar_init(full0 + 8 * st, 1);
             mbar_init(empty0 + 8 * st, LM_THREADS);
         }
@@ -135,20 +136,37 @@ template <int KA, int RS, typename Init, typename Epi> __device__ __forceinline_
     __syncthreads();
     if (threadIdx.x >= LM_THREADS) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
-        if (threadIdx.x != LM_THREADS) return;
+        q.consumer = false;
+        if (threadIdx.x != LM_THREADS) return q;
         for (u32 k = 0; k < nt; ++k) {
-            u32 st = k % LM_STAGES, full = full0 + 8 * st;
-            if (k >= LM_STAGES) mbar_wait(empty0 + 8 * st, (k / LM_STAGES - 1) & 1); // tile k - LM_STAGES is multiplied
+            u32 st = k % STAGES, full = full0 + 8 * st;
+            if (k >= STAGES) mbar_wait(empty0 + 8 * st, (k / STAGES - 1) & 1); // tile k - STAGES is done with
             mbar_expect(full, TW + (k == 0 ? TA : 0));
             if (k == 0)
 #pragma unroll
-                for (int s = 0; s < KA; ++s) lm_tma(base + s * (LM_BM * 128), tmh, 64 * s, r0, full);
+                for (int s = 0; s < KA; ++s) lm_tma(base + s * (BM * 128), tmh, 64 * s, r0, full);
 #pragma unroll
             for (int s = 0; s < KA; ++s) lm_tma(sw0 + st * TW + s * (LM_BN * 128), tmw, 64 * s, (t0 + k) * LM_BN, full);
         }
-        return;
+        return q;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+    q.consumer = true;
+    return q;
+}
+
+// The shared loop of both passes, warp-specialized (lm_pipeline): threads 0-255 (two
+// warpgroups) multiply and run the epilogue `epi(d, c0)` on each tile's accumulators (c0: the
+// tile's first vocabulary column); the producer warpgroup (threads 256-383) copies H's tile and
+// W's tiles t0..t1. ptxas allocates each side within its own budget, so state the consumers'
+// epilogue keeps (`init`) is made after the increase: made before it, it spilled. Consumers keep
+// two register accumulators, so the tensor cores multiply tile i + 1 while the warpgroup runs
+// tile i's epilogue.
+template <int KA, int RS, typename Init, typename Epi> __device__ __forceinline__ void lm_loop(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 t1, Init& init, Epi& epi) {
+    const u32 TW = KA * LM_BN * 128; // bytes of one W tile
+    const LmRing q = lm_pipeline<KA, LM_BM, LM_STAGES>(tmh, tmw, r0, t0, t1 - t0);
+    if (!q.consumer) return;
+    const u32 base = q.base, sw0 = q.sw0, full0 = q.full0, empty0 = q.empty0;
     init(); // the epilogue's per-row state, made only here, inside the consumers' larger register budget
     u32 sa = base + (threadIdx.x >> 7) * (128 * 128); // this warpgroup's 128 rows
     float d0[LM_ACC], d1[LM_ACC];
