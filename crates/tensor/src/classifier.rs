@@ -318,6 +318,17 @@ pub(crate) fn sm90_smem(c: usize) -> u32 {
     ((SM90_ROWS + SM90_STAGES * SM90_TILE_N) * c * 2 + 1024) as u32
 }
 
+/// The leading arguments of both gradient passes (`lmce_grad_k*`, `lmce_grad_dh_k*`): the operands'
+/// tensor maps (H in boxes of `rows`), targets, n, v, Vp, vocabulary tiles a split, the rows'
+/// log-sum-exp, 1 / rows kept, and g (at `g`, row stride Vp).
+#[allow(clippy::too_many_arguments)]
+fn sm90_grad_args(x: &Tensor, wp: &Tensor, rows: usize, tt: &Tensor, v: usize, tps: usize, lse2: &Tensor, inv_kept: &Tensor, g: u64) -> Args {
+    let (n, vp) = (x.dim(0), wp.dim(0));
+    let mut a = sm90_operands(x, wp, rows);
+    a.push(cuda_ptr(tt)).push(n as u32).push(v as u32).push(vp as u32).push(tps as u32).push(cuda_ptr(lse2)).push(cuda_ptr(inv_kept)).push(g).push(vp as u32);
+    a
+}
+
 /// The logits' gradient [n, Vp] bf16 of x·wpᵀ for rows x (given their log-sum-exp `lse2` and
 /// target logits `tl` from `lmce_sm90_loss`), scaled by `inv_kept` (f64 scalar on the device),
 /// zero past v and on ignored rows, by `lmce_grad_k*` (softmax·scale) and `lmce_patch` (the
@@ -330,17 +341,7 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor,
         // Rows up to the kernel's block of rows, so that its stores need no row test.
         let np = n.div_ceil(SM90_ROWS) * SM90_ROWS;
         let g = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, np * vp);
-        sm90_operands(x, wp, SM90_ROWS)
-            .push(cuda_ptr(tt))
-            .push(n as u32)
-            .push(v as u32)
-            .push(vp as u32)
-            .push(tps as u32)
-            .push(cuda_ptr(lse2))
-            .push(cuda_ptr(inv_kept))
-            .push(g.ptr)
-            .push(vp as u32)
-            .launch3(&xs.dev, &format!("lmce_grad_k{}", c / 64), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
+        sm90_grad_args(x, wp, SM90_ROWS, tt, v, tps, lse2, inv_kept, g.ptr).launch3(&xs.dev, &format!("lmce_grad_k{}", c / 64), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
         lmce_patch(&xs.dev, tt, lse2, tl, inv_kept, g.ptr, vp);
         Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n)
     })
@@ -400,16 +401,7 @@ fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tens
         let part = crate::cuda::CudaStorage::alloc(&xs.dev, DType::F32, splits * np * c);
         let dx = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, n * c);
         let smem = ((DH_ROWS + DH_STAGES * SM90_TILE_N) * c * 2 + 1024) as u32;
-        sm90_operands(x, wp, DH_ROWS)
-            .push(cuda_ptr(tt))
-            .push(n as u32)
-            .push(v as u32)
-            .push(vp as u32)
-            .push(tps as u32)
-            .push(cuda_ptr(lse2))
-            .push(cuda_ptr(inv_kept))
-            .push(g.ptr)
-            .push(vp as u32)
+        sm90_grad_args(x, wp, DH_ROWS, tt, v, tps, lse2, inv_kept, g.ptr)
             .push(part.ptr)
             .push(np as u32)
             .launch3(&xs.dev, &format!("lmce_grad_dh_k{}", c / 64), (splits as u32, row_tiles as u32, 1), (384, 1, 1), smem);
