@@ -100,13 +100,14 @@ impl Tensor {
                 }
                 let len = rows.min(n - r0);
                 let xc = x.narrow(0, r0, len); // [len, C], contiguous rows
-                let (tc, inv) = (tt.narrow(0, r0, len), inv_kept.as_ref().expect("1/kept on the GPU"));
+                let (tc, lc, tlc) = (tt.narrow(0, r0, len), lse2.narrow(0, r0, len), tl.narrow(0, r0, len));
+                let inv = inv_kept.as_ref().expect("1/kept on the GPU");
                 let d = if DH_FUSED.on() {
-                    let (d, dxc) = lmce_sm90_grad_dh(&xc, &wp, &tc, v, &lse2.narrow(0, r0, len), &tl.narrow(0, r0, len), inv); // [len, Vp], [len, C]
+                    let (d, dxc) = lmce_sm90_grad_dh(&xc, &wp, &tc, v, &lc, &tlc, inv); // [len, Vp], [len, C]
                     dx_parts.push(dxc);
                     d
                 } else {
-                    let d = lmce_sm90_grad(&xc, &wp, &tc, v, &lse2.narrow(0, r0, len), &tl.narrow(0, r0, len), inv); // [len, Vp]
+                    let d = lmce_sm90_grad(&xc, &wp, &tc, v, &lc, &tlc, inv); // [len, Vp]
                     dx_parts.push(d.matmul(&wp)); // [len, C]
                     d
                 };
@@ -315,7 +316,13 @@ const SM90_STAGES: usize = 3;
 /// bf16) and SM90_STAGES of W's (SM90_TILE_N rows), plus 1 KB to align them to the 128-byte
 /// swizzle's 1024 bytes (225 KB at c = 256, of the 227 a block may have).
 pub(crate) fn sm90_smem(c: usize) -> u32 {
-    ((SM90_ROWS + SM90_STAGES * SM90_TILE_N) * c * 2 + 1024) as u32
+    hopper_smem(SM90_ROWS, SM90_STAGES, c)
+}
+
+/// Dynamic shared memory of a Hopper loop (hopper_gemm.cuh) with `rows` rows of H and `stages`
+/// W tiles at width c, plus 1 KB for the swizzle's alignment.
+fn hopper_smem(rows: usize, stages: usize, c: usize) -> u32 {
+    ((rows + stages * SM90_TILE_N) * c * 2 + 1024) as u32
 }
 
 /// The leading arguments of both gradient passes (`lmce_grad_k*`, `lmce_grad_dh_k*`): the operands'
@@ -388,19 +395,19 @@ fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tens
     let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
     let row_tiles = n.div_ceil(DH_ROWS);
     let vtiles = vp / SM90_TILE_N;
-    // One wave: each block walks its split of the vocabulary with its rows' dH in registers,
-    // so more splits only add partial sums to add.
-    let want = (132usize.div_ceil(row_tiles)).clamp(1, vtiles);
-    let tps = vtiles.div_ceil(want);
-    let splits = vtiles.div_ceil(tps);
-    let (g, dx) = x.with_storage(|s| {
+    x.with_storage(|s| {
         let Storage::Cuda(xs) = s else { unreachable!() };
-        // Rows up to the classifier's block of rows, so that the stores need no row test.
-        let np = n.div_ceil(SM90_ROWS) * SM90_ROWS;
+        // One wave: each block walks its split of the vocabulary with its rows' dH in registers,
+        // so more splits only add partial sums to add.
+        let want = xs.dev.sm_count.div_ceil(row_tiles).clamp(1, vtiles);
+        let tps = vtiles.div_ceil(want);
+        let splits = vtiles.div_ceil(tps);
+        // Rows up to the kernel's block of rows, so that the stores need no row test.
+        let np = row_tiles * DH_ROWS;
         let g = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, np * vp);
         let part = crate::cuda::CudaStorage::alloc(&xs.dev, DType::F32, splits * np * c);
         let dx = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, n * c);
-        let smem = ((DH_ROWS + DH_STAGES * SM90_TILE_N) * c * 2 + 1024) as u32;
+        let smem = hopper_smem(DH_ROWS, DH_STAGES, c);
         sm90_grad_args(x, wp, DH_ROWS, tt, v, tps, lse2, inv_kept, g.ptr)
             .push(part.ptr)
             .push(np as u32)
@@ -418,8 +425,7 @@ fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tens
             .launch(&xs.dev, "lmce_dh_final", (n * c / 2).div_ceil(256) as u32, 256, 0);
         lmce_patch(&xs.dev, tt, lse2, tl, inv_kept, g.ptr, vp);
         (Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n), Tensor::from_any(Storage::Cuda(dx), &[n, c], None))
-    });
-    (g, dx)
+    })
 }
 
 /// Rows streamed through shared memory (`ce_stream`) where it runs, else the two-pass kernel

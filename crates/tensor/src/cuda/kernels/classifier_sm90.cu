@@ -208,7 +208,7 @@ template <int KA> __device__ void lmce_grad_k(const LmTmaMap* tmh, const LmTmaMa
 #define LMD_STAGES 4
 #endif
 __device__ __forceinline__ u64 lmd_desc_mn(u32 s) {
-    return (u64)((s & 0x3FFFF) >> 4) | ((u64)(8192 >> 4) << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+    return (u64)((s & 0x3FFFF) >> 4) | ((u64)((LM_BN * 128) >> 4) << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
 }
 // d (+)= A·B for A 64×16 from registers and B 16×64 N-major in shared memory.
 __device__ __forceinline__ void lmd_wgmma_rs_t(float* d, const u32* a, u64 db, int accumulate) {
@@ -255,11 +255,11 @@ __device__ __forceinline__ void lmd_store(const u32* pf, u32 c0, int t, u32 row,
             *(uint4*)(gout + (u64)(row + 8 * r) * ldg + c0 + 8 * (4 * q + t)) = make_uint4(x[0], x[1], x[2], x[3]);
         }
 }
-// The loop: tile k's logits go into one of two register buffers while the warpgroup runs tile
-// k − 1's epilogue on the other, so the tensor cores always have the next logits queued. In
-// issue order the wgmma groups are S(k+1), then dH(k) after tile k's epilogue, so that waiting
-// for S(k) does not wait for dH(k − 1) (at most two groups left pending), and dH(k − 1) is
-// waited for only after tile k's exponentials, before its fragments pf are rewritten.
+// The loop, one logits buffer d a warpgroup (two did not fit: ptxas serialized the wgmmas and
+// spilled): once tile k's softmax is in pf, S(k + 1) goes into d and dH(k) after it, both
+// running while the warpgroup stores tile k's g; the warpgroup then waits for S(k + 1) only
+// (dH(k) left pending) and for dH(k) only after tile k + 1's exponentials, before pf is
+// rewritten. The other warpgroup's turns fill the tensor cores meanwhile.
 template <int KA> __device__ void lmce_grad_dh_k(const LmTmaMap* tmh, const LmTmaMap* tmw, const int* tgt, u32 n, u32 v, u32 vp, u32 tps, const float* lse2, const double* scale, bf16* gout, u32 ldg, float* dhp, u32 np) {
     const u32 TW = KA * LM_BN * 128; // bytes of one W tile
     u32 r0 = blockIdx.y * LMD_BM, split = blockIdx.x;

@@ -171,9 +171,9 @@ template <typename T, typename W> __device__ void ln_bwd_k(const T* x, const W* 
 // block adds its 8 warps' sums in order in f64 and writes them as split `blockIdx.x` of
 // part [gridDim.x, 3, c], which ln_dwdb_final_k combines in order: deterministic for a given
 // grid (the host derives it from rows alone). Saves re-reading x and g for dW/dB. The third sum
-// is of dx itself (in f32, before its rounding): the column sums of the residual stream's gradient, which are the
-// bias gradients of the Linear whose output was added into that stream (backward.rs hands them
-// over instead of a `colsum16` pass re-reading dx).
+// is of dx itself (in f32, before its rounding): the column sums of the residual stream's
+// gradient, which are the bias gradients of the Linear whose output was added into that stream
+// (backward.rs hands them over instead of a `colsum16` pass re-reading dx).
 #define LN_FUSED_CH 2
 template <typename T, typename W, int CH> __device__ void ln_bwd_dwdb_k(const T* x, const W* w, const T* g, const T* add, const float* mean, const float* rstd, T* dx, double* part, u32 rows, u32 c) {
     const int V = 16 / sizeof(T);
