@@ -103,6 +103,27 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> FaDims 
     }
 }
 
+/// The wgmma kernels (kernels/flash_sm90.cu) for head_dim 32 on Hopper (FMLAB_FLASH_SM90).
+static SM90: crate::switch::Switch = crate::switch::Switch::new("FMLAB_FLASH_SM90");
+
+/// Whether head_dim-32 flash attention on an sm_90 GPU runs the wgmma kernels (Some(true)) or
+/// flash.cu's mma.sync kernels (Some(false)); None restores the default: on, unless
+/// FMLAB_FLASH_SM90=0. Both take the same arguments and write the same outputs. For benchmarks and
+/// tests that compare the two.
+pub fn flash_sm90(on: Option<bool>) {
+    SM90.set(on);
+}
+
+/// The kernel `base` (fa_fwd, fa_bwd_q, fa_bwd_kv) for head_dim d on `dev`: the wgmma twin where
+/// it exists (d = 32, an sm_90 device, the default 4-warp blocks whose 64-row tiles it shares).
+fn kernel(dev: &crate::cuda::CudaDevice, base: &str, d: usize) -> String {
+    if d == 32 && fa_warps() == 4 && SM90.on() && dev.has_module("flash_sm90") {
+        format!("{base}_sm90_d32")
+    } else {
+        format!("{base}_d{d}")
+    }
+}
+
 fn at(t: &Tensor) -> u64 {
     t.with_storage(|s| match s {
         Storage::Cuda(c) => c.at(t.layout().offset),
@@ -135,7 +156,7 @@ pub(crate) fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMas
         .push(o.ptr)
         .push(cuda_ptr(&lse))
         .push(fd)
-        .launch3(&dev, &format!("fa_fwd_d{d}"), (t.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
+        .launch3(&dev, &kernel(&dev, "fa_fwd", d), (t.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
     let o = Tensor::from_any(Storage::Cuda(o), &[b, t, h, d], None);
     let tracked = crate::grad_enabled() && [q, k, v].iter().any(|x| x.track_grad());
     let o = if tracked { o.with_op(Op::FlashAttention(q.clone(), k.clone(), v.clone(), o.clone(), lse, pad, causal, scale)) } else { o };
@@ -183,7 +204,7 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
         for &p in ptrs {
             a.push(p);
         }
-        a.push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch3(&dev, &format!("{name}_d{d}"), (rows.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
+        a.push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch3(&dev, &kernel(&dev, name, d), (rows.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
     };
     launch("fa_bwd_q", &[at(&dq), cuda_ptr(o)], t);
     launch("fa_bwd_kv", &[at(&dk), at(&dv)], s);

@@ -796,7 +796,10 @@ fn sum_squares_all_matches_cpu() {
 fn flash_attention_matches_composite() {
     let g = gpu();
     let (b, h) = (2, 3);
-    for d in [32, 64, 128] {
+    // head_dim 32 twice on Hopper: the wgmma kernels (flash_sm90.cu, the default there) and
+    // flash.cu's mma.sync kernels.
+    for (d, sm90) in [(32, true), (32, false), (64, true), (128, true)] {
+        fmlab_tensor::flash_sm90(Some(sm90));
         for (t, s, mask_name) in [(100, 100, "none"), (100, 100, "causal"), (77, 150, "causal"), (130, 130, "padding"), (64, 64, "causal")] {
             let x = rnd(&[b, t, h * d], 100 + d as u64, DType::F32).to_dtype(DType::BF16);
             let kv = rnd(&[b, s, 2 * h * d], 101 + d as u64, DType::F32).to_dtype(DType::BF16);
@@ -817,13 +820,14 @@ fn flash_attention_matches_composite() {
             };
             let (yr, dxr, dkvr) = run(Device::Cpu, DType::F32, true);
             let (yg, dxg, dkvg) = run(g, DType::BF16, false);
-            let name = format!("flash d{d} T{t} S{s} {mask_name}");
+            let name = format!("flash d{d} T{t} S{s} {mask_name}{}", if sm90 { "" } else { " (mma.sync)" });
             let f32_of = |t: &Tensor| t.to_device(Device::Cpu).to_dtype(DType::F32);
             let e = [rel(&f32_of(&yg), &yr), rel(&f32_of(&dxg), &dxr), rel(&f32_of(&dkvg), &dkvr)];
             println!("{name}: rel. error output {:.2e}, dq {:.2e}, dk|dv {:.2e}", e[0], e[1], e[2]);
             assert!(e.iter().all(|&x| x <= 2e-2), "{name}: errors {e:?}");
         }
     }
+    fmlab_tensor::flash_sm90(None);
 }
 
 /// Sums/maxima over leading dims of contiguous tensors (bias gradients): the column kernel,

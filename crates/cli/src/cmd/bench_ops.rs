@@ -190,7 +190,8 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         let heads = |y: &Tensor, i: usize| y.narrow(2, i * c, c).reshape(&[bb, t, hh, dd]).transpose(1, 2);
         let flops = 4.0 * (bb * hh * t * t * dd) as f64 / 2.0; // QKᵀ and PV, causal half
         let up = rnd(&[bb, hh, t, dd], 21, bf).to_device(dev);
-        for (name, slow) in [("attention causal (flash)", false), ("attention causal (composite twin)", true)] {
+        for (name, slow, sm90) in [("attention causal (flash, Hopper wgmma)", false, true), ("attention causal (flash, mma.sync)", false, false), ("attention causal (composite twin)", true, false)] {
+            fmlab_tensor::flash_sm90(Some(sm90));
             let f = |x: &Tensor| {
                 let (q, k, v) = (heads(x, 0), heads(x, 1), heads(x, 2));
                 if slow { fmlab_tensor::attention_slow(&q, &k, &v, &fmlab_tensor::AttnMask::Causal) } else { fmlab_tensor::attention(&q, &k, &v, &fmlab_tensor::AttnMask::Causal) }
@@ -207,6 +208,7 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
             let sb = time(dev, a.iters, || f(&vx).grads_wrt_graph(&up)[0].1.clone()) - s;
             rows.push(Row { name: format!("{name} bwd"), shape: format!("[{bb}, {hh}, {t}, {dd}] bf16"), ms: sb * 1e3, rate: format!("{:.0} TFLOP/s", 2.5 * flops / sb / 1e12), err: check_grads(&[small], &fs) });
         }
+        fmlab_tensor::flash_sm90(None);
     }
     if want("cross_entropy") {
         let v = 50257;

@@ -65,10 +65,13 @@ const SOURCES: &[(&str, &str)] = &[
 ];
 /// Sources for Hopper only, compiled for `sm_90a` (wgmma is an arch-specific feature) on an sm_90
 /// device and absent elsewhere: `CudaDevice::has_module` says whether they are there.
-/// Each is prepended with hopper_gemm.cuh, the wgmma GEMM loop both run their epilogues in.
+/// Each is prepended with hopper_gemm.cuh (the wgmma GEMM loop the first two run their epilogues
+/// in; its wgmma wrappers for the third); flash_sm90 also with flash.cu's helpers (masks, loads,
+/// dimensions), without flash.cu's own kernels.
 const SOURCES_SM90A: &[(&str, &str)] = &[
     ("classifier_sm90", concat!(include_str!("kernels/hopper_gemm.cuh"), include_str!("kernels/classifier_sm90.cu"))),
     ("mlp_sm90", concat!(include_str!("kernels/hopper_gemm.cuh"), include_str!("kernels/mlp_sm90.cu"))),
+    ("flash_sm90", concat!(include_str!("kernels/hopper_gemm.cuh"), "#define FA_HELPERS_ONLY\n", include_str!("kernels/flash.cu"), include_str!("kernels/flash_sm90.cu"))),
 ];
 
 pub struct CudaDevice {
