@@ -116,12 +116,17 @@ pub fn flash_sm90(on: Option<bool>) {
 
 /// The kernel `base` (fa_fwd, fa_bwd_q, fa_bwd_kv) for head_dim d on `dev`: the wgmma twin where
 /// it exists (d = 32, an sm_90 device, the default 4-warp blocks whose 64-row tiles it shares).
+fn sm90(dev: &crate::cuda::CudaDevice, d: usize) -> bool {
+    d == 32 && fa_warps() == 4 && SM90.on() && dev.has_module("flash_sm90")
+}
 fn kernel(dev: &crate::cuda::CudaDevice, base: &str, d: usize) -> String {
-    if d == 32 && fa_warps() == 4 && SM90.on() && dev.has_module("flash_sm90") {
-        format!("{base}_sm90_d32")
-    } else {
-        format!("{base}_d{d}")
-    }
+    if sm90(dev, d) { format!("{base}_sm90_d32") } else { format!("{base}_d{d}") }
+}
+/// The wgmma kernels' last two arguments: TMA maps (64-row boxes) of the two [B, H, rows, 32]
+/// operands whose tiles they walk (k and v; q and dO), given as (tensor, rows, strides).
+fn tma_rows(a: &mut Args, x: &Tensor, st: [u32; 3]) {
+    let (b, h, rows) = (x.dim(0), x.dim(1), x.dim(2));
+    a.push(crate::cuda::tma_map_bf16_bhr(at(x), [b, h, rows, 32], st, 64));
 }
 
 fn at(t: &Tensor) -> u64 {
@@ -148,15 +153,13 @@ pub(crate) fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMas
     });
     let o = CudaStorage::alloc(&dev, DType::BF16, b * t * h * d);
     let lse = Tensor::zeros_on(&[b * h * t], DType::F32, q.device());
-    Args::new()
-        .push(at(q))
-        .push(at(k))
-        .push(at(v))
-        .push(pad.as_ref().map_or(0, cuda_ptr))
-        .push(o.ptr)
-        .push(cuda_ptr(&lse))
-        .push(fd)
-        .launch3(&dev, &kernel(&dev, "fa_fwd", d), (t.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
+    let mut a = Args::new();
+    a.push(at(q)).push(at(k)).push(at(v)).push(pad.as_ref().map_or(0, cuda_ptr)).push(o.ptr).push(cuda_ptr(&lse)).push(fd);
+    if sm90(&dev, d) {
+        tma_rows(&mut a, k, fd.ks);
+        tma_rows(&mut a, v, fd.vs);
+    }
+    a.launch3(&dev, &kernel(&dev, "fa_fwd", d), (t.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
     let o = Tensor::from_any(Storage::Cuda(o), &[b, t, h, d], None);
     let tracked = crate::grad_enabled() && [q, k, v].iter().any(|x| x.track_grad());
     let o = if tracked { o.with_op(Op::FlashAttention(q.clone(), k.clone(), v.clone(), o.clone(), lse, pad, causal, scale)) } else { o };
@@ -204,7 +207,18 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
         for &p in ptrs {
             a.push(p);
         }
-        a.push(fd).push(gs[0]).push(gs[1]).push(gs[2]).launch3(&dev, &kernel(&dev, name, d), (rows.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
+        a.push(fd).push(gs[0]).push(gs[1]).push(gs[2]);
+        if sm90(&dev, d) {
+            // Tiles of k and v (dQ), of q and dO (dK/dV).
+            if name == "fa_bwd_q" {
+                tma_rows(&mut a, k, fd.ks);
+                tma_rows(&mut a, v, fd.vs);
+            } else {
+                tma_rows(&mut a, q, fd.qs);
+                tma_rows(&mut a, &g.transpose(1, 2), gs);
+            }
+        }
+        a.launch3(&dev, &kernel(&dev, name, d), (rows.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
     };
     launch("fa_bwd_q", &[at(&dq), cuda_ptr(o)], t);
     launch("fa_bwd_kv", &[at(&dk), at(&dv)], s);

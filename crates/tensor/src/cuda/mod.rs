@@ -287,17 +287,33 @@ impl Args {
 /// rows past the end as zeros. A kernel takes it by value as a `__grid_constant__` parameter.
 /// The TMA unit needs `ptr` 16-byte aligned and `ld · 2` a multiple of 16 (the callers check).
 pub(crate) fn tma_map_bf16(ptr: u64, rows: usize, cols: usize, ld: usize, box_cols: u32, box_rows: u32) -> [u64; 16] {
-    use sys::{CUtensorMapDataType as Dt, CUtensorMapFloatOOBfill as Oob, CUtensorMapInterleave as Il, CUtensorMapL2promotion as L2, CUtensorMapSwizzle as Sw};
+    let what = || format!("a [{rows}, {cols}] bf16 matrix (row stride {ld}, box {box_rows} × {box_cols})");
+    tma_encode(ptr, &[cols as u64, rows as u64], &[(ld * 2) as u64], &[box_cols, box_rows], sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B, what)
+}
+
+/// A TMA tensor map of a [B, H, rows, D] bf16 view at `ptr` with element strides `st` (batch,
+/// head, row; D contiguous), read in boxes of one (batch, head) × `box_rows` rows × D = 32
+/// columns (64 bytes) written in the 64-byte swizzle, rows past the end as zeros: flash_sm90.cu's
+/// tiles. Needs `ptr` and every stride 16-byte aligned (flash.rs's `bhr_strides` views are).
+pub(crate) fn tma_map_bf16_bhr(ptr: u64, dims: [usize; 4], st: [u32; 3], box_rows: u32) -> [u64; 16] {
+    let [b, h, rows, d] = dims;
+    let what = || format!("a [{b}, {h}, {rows}, {d}] bf16 view (strides {st:?}, box {box_rows} × {d})");
+    let bytes = [st[2] as u64 * 2, st[1] as u64 * 2, st[0] as u64 * 2];
+    tma_encode(ptr, &[d as u64, rows as u64, h as u64, b as u64], &bytes, &[d as u32, box_rows, 1, 1], sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B, what)
+}
+
+/// cuTensorMapEncodeTiled for a bf16 tensor: `dims` fastest first, `strides` in bytes of every
+/// dimension but the first, `boxes` in elements; out-of-range elements read as zeros.
+fn tma_encode(ptr: u64, dims: &[u64], strides: &[u64], boxes: &[u32], swizzle: sys::CUtensorMapSwizzle, what: impl Fn() -> String) -> [u64; 16] {
+    use sys::{CUtensorMapDataType as Dt, CUtensorMapFloatOOBfill as Oob, CUtensorMapInterleave as Il, CUtensorMapL2promotion as L2};
+    assert!(strides.len() + 1 == dims.len() && boxes.len() == dims.len(), "tma_encode: {} dims, {} strides, {} boxes", dims.len(), strides.len(), boxes.len());
     let mut map = sys::CUtensorMap { opaque: [0; 16] };
-    let dims = [cols as u64, rows as u64];
-    let strides = [(ld * 2) as u64]; // bytes, of every dimension but the first
-    let boxes = [box_cols, box_rows];
-    let steps = [1u32, 1];
-    // SAFETY: every array holds the rank (2) entries the driver reads (strides: rank − 1); `map`
-    // is the 128-byte struct it writes.
-    let r = unsafe { sys::cuTensorMapEncodeTiled(&mut map, Dt::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, ptr as *mut c_void, dims.as_ptr(), strides.as_ptr(), boxes.as_ptr(), steps.as_ptr(), Il::CU_TENSOR_MAP_INTERLEAVE_NONE, Sw::CU_TENSOR_MAP_SWIZZLE_128B, L2::CU_TENSOR_MAP_L2_PROMOTION_L2_256B, Oob::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) }.result();
+    let steps = vec![1u32; dims.len()];
+    // SAFETY: every array holds the rank's entries the driver reads (strides: rank − 1, checked
+    // above); `map` is the 128-byte struct it writes.
+    let r = unsafe { sys::cuTensorMapEncodeTiled(&mut map, Dt::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, dims.len() as u32, ptr as *mut c_void, dims.as_ptr(), strides.as_ptr(), boxes.as_ptr(), steps.as_ptr(), Il::CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, L2::CU_TENSOR_MAP_L2_PROMOTION_L2_256B, Oob::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) }.result();
     if let Err(e) = r {
-        panic!("{}", CudaError::Driver { what: format!("encoding a TMA tensor map of a [{rows}, {cols}] bf16 matrix (row stride {ld}, box {box_rows} × {box_cols})"), msg: format!("{e:?}") });
+        panic!("{}", CudaError::Driver { what: format!("encoding a TMA tensor map of {}", what()), msg: format!("{e:?}") });
     }
     map.opaque
 }

@@ -13,9 +13,10 @@
 // A block is one warpgroup (128 threads, FA_WARPS = 4: warp w holds rows 16w..16w+15 of the
 // block's 64, in the mma.sync fragment layout flash.cu uses, which is also wgmma's register
 // layout for A and for the accumulators: d[4j + e] is the mma.sync C fragment of columns
-// 8j..8j+7). Tiles of the other side (64 rows × 32 columns, 4 KB) are copied by cp.async into
-// two stages, in the 64-byte swizzle: the 16-byte chunk c of row r at r·64 + 16·(c ^ ((r / 2) % 4)),
-// the pattern wgmma's descriptors name as layout type 2. The same tile serves as B both K-major
+// 8j..8j+7). Tiles of the other side (64 rows × 32 columns, 4 KB) are copied into two stages by
+// the TMA unit (one thread issues a tile's copies, an mbarrier says when they landed; FW_TMA=0:
+// by every thread's cp.async), in the 64-byte swizzle: the 16-byte chunk c of row r at
+// r·64 + 16·(c ^ ((r / 2) % 4)), the pattern wgmma's descriptors name as layout type 2. The same tile serves as B both K-major
 // (scores: keys × head dims, D the K dimension) and N-major (P·V, dS·K and the backward's
 // P^T·dO, dS^T·Q: rows the K dimension, head dims N).
 #define FW_ROWS 64
@@ -61,12 +62,16 @@ __device__ __forceinline__ void fw_pv(float* acc, const float* p, u32 tile) {
     }
 }
 
+
+#ifndef FW_TMA
+#define FW_TMA 1
+#endif
+// cp.async (FW_TMA=0): rows [r0, r0 + 64) of a [n, 32] bf16 matrix (row stride rs elements,
+// 16-byte aligned rows) into the swizzled tile at shared address dst, rows past n as zeros; one
+// 16-byte copy per (row, chunk), two a thread.
 __device__ __forceinline__ void fw_cp16(u32 dst, const void* src, u32 bytes) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
 }
-// Rows [r0, r0 + 64) of a [n, 32] bf16 matrix (row stride rs elements, 16-byte aligned rows)
-// into the swizzled tile at shared address dst, rows past n as zeros; one 16-byte copy per
-// (row, chunk), two a thread.
 __device__ __forceinline__ void fw_load_tile(u32 dst, const bf16* base, u32 rs, u32 r0, u32 n) {
     const u32 c = threadIdx.x & 3, r = threadIdx.x >> 2;
 #pragma unroll
@@ -76,16 +81,50 @@ __device__ __forceinline__ void fw_load_tile(u32 dst, const bf16* base, u32 rs, 
         fw_cp16(dst + row * 64 + ((c ^ ((row >> 1) & 3)) << 4), ok ? base + (u64)(r0 + row) * rs + 8 * c : base, ok ? 16 : 0);
     }
 }
-// Tile `it`'s copies landed and are visible to every warp and to wgmma (the async proxy), and
-// every warp is done with the tile before it (the stage the next copies go to).
-__device__ __forceinline__ void fw_tile_ready() {
+// TMA (FW_TMA=1): the box (head dims 0..31, rows r0..r0 + 63, head h, batch b) of a [B, H, rows,
+// 32] view (`map`: 4-D, strided, 64-byte swizzle; rows past the end arrive as zeros) into `dst`,
+// completing on `bar`.
+__device__ __forceinline__ void fw_tma4(u32 dst, const LmTmaMap* map, u32 r0, u32 h, u32 b, u32 bar) {
+    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];" ::"r"(dst), "l"((u64)map), "r"(0), "r"(r0), "r"(h), "r"(b), "r"(bar) : "memory");
+}
+// A stage: tiles A and B (K and V, or Q and dO) of the same 64 rows, at dst and dst + 4 KB.
+// Starts their copies: thread 0 has the TMA unit make them (on the stage's mbarrier), or every
+// thread issues its cp.async share (one group).
+__device__ __forceinline__ void fw_issue_pair(u32 dst, u32 bar, const LmTmaMap* ma, const LmTmaMap* mb, const bf16* pa, u32 rsa, const bf16* pb, u32 rsb, u32 r0, u32 n, u32 h, u32 b) {
+    if (FW_TMA) {
+        if (threadIdx.x == 0) {
+            mbar_expect(bar, 2 * FW_TILE_BYTES);
+            fw_tma4(dst, ma, r0, h, b, bar);
+            fw_tma4(dst + FW_TILE_BYTES, mb, r0, h, b, bar);
+        }
+    } else {
+        fw_load_tile(dst, pa, rsa, r0, n);
+        fw_load_tile(dst + FW_TILE_BYTES, pb, rsb, r0, n);
+        cp_async_commit();
+    }
+}
+// The two stages' mbarriers (TMA), made before any copy.
+__device__ __forceinline__ void fw_bars_init(u32 bars) {
+    if (FW_TMA && threadIdx.x == 0) {
+        mbar_init(bars, 1);
+        mbar_init(bars + 8, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+}
+// Tile `it`'s copies (stage it % 2) landed and are visible to every warp and to wgmma (cp.async
+// writes through the generic proxy: fenced for wgmma's async reads), and every warp is done with
+// tile it − 1, whose stage the next copies refill. cp.async's wait also covers the dK/dV kernel's
+// LSE and delta copies.
+__device__ __forceinline__ void fw_tile_ready(u32 bars, u32 it) {
+    if (FW_TMA) mbar_wait(bars + 8 * (it & 1), (it >> 1) & 1);
     cp_async_wait<0>();
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    if (!FW_TMA) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     __syncthreads();
 }
 
 #ifndef FW_FWD_MINB
-#define FW_FWD_MINB 4
+#define FW_FWD_MINB 5
 #endif
 #ifndef FW_Q_MINB
 #define FW_Q_MINB 3
@@ -93,15 +132,23 @@ __device__ __forceinline__ void fw_tile_ready() {
 #ifndef FW_KV_MINB
 #define FW_KV_MINB 3
 #endif
+// The TMA maps (flash.rs `tma_rows`) follow flash.cu's arguments: of k and v (forward, dQ), of
+// q and dO (dK/dV).
+#define FW_MAPS const __grid_constant__ LmTmaMap ma, const __grid_constant__ LmTmaMap mb
 
-extern "C" __global__ void __launch_bounds__(128, FW_FWD_MINB) fa_fwd_sm90_d32(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) {
+extern "C" __global__ void __launch_bounds__(128, FW_FWD_MINB) fa_fwd_sm90_d32(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d, FW_MAPS) {
     __shared__ __align__(1024) unsigned char kv_[2][2][FW_TILE_BYTES];
+    __shared__ __align__(8) u64 bars_[2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
-    const u32 q0 = fa_query_tile() * FW_ROWS, wq = q0 + warp * 16;
+    const u32 q0 = fa_query_tile() * FW_ROWS, wq = q0 + warp * 16, bars = smem_addr(bars_);
     const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
     const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
     const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
+    fw_bars_init(bars);
+    const u32 ntiles = fa_key_tiles(d, q0);
+    auto issue = [&](u32 it) { fw_issue_pair(smem_addr(kv_[it & 1][0]), bars + 8 * (it & 1), &ma, &mb, kb, d.ks[2], vb, d.vs[2], it * FW_ROWS, d.s, hi, bi); };
+    if (ntiles > 0) issue(0);
     u32 qa[2][4];
     load_a_global<32>(qa, qb, d.qs[2], wq, d.t);
     float acc[16];
@@ -109,17 +156,9 @@ extern "C" __global__ void __launch_bounds__(128, FW_FWD_MINB) fa_fwd_sm90_d32(c
     for (int i = 0; i < 16; ++i) acc[i] = 0.f;
     float m[2] = {FA_NEG_INF, FA_NEG_INF}, l[2] = {0.f, 0.f};
     const float sl2 = d.scale * LOG2E;
-    const u32 ntiles = fa_key_tiles(d, q0);
-    auto issue = [&](u32 it) {
-        const u32 s = smem_addr(kv_[it & 1][0]);
-        fw_load_tile(s, kb, d.ks[2], it * FW_ROWS, d.s);
-        fw_load_tile(s + FW_TILE_BYTES, vb, d.vs[2], it * FW_ROWS, d.s);
-        cp_async_commit();
-    };
-    if (ntiles > 0) issue(0);
     for (u32 it = 0; it < ntiles; ++it) {
         const u32 k0 = it * FW_ROWS, kt = smem_addr(kv_[it & 1][0]), vt = kt + FW_TILE_BYTES;
-        fw_tile_ready();
+        fw_tile_ready(bars, it);
         if (it + 1 < ntiles) issue(it + 1);
         float s[32];
         fw_fence();
@@ -128,7 +167,9 @@ extern "C" __global__ void __launch_bounds__(128, FW_FWD_MINB) fa_fwd_sm90_d32(c
         lm_wgmma_wait<0>();
         fw_fence_acc<32>(s);
         float (*sc)[4] = (float (*)[4])s;
-        // Mask, row maxima, rescale and exponentials exactly as fa_fwd_k (flash.cu) does them.
+        // Mask, row maxima, rescale and exponentials as fa_fwd_k (flash.cu) does them, the row
+        // sums by float adds (as 8 more columns of P·V against a tile of ones, the forward took
+        // 0.119 / 0.121 ms against 0.117: not kept).
         const bool masked = k0 + FW_ROWS > d.s || pad || (d.causal && k0 + FW_ROWS - 1 > wq + (d.s - d.t));
         if (masked) fa_mask_rows(sc, d, pad, bi, wq, k0);
         float mx[2] = {FA_NEG_INF, FA_NEG_INF};
@@ -177,15 +218,20 @@ extern "C" __global__ void __launch_bounds__(128, FW_FWD_MINB) fa_fwd_sm90_d32(c
 }
 
 // dQ for the block's 64 queries (and delta, as fa_bwd_q_k), looping over key tiles.
-extern "C" __global__ void __launch_bounds__(128, FW_Q_MINB) fa_bwd_q_sm90_d32(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, float* delta, bf16* dq, const bf16* o, FaDims d, u32 ds0, u32 ds1, u32 ds2) {
+extern "C" __global__ void __launch_bounds__(128, FW_Q_MINB) fa_bwd_q_sm90_d32(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, float* delta, bf16* dq, const bf16* o, FaDims d, u32 ds0, u32 ds1, u32 ds2, FW_MAPS) {
     __shared__ __align__(1024) unsigned char kv_[2][2][FW_TILE_BYTES];
+    __shared__ __align__(8) u64 bars_[2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
-    const u32 q0 = fa_query_tile() * FW_ROWS, wq = q0 + warp * 16;
+    const u32 q0 = fa_query_tile() * FW_ROWS, wq = q0 + warp * 16, bars = smem_addr(bars_);
     const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
     const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
     const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
     const bf16* gb = dout + (u64)bi * ds0 + (u64)hi * ds1;
+    fw_bars_init(bars);
+    const u32 ntiles = fa_key_tiles(d, q0);
+    auto issue = [&](u32 it) { fw_issue_pair(smem_addr(kv_[it & 1][0]), bars + 8 * (it & 1), &ma, &mb, kb, d.ks[2], vb, d.vs[2], it * FW_ROWS, d.s, hi, bi); };
+    if (ntiles > 0) issue(0);
     const float sl2 = d.scale * LOG2E;
     u32 qa[2][4], ga[2][4];
     load_a_global<32>(qa, qb, d.qs[2], wq, d.t);
@@ -211,17 +257,9 @@ extern "C" __global__ void __launch_bounds__(128, FW_Q_MINB) fa_bwd_q_sm90_d32(c
     float dqa[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) dqa[i] = 0.f;
-    const u32 ntiles = fa_key_tiles(d, q0);
-    auto issue = [&](u32 it) {
-        const u32 s = smem_addr(kv_[it & 1][0]);
-        fw_load_tile(s, kb, d.ks[2], it * FW_ROWS, d.s);
-        fw_load_tile(s + FW_TILE_BYTES, vb, d.vs[2], it * FW_ROWS, d.s);
-        cp_async_commit();
-    };
-    if (ntiles > 0) issue(0);
     for (u32 it = 0; it < ntiles; ++it) {
         const u32 k0 = it * FW_ROWS, kt = smem_addr(kv_[it & 1][0]), vt = kt + FW_TILE_BYTES;
-        fw_tile_ready();
+        fw_tile_ready(bars, it);
         if (it + 1 < ntiles) issue(it + 1);
         float s[32], dp[32];
         fw_fence();
@@ -257,16 +295,33 @@ extern "C" __global__ void __launch_bounds__(128, FW_Q_MINB) fa_bwd_q_sm90_d32(c
 }
 
 // dK, dV for the block's 64 keys, looping over query tiles (as fa_bwd_kv_k).
-extern "C" __global__ void __launch_bounds__(128, FW_KV_MINB) fa_bwd_kv_sm90_d32(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 ds0, u32 ds1, u32 ds2) {
+extern "C" __global__ void __launch_bounds__(128, FW_KV_MINB) fa_bwd_kv_sm90_d32(const bf16* q, const bf16* k, const bf16* v, const u8* pad, const bf16* dout, const float* lse, const float* delta, bf16* dk, bf16* dv, FaDims d, u32 ds0, u32 ds1, u32 ds2, FW_MAPS) {
     __shared__ __align__(1024) unsigned char qg_[2][2][FW_TILE_BYTES];
     __shared__ float lse_b[2][FW_ROWS], del_b[2][FW_ROWS];
+    __shared__ __align__(8) u64 bars_[2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
-    const u32 k0 = blockIdx.x * FW_ROWS, wk = k0 + warp * 16;
+    const u32 k0 = blockIdx.x * FW_ROWS, wk = k0 + warp * 16, bars = smem_addr(bars_);
     const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
     const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
     const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
     const bf16* gb = dout + (u64)bi * ds0 + (u64)hi * ds1;
+    fw_bars_init(bars);
+    u32 qstart = 0;
+    if (d.causal) qstart = k0 > (d.s - d.t) ? k0 - (d.s - d.t) : 0;
+    qstart = (qstart / FW_ROWS) * FW_ROWS;
+    const u32 ntiles = qstart < d.t ? (d.t - qstart + FW_ROWS - 1) / FW_ROWS : 0;
+    // Tile it's Q and dO, and its 64 queries' LSE (threads 0-63) and delta (64-127) by cp.async;
+    // queries past T get LSE +inf (P = 0) and delta 0.
+    auto issue = [&](u32 it) {
+        const u32 b = it & 1, r0 = qstart + it * FW_ROWS, i = threadIdx.x & (FW_ROWS - 1);
+        fw_issue_pair(smem_addr(qg_[b][0]), bars + 8 * b, &ma, &mb, qb, d.qs[2], gb, ds2, r0, d.t, hi, bi);
+        float* dst = threadIdx.x < FW_ROWS ? &lse_b[b][i] : &del_b[b][i];
+        if (r0 + i < d.t) cp_async4(dst, (threadIdx.x < FW_ROWS ? lse : delta) + (u64)bh * d.t + r0 + i, 4);
+        else *dst = threadIdx.x < FW_ROWS ? FA_INF : 0.f;
+        cp_async_commit();
+    };
+    if (ntiles > 0) issue(0);
     const float sl2 = d.scale * LOG2E;
     u32 ka[2][4], va[2][4];
     load_a_global<32>(ka, kb, d.ks[2], wk, d.s);
@@ -274,31 +329,11 @@ extern "C" __global__ void __launch_bounds__(128, FW_KV_MINB) fa_bwd_kv_sm90_d32
     float dka[16], dva[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) dka[i] = dva[i] = 0.f;
-    u32 qstart = 0;
-    if (d.causal) qstart = k0 > (d.s - d.t) ? k0 - (d.s - d.t) : 0;
-    qstart = (qstart / FW_ROWS) * FW_ROWS;
-    const u32 ntiles = qstart < d.t ? (d.t - qstart + FW_ROWS - 1) / FW_ROWS : 0;
-    auto issue = [&](u32 it) {
-        const u32 b = it & 1, r0 = qstart + it * FW_ROWS, s = smem_addr(qg_[b][0]);
-        fw_load_tile(s, qb, d.qs[2], r0, d.t);
-        fw_load_tile(s + FW_TILE_BYTES, gb, ds2, r0, d.t);
-        for (int i = threadIdx.x; i < FW_ROWS; i += blockDim.x) {
-            if (r0 + i < d.t) {
-                cp_async4(&lse_b[b][i], lse + (u64)bh * d.t + r0 + i, 4);
-                cp_async4(&del_b[b][i], delta + (u64)bh * d.t + r0 + i, 4);
-            } else {
-                lse_b[b][i] = FA_INF; // P = 0 for queries past T
-                del_b[b][i] = 0.f;
-            }
-        }
-        cp_async_commit();
-    };
-    if (ntiles > 0) issue(0);
     for (u32 it = 0; it < ntiles; ++it) {
         const u32 q0 = qstart + it * FW_ROWS, qt = smem_addr(qg_[it & 1][0]), gt = qt + FW_TILE_BYTES;
         const float* lse_s = lse_b[it & 1];
         const float* del_s = del_b[it & 1];
-        fw_tile_ready();
+        fw_tile_ready(bars, it);
         if (it + 1 < ntiles) issue(it + 1);
         // S^T = K Q^T and dP^T = V dO^T: rows = this warp's 16 keys, columns = the tile's queries.
         float st[32], dpt[32];
