@@ -1,6 +1,7 @@
 //! Flash attention on CUDA (kernels/flash.cu): bf16 q/k/v with head_dim 32, 64 or 128, no mask,
 //! causal, or key padding; tensor-core tiles, f32 softmax statistics, never materializing the
-//! [B, H, T, S] scores. `attention` (ops.rs) uses it when `supported` says so and falls back to
+//! [B, H, T, S] scores. On Hopper, head_dim 32 (gpt2-mini's) runs kernels/flash_sm90.cu instead:
+//! the same three kernels on wgmma, their tiles copied by the TMA unit (`flash_sm90` switches). `attention` (ops.rs) uses it when `supported` says so and falls back to
 //! the composite (its twin, `attention_slow`) otherwise.
 //!
 //! The output is stored [B, T, H, D] and returned as its [B, H, T, D] view, so the usual
