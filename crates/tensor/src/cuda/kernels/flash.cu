@@ -470,6 +470,33 @@ template <int D> __device__ void fa_bwd_kv_k(const bf16* q, const bf16* k, const
     }
 }
 
+// The dQ kernels' per-row set-up for this warp's rows wq + g and wq + g + 8 (index r): dr[r] =
+// delta = Σ_d dO·O from the dO fragments ga and O's (O [B, T, H, D] as the forward wrote it),
+// written to `delta` by the row's first lane, and lr[r] = the row's LSE (+inf past T).
+template <int D> __device__ __forceinline__ void fa_delta_lse(const u32 (*ga)[4], const bf16* o, const float* lse, float* delta, const FaDims& d, u32 bi, u32 hi, u32 bh, u32 wq, float* lr, float* dr) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    dr[0] = dr[1] = 0.f;
+    {
+        u32 oa[D / 16][4];
+        load_a_global<D>(oa, o + ((u64)bi * d.t * d.h + hi) * D, d.h * D, wq, d.t);
+        // Fragment registers 0, 2 hold row g, registers 1, 3 row g + 8; the 4 lanes t of a row
+        // hold its other columns.
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks) {
+            dr[0] += dot_bf16x2(oa[ks][0], ga[ks][0]) + dot_bf16x2(oa[ks][2], ga[ks][2]);
+            dr[1] += dot_bf16x2(oa[ks][1], ga[ks][1]) + dot_bf16x2(oa[ks][3], ga[ks][3]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        dr[r] += __shfl_xor_sync(0xffffffffu, dr[r], 1);
+        dr[r] += __shfl_xor_sync(0xffffffffu, dr[r], 2);
+        const u32 i = wq + g + r * 8;
+        lr[r] = i < d.t ? lse[(u64)bh * d.t + i] : FA_INF;
+        if (i < d.t && t == 0) delta[(u64)bh * d.t + i] = dr[r];
+    }
+}
+
 // dQ for 16 queries per warp, looping over key tiles. It runs before fa_bwd_kv_k and makes the
 // delta both use, delta[bh, i] = Σ_d dO[i, d] · O[i, d], for its own rows from the dO fragments it
 // holds anyway and O's (O [B, T, H, D] as the forward wrote it): no separate delta kernel.
@@ -489,26 +516,8 @@ template <int D> __device__ void fa_bwd_q_k(const bf16* q, const bf16* k, const 
     u32 qa[D / 16][4], ga[D / 16][4];
     load_a_global<D>(qa, qb, d.qs[2], wq, d.t);
     load_a_global<D>(ga, gb, ds2, wq, d.t);
-    float lr[2], dr[2] = {0.f, 0.f};
-    {
-        u32 oa[D / 16][4];
-        load_a_global<D>(oa, o + ((u64)bi * d.t * d.h + hi) * D, d.h * D, wq, d.t);
-        // Fragment registers 0, 2 hold row g, registers 1, 3 row g + 8; the 4 lanes t of a row
-        // hold its other columns.
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks) {
-            dr[0] += dot_bf16x2(oa[ks][0], ga[ks][0]) + dot_bf16x2(oa[ks][2], ga[ks][2]);
-            dr[1] += dot_bf16x2(oa[ks][1], ga[ks][1]) + dot_bf16x2(oa[ks][3], ga[ks][3]);
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        dr[r] += __shfl_xor_sync(0xffffffffu, dr[r], 1);
-        dr[r] += __shfl_xor_sync(0xffffffffu, dr[r], 2);
-        u32 i = wq + g + r * 8;
-        lr[r] = i < d.t ? lse[(u64)bh * d.t + i] : FA_INF;
-        if (i < d.t && t == 0) delta[(u64)bh * d.t + i] = dr[r];
-    }
+    float lr[2], dr[2];
+    fa_delta_lse<D>(ga, o, lse, delta, d, bi, hi, bh, wq, lr, dr);
     float dqa[D / 8][4];
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) dqa[i][0] = dqa[i][1] = dqa[i][2] = dqa[i][3] = 0.f;

@@ -51,6 +51,17 @@ __device__ __forceinline__ void fw_scores(float* s, const u32 (*a)[4], u32 tile)
     lm_wgmma_rs(s, a[0], fw_desc(tile), 0);
     lm_wgmma_rs(s, a[1], fw_desc(tile + 32), 1);
 }
+// The backward's paired scores, s1 = a1 · t1ᵀ and s2 = a2 · t2ᵀ (S and dP in dQ's kernel, their
+// transposes in dK/dV's): one group, issued and waited for.
+__device__ __forceinline__ void fw_dual_scores(float* s1, float* s2, const u32 (*a1)[4], const u32 (*a2)[4], u32 t1, u32 t2) {
+    fw_fence();
+    fw_scores(s1, a1, t1);
+    fw_scores(s2, a2, t2);
+    fw_commit();
+    lm_wgmma_wait<0>();
+    fw_fence_acc<32>(s1);
+    fw_fence_acc<32>(s2);
+}
 // acc (64 rows × 32) += P · tile, P (64 × 64) given as its C fragments p (the scores' layout),
 // rounded to bf16 here; the tile N-major, 16 of its rows (1024 bytes) a k-step.
 __device__ __forceinline__ void fw_pv(float* acc, const float* p, u32 tile) {
@@ -236,24 +247,8 @@ extern "C" __global__ void __launch_bounds__(128, FW_Q_MINB) fa_bwd_q_sm90_d32(c
     u32 qa[2][4], ga[2][4];
     load_a_global<32>(qa, qb, d.qs[2], wq, d.t);
     load_a_global<32>(ga, gb, ds2, wq, d.t);
-    float lr[2], dr[2] = {0.f, 0.f};
-    {
-        u32 oa[2][4];
-        load_a_global<32>(oa, o + ((u64)bi * d.t * d.h + hi) * 32, d.h * 32, wq, d.t);
-#pragma unroll
-        for (int ks = 0; ks < 2; ++ks) {
-            dr[0] += dot_bf16x2(oa[ks][0], ga[ks][0]) + dot_bf16x2(oa[ks][2], ga[ks][2]);
-            dr[1] += dot_bf16x2(oa[ks][1], ga[ks][1]) + dot_bf16x2(oa[ks][3], ga[ks][3]);
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        dr[r] += __shfl_xor_sync(0xffffffffu, dr[r], 1);
-        dr[r] += __shfl_xor_sync(0xffffffffu, dr[r], 2);
-        const u32 i = wq + g + r * 8;
-        lr[r] = i < d.t ? lse[(u64)bh * d.t + i] : FA_INF;
-        if (i < d.t && t == 0) delta[(u64)bh * d.t + i] = dr[r];
-    }
+    float lr[2], dr[2];
+    fa_delta_lse<32>(ga, o, lse, delta, d, bi, hi, bh, wq, lr, dr);
     float dqa[16];
 #pragma unroll
     for (int i = 0; i < 16; ++i) dqa[i] = 0.f;
@@ -262,13 +257,7 @@ extern "C" __global__ void __launch_bounds__(128, FW_Q_MINB) fa_bwd_q_sm90_d32(c
         fw_tile_ready(bars, it);
         if (it + 1 < ntiles) issue(it + 1);
         float s[32], dp[32];
-        fw_fence();
-        fw_scores(s, qa, kt);
-        fw_scores(dp, ga, vt);
-        fw_commit();
-        lm_wgmma_wait<0>();
-        fw_fence_acc<32>(s);
-        fw_fence_acc<32>(dp);
+        fw_dual_scores(s, dp, qa, ga, kt, vt);
         const bool masked = k0 + FW_ROWS > d.s || pad || (d.causal && k0 + FW_ROWS - 1 > wq + (d.s - d.t));
         if (masked) fa_mask_rows((float (*)[4])s, d, pad, bi, wq, k0);
 #pragma unroll
@@ -337,13 +326,7 @@ extern "C" __global__ void __launch_bounds__(128, FW_KV_MINB) fa_bwd_kv_sm90_d32
         if (it + 1 < ntiles) issue(it + 1);
         // S^T = K Q^T and dP^T = V dO^T: rows = this warp's 16 keys, columns = the tile's queries.
         float st[32], dpt[32];
-        fw_fence();
-        fw_scores(st, ka, qt);
-        fw_scores(dpt, va, gt);
-        fw_commit();
-        lm_wgmma_wait<0>();
-        fw_fence_acc<32>(st);
-        fw_fence_acc<32>(dpt);
+        fw_dual_scores(st, dpt, ka, va, qt, gt);
         const bool masked = pad || (d.causal && wk + 15 > q0 + (d.s - d.t));
         if (masked) fa_mask_keys<FW_ROWS>((float (*)[4])st, d, pad, bi, wk, q0);
 #pragma unroll
