@@ -244,10 +244,28 @@ template <int N> __device__ __forceinline__ void fa_mask_keys(float (*st)[4], co
     }
 }
 
+// The forward's end for this warp's rows wq + g, wq + g + 8 (index r): O = acc / l in bf16
+// ([B, T, H, D]; acc as C fragments, 8 columns an n-tile) and the row's log-sum-exp of scale·s in
+// log2 units (backward's P = exp2(s·scale·log2e − lse) is one FMA and an exp2), +inf for a row
+// that sees no key (P is then 0). l: the rows' whole sums, m: their maxima (scaled, log2).
+template <int D> __device__ __forceinline__ void fa_store_o(const float (*acc)[4], const float* l, const float* m, bf16* o, float* lse, const FaDims& d, u32 bi, u32 hi, u32 bh, u32 wq) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const u32 i = wq + g + r * 8;
+        if (i >= d.t) continue;
+        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+        bf16* orow = o + (((u64)bi * d.t + i) * d.h + hi) * D;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) *(u32*)(orow + nd * 8 + 2 * t) = pack_bf16(acc[nd][2 * r] * inv, acc[nd][2 * r + 1] * inv);
+        if (t == 0) lse[(u64)bh * d.t + i] = l[r] > 0.f ? m[r] + log2f(l[r]) : FA_INF;
+    }
+}
+
 template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d) {
     const int ST = FaStages<D>::n;
     __shared__ __align__(16) unsigned short ks_[ST][FA_TILE][D + 8], vs_[ST][FA_TILE][D + 8];
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    int warp = threadIdx.x >> 5;
     u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
     u32 q0 = fa_query_tile() * (FA_WARPS * 16), wq = q0 + warp * 16;
     const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
@@ -343,18 +361,7 @@ template <int D> __device__ void fa_fwd_k(const bf16* q, const bf16* k, const bf
             l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
         }
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        u32 i = wq + g + r * 8;
-        if (i >= d.t) continue;
-        float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-        bf16* orow = o + (((u64)bi * d.t + i) * d.h + hi) * D;
-#pragma unroll
-        for (int nd = 0; nd < D / 8; ++nd) *(u32*)(orow + nd * 8 + 2 * t) = pack_bf16(acc[nd][2 * r] * inv, acc[nd][2 * r + 1] * inv);
-        // The row's log-sum-exp of scale·s in log2 units (backward's P = exp2(s·scale·log2e −
-        // lse) is one FMA and an exp2); +inf for a row that sees no key (P is then 0).
-        if (t == 0) lse[(u64)bh * d.t + i] = l[r] > 0.f ? m[r] + log2f(l[r]) : FA_INF;
-    }
+    fa_store_o<D>(acc, l, m, o, lse, d, bi, hi, bh, wq);
 }
 
 // The bf16 pairs' dot product a.lo·b.lo + a.hi·b.hi in f32 (delta = Σ_d dO·O, in fa_bwd_q_k).

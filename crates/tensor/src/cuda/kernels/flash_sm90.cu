@@ -150,7 +150,7 @@ __device__ __forceinline__ void fw_tile_ready(u32 bars, u32 it) {
 extern "C" __global__ void __launch_bounds__(128, FW_FWD_MINB) fa_fwd_sm90_d32(const bf16* q, const bf16* k, const bf16* v, const u8* pad, bf16* o, float* lse, FaDims d, FW_MAPS) {
     __shared__ __align__(1024) unsigned char kv_[2][2][FW_TILE_BYTES];
     __shared__ __align__(8) u64 bars_[2];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
+    const int warp = threadIdx.x >> 5;
     const u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
     const u32 q0 = fa_query_tile() * FW_ROWS, wq = q0 + warp * 16, bars = smem_addr(bars_);
     const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
@@ -216,16 +216,7 @@ extern "C" __global__ void __launch_bounds__(128, FW_FWD_MINB) fa_fwd_sm90_d32(c
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
     }
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const u32 i = wq + g + r * 8;
-        if (i >= d.t) continue;
-        const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-        bf16* orow = o + (((u64)bi * d.t + i) * d.h + hi) * 32;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) *(u32*)(orow + j * 8 + 2 * t) = pack_bf16(acc[4 * j + 2 * r] * inv, acc[4 * j + 2 * r + 1] * inv);
-        if (t == 0) lse[(u64)bh * d.t + i] = l[r] > 0.f ? m[r] + log2f(l[r]) : FA_INF;
-    }
+    fa_store_o<32>((const float (*)[4])acc, l, m, o, lse, d, bi, hi, bh, wq);
 }
 
 // dQ for the block's 64 queries (and delta, as fa_bwd_q_k), looping over key tiles.
