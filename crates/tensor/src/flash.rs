@@ -123,8 +123,9 @@ fn sm90(dev: &crate::cuda::CudaDevice, d: usize) -> bool {
 fn kernel(dev: &crate::cuda::CudaDevice, base: &str, d: usize) -> String {
     if sm90(dev, d) { format!("{base}_sm90_d32") } else { format!("{base}_d{d}") }
 }
-/// The wgmma kernels' last two arguments: TMA maps (64-row boxes) of the two [B, H, rows, 32]
-/// operands whose tiles they walk (k and v; q and dO), given as (tensor, rows, strides).
+/// Pushes one of the wgmma kernels' last two arguments: the TMA map (64-row boxes) of a
+/// [B, H, rows, 32] operand whose tiles they walk (k and v; q and dO), `st` its (batch, head,
+/// row) element strides.
 fn tma_rows(a: &mut Args, x: &Tensor, st: [u32; 3]) {
     let (b, h, rows) = (x.dim(0), x.dim(1), x.dim(2));
     a.push(crate::cuda::tma_map_bf16_bhr(at(x), [b, h, rows, 32], st, 64));
