@@ -1,8 +1,9 @@
 //! Flash attention on CUDA (kernels/flash.cu): bf16 q/k/v with head_dim 32, 64 or 128, no mask,
 //! causal, or key padding; tensor-core tiles, f32 softmax statistics, never materializing the
 //! [B, H, T, S] scores. On Hopper, head_dim 32 (gpt2-mini's) runs kernels/flash_sm90.cu instead:
-//! the same three kernels on wgmma, their tiles copied by the TMA unit (`flash_sm90` switches). `attention` (ops.rs) uses it when `supported` says so and falls back to
-//! the composite (its twin, `attention_slow`) otherwise.
+//! the same three kernels on wgmma, their tiles copied by the TMA unit (`flash_sm90` switches).
+//! `attention` (ops.rs) uses it when `supported` says so and falls back to the composite (its
+//! twin, `attention_slow`) otherwise.
 //!
 //! The output is stored [B, T, H, D] and returned as its [B, H, T, D] view, so the usual
 //! `transpose(1, 2).reshape([B, T, C])` after attention is free; gradients come back the same way.
@@ -115,20 +116,26 @@ pub fn flash_sm90(on: Option<bool>) {
     SM90.set(on);
 }
 
-/// The kernel `base` (fa_fwd, fa_bwd_q, fa_bwd_kv) for head_dim d on `dev`: the wgmma twin where
-/// it exists (d = 32, an sm_90 device, the default 4-warp blocks whose 64-row tiles it shares).
+/// Whether head_dim d on `dev` runs the wgmma twins: d = 32, an sm_90 device, and the default
+/// 4-warp blocks whose 64-row tiles they share.
 fn sm90(dev: &crate::cuda::CudaDevice, d: usize) -> bool {
     d == 32 && fa_warps() == 4 && SM90.on() && dev.has_module("flash_sm90")
 }
-fn kernel(dev: &crate::cuda::CudaDevice, base: &str, d: usize) -> String {
-    if sm90(dev, d) { format!("{base}_sm90_d32") } else { format!("{base}_d{d}") }
-}
-/// Pushes one of the wgmma kernels' last two arguments: the TMA map (64-row boxes) of a
-/// [B, H, rows, 32] operand whose tiles they walk (k and v; q and dO), `st` its (batch, head,
-/// row) element strides.
-fn tma_rows(a: &mut Args, x: &Tensor, st: [u32; 3]) {
-    let (b, h, rows) = (x.dim(0), x.dim(1), x.dim(2));
-    a.push(crate::cuda::tma_map_bf16_bhr(at(x), [b, h, rows, 32], st, 64));
+
+/// Launches flash kernel `base` (fa_fwd, fa_bwd_q, fa_bwd_kv) for head_dim d over `rows` rows per
+/// (batch, head), one block of FA_WARPS warps per 16·FA_WARPS rows, with arguments `a`. The wgmma
+/// twin (`sm90`) also takes TMA maps (64-row boxes) of the two [B, H, rows, 32] operands whose
+/// tiles it walks, `tiles` (each with its (batch, head, row) element strides).
+fn launch(dev: &crate::cuda::CudaDevice, base: &str, d: usize, mut a: Args, tiles: [(&Tensor, [u32; 3]); 2], bh: usize, rows: usize) {
+    let name = if sm90(dev, d) {
+        for (x, st) in tiles {
+            a.push(crate::cuda::tma_map_bf16_bhr(at(x), [x.dim(0), x.dim(1), x.dim(2), 32], st, 64));
+        }
+        format!("{base}_sm90_d32")
+    } else {
+        format!("{base}_d{d}")
+    };
+    a.launch3(dev, &name, (rows.div_ceil(16 * fa_warps()) as u32, bh as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
 }
 
 fn at(t: &Tensor) -> u64 {
@@ -157,11 +164,7 @@ pub(crate) fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMas
     let lse = Tensor::zeros_on(&[b * h * t], DType::F32, q.device());
     let mut a = Args::new();
     a.push(at(q)).push(at(k)).push(at(v)).push(pad.as_ref().map_or(0, cuda_ptr)).push(o.ptr).push(cuda_ptr(&lse)).push(fd);
-    if sm90(&dev, d) {
-        tma_rows(&mut a, k, fd.ks);
-        tma_rows(&mut a, v, fd.vs);
-    }
-    a.launch3(&dev, &kernel(&dev, "fa_fwd", d), (t.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
+    launch(&dev, "fa_fwd", d, a, [(k, fd.ks), (v, fd.vs)], b * h, t);
     let o = Tensor::from_any(Storage::Cuda(o), &[b, t, h, d], None);
     let tracked = crate::grad_enabled() && [q, k, v].iter().any(|x| x.track_grad());
     let o = if tracked { o.with_op(Op::FlashAttention(q.clone(), k.clone(), v.clone(), o.clone(), lse, pad, causal, scale)) } else { o };
@@ -201,29 +204,16 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
     };
     let pp = pad.map_or(0, cuda_ptr);
     // Both backward kernels take (q, k, v, pad, dO, lse, delta, then their own pointers, dims, dO
-    // strides) and one block of FA_WARPS warps per tile of 16·FA_WARPS rows of `rows` per (batch, head). dQ runs
-    // first: it writes delta (and reads O for it).
-    let launch = |name: &str, ptrs: &[u64], rows: usize| {
+    // strides). dQ runs first: it writes delta (and reads O for it). The wgmma twins walk tiles of
+    // k and v (dQ), of q and dO (dK/dV).
+    let args = |ptrs: [u64; 2]| {
         let mut a = Args::new();
         a.push(at(q)).push(at(k)).push(at(v)).push(pp).push(at(&g)).push(cuda_ptr(lse)).push(cuda_ptr(&delta));
-        for &p in ptrs {
-            a.push(p);
-        }
-        a.push(fd).push(gs[0]).push(gs[1]).push(gs[2]);
-        if sm90(&dev, d) {
-            // Tiles of k and v (dQ), of q and dO (dK/dV).
-            if name == "fa_bwd_q" {
-                tma_rows(&mut a, k, fd.ks);
-                tma_rows(&mut a, v, fd.vs);
-            } else {
-                tma_rows(&mut a, q, fd.qs);
-                tma_rows(&mut a, &g.transpose(1, 2), gs);
-            }
-        }
-        a.launch3(&dev, &kernel(&dev, name, d), (rows.div_ceil(16 * fa_warps()) as u32, (b * h) as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
+        a.push(ptrs[0]).push(ptrs[1]).push(fd).push(gs[0]).push(gs[1]).push(gs[2]);
+        a
     };
-    launch("fa_bwd_q", &[at(&dq), cuda_ptr(o)], t);
-    launch("fa_bwd_kv", &[at(&dk), at(&dv)], s);
+    launch(&dev, "fa_bwd_q", d, args([at(&dq), cuda_ptr(o)]), [(k, fd.ks), (v, fd.vs)], b * h, t);
+    launch(&dev, "fa_bwd_kv", d, args([at(&dk), at(&dv)]), [(q, fd.qs), (&g.transpose(1, 2), gs)], b * h, s);
     (dq, dk, dv)
 }
 

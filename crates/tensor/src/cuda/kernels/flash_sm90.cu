@@ -1,8 +1,8 @@
 // Flash attention for head_dim 32 on Hopper (sm_90a): the kernels of flash.cu (prepended, its
 // helpers only: FA_HELPERS_ONLY) with every product on wgmma instead of mma.sync. Same
-// arguments, grids, masks, LSE and outputs as fa_fwd_d32 / fa_bwd_q_d32 / fa_bwd_kv_d32, so
-// flash.rs launches either set; only the tensor-core products and the tiles' shared-memory
-// layout differ.
+// arguments, grids, masks, LSE and outputs as fa_fwd_d32 / fa_bwd_q_d32 / fa_bwd_kv_d32, plus
+// two TMA maps of the operands whose tiles a kernel walks (FW_MAPS; the pointers to those are
+// then unread), so flash.rs launches either set.
 //
 // Why: at gpt2-mini's shapes the mma.sync kernels keep the tensor pipe ~35% busy and issue on
 // ~50% of cycles (ncu, session 16): every product is a chain of small synchronous mmas whose
@@ -14,11 +14,13 @@
 // block's 64, in the mma.sync fragment layout flash.cu uses, which is also wgmma's register
 // layout for A and for the accumulators: d[4j + e] is the mma.sync C fragment of columns
 // 8j..8j+7). Tiles of the other side (64 rows × 32 columns, 4 KB) are copied into two stages by
-// the TMA unit (one thread issues a tile's copies, an mbarrier says when they landed; FW_TMA=0:
-// by every thread's cp.async), in the 64-byte swizzle: the 16-byte chunk c of row r at
-// r·64 + 16·(c ^ ((r / 2) % 4)), the pattern wgmma's descriptors name as layout type 2. The same tile serves as B both K-major
-// (scores: keys × head dims, D the K dimension) and N-major (P·V, dS·K and the backward's
-// P^T·dO, dS^T·Q: rows the K dimension, head dims N).
+// the TMA unit (one thread issues a tile's copies, an mbarrier says when they landed), in the
+// 64-byte swizzle: the 16-byte chunk c of row r at r·64 + 16·(c ^ ((r / 2) % 4)), the pattern
+// wgmma's descriptors name as layout type 2. The same tile serves as B both K-major (scores:
+// keys × head dims, D the K dimension) and N-major (P·V, dS·K and the backward's P^T·dO,
+// dS^T·Q: rows the K dimension, head dims N). (Copied by every thread's cp.async instead, the
+// forward took 0.113 ms against 0.099 and the backward 0.253 against 0.215: the copies'
+// addressing was ~170 of the dK/dV loop's ~460 instructions a warp and tile.)
 #define FW_ROWS 64
 static_assert(FA_TILE == FW_ROWS && FA_WARPS * 16 == FW_ROWS, "flash_sm90.cu shares flash.cu's 64-row tiles and masks (FA_TILE = 64, FA_WARPS = 4)");
 #define FW_TILE_BYTES (FW_ROWS * 64)
@@ -73,67 +75,43 @@ __device__ __forceinline__ void fw_pv(float* acc, const float* p, u32 tile) {
     }
 }
 
-
-#ifndef FW_TMA
-#define FW_TMA 1
-#endif
-// cp.async (FW_TMA=0): rows [r0, r0 + 64) of a [n, 32] bf16 matrix (row stride rs elements,
-// 16-byte aligned rows) into the swizzled tile at shared address dst, rows past n as zeros; one
-// 16-byte copy per (row, chunk), two a thread.
-__device__ __forceinline__ void fw_cp16(u32 dst, const void* src, u32 bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(bytes));
-}
-__device__ __forceinline__ void fw_load_tile(u32 dst, const bf16* base, u32 rs, u32 r0, u32 n) {
-    const u32 c = threadIdx.x & 3, r = threadIdx.x >> 2;
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const u32 row = r + 32 * h;
-        const bool ok = r0 + row < n;
-        fw_cp16(dst + row * 64 + ((c ^ ((row >> 1) & 3)) << 4), ok ? base + (u64)(r0 + row) * rs + 8 * c : base, ok ? 16 : 0);
-    }
-}
-// TMA (FW_TMA=1): the box (head dims 0..31, rows r0..r0 + 63, head h, batch b) of a [B, H, rows,
+// The box (head dims 0..31, rows r0..r0 + 63, head h, batch b) of a [B, H, rows,
 // 32] view (`map`: 4-D, strided, 64-byte swizzle; rows past the end arrive as zeros) into `dst`,
 // completing on `bar`.
 __device__ __forceinline__ void fw_tma4(u32 dst, const LmTmaMap* map, u32 r0, u32 h, u32 b, u32 bar) {
     asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];" ::"r"(dst), "l"((u64)map), "r"(0), "r"(r0), "r"(h), "r"(b), "r"(bar) : "memory");
 }
 // A stage: tiles A and B (K and V, or Q and dO) of the same 64 rows, at dst and dst + 4 KB.
-// Starts their copies: thread 0 has the TMA unit make them (on the stage's mbarrier), or every
-// thread issues its cp.async share (one group).
-__device__ __forceinline__ void fw_issue_pair(u32 dst, u32 bar, const LmTmaMap* ma, const LmTmaMap* mb, const bf16* pa, u32 rsa, const bf16* pb, u32 rsb, u32 r0, u32 n, u32 h, u32 b) {
-    if (FW_TMA) {
-        if (threadIdx.x == 0) {
-            mbar_expect(bar, 2 * FW_TILE_BYTES);
-            fw_tma4(dst, ma, r0, h, b, bar);
-            fw_tma4(dst + FW_TILE_BYTES, mb, r0, h, b, bar);
-        }
-    } else {
-        fw_load_tile(dst, pa, rsa, r0, n);
-        fw_load_tile(dst + FW_TILE_BYTES, pb, rsb, r0, n);
-        cp_async_commit();
+// Thread 0 has the TMA unit copy them, completing on the stage's mbarrier.
+__device__ __forceinline__ void fw_issue_pair(u32 dst, u32 bar, const LmTmaMap* ma, const LmTmaMap* mb, u32 r0, u32 h, u32 b) {
+    if (threadIdx.x == 0) {
+        mbar_expect(bar, 2 * FW_TILE_BYTES);
+        fw_tma4(dst, ma, r0, h, b, bar);
+        fw_tma4(dst + FW_TILE_BYTES, mb, r0, h, b, bar);
     }
 }
-// The two stages' mbarriers (TMA), made before any copy.
+// The two stages' mbarriers, made before any copy.
 __device__ __forceinline__ void fw_bars_init(u32 bars) {
-    if (FW_TMA && threadIdx.x == 0) {
+    if (threadIdx.x == 0) {
         mbar_init(bars, 1);
         mbar_init(bars + 8, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
 }
-// Tile `it`'s copies (stage it % 2) landed and are visible to every warp and to wgmma (cp.async
-// writes through the generic proxy: fenced for wgmma's async reads), and every warp is done with
-// tile it − 1, whose stage the next copies refill. cp.async's wait also covers the dK/dV kernel's
-// LSE and delta copies.
+// Tile `it`'s copies (stage it % 2) landed and are visible to every warp, and every warp is done
+// with tile it − 1, whose stage the next copies refill. The cp.async wait is for the dK/dV
+// kernel's LSE and delta copies (none in flight elsewhere).
 __device__ __forceinline__ void fw_tile_ready(u32 bars, u32 it) {
-    if (FW_TMA) mbar_wait(bars + 8 * (it & 1), (it >> 1) & 1);
+    mbar_wait(bars + 8 * (it & 1), (it >> 1) & 1);
     cp_async_wait<0>();
-    if (!FW_TMA) asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     __syncthreads();
 }
 
+// Blocks per SM each kernel is compiled for (FMLAB_CUDA_DEFINES to try others). Measured on the
+// H100 (bench ops --only attention, one call each): forward 5 (94 registers) 0.109 ms against
+// 4: 0.113 (cp.async version); dQ 4 (128 registers) and dK/dV 4 (64 bytes spilled) gave
+// backward 0.213 and 0.229 against 0.211-0.213 at 3 / 3.
 #ifndef FW_FWD_MINB
 #define FW_FWD_MINB 5
 #endif
@@ -154,11 +132,9 @@ extern "C" __global__ void __launch_bounds__(128, FW_FWD_MINB) fa_fwd_sm90_d32(c
     const u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
     const u32 q0 = fa_query_tile() * FW_ROWS, wq = q0 + warp * 16, bars = smem_addr(bars_);
     const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
-    const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
-    const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
     fw_bars_init(bars);
     const u32 ntiles = fa_key_tiles(d, q0);
-    auto issue = [&](u32 it) { fw_issue_pair(smem_addr(kv_[it & 1][0]), bars + 8 * (it & 1), &ma, &mb, kb, d.ks[2], vb, d.vs[2], it * FW_ROWS, d.s, hi, bi); };
+    auto issue = [&](u32 it) { fw_issue_pair(smem_addr(kv_[it & 1][0]), bars + 8 * (it & 1), &ma, &mb, it * FW_ROWS, hi, bi); };
     if (ntiles > 0) issue(0);
     u32 qa[2][4];
     load_a_global<32>(qa, qb, d.qs[2], wq, d.t);
@@ -227,12 +203,10 @@ extern "C" __global__ void __launch_bounds__(128, FW_Q_MINB) fa_bwd_q_sm90_d32(c
     const u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
     const u32 q0 = fa_query_tile() * FW_ROWS, wq = q0 + warp * 16, bars = smem_addr(bars_);
     const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
-    const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
-    const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
     const bf16* gb = dout + (u64)bi * ds0 + (u64)hi * ds1;
     fw_bars_init(bars);
     const u32 ntiles = fa_key_tiles(d, q0);
-    auto issue = [&](u32 it) { fw_issue_pair(smem_addr(kv_[it & 1][0]), bars + 8 * (it & 1), &ma, &mb, kb, d.ks[2], vb, d.vs[2], it * FW_ROWS, d.s, hi, bi); };
+    auto issue = [&](u32 it) { fw_issue_pair(smem_addr(kv_[it & 1][0]), bars + 8 * (it & 1), &ma, &mb, it * FW_ROWS, hi, bi); };
     if (ntiles > 0) issue(0);
     const float sl2 = d.scale * LOG2E;
     u32 qa[2][4], ga[2][4];
@@ -282,10 +256,8 @@ extern "C" __global__ void __launch_bounds__(128, FW_KV_MINB) fa_bwd_kv_sm90_d32
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const u32 bh = blockIdx.y, bi = bh / d.h, hi = bh % d.h;
     const u32 k0 = blockIdx.x * FW_ROWS, wk = k0 + warp * 16, bars = smem_addr(bars_);
-    const bf16* qb = q + (u64)bi * d.qs[0] + (u64)hi * d.qs[1];
     const bf16* kb = k + (u64)bi * d.ks[0] + (u64)hi * d.ks[1];
     const bf16* vb = v + (u64)bi * d.vs[0] + (u64)hi * d.vs[1];
-    const bf16* gb = dout + (u64)bi * ds0 + (u64)hi * ds1;
     fw_bars_init(bars);
     u32 qstart = 0;
     if (d.causal) qstart = k0 > (d.s - d.t) ? k0 - (d.s - d.t) : 0;
@@ -295,7 +267,7 @@ extern "C" __global__ void __launch_bounds__(128, FW_KV_MINB) fa_bwd_kv_sm90_d32
     // queries past T get LSE +inf (P = 0) and delta 0.
     auto issue = [&](u32 it) {
         const u32 b = it & 1, r0 = qstart + it * FW_ROWS, i = threadIdx.x & (FW_ROWS - 1);
-        fw_issue_pair(smem_addr(qg_[b][0]), bars + 8 * b, &ma, &mb, qb, d.qs[2], gb, ds2, r0, d.t, hi, bi);
+        fw_issue_pair(smem_addr(qg_[b][0]), bars + 8 * b, &ma, &mb, r0, hi, bi);
         float* dst = threadIdx.x < FW_ROWS ? &lse_b[b][i] : &del_b[b][i];
         if (r0 + i < d.t) cp_async4(dst, (threadIdx.x < FW_ROWS ? lse : delta) + (u64)bh * d.t + r0 + i, 4);
         else *dst = threadIdx.x < FW_ROWS ? FA_INF : 0.f;
