@@ -280,7 +280,7 @@ impl Tensor {
                     add(b, db);
                 }
                 Op::MlpGelu(x, w1, b1, w2, b2, h, pre) => {
-                    let [dx, dw1, db1, dw2, db2] = Tensor::mlp_gelu_backward(x, w1, b1, w2, b2, h, pre, &g, sums.take(&g));
+                    let [dx, dw1, db1, dw2, db2] = Tensor::mlp_gelu_backward(x, w1, b1, w2, b2, h, pre.as_ref(), &g, sums.take(&g));
                     add(x, dx);
                     add(w1, dw1);
                     add(b1, db1);

@@ -23,7 +23,7 @@ mod tensor;
 pub use backward::sum_to;
 pub use classifier::{classifier_dh_fused, classifier_rows_in_shared_memory, classifier_sm90};
 pub use flash::flash_sm90;
-pub use linear::mlp_sm90;
+pub use linear::{mlp_recompute, mlp_sm90};
 pub use cuda::gemm::gemm_autotune;
 pub use dtype::{DType, WithDType};
 pub use fused_layers::layer_norm_backward_fused;

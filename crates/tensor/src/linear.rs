@@ -10,7 +10,9 @@
 //! on epilogues: forward, the first GEMM writes gelu(pre) and keeps pre (`GELU_AUX_BIAS`);
 //! backward, the GEMM that makes dh = g·w2ᵀ multiplies by gelu'(pre) as it writes (`DGELU`). On
 //! Hopper one wgmma kernel (mlp_sm90.cu, `dgelu_sm90`) makes dh and also sums b1's gradient from
-//! its registers, where a column-sum kernel would read dh again. The composite runs a GELU kernel each way, reading and writing the [rows, hidden] activations
+//! its registers, where a column-sum kernel would read dh again; where x is as wide as the
+//! output (a transformer's MLP), the forward keeps no pre at all (`GELU_BIAS`) and that kernel
+//! makes pre again from x beside dh (`dgelu_rc`, FMLAB_MLP_RECOMPUTE=0 to keep pre). The composite runs a GELU kernel each way, reading and writing the [rows, hidden] activations
 //! once more each. Twin: `mlp_gelu_slow` (ops.rs).
 
 use crate::cuda::gemm::Epilogue;
@@ -204,8 +206,15 @@ impl Tensor {
         let x2 = self.reshape(&[rows, k]); // [rows, K]
         let (h, pre, y) = {
             let _ng = crate::no_grad();
-            let pre = cuda_buffer(&x2, &[rows, w1.dim(1)]); // [rows, H], written by the epilogue
-            let Some(h) = gemm_epi(&x2, w1, Epilogue::GeluAuxBias, Some(b1), Some(&pre)) else { return self.mlp_gelu_slow(w1, b1, w2, b2) };
+            // Keep pre for the backward, or (Hopper) write h only and let the backward make pre again.
+            let (h, pre) = if recompute_applies(&x2, w1, b1, w2) {
+                let Some(h) = gemm_epi(&x2, w1, Epilogue::GeluBias, Some(b1), None) else { return self.mlp_gelu_slow(w1, b1, w2, b2) };
+                (h, None)
+            } else {
+                let pre = cuda_buffer(&x2, &[rows, w1.dim(1)]); // [rows, H], written by the epilogue
+                let Some(h) = gemm_epi(&x2, w1, Epilogue::GeluAuxBias, Some(b1), Some(&pre)) else { return self.mlp_gelu_slow(w1, b1, w2, b2) };
+                (h, Some(pre))
+            };
             let y = h.linear(w2, Some(b2)); // [rows, N]
             (h, pre, y)
         };
@@ -215,18 +224,33 @@ impl Tensor {
     }
 
     /// (dx, dw1, db1, dw2, db2) of `mlp_gelu` for the upstream gradient g [rows, N], from the
-    /// held h = gelu(pre) and pre.
+    /// held h = gelu(pre) and pre (None: made again here).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn mlp_gelu_backward(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, h: &Tensor, pre: &Tensor, g: &Tensor, g_sums: Option<Tensor>) -> [Tensor; 5] {
+    pub(crate) fn mlp_gelu_backward(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor, b2: &Tensor, h: &Tensor, pre: Option<&Tensor>, g: &Tensor, g_sums: Option<Tensor>) -> [Tensor; 5] {
         // Second layer's weight and bias gradients (dw2 = hᵀ·g, db2 from its epilogue).
         let (dw2, db2) = Tensor::linear_param_grads(h, w2, b2, g, g_sums);
-        // On Hopper, dpre and b1's gradient in one pass (mlp_sm90.cu).
-        if let Some((dpre, db1)) = dgelu_sm90(g, w2, pre) {
+        // On Hopper, dpre and b1's gradient in one pass (mlp_sm90.cu), pre read or made again.
+        let hopper = match pre {
+            Some(pre) => dgelu_sm90(g, w2, pre),
+            None => dgelu_rc(g, w2, x, w1, b1),
+        };
+        if let Some((dpre, db1)) = hopper {
             let dx = dpre.matmul(&w1.t());
             let dw1 = Tensor::weight_grad_f32(x, w1, b1, &dpre).unwrap_or_else(|| x.t().matmul(&dpre));
             let db1 = if casts_f32_master(b1) { db1 } else { db1.to_dtype(b1.dtype()) };
             return [dx, dw1, db1, dw2, db2];
         }
+        let made;
+        let pre = match pre {
+            Some(pre) => pre,
+            None => {
+                made = {
+                    let _ng = crate::no_grad();
+                    x.linear(w1, Some(b1))
+                };
+                &made
+            }
+        };
         // dpre = (g·w2ᵀ) ⊙ gelu'(pre) in one GEMM.
         let dpre = gemm_epi(g, &w2.t(), Epilogue::DGelu, None, Some(pre)).unwrap_or_else(|| Tensor::gelu_backward(pre, &g.matmul(&w2.t()), true));
         let (dx, dw1, db1) = Tensor::linear_backward(x, w1, b1, &dpre, None);
@@ -243,6 +267,78 @@ static MLP_SM90: crate::switch::Switch = crate::switch::Switch::new("FMLAB_MLP_S
 /// benchmarks and tests that compare the two. Process-wide.
 pub fn mlp_sm90(on: Option<bool>) {
     MLP_SM90.set(on);
+}
+
+/// Whether `mlp_gelu`'s Hopper backward makes pre again (mlp_sm90.cu `mlp_dgelu_rc_k*`) instead
+/// of reading the forward's (FMLAB_MLP_RECOMPUTE).
+static MLP_RECOMPUTE: crate::switch::Switch = crate::switch::Switch::new("FMLAB_MLP_RECOMPUTE");
+
+/// Whether `mlp_gelu` on Hopper keeps no pre-activation and its backward makes it again from x
+/// (Some(true)), or keeps it (Some(false)); None restores the default: on, unless
+/// FMLAB_MLP_RECOMPUTE=0. Applies to `mlp_gelu` calls made after it. Process-wide.
+pub fn mlp_recompute(on: Option<bool>) {
+    MLP_RECOMPUTE.set(on);
+}
+
+/// Must match mlp_sm90.cu: rows a block (MLR_BM), hidden columns a tile (LM_BN), stages of the
+/// ring (MLR_STAGES, each a tile of w1 and one of w2), the widest hidden layer (MLR_MAX_HID: b1
+/// is copied into shared memory). Dynamic shared memory: the ring, 1 KB for its alignment.
+const MLR_BM: usize = 128;
+const MLR_BN: usize = 64;
+const MLR_STAGES: usize = 3;
+const MLR_MAX_HID: usize = 4096;
+
+/// Whether `dgelu_rc` takes this MLP (checked in the forward, which then keeps no pre): bf16 on
+/// an sm_90 GPU, x [rows, K] contiguous and 16-byte aligned with K = 64..256 a multiple of 64
+/// and equal to the output width, a hidden width H a multiple of 64 up to MLR_MAX_HID.
+fn recompute_applies(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor) -> bool {
+    use crate::DType::BF16;
+    if !(MLP_SM90.on() && MLP_RECOMPUTE.on()) || x.rank() != 2 || w1.rank() != 2 || w2.rank() != 2 {
+        return false;
+    }
+    let (rows, k, hid) = (x.dim(0), x.dim(1), w1.dim(1));
+    let shapes = w1.dim(0) == k && w2.shape() == [hid, k] && b1.shape() == [hid] && rows > 0 && rows <= u32::MAX as usize;
+    let widths = k.is_multiple_of(64) && (64..=256).contains(&k) && hid.is_multiple_of(64) && hid > 0 && hid <= MLR_MAX_HID;
+    let kinds = [x, w1, b1, w2].iter().all(|t| t.dtype() == BF16) && x.is_contiguous() && b1.is_contiguous();
+    shapes && widths && kinds && x.with_storage(|s| matches!(s, Storage::Cuda(xs) if xs.device().has_module("mlp_sm90") && xs.at(x.layout().offset) % 16 == 0))
+}
+
+/// (dpre [rows, H] bf16, db1 [H] f32) of `mlp_gelu` with pre made again, by `mlp_dgelu_rc_k*` and
+/// `colsum16_final`: dpre = (g·w2ᵀ) ⊙ gelu'(x·w1 + b1), db1 = Σ_rows dpre. Where
+/// `recompute_applies` (and g is [rows, K]; copied contiguous if it is not); None elsewhere.
+fn dgelu_rc(g: &Tensor, w2: &Tensor, x: &Tensor, w1: &Tensor, b1: &Tensor) -> Option<(Tensor, Tensor)> {
+    use crate::cuda::Args;
+    use crate::fused::cuda_ptr;
+    use crate::DType::{BF16, F32};
+    if !(recompute_applies(x, w1, b1, w2) && g.dtype() == BF16 && g.shape() == [x.dim(0), x.dim(1)]) {
+        return None;
+    }
+    let (rows, k, hid) = (x.dim(0), x.dim(1), w1.dim(1));
+    let g = g.contiguous();
+    if !g.with_storage(|s| matches!(s, Storage::Cuda(gs) if gs.at(g.layout().offset) % 4 == 0)) {
+        return None;
+    }
+    let w1t = w1.t().contiguous(); // [H, K]: a Linear's weight as stored, no copy
+    let w2c = {
+        let _ng = crate::no_grad();
+        w2.scale(0.5) // [H, K] contiguous, halved (exact): the kernel folds gelu''s halves into dh
+    };
+    let np = rows.div_ceil(MLR_BM) * MLR_BM;
+    let out = cuda_buffer(x, &[np, hid]); // rows past `rows` are written as zeros
+    let db = x.with_storage(|s| {
+        let Storage::Cuda(xs) = s else { unreachable!() };
+        let dev = xs.device();
+        let part = crate::cuda::CudaStorage::alloc(dev, F32, np / 16 * hid); // a row per 16 rows of x
+        let db = crate::cuda::CudaStorage::alloc(dev, F32, hid);
+        let mut a = Args::new();
+        a.push(crate::cuda::tma_map_bf16(cuda_ptr(&w1t), hid, k, k, 64, MLR_BN as u32));
+        a.push(crate::cuda::tma_map_bf16(cuda_ptr(&w2c), hid, k, k, 64, MLR_BN as u32));
+        a.push(cuda_ptr(x)).push(cuda_ptr(&g)).push(cuda_ptr(b1)).push(rows as u32).push(hid as u32).push(cuda_ptr(&out)).push(part.ptr);
+        a.launch3(dev, &format!("mlp_dgelu_rc_k{}", k / 64), (1, (np / MLR_BM) as u32, 1), (384, 1, 1), (MLR_STAGES * 2 * MLR_BN * k * 2 + 1024) as u32);
+        colsum_final(dev, part.ptr, db.ptr, hid, np / 16);
+        Tensor::from_any(Storage::Cuda(db), &[hid], None)
+    });
+    Some((out.narrow(0, 0, rows), db))
 }
 
 /// (dpre [rows, H] bf16, db1 [H] f32) of `mlp_gelu` by `mlp_dgelu_k*` and `colsum16_final`: dpre =

@@ -94,8 +94,9 @@ pub enum Op {
     /// x [rows, K] · w [K, N] + bias [N] (linear.rs: the bias in GEMM epilogues).
     Linear(Tensor, Tensor, Tensor),
     /// GELU MLP block (linear.rs): (x [rows, K], w1, b1, w2, b2, and held without history
-    /// h = gelu(pre) and the pre-activation pre [rows, H]).
-    MlpGelu(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor),
+    /// h = gelu(pre) and the pre-activation pre [rows, H]; None where the backward makes pre
+    /// again instead of keeping it).
+    MlpGelu(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Option<Tensor>),
 }
 
 impl Op {

@@ -12,6 +12,7 @@
 //!   agree within 1 bf16 ulp: 2^-7 = 0.0078 relative; GEMMs accumulate in f32 on both sides but
 //!   round only at the end, 1e-2 relative to scale.
 
+use fmlab_tensor::op::Op;
 use fmlab_tensor::{adamw_update, adamw_update_all, attention, AttnMask, DType, Device, Rng, Tensor};
 
 fn gpu() -> Device {
@@ -458,20 +459,24 @@ fn mlp_gelu_epilogues_match_cpu() {
 /// in one pass) at every output width it takes (K = 64, 128, 192, 256), in mixed precision (bf16
 /// casts of f32 masters, as a model trains), against the CPU's f32 composite: output and all five
 /// gradients, with w2 as nn::Linear holds it (a transposed view of [out, hidden]) and plain, 333
-/// rows (not a multiple of its 256-row block) and a hidden width of 5 column tiles. Tolerance
-/// 2e-2 as `mlp_gelu_epilogues_match_cpu` (bf16 products; its gelu' takes tanh from the
-/// special-function unit, relative error ~2^-11, below bf16's rounding of dpre). On a GPU other
-/// than Hopper it checks the cuBLASLt path the same way. Set explicitly, restored at the end.
+/// rows (not a multiple of its 128- or 256-row blocks) and a hidden width of 5 column tiles. Both
+/// kernels: with an input width of 96 the forward keeps pre and `mlp_dgelu_k*` reads it; with
+/// the input as wide as the output, pre is not kept (checked on Hopper) and `mlp_dgelu_rc_k*`
+/// makes it again. Tolerance 2e-2 as `mlp_gelu_epilogues_match_cpu` (bf16 products; its gelu'
+/// takes tanh from the special-function unit, relative error ~2^-11, below bf16's rounding of
+/// dpre). On a GPU other than Hopper it checks the cuBLASLt path the same way. Set explicitly,
+/// restored at the end.
 #[test]
 #[ignore = "needs a GPU (scripts/gpu-check.sh)"]
 fn hopper_mlp_backward_matches_cpu() {
     let g = gpu();
+    let hopper = fmlab_tensor::cuda::device(0).unwrap().arch() == "sm_90";
     fmlab_tensor::mlp_sm90(Some(true));
     let hid = 320;
     for k in [64, 128, 192, 256] {
-        for transposed in [false, true] {
-            let x = rnd(&[3, 111, 96], 500 + k as u64, DType::F32);
-            let (w1, b1) = (rnd(&[96, hid], 501, DType::F32).affine(0.125, 0.0), rnd(&[hid], 502, DType::F32));
+        for (transposed, xw) in [(false, 96), (true, 96), (false, k), (true, k)] {
+            let x = rnd(&[3, 111, xw], 500 + k as u64, DType::F32);
+            let (w1, b1) = (rnd(&[xw, hid], 501, DType::F32).affine(0.125, 0.0), rnd(&[hid], 502, DType::F32));
             let w2 = if transposed { rnd(&[k, hid], 503, DType::F32).affine(0.0625, 0.0) } else { rnd(&[hid, k], 503, DType::F32).affine(0.0625, 0.0) };
             let b2 = rnd(&[k], 504, DType::F32);
             let up = rnd(&[3, 111, k], 505, DType::F32);
@@ -480,6 +485,11 @@ fn hopper_mlp_backward_matches_cpu() {
                 let c = |i: usize| vars[i].to_dtype(dt);
                 let w2v = if transposed { c(3).t() } else { c(3) };
                 let y = c(0).mlp_gelu(&c(1), &c(2), &w2v, &c(4));
+                if dev != Device::Cpu && hopper {
+                    let op = y.op().unwrap().inputs()[0].op().unwrap();
+                    let Op::MlpGelu(.., pre) = op else { panic!("K={k} x width {xw}: not the fused MLP ({})", op.name()) };
+                    assert_eq!(pre.is_none(), xw == k, "K={k} x width {xw}: pre kept {}", pre.is_some());
+                }
                 y.to_dtype(DType::F32).mul(&up.to_device(dev)).sum_all().backward();
                 let mut out = vec![y.to_dtype(DType::F32)];
                 out.extend(vars.iter().map(|v| v.grad().unwrap().to_dtype(DType::F32)));
@@ -487,8 +497,8 @@ fn hopper_mlp_backward_matches_cpu() {
             };
             let (want, got) = (run(Device::Cpu, DType::F32), run(g, DType::BF16));
             for (i, name) in ["y", "dx", "dw1", "db1", "dw2", "db2"].iter().enumerate() {
-                eprintln!("hopper mlp K={k} transposed={transposed} {name}: relative error {:.2e}", rel(&got[i], &want[i]));
-                close(&format!("hopper mlp K={k} transposed={transposed} {name}"), &got[i], &want[i], 2e-2);
+                eprintln!("hopper mlp K={k} x width {xw} transposed={transposed} {name}: relative error {:.2e}", rel(&got[i], &want[i]));
+                close(&format!("hopper mlp K={k} x width {xw} transposed={transposed} {name}"), &got[i], &want[i], 2e-2);
             }
         }
     }

@@ -250,21 +250,29 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
     if want("mlp") {
         // The GELU MLP block (x·w1 + b1 → gelu → ·w2 + b2, hidden 4C) forward and backward in
         // mixed precision (bf16 casts of f32 masters, w2 as nn::Linear's transposed view): the
-        // backward's hidden gradient and b1's gradient by the Hopper kernel (one pass) vs cuBLASLt's
-        // DGELU epilogue and a column sum.
+        // backward's hidden gradient and b1's gradient by the Hopper kernel (one pass; pre made
+        // again there, the default, or kept by the forward and read) vs cuBLASLt's DGELU
+        // epilogue and a column sum.
         let p = |shape: &[usize], seed: u64, scale: f64| rnd(shape, seed, DType::F32).scale(scale);
         let params = [p(&[c, h], 41, 0.06), p(&[h], 42, 0.1), p(&[c, h], 43, 0.03), p(&[c], 44, 0.1)];
         let f = |v: &[Tensor]| v[0].mlp_gelu(&v[1].to_dtype(bf), &v[2].to_dtype(bf), &v[3].to_dtype(bf).t(), &v[4].to_dtype(bf));
         let all: Vec<Tensor> = std::iter::once(rnd(&[n, c], 40, bf)).chain(params.iter().cloned()).map(|t| Tensor::new_var(&t.to_device(dev))).collect();
         let small: Vec<Tensor> = std::iter::once(rnd(&[301, c], 40, bf)).chain(params.iter().cloned()).collect();
         let up = rnd(&[n, c], 45, bf).to_device(dev);
-        for (name, sm90) in [("mlp_gelu fwd+bwd (Hopper: dgelu + bias grad in one pass)", true), ("mlp_gelu fwd+bwd (cuBLASLt DGELU epilogue + column sum)", false)] {
+        let kinds = [
+            ("mlp_gelu fwd+bwd (Hopper: pre made again in the dgelu + bias grad pass)", true, true),
+            ("mlp_gelu fwd+bwd (Hopper: dgelu + bias grad in one pass, pre kept)", true, false),
+            ("mlp_gelu fwd+bwd (cuBLASLt DGELU epilogue + column sum)", false, false),
+        ];
+        for (name, sm90, recompute) in kinds {
             fmlab_tensor::mlp_sm90(Some(sm90));
+            fmlab_tensor::mlp_recompute(Some(recompute));
             let s = time(dev, a.iters, || f(&all).grads_wrt_graph(&up)[0].1.clone());
             let err = check_grads(&small, &f).max(check(&small, &f));
             rows.push(Row { name: name.into(), shape: format!("[{n}, {c}] → {h} → {c}"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 12.0 * (n * c * h) as f64 / s / 1e12), err });
         }
         fmlab_tensor::mlp_sm90(None);
+        fmlab_tensor::mlp_recompute(None);
     }
     if want("matmul") {
         let (x, w) = (rnd(&[n, c], 16, bf).to_device(dev), rnd(&[c, h], 17, bf).to_device(dev));

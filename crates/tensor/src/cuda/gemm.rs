@@ -75,6 +75,9 @@ pub(crate) enum Epilogue {
     /// C = gelu(A·B + bias[N]) (tanh form) and aux = A·B + bias, the pre-activation its backward
     /// needs: an MLP's first layer in one pass (`CUBLASLT_EPILOGUE_GELU_AUX_BIAS`).
     GeluAuxBias,
+    /// C = gelu(A·B + bias[N]) without the pre-activation (`CUBLASLT_EPILOGUE_GELU_BIAS`): an
+    /// MLP's first layer whose backward makes the pre-activation again (linear.rs `mlp_gelu`).
+    GeluBias,
     /// C = (A·B) ⊙ gelu'(aux): the MLP backward's dh GEMM and the GELU backward in one pass
     /// (`CUBLASLT_EPILOGUE_DGELU`). (`DGELU_BGRAD`, which also sums the first bias's gradient,
     /// measured 4.2 ms per step at GPT-2 mini's shapes against 0.5 ms for this one: the bias
@@ -85,7 +88,7 @@ pub(crate) enum Epilogue {
 impl Epilogue {
     /// Whether the epilogue reads or writes the vector argument (bias or bias gradient).
     fn has_vec(self) -> bool {
-        matches!(self, Epilogue::Bias | Epilogue::BiasGrad | Epilogue::BiasGradF32 | Epilogue::GeluAuxBias)
+        matches!(self, Epilogue::Bias | Epilogue::BiasGrad | Epilogue::BiasGradF32 | Epilogue::GeluAuxBias | Epilogue::GeluBias)
     }
     /// Whether it reads or writes an auxiliary [M, N] matrix laid out like C.
     fn has_aux(self) -> bool {
@@ -199,6 +202,7 @@ impl Blas {
                     Epilogue::Bias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS,
                     Epilogue::BiasGrad | Epilogue::BiasGradF32 => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BGRADA,
                     Epilogue::GeluAuxBias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+                    Epilogue::GeluBias => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_GELU_BIAS,
                     Epilogue::DGelu => sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_DGELU,
                 };
                 lt::set_matmul_desc_attribute(desc, sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi as *const _ as *const _, std::mem::size_of_val(&epi)).map_err(blas_err("epilogue"))?;
@@ -269,6 +273,7 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
             Epilogue::AccumulateF32 => " +=f32",
             Epilogue::OutF32 => " ->f32",
             Epilogue::GeluAuxBias => " +bias gelu",
+            Epilogue::GeluBias => " +bias gelu (no aux)",
             Epilogue::DGelu => " dgelu",
         };
         format!("gemm {m}x{n}x{k} {}{}{} {dtype}{e}", t(&a, true), t(&b, true), if batch > 1 { format!(" x{batch}") } else { String::new() })

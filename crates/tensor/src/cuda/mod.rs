@@ -170,6 +170,11 @@ impl CudaDevice {
         panic!("no CUDA kernel named `{name}` in fmlab's kernel sources (an op/dtype pair without a kernel)");
     }
 
+    /// The architecture NVRTC compiles for, as "sm_90".
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
     /// The major compute capability (9 for sm_90), from `arch`.
     pub(crate) fn cc_major(&self) -> u32 {
         self.arch.strip_prefix("sm_").and_then(|a| a.parse::<u32>().ok()).map_or(0, |a| a / 10)

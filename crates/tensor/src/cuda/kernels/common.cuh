@@ -149,3 +149,19 @@ template <typename T> struct alignas(16) Pack { T v[16 / sizeof(T)]; };
 #define VEC_LOOP(T, n) \
     const u32 V = 16 / sizeof(T); \
     const u32 nv = (n) / V, tid = blockIdx.x * blockDim.x + threadIdx.x, stride = gridDim.x * blockDim.x;
+
+// A 16-row fragment set of a [rows, D] bf16 matrix in global memory (rows past `n` read as 0):
+// the mma.sync m16n8k16 A layout, which is also wgmma's for an A operand in registers (flash
+// attention's own rows; mlp_sm90.cu's output gradient).
+template <int D> __device__ __forceinline__ void load_a_global(u32 (*a)[4], const bf16* base, u32 row_stride, u32 r0, u32 n) {
+    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    u32 ra = r0 + g, rb = r0 + g + 8;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        u32 c = ks * 16 + 2 * t;
+        a[ks][0] = ra < n ? *(const u32*)(base + (u64)ra * row_stride + c) : 0;
+        a[ks][1] = rb < n ? *(const u32*)(base + (u64)rb * row_stride + c) : 0;
+        a[ks][2] = ra < n ? *(const u32*)(base + (u64)ra * row_stride + c + 8) : 0;
+        a[ks][3] = rb < n ? *(const u32*)(base + (u64)rb * row_stride + c + 8) : 0;
+    }
+}

@@ -111,20 +111,6 @@ struct FaDims {
     int causal;
 };
 
-// A 16-row fragment set of a [rows, D] bf16 matrix in global memory (rows past `n` read as 0).
-template <int D> __device__ __forceinline__ void load_a_global(u32 (*a)[4], const bf16* base, u32 row_stride, u32 r0, u32 n) {
-    int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    u32 ra = r0 + g, rb = r0 + g + 8;
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-        u32 c = ks * 16 + 2 * t;
-        a[ks][0] = ra < n ? *(const u32*)(base + (u64)ra * row_stride + c) : 0;
-        a[ks][1] = rb < n ? *(const u32*)(base + (u64)rb * row_stride + c) : 0;
-        a[ks][2] = ra < n ? *(const u32*)(base + (u64)ra * row_stride + c + 8) : 0;
-        a[ks][3] = rb < n ? *(const u32*)(base + (u64)rb * row_stride + c + 8) : 0;
-    }
-}
-
 // Asynchronous copies into shared memory (sm_80+ cp.async): a copy of `bytes` < size fills the
 // rest with zeros, so rows past n cost no branch around the copy. Each thread waits for its own
 // groups; a __syncthreads after the wait makes every thread's copies visible to the block.

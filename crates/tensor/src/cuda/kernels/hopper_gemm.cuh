@@ -115,8 +115,11 @@ __device__ __forceinline__ void lm_tma(u32 dst, const LmTmaMap* map, int c, int 
 // producer's threads (done), true on the consumers', whose register budget is then raised:
 // registers move from the producer (24 a thread) to the consumers (240) by setmaxnreg,
 // 2·128·240 + 128·24 ≤ 65536, all that 384 threads at 168 (the launch's share) give back and take.
+// With NW = 2 a stage holds two W tiles, of `tmw` and then of `tmw2`, for the same columns
+// (mlp_sm90.cu's recomputing backward multiplies against two weights a tile). BM = 0: no
+// resident tile (that kernel keeps its rows in registers).
 struct LmRing { u32 base, sw0, full0, empty0; bool consumer; };
-template <int KA, int BM, int STAGES> __device__ __forceinline__ LmRing lm_pipeline(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 nt) {
+template <int KA, int BM, int STAGES, int NW = 1> __device__ __forceinline__ LmRing lm_pipeline(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 nt, const LmTmaMap* tmw2 = nullptr) {
     extern __shared__ unsigned char lm_raw[];
     __shared__ __align__(8) u64 lm_bars[2 * STAGES];
     LmRing q;
@@ -125,7 +128,7 @@ template <int KA, int BM, int STAGES> __device__ __forceinline__ LmRing lm_pipel
     q.full0 = smem_addr(&lm_bars[0]);
     q.empty0 = smem_addr(&lm_bars[STAGES]);
     const u32 base = q.base, sw0 = q.sw0, full0 = q.full0, empty0 = q.empty0;
-    const u32 TA = KA * BM * 128, TW = KA * LM_BN * 128; // bytes of H's tile, of one W tile
+    const u32 TA = KA * BM * 128, TW = KA * LM_BN * 128 * NW; // bytes of H's tile, of one stage's W tiles
     if (threadIdx.x == 0) {
         for (int st = 0; st < STAGES; ++st) {
             mbar_init(full0 + 8 * st, 1);
@@ -142,11 +145,14 @@ template <int KA, int BM, int STAGES> __device__ __forceinline__ LmRing lm_pipel
             u32 st = k % STAGES, full = full0 + 8 * st;
             if (k >= STAGES) mbar_wait(empty0 + 8 * st, (k / STAGES - 1) & 1); // tile k - STAGES is done with
             mbar_expect(full, TW + (k == 0 ? TA : 0));
-            if (k == 0)
+            if (k == 0 && BM > 0)
 #pragma unroll
                 for (int s = 0; s < KA; ++s) lm_tma(base + s * (BM * 128), tmh, 64 * s, r0, full);
 #pragma unroll
             for (int s = 0; s < KA; ++s) lm_tma(sw0 + st * TW + s * (LM_BN * 128), tmw, 64 * s, (t0 + k) * LM_BN, full);
+            if (NW == 2)
+#pragma unroll
+                for (int s = 0; s < KA; ++s) lm_tma(sw0 + st * TW + (KA + s) * (LM_BN * 128), tmw2, 64 * s, (t0 + k) * LM_BN, full);
         }
         return q;
     }

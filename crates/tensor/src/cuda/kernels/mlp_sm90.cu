@@ -107,9 +107,119 @@ template <int KA> __device__ void mlp_dgelu_k(const LmTmaMap* tmg, const LmTmaMa
     lm_loop<KA, 0>(tmg, tmw, r0, 0, hid / LM_BN, init, epi);
 }
 
+// The same outputs with pre made again instead of read (mlp_dgelu_rc_k, the default where x's
+// width equals g's): pre = x·w1ᵀ + b1 by a second wgmma product beside dh's in every tile, in
+// f32 (the forward's GEMM then writes gelu(pre) only and keeps no [n, hid] pre-activation).
+// What it saves: the forward's writing of pre (2·n·hid bytes) and this pass's reading it back
+// (the loads mlp_dgelu_k waits on), for n·hid·K more multiply-adds here.
+//
+// Block: 128 rows (MLR_BM), two consumer warpgroups of 64, each with its rows of x and g in
+// registers (the A operands of both products, loaded once); a stage of the ring holds w1's and
+// w2's tiles of the same 64 hidden columns (lm_pipeline, NW = 2, no resident tile). One
+// accumulator pair a warpgroup: the two warpgroups' turns overlap products and epilogues.
+// part: [np / 16, hid] f32, row p = the 16 rows of warp p % 8 of row tile p / 8, added in order
+// by `colsum16_final`.
+//
+// Measured on the H100 (ncu, gpt2-mini's [32768, 256] → 1024, one call each): 92-94 µs, against
+// mlp_dgelu_k's ~100 plus the forward's pre written (its GEMM 46 µs without pre). Also tried, all
+// 92-101 µs: x's rows in shared memory (SS) with two stages; two accumulator pairs with 32-column
+// tiles (four stages); the products of 64-column tiles double-buffered spilled 276 bytes. With
+// its parts left out (FMLAB_CUDA_DEFINES, since removed): without the products 65 µs, without
+// gelu' 80, with only the copies of w1's and w2's tiles 25 (every block streams both weights,
+// 1 MB, from L2).
+#define MLR_BM 128
+#define MLR_STAGES 3
+#define MLR_MAX_HID 4096 // b1's copy in shared memory (linear.rs `recompute_applies` checks it)
+// dpre of a pair from pre (with b1) and h = dh/2 (w2 comes halved: exact), in nine instructions
+// against gelu' and a product's eleven: (g·w2ᵀ) ⊙ gelu'(pre) = h·(1 + t + x·(1 − t²)·(k + 3kc·x²))
+// for the tanh form's t = tanh(x·(k + kc·x²)) (mlp_gelu_grad's terms, the halves folded into h).
+__device__ __forceinline__ float mlp_dgelu_half(float x, float h) {
+    const float k = 0.7978845608028654f, kc = 0.7978845608028654f * 0.044715f;
+    float x2 = x * x, th;
+    float u = x * __fmaf_rn(kc, x2, k);
+    asm("tanh.approx.f32 %0, %1;" : "=f"(th) : "f"(u));
+    float w = x * __fmaf_rn(3.f * kc, x2, k), s = __fmaf_rn(-th, th, 1.f);
+    return __fmaf_rn(__fmaf_rn(w, s, th), h, h);
+}
+template <int KA> __device__ void mlp_dgelu_rc_k(const LmTmaMap* tmw1, const LmTmaMap* tmw2, const bf16* xm, const bf16* gm, const bf16* b1, u32 n, u32 hid, bf16* out, float* part) {
+    __shared__ u32 b1s[MLR_MAX_HID / 2];
+    const u32 TW = 2 * KA * LM_BN * 128; // a stage: w1's tile, then w2's
+    const u32 r0 = blockIdx.y * MLR_BM, nt = hid / LM_BN;
+    const LmRing ring = lm_pipeline<KA, 0, MLR_STAGES, 2>(tmw1, tmw1, r0, 0, nt, tmw2); // no resident tile (BM = 0)
+    if (!ring.consumer) return;
+    const int t = threadIdx.x & 3, g = (threadIdx.x & 31) >> 2;
+    const u32 wg = threadIdx.x >> 7, w0 = r0 + 64 * wg + 16 * ((threadIdx.x >> 5) & 3); // the warp's first row
+    const u32 row = w0 + g, prow = blockIdx.y * 8 + (threadIdx.x >> 5); // row and row + 8; the warp's row of part
+    // This lane's column of the column sums' final butterfly (below): ix = 2jj + e.
+    const u32 ix = 4 * (g & 1) + 2 * ((g >> 1) & 1) + (g >> 2), cix = 8 * (ix >> 1) + 2 * t + (ix & 1);
+    for (u32 i = threadIdx.x; i < hid / 2; i += LM_THREADS) b1s[i] = *(const u32*)(b1 + 2 * i);
+    u32 af[4 * KA][4], xf[4 * KA][4];
+    load_a_global<64 * KA>(af, gm, 64 * KA, w0, n);
+    load_a_global<64 * KA>(xf, xm, 64 * KA, w0, n);
+    asm volatile("bar.sync 1, %0;" ::"n"(LM_THREADS) : "memory"); // b1s written (the consumers only)
+    float dp[32], dd[32]; // pre's and dh/2's 64 × 64 tiles
+    for (u32 k = 0; k < nt; ++k) {
+        const u32 st = k % MLR_STAGES, sw1 = ring.sw0 + st * TW, sw2 = sw1 + KA * LM_BN * 128, c0 = k * LM_BN;
+        mbar_wait(ring.full0 + 8 * st, (k / MLR_STAGES) & 1);
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int s = 0; s < 4 * KA; ++s) {
+            const u32 in = (s & 3) * 32, slab = s >> 2; // 16 columns (32 bytes) into slab s / 4
+            lm_wgmma_rs(dp, xf[s], lm_desc(sw1 + slab * (LM_BN * 128) + in), s > 0);
+            lm_wgmma_rs(dd, af[s], lm_desc(sw2 + slab * (LM_BN * 128) + in), s > 0);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        u32 bv[8]; // b1's pairs of this thread's columns 8j + 2t, +1, while the products run
+#pragma unroll
+        for (int j = 0; j < 8; ++j) bv[j] = b1s[(c0 >> 1) + 4 * j + t];
+        lm_wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(dp[i]), "+f"(dd[i])::"memory");
+        mbar_arrive(ring.empty0 + 8 * st); // the producer may refill the stage
+#pragma unroll
+        for (int q = 0; q < LM_BN / 32; ++q) {
+            float cs[8]; // column sums of this thread's two rows: cs[2jj + e] for column 32q + 8jj + 2t + e
+#pragma unroll
+            for (int i = 0; i < 8; ++i) cs[i] = 0.f;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                u32 a[4], x[4];
+#pragma unroll
+                for (int jj = 0; jj < 4; ++jj) {
+                    const int j = 4 * q + jj;
+                    const float p0 = dp[4 * j + 2 * r] + __uint_as_float(bv[j] << 16), p1 = dp[4 * j + 2 * r + 1] + __uint_as_float(bv[j] & 0xffff0000u);
+                    const float g0 = mlp_dgelu_half(p0, dd[4 * j + 2 * r]), g1 = mlp_dgelu_half(p1, dd[4 * j + 2 * r + 1]);
+                    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(a[jj]) : "f"(g1), "f"(g0));
+                    cs[2 * jj] += g0;
+                    cs[2 * jj + 1] += g1;
+                }
+                lm_quad_transpose(a, t, x);
+                *(uint4*)(out + (u64)(row + 8 * r) * hid + c0 + 8 * (4 * q + t)) = make_uint4(x[0], x[1], x[2], x[3]);
+            }
+            // The warp's 16 rows per column: a butterfly over g that halves the values a lane
+            // holds at each stage (lanes g, g ^ 1, g ^ 2, g ^ 4 keep complementary halves), seven
+            // shuffles for eight columns; lane g ends with the sum of column ix, in a fixed order.
+            const bool b0 = g & 1, b1_ = (g >> 1) & 1, b2 = g >> 2;
+            float v1[4], v2[2];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) v1[i] = (b0 ? cs[i + 4] : cs[i]) + __shfl_xor_sync(0xffffffffu, b0 ? cs[i] : cs[i + 4], 4);
+#pragma unroll
+            for (int i = 0; i < 2; ++i) v2[i] = (b1_ ? v1[i + 2] : v1[i]) + __shfl_xor_sync(0xffffffffu, b1_ ? v1[i] : v1[i + 2], 8);
+            const float v3 = (b2 ? v2[1] : v2[0]) + __shfl_xor_sync(0xffffffffu, b2 ? v2[0] : v2[1], 16);
+            part[(u64)prow * hid + c0 + 32 * q + cix] = v3;
+        }
+    }
+}
+
 #define MLP(KA) \
 extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) mlp_dgelu_k##KA(const __grid_constant__ LmTmaMap tmg, const __grid_constant__ LmTmaMap tmw, const bf16* pre, u32 n, u32 hid, bf16* out, float* part) { mlp_dgelu_k<KA>(&tmg, &tmw, pre, n, hid, out, part); }
+#define MLP_RC(KA) \
+extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) mlp_dgelu_rc_k##KA(const __grid_constant__ LmTmaMap tmw1, const __grid_constant__ LmTmaMap tmw2, const bf16* x, const bf16* g, const bf16* b1, u32 n, u32 hid, bf16* out, float* part) { mlp_dgelu_rc_k<KA>(&tmw1, &tmw2, x, g, b1, n, hid, out, part); }
 MLP(1)
 MLP(2)
 MLP(3)
 MLP(4)
+MLP_RC(1)
+MLP_RC(2)
+MLP_RC(3)
+MLP_RC(4)
