@@ -256,7 +256,7 @@ impl Tensor {
                         .push(rows as u32)
                         .push(c as u32)
                         .launch(&dev, &format!("ln_bwd_dwdb{ch}_{}_{}", sfx(xd), sfx(wd)), blocks as u32, 256, 0);
-                    Args::new().push(part.ptr).push(dw.ptr).push(db.ptr).push(cs.ptr).push(c as u32).push(blocks as u32).push(3u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
+                    Args::new().push(part.ptr).push(dw.ptr).push(db.ptr).push(cs.ptr).push(c as u32).push(blocks as u32).push(3u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
                     colsum = Some(Tensor::from_any(Storage::Cuda(cs), &[c], None));
                 } else {
                     row_args()
@@ -281,7 +281,7 @@ impl Tensor {
                         .push(rps as u32)
                         .launch3(&dev, &format!("ln_dwdb_{}_{}", sfx(xd), sfx(wd)), (col_blocks as u32, splits as u32, 1), (32, 8, 1), 0);
                     if splits > 1 {
-                        Args::new().push(pp).push(dw.ptr).push(db.ptr).push(0u64).push(c as u32).push(splits as u32).push(2u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(32) as u32, 1, 1), (32, 32, 1), 0);
+                        Args::new().push(pp).push(dw.ptr).push(db.ptr).push(0u64).push(c as u32).push(splits as u32).push(2u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
                     }
                 }
             } else {

@@ -318,10 +318,23 @@ fn dgelu_rc(g: &Tensor, w2: &Tensor, x: &Tensor, w1: &Tensor, b1: &Tensor) -> Op
     if !g.with_storage(|s| matches!(s, Storage::Cuda(gs) if gs.at(g.layout().offset) % 4 == 0)) {
         return None;
     }
-    let w1t = w1.t().contiguous(); // [H, K]: a Linear's weight as stored, no copy
-    let w2c = {
-        let _ng = crate::no_grad();
-        w2.scale(0.5) // [H, K] contiguous, halved (exact): the kernel folds gelu''s halves into dh
+    // Each weight as stored, [H, K] (read K-major) or [K, H] (read N-major, `mn`); a copy only
+    // for other strides. Both N-major has no kernel: w2 is copied then.
+    let stored = |w: &Tensor, mn_ok: bool| -> (Tensor, bool) {
+        let aligned = |t: &Tensor| t.is_contiguous() && cuda_ptr(t) % 16 == 0;
+        if mn_ok && aligned(&w.t()) {
+            (w.t(), true)
+        } else if aligned(w) {
+            (w.clone(), false)
+        } else {
+            (w.contiguous(), false)
+        }
+    };
+    let (w1s, mn1) = stored(&w1.t(), true); // w1ᵀ is [H, K]
+    let (w2s, mn2) = stored(w2, !mn1);
+    let map = |w: &Tensor| {
+        let (r, c) = (w.dim(0), w.dim(1));
+        crate::cuda::tma_map_bf16(cuda_ptr(w), r, c, c, 64, MLR_BN as u32)
     };
     let np = rows.div_ceil(MLR_BM) * MLR_BM;
     let out = cuda_buffer(x, &[np, hid]); // rows past `rows` are written as zeros
@@ -331,10 +344,9 @@ fn dgelu_rc(g: &Tensor, w2: &Tensor, x: &Tensor, w1: &Tensor, b1: &Tensor) -> Op
         let part = crate::cuda::CudaStorage::alloc(dev, F32, np / 16 * hid); // a row per 16 rows of x
         let db = crate::cuda::CudaStorage::alloc(dev, F32, hid);
         let mut a = Args::new();
-        a.push(crate::cuda::tma_map_bf16(cuda_ptr(&w1t), hid, k, k, 64, MLR_BN as u32));
-        a.push(crate::cuda::tma_map_bf16(cuda_ptr(&w2c), hid, k, k, 64, MLR_BN as u32));
+        a.push(map(&w1s)).push(map(&w2s));
         a.push(cuda_ptr(x)).push(cuda_ptr(&g)).push(cuda_ptr(b1)).push(rows as u32).push(hid as u32).push(cuda_ptr(&out)).push(part.ptr);
-        a.launch3(dev, &format!("mlp_dgelu_rc_k{}", k / 64), (1, (np / MLR_BM) as u32, 1), (384, 1, 1), (MLR_STAGES * 2 * MLR_BN * k * 2 + 1024) as u32);
+        a.launch3(dev, &format!("mlp_dgelu_rc_k{}_{}{}", k / 64, mn1 as u8, mn2 as u8), (1, (np / MLR_BM) as u32, 1), (384, 1, 1), (MLR_STAGES * 2 * MLR_BN * k * 2 + 1024) as u32);
         colsum_final(dev, part.ptr, db.ptr, hid, np / 16);
         Tensor::from_any(Storage::Cuda(db), &[hid], None)
     });

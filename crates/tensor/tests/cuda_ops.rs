@@ -458,11 +458,13 @@ fn mlp_gelu_epilogues_match_cpu() {
 /// The GELU MLP's backward on Hopper (mlp_sm90.cu: dpre = (g·w2ᵀ) ⊙ gelu'(pre) and b1's gradient
 /// in one pass) at every output width it takes (K = 64, 128, 192, 256), in mixed precision (bf16
 /// casts of f32 masters, as a model trains), against the CPU's f32 composite: output and all five
-/// gradients, with w2 as nn::Linear holds it (a transposed view of [out, hidden]) and plain, 333
-/// rows (not a multiple of its 128- or 256-row blocks) and a hidden width of 5 column tiles. Both
-/// kernels: with an input width of 96 the forward keeps pre and `mlp_dgelu_k*` reads it; with
-/// the input as wide as the output, pre is not kept (checked on Hopper) and `mlp_dgelu_rc_k*`
-/// makes it again. Tolerance 2e-2 as `mlp_gelu_epilogues_match_cpu` (bf16 products; its gelu'
+/// gradients, with the weights as nn::Linear holds them (transposed views of [out, in]) and
+/// plain (GPT-2's Conv1D), 333 rows (not a multiple of its 128- or 256-row blocks) and a hidden
+/// width of 5 column tiles. Both kernels: with an input width of 96 the forward keeps pre and
+/// `mlp_dgelu_k*` reads it; with the input as wide as the output, pre is not kept (checked on
+/// Hopper) and `mlp_dgelu_rc_k*` makes it again, reading each weight as stored in all three of
+/// its layouts (w1 plain and w2 plain: `_10`; both transposed: `_01`; w1 transposed, w2 plain:
+/// `_00`; w1 plain and w2 transposed copies w2). Tolerance 2e-2 as `mlp_gelu_epilogues_match_cpu` (bf16 products; its gelu'
 /// takes tanh from the special-function unit, relative error ~2^-11, below bf16's rounding of
 /// dpre). On a GPU other than Hopper it checks the cuBLASLt path the same way. Set explicitly,
 /// restored at the end.
@@ -474,17 +476,19 @@ fn hopper_mlp_backward_matches_cpu() {
     fmlab_tensor::mlp_sm90(Some(true));
     let hid = 320;
     for k in [64, 128, 192, 256] {
-        for (transposed, xw) in [(false, 96), (true, 96), (false, k), (true, k)] {
+        for (w1t, transposed, xw) in [(false, false, 96), (false, true, 96), (false, false, k), (false, true, k), (true, true, k), (true, false, k)] {
             let x = rnd(&[3, 111, xw], 500 + k as u64, DType::F32);
-            let (w1, b1) = (rnd(&[xw, hid], 501, DType::F32).affine(0.125, 0.0), rnd(&[hid], 502, DType::F32));
+            let w1 = if w1t { rnd(&[hid, xw], 501, DType::F32) } else { rnd(&[xw, hid], 501, DType::F32) }.affine(0.125, 0.0);
+            let b1 = rnd(&[hid], 502, DType::F32);
             let w2 = if transposed { rnd(&[k, hid], 503, DType::F32).affine(0.0625, 0.0) } else { rnd(&[hid, k], 503, DType::F32).affine(0.0625, 0.0) };
             let b2 = rnd(&[k], 504, DType::F32);
             let up = rnd(&[3, 111, k], 505, DType::F32);
             let run = |dev: Device, dt: DType| {
                 let vars: Vec<Tensor> = [&x, &w1, &b1, &w2, &b2].iter().map(|t| Tensor::new_var(&t.to_device(dev))).collect();
                 let c = |i: usize| vars[i].to_dtype(dt);
+                let w1v = if w1t { c(1).t() } else { c(1) };
                 let w2v = if transposed { c(3).t() } else { c(3) };
-                let y = c(0).mlp_gelu(&c(1), &c(2), &w2v, &c(4));
+                let y = c(0).mlp_gelu(&w1v, &c(2), &w2v, &c(4));
                 if dev != Device::Cpu && hopper {
                     let op = y.op().unwrap().inputs()[0].op().unwrap();
                     let Op::MlpGelu(.., pre) = op else { panic!("K={k} x width {xw}: not the fused MLP ({})", op.name()) };
@@ -497,8 +501,8 @@ fn hopper_mlp_backward_matches_cpu() {
             };
             let (want, got) = (run(Device::Cpu, DType::F32), run(g, DType::BF16));
             for (i, name) in ["y", "dx", "dw1", "db1", "dw2", "db2"].iter().enumerate() {
-                eprintln!("hopper mlp K={k} x width {xw} transposed={transposed} {name}: relative error {:.2e}", rel(&got[i], &want[i]));
-                close(&format!("hopper mlp K={k} x width {xw} transposed={transposed} {name}"), &got[i], &want[i], 2e-2);
+                eprintln!("hopper mlp K={k} x width {xw} w1 transposed={w1t} w2 transposed={transposed} {name}: relative error {:.2e}", rel(&got[i], &want[i]));
+                close(&format!("hopper mlp K={k} x width {xw} w1 transposed={w1t} w2 transposed={transposed} {name}"), &got[i], &want[i], 2e-2);
             }
         }
     }

@@ -200,24 +200,11 @@ template <int KA> __device__ void lmce_grad_k(const LmTmaMap* tmh, const LmTmaMa
 // (731 / 734 / 757 µs for none / a quarter / half), so it was not kept.
 //
 // The second product reads W's tile [64 vocabulary rows, K] with the vocabulary as its K
-// dimension: N-major (transposed) B. In the 128-byte-swizzled layout the TMA unit wrote, a
-// 16-step of K is 16 consecutive 128-byte rows (two 8-row groups 1024 bytes apart: the stride
-// byte offset) of one 64-column slab (the leading byte offset, unused by a 64-wide N).
+// dimension: N-major (transposed) B (hopper_gemm.cuh `lm_desc_mn`, `lm_wgmma_rs_t`).
 #define LMD_BM 128
 #ifndef LMD_STAGES
 #define LMD_STAGES 4
 #endif
-__device__ __forceinline__ u64 lmd_desc_mn(u32 s) {
-    return (u64)((s & 0x3FFFF) >> 4) | ((u64)((LM_BN * 128) >> 4) << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
-}
-// d (+)= A·B for A 64×16 from registers and B 16×64 N-major in shared memory.
-__device__ __forceinline__ void lmd_wgmma_rs_t(float* d, const u32* a, u64 db, int accumulate) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
-}
 template <int N> struct LmdC { static constexpr int value = N; }; // a compile-time flag for the lambdas below
 // A 64×64 tile's softmax·scale, in place over its logits d (f32; 0 past the vocabulary).
 template <bool EDGE> __device__ __forceinline__ void lmd_softmax(float* d, u32 c0, u32 v, int t, const float* ls) {
@@ -311,7 +298,7 @@ template <int KA> __device__ void lmce_grad_dh_k(const LmTmaMap* tmh, const LmTm
 #pragma unroll
         for (int s = 0; s < 4; ++s)
 #pragma unroll
-            for (int j = 0; j < KA; ++j) lmd_wgmma_rs_t(dh + 32 * j, pf + 4 * s, lmd_desc_mn(sw + j * (LM_BN * 128) + s * 2048), k > 0 || s > 0);
+            for (int j = 0; j < KA; ++j) lm_wgmma_rs_t(dh + 32 * j, pf + 4 * s, lm_desc_mn(sw + j * (LM_BN * 128) + s * 2048), k > 0 || s > 0);
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
         lmd_store(pf, c0, t, row, gout, ldg);
         if (decltype(next)::value) {

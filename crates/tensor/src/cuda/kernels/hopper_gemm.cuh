@@ -58,6 +58,21 @@ __device__ __forceinline__ void lm_wgmma_rs(float* d, const u32* a, u64 db, int 
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(0), "r"(accumulate));
 }
 
+// Descriptor of a W tile read N-major (transposed B: its rows are the product's K dimension):
+// in the 128-byte swizzle, a 16-step of K is 16 consecutive 128-byte rows (two 8-row groups
+// 1024 bytes apart: the stride byte offset) of one 64-column slab (the leading byte offset,
+// unused by a 64-wide N).
+__device__ __forceinline__ u64 lm_desc_mn(u32 s) {
+    return (u64)((s & 0x3FFFF) >> 4) | ((u64)((LM_BN * 128) >> 4) << 16) | ((u64)(1024 >> 4) << 32) | ((u64)1 << 62);
+}
+// d (+)= A·B for A 64×16 from registers and B 16×64 N-major in shared memory.
+__device__ __forceinline__ void lm_wgmma_rs_t(float* d, const u32* a, u64 db, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(accumulate));
+}
 // Issues (does not wait for) the LM_BN-column logits tile of this warpgroup's 128 rows (two
 // 64-row blocks at sa and sa + 64 rows: d[0..N/2) and d[N/2..N)) against W's tile at `sw`, as
 // one wgmma group. With RS the first block's A comes from registers (af: 4 per 16-column step),
@@ -117,9 +132,11 @@ __device__ __forceinline__ void lm_tma(u32 dst, const LmTmaMap* map, int c, int 
 // 2·128·240 + 128·24 ≤ 65536, all that 384 threads at 168 (the launch's share) give back and take.
 // With NW = 2 a stage holds two W tiles, of `tmw` and then of `tmw2`, for the same columns
 // (mlp_sm90.cu's recomputing backward multiplies against two weights a tile). BM = 0: no
-// resident tile (that kernel keeps its rows in registers).
+// resident tile (that kernel keeps its rows in registers). MN1 / MN2: that map is of the
+// weight stored [K, m] (m contiguous), its tile copied as K rows of 64 columns, which wgmma
+// reads N-major (`lm_desc_mn`); same bytes and layout of a slab either way.
 struct LmRing { u32 base, sw0, full0, empty0; bool consumer; };
-template <int KA, int BM, int STAGES, int NW = 1> __device__ __forceinline__ LmRing lm_pipeline(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 nt, const LmTmaMap* tmw2 = nullptr) {
+template <int KA, int BM, int STAGES, int NW = 1, int MN1 = 0, int MN2 = 0> __device__ __forceinline__ LmRing lm_pipeline(const LmTmaMap* tmh, const LmTmaMap* tmw, u32 r0, u32 t0, u32 nt, const LmTmaMap* tmw2 = nullptr) {
     extern __shared__ unsigned char lm_raw[];
     __shared__ __align__(8) u64 lm_bars[2 * STAGES];
     LmRing q;
@@ -149,10 +166,10 @@ template <int KA, int BM, int STAGES, int NW = 1> __device__ __forceinline__ LmR
 #pragma unroll
                 for (int s = 0; s < KA; ++s) lm_tma(base + s * (BM * 128), tmh, 64 * s, r0, full);
 #pragma unroll
-            for (int s = 0; s < KA; ++s) lm_tma(sw0 + st * TW + s * (LM_BN * 128), tmw, 64 * s, (t0 + k) * LM_BN, full);
+            for (int s = 0; s < KA; ++s) lm_tma(sw0 + st * TW + s * (LM_BN * 128), tmw, MN1 ? (t0 + k) * LM_BN : 64 * s, MN1 ? 64 * s : (t0 + k) * LM_BN, full);
             if (NW == 2)
 #pragma unroll
-                for (int s = 0; s < KA; ++s) lm_tma(sw0 + st * TW + (KA + s) * (LM_BN * 128), tmw2, 64 * s, (t0 + k) * LM_BN, full);
+                for (int s = 0; s < KA; ++s) lm_tma(sw0 + st * TW + (KA + s) * (LM_BN * 128), tmw2, MN2 ? (t0 + k) * LM_BN : 64 * s, MN2 ? 64 * s : (t0 + k) * LM_BN, full);
         }
         return q;
     }

@@ -141,11 +141,17 @@ __device__ __forceinline__ float mlp_dgelu_half(float x, float h) {
     float w = x * __fmaf_rn(3.f * kc, x2, k), s = __fmaf_rn(-th, th, 1.f);
     return __fmaf_rn(__fmaf_rn(w, s, th), h, h);
 }
-template <int KA> __device__ void mlp_dgelu_rc_k(const LmTmaMap* tmw1, const LmTmaMap* tmw2, const bf16* xm, const bf16* gm, const bf16* b1, u32 n, u32 hid, bf16* out, float* part) {
+// d (+)= A·Bᵀ of a 16-column step s of K, A from registers, B the W tile at sw read K-major
+// (stored [m, K]) or N-major (MN: stored [K, m]).
+template <int MN> __device__ __forceinline__ void mlr_wgmma(float* d, const u32* a, u32 sw, int s) {
+    if (MN) lm_wgmma_rs_t(d, a, lm_desc_mn(sw + s * 2048), s > 0);
+    else lm_wgmma_rs(d, a, lm_desc(sw + (s >> 2) * (LM_BN * 128) + (s & 3) * 32), s > 0);
+}
+template <int KA, int MN1, int MN2> __device__ void mlp_dgelu_rc_k(const LmTmaMap* tmw1, const LmTmaMap* tmw2, const bf16* xm, const bf16* gm, const bf16* b1, u32 n, u32 hid, bf16* out, float* part) {
     __shared__ u32 b1s[MLR_MAX_HID / 2];
     const u32 TW = 2 * KA * LM_BN * 128; // a stage: w1's tile, then w2's
     const u32 r0 = blockIdx.y * MLR_BM, nt = hid / LM_BN;
-    const LmRing ring = lm_pipeline<KA, 0, MLR_STAGES, 2>(tmw1, tmw1, r0, 0, nt, tmw2); // no resident tile (BM = 0)
+    const LmRing ring = lm_pipeline<KA, 0, MLR_STAGES, 2, MN1, MN2>(tmw1, tmw1, r0, 0, nt, tmw2); // no resident tile (BM = 0)
     if (!ring.consumer) return;
     const int t = threadIdx.x & 3, g = (threadIdx.x & 31) >> 2;
     const u32 wg = threadIdx.x >> 7, w0 = r0 + 64 * wg + 16 * ((threadIdx.x >> 5) & 3); // the warp's first row
@@ -156,6 +162,11 @@ template <int KA> __device__ void mlp_dgelu_rc_k(const LmTmaMap* tmw1, const LmT
     u32 af[4 * KA][4], xf[4 * KA][4];
     load_a_global<64 * KA>(af, gm, 64 * KA, w0, n);
     load_a_global<64 * KA>(xf, xm, 64 * KA, w0, n);
+    // g halved (exact for bf16 but in the subnormals), so that the product is dh/2 (mlp_dgelu_half).
+#pragma unroll
+    for (int s = 0; s < 4 * KA; ++s)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) asm("mul.rn.bf16x2 %0, %0, %1;" : "+r"(af[s][e]) : "r"(0x3F003F00u));
     asm volatile("bar.sync 1, %0;" ::"n"(LM_THREADS) : "memory"); // b1s written (the consumers only)
     float dp[32], dd[32]; // pre's and dh/2's 64 × 64 tiles
     for (u32 k = 0; k < nt; ++k) {
@@ -164,9 +175,8 @@ template <int KA> __device__ void mlp_dgelu_rc_k(const LmTmaMap* tmw1, const LmT
         asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
         for (int s = 0; s < 4 * KA; ++s) {
-            const u32 in = (s & 3) * 32, slab = s >> 2; // 16 columns (32 bytes) into slab s / 4
-            lm_wgmma_rs(dp, xf[s], lm_desc(sw1 + slab * (LM_BN * 128) + in), s > 0);
-            lm_wgmma_rs(dd, af[s], lm_desc(sw2 + slab * (LM_BN * 128) + in), s > 0);
+            mlr_wgmma<MN1>(dp, xf[s], sw1, s);
+            mlr_wgmma<MN2>(dd, af[s], sw2, s);
         }
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
         u32 bv[8]; // b1's pairs of this thread's columns 8j + 2t, +1, while the products run
@@ -213,13 +223,22 @@ template <int KA> __device__ void mlp_dgelu_rc_k(const LmTmaMap* tmw1, const LmT
 
 #define MLP(KA) \
 extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) mlp_dgelu_k##KA(const __grid_constant__ LmTmaMap tmg, const __grid_constant__ LmTmaMap tmw, const bf16* pre, u32 n, u32 hid, bf16* out, float* part) { mlp_dgelu_k<KA>(&tmg, &tmw, pre, n, hid, out, part); }
-#define MLP_RC(KA) \
-extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) mlp_dgelu_rc_k##KA(const __grid_constant__ LmTmaMap tmw1, const __grid_constant__ LmTmaMap tmw2, const bf16* x, const bf16* g, const bf16* b1, u32 n, u32 hid, bf16* out, float* part) { mlp_dgelu_rc_k<KA>(&tmw1, &tmw2, x, g, b1, n, hid, out, part); }
+// Suffix: KA, then whether w1's and w2's tiles are read N-major (0/1 each).
+#define MLP_RC(KA, M1, M2) \
+extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) mlp_dgelu_rc_k##KA##_##M1##M2(const __grid_constant__ LmTmaMap tmw1, const __grid_constant__ LmTmaMap tmw2, const bf16* x, const bf16* g, const bf16* b1, u32 n, u32 hid, bf16* out, float* part) { mlp_dgelu_rc_k<KA, M1, M2>(&tmw1, &tmw2, x, g, b1, n, hid, out, part); }
 MLP(1)
 MLP(2)
 MLP(3)
 MLP(4)
-MLP_RC(1)
-MLP_RC(2)
-MLP_RC(3)
-MLP_RC(4)
+MLP_RC(1, 0, 0)
+MLP_RC(2, 0, 0)
+MLP_RC(3, 0, 0)
+MLP_RC(4, 0, 0)
+MLP_RC(1, 1, 0)
+MLP_RC(2, 1, 0)
+MLP_RC(3, 1, 0)
+MLP_RC(4, 1, 0)
+MLP_RC(1, 0, 1)
+MLP_RC(2, 0, 1)
+MLP_RC(3, 0, 1)
+MLP_RC(4, 0, 1)
