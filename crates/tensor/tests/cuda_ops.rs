@@ -805,6 +805,38 @@ fn sum_squares_all_matches_cpu() {
 /// strided views of one projection (as the model calls it).
 /// Tolerance 2e-2 of the largest reference value: the kernels round P and dS to bf16 for the
 /// tensor-core products (as FlashAttention-2 does) and the outputs to bf16 (2^-8 relative).
+/// Attention over one fused projection's output (q, k, v = thirds of x·w + b, as GPT-2's c_attn
+/// makes them), in mixed precision (bf16 casts of f32 masters): the flash backward writes the
+/// three gradients into one buffer in place (flash.rs `fused_qkv`), which the projection's
+/// backward then reads for dx, dw and db. Checked against the CPU's f32 composite (T = 100 and
+/// 130, not multiples of the 64-row tiles, causal and not) at the flash tolerance, 2e-2 (bf16
+/// products and outputs).
+#[test]
+#[ignore = "needs a GPU (scripts/gpu-check.sh)"]
+fn flash_fused_qkv_bias_gradient_matches_cpu() {
+    let g = gpu();
+    let (b, h, d) = (2, 3, 32);
+    let c = h * d;
+    for (t, mask) in [(100, AttnMask::Causal), (130, AttnMask::None)] {
+        let x = rnd(&[b, t, c], 900, DType::F32);
+        let (w, bias) = (rnd(&[c, 3 * c], 901, DType::F32).affine(0.1, 0.0), rnd(&[3 * c], 902, DType::F32));
+        let up = rnd(&[b, h, t, d], 903, DType::F32);
+        let run = |dev: Device, dt: DType| {
+            let vars: Vec<Tensor> = [&x, &w, &bias].iter().map(|v| Tensor::new_var(&v.to_device(dev))).collect();
+            let qkv = vars[0].to_dtype(dt).linear(&vars[1].to_dtype(dt), Some(&vars[2].to_dtype(dt))); // [b, t, 3c]
+            let heads = |i: usize| qkv.narrow(2, i * c, c).reshape(&[b, t, h, d]).transpose(1, 2);
+            let y = if dev == Device::Cpu { fmlab_tensor::attention_slow(&heads(0), &heads(1), &heads(2), &mask) } else { attention(&heads(0), &heads(1), &heads(2), &mask) };
+            y.to_dtype(DType::F32).mul(&up.to_device(dev)).sum_all().backward();
+            vars.iter().map(|v| v.grad().unwrap().to_dtype(DType::F32)).collect::<Vec<_>>()
+        };
+        let (want, got) = (run(Device::Cpu, DType::F32), run(g, DType::BF16));
+        for (i, name) in ["dx", "dw", "db"].iter().enumerate() {
+            eprintln!("fused qkv T{t}: {name} relative error {:.2e}", rel(&got[i], &want[i]));
+            close(&format!("fused qkv T{t} {name}"), &got[i], &want[i], 2e-2);
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU (scripts/gpu-check.sh)"]
 fn flash_attention_matches_composite() {
