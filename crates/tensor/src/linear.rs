@@ -307,9 +307,8 @@ fn recompute_applies(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor) -> bool 
 /// `colsum16_final`: dpre = (g·w2ᵀ) ⊙ gelu'(x·w1 + b1), db1 = Σ_rows dpre. Where
 /// `recompute_applies` (and g is [rows, K]; copied contiguous if it is not); None elsewhere.
 fn dgelu_rc(g: &Tensor, w2: &Tensor, x: &Tensor, w1: &Tensor, b1: &Tensor) -> Option<(Tensor, Tensor)> {
-    use crate::cuda::Args;
     use crate::fused::cuda_ptr;
-    use crate::DType::{BF16, F32};
+    use crate::DType::BF16;
     if !(recompute_applies(x, w1, b1, w2) && g.dtype() == BF16 && g.shape() == [x.dim(0), x.dim(1)]) {
         return None;
     }
@@ -338,19 +337,31 @@ fn dgelu_rc(g: &Tensor, w2: &Tensor, x: &Tensor, w1: &Tensor, b1: &Tensor) -> Op
     };
     let np = rows.div_ceil(MLR_BM) * MLR_BM;
     let out = cuda_buffer(x, &[np, hid]); // rows past `rows` are written as zeros
-    let db = x.with_storage(|s| {
-        let Storage::Cuda(xs) = s else { unreachable!() };
-        let dev = xs.device();
-        let part = crate::cuda::CudaStorage::alloc(dev, F32, np / 16 * hid); // a row per 16 rows of x
-        let db = crate::cuda::CudaStorage::alloc(dev, F32, hid);
-        let mut a = Args::new();
+    let name = format!("mlp_dgelu_rc_k{}_{}{}", k / 64, mn1 as u8, mn2 as u8);
+    let smem = (MLR_STAGES * 2 * MLR_BN * k * 2 + 1024) as u32;
+    // part: a row per 16 rows of x.
+    let db = dgelu_launch(x, &name, np / MLR_BM, smem, np / 16, hid, |a| {
         a.push(map(&w1s)).push(map(&w2s));
-        a.push(cuda_ptr(x)).push(cuda_ptr(&g)).push(cuda_ptr(b1)).push(rows as u32).push(hid as u32).push(cuda_ptr(&out)).push(part.ptr);
-        a.launch3(dev, &format!("mlp_dgelu_rc_k{}_{}{}", k / 64, mn1 as u8, mn2 as u8), (1, (np / MLR_BM) as u32, 1), (384, 1, 1), (MLR_STAGES * 2 * MLR_BN * k * 2 + 1024) as u32);
-        colsum_final(dev, part.ptr, db.ptr, hid, np / 16);
-        Tensor::from_any(Storage::Cuda(db), &[hid], None)
+        a.push(cuda_ptr(x)).push(cuda_ptr(&g)).push(cuda_ptr(b1)).push(rows as u32).push(hid as u32).push(cuda_ptr(&out));
     });
     Some((out.narrow(0, 0, rows), db))
+}
+
+/// Launches one of mlp_sm90.cu's dgelu kernels (block 384, grid (1, blocks)) on `like`'s device
+/// with the arguments `args` pushes and then `part`, [part_rows, hid] f32 partial column sums,
+/// which `colsum16_final` adds into b1's gradient [hid] f32 (returned).
+fn dgelu_launch(like: &Tensor, name: &str, blocks: usize, smem: u32, part_rows: usize, hid: usize, args: impl FnOnce(&mut crate::cuda::Args)) -> Tensor {
+    like.with_storage(|s| {
+        let Storage::Cuda(ls) = s else { unreachable!("dgelu_launch off the GPU") };
+        let dev = ls.device();
+        let part = crate::cuda::CudaStorage::alloc(dev, crate::DType::F32, part_rows * hid);
+        let db = crate::cuda::CudaStorage::alloc(dev, crate::DType::F32, hid);
+        let mut a = crate::cuda::Args::new();
+        args(&mut a);
+        a.push(part.ptr).launch3(dev, name, (1, blocks as u32, 1), (384, 1, 1), smem);
+        colsum_final(dev, part.ptr, db.ptr, hid, part_rows);
+        Tensor::from_any(Storage::Cuda(db), &[hid], None)
+    })
 }
 
 /// (dpre [rows, H] bf16, db1 [H] f32) of `mlp_gelu` by `mlp_dgelu_k*` and `colsum16_final`: dpre =
@@ -360,9 +371,8 @@ fn dgelu_rc(g: &Tensor, w2: &Tensor, x: &Tensor, w1: &Tensor, b1: &Tensor) -> Op
 /// contiguous, H·K·2 bytes: a Linear's weight is a transposed view). None elsewhere.
 fn dgelu_sm90(g: &Tensor, w2: &Tensor, pre: &Tensor) -> Option<(Tensor, Tensor)> {
     use crate::classifier::{sm90_smem, SM90_ROWS};
-    use crate::cuda::Args;
     use crate::fused::cuda_ptr;
-    use crate::DType::{BF16, F32};
+    use crate::DType::BF16;
     let (rows, k, hid) = (g.dim(0), g.dim(1), pre.dim(1));
     let shapes = g.rank() == 2 && pre.rank() == 2 && pre.dim(0) == rows && w2.shape() == [hid, k] && rows > 0 && rows <= u32::MAX as usize;
     let kinds = [g, w2, pre].iter().all(|t| t.dtype() == BF16) && g.is_contiguous() && pre.is_contiguous();
@@ -377,18 +387,11 @@ fn dgelu_sm90(g: &Tensor, w2: &Tensor, pre: &Tensor) -> Option<(Tensor, Tensor)>
     let w2c = w2.contiguous(); // [H, K]
     let np = rows.div_ceil(SM90_ROWS) * SM90_ROWS;
     let out = cuda_buffer(g, &[np, hid]); // rows past `rows` are written as zeros
-    let db = g.with_storage(|s| {
-        let Storage::Cuda(gs) = s else { unreachable!() };
-        let dev = gs.device();
-        let part = crate::cuda::CudaStorage::alloc(dev, F32, np / 32 * hid); // a row per 32 rows of g
-        let db = crate::cuda::CudaStorage::alloc(dev, F32, hid);
-        let mut a = Args::new();
+    // part: a row per 32 rows of g.
+    let db = dgelu_launch(g, &format!("mlp_dgelu_k{}", k / 64), np / SM90_ROWS, sm90_smem(k), np / 32, hid, |a| {
         a.push(crate::cuda::tma_map_bf16(cuda_ptr(g), rows, k, k, 64, SM90_ROWS as u32));
         a.push(crate::cuda::tma_map_bf16(cuda_ptr(&w2c), hid, k, k, 64, 64));
-        a.push(cuda_ptr(pre)).push(rows as u32).push(hid as u32).push(cuda_ptr(&out)).push(part.ptr);
-        a.launch3(dev, &format!("mlp_dgelu_k{}", k / 64), (1, (np / SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(k));
-        colsum_final(dev, part.ptr, db.ptr, hid, np / 32);
-        Tensor::from_any(Storage::Cuda(db), &[hid], None)
+        a.push(cuda_ptr(pre)).push(rows as u32).push(hid as u32).push(cuda_ptr(&out));
     });
     Some((out.narrow(0, 0, rows), db))
 }
