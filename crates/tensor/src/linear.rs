@@ -12,7 +12,8 @@
 //! Hopper one wgmma kernel (mlp_sm90.cu, `dgelu_sm90`) makes dh and also sums b1's gradient from
 //! its registers, where a column-sum kernel would read dh again; where x is as wide as the
 //! output (a transformer's MLP), the forward keeps no pre at all (`GELU_BIAS`) and that kernel
-//! makes pre again from x beside dh (`dgelu_rc`, FMLAB_MLP_RECOMPUTE=0 to keep pre). The composite runs a GELU kernel each way, reading and writing the [rows, hidden] activations
+//! makes pre again from x beside dh (`dgelu_rc`, FMLAB_MLP_RECOMPUTE=0 to keep pre). The
+//! composite runs a GELU kernel each way, reading and writing the [rows, hidden] activations
 //! once more each. Twin: `mlp_gelu_slow` (ops.rs).
 
 use crate::cuda::gemm::Epilogue;
