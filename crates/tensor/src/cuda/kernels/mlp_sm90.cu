@@ -129,17 +129,23 @@ template <int KA> __device__ void mlp_dgelu_k(const LmTmaMap* tmg, const LmTmaMa
 // 1 MB, from L2).
 #define MLR_BM 128
 #define MLR_STAGES 3
+// MLR_SPLIT = 0 (FMLAB_CUDA_DEFINES): wait for both products before the gelu' terms.
+#ifndef MLR_SPLIT
+#define MLR_SPLIT 1
+#endif
 #define MLR_MAX_HID 4096 // b1's copy in shared memory (linear.rs `recompute_applies` checks it)
-// dpre of a pair from pre (with b1) and h = dh/2 (w2 comes halved: exact), in nine instructions
-// against gelu' and a product's eleven: (g·w2ᵀ) ⊙ gelu'(pre) = h·(1 + t + x·(1 − t²)·(k + 3kc·x²))
-// for the tanh form's t = tanh(x·(k + kc·x²)) (mlp_gelu_grad's terms, the halves folded into h).
-__device__ __forceinline__ float mlp_dgelu_half(float x, float h) {
+// dpre of a pair from pre (with b1) and h = dh/2 (g comes halved: exact), in nine instructions
+// against gelu' and a product's eleven: (g·w2ᵀ) ⊙ gelu'(pre) = h·(1 + A) with
+// A = t + x·(1 − t²)·(k + 3kc·x²) for the tanh form's t = tanh(x·(k + kc·x²)) (mlp_gelu_grad's
+// terms, the halves folded into h). A needs pre only (mlp_dgelu_a), so it is made while dh's
+// product still runs; then dpre = A·h + h.
+__device__ __forceinline__ float mlp_dgelu_a(float x) {
     const float k = 0.7978845608028654f, kc = 0.7978845608028654f * 0.044715f;
     float x2 = x * x, th;
     float u = x * __fmaf_rn(kc, x2, k);
     asm("tanh.approx.f32 %0, %1;" : "=f"(th) : "f"(u));
     float w = x * __fmaf_rn(3.f * kc, x2, k), s = __fmaf_rn(-th, th, 1.f);
-    return __fmaf_rn(__fmaf_rn(w, s, th), h, h);
+    return __fmaf_rn(w, s, th);
 }
 // d (+)= A·Bᵀ of a 16-column step s of K, A from registers, B the W tile at sw read K-major
 // (stored [m, K]) or N-major (MN: stored [K, m]).
@@ -162,7 +168,7 @@ template <int KA, int MN1, int MN2> __device__ void mlp_dgelu_rc_k(const LmTmaMa
     u32 af[4 * KA][4], xf[4 * KA][4];
     load_a_global<64 * KA>(af, gm, 64 * KA, w0, n);
     load_a_global<64 * KA>(xf, xm, 64 * KA, w0, n);
-    // g halved (exact for bf16 but in the subnormals), so that the product is dh/2 (mlp_dgelu_half).
+    // g halved (exact for bf16 but in the subnormals), so that the product is dh/2 (mlp_dgelu_a).
 #pragma unroll
     for (int s = 0; s < 4 * KA; ++s)
 #pragma unroll
@@ -172,19 +178,31 @@ template <int KA, int MN1, int MN2> __device__ void mlp_dgelu_rc_k(const LmTmaMa
     for (u32 k = 0; k < nt; ++k) {
         const u32 st = k % MLR_STAGES, sw1 = ring.sw0 + st * TW, sw2 = sw1 + KA * LM_BN * 128, c0 = k * LM_BN;
         mbar_wait(ring.full0 + 8 * st, (k / MLR_STAGES) & 1);
+        // Two groups, pre's first: its gelu' terms are made while dh's product runs.
         asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
-        for (int s = 0; s < 4 * KA; ++s) {
-            mlr_wgmma<MN1>(dp, xf[s], sw1, s);
-            mlr_wgmma<MN2>(dd, af[s], sw2, s);
-        }
+        for (int s = 0; s < 4 * KA; ++s) mlr_wgmma<MN1>(dp, xf[s], sw1, s);
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int s = 0; s < 4 * KA; ++s) mlr_wgmma<MN2>(dd, af[s], sw2, s);
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
         u32 bv[8]; // b1's pairs of this thread's columns 8j + 2t, +1, while the products run
 #pragma unroll
         for (int j = 0; j < 8; ++j) bv[j] = b1s[(c0 >> 1) + 4 * j + t];
+#if MLR_SPLIT
+        lm_wgmma_wait<1>();
+#else
+        lm_wgmma_wait<0>();
+#endif
+#pragma unroll
+        for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(dp[i])::"memory");
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dp[4 * j + e] = mlp_dgelu_a(dp[4 * j + e] + __uint_as_float(e & 1 ? bv[j] & 0xffff0000u : bv[j] << 16));
         lm_wgmma_wait<0>();
 #pragma unroll
-        for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(dp[i]), "+f"(dd[i])::"memory");
+        for (int i = 0; i < 32; ++i) asm volatile("" : "+f"(dd[i])::"memory");
         mbar_arrive(ring.empty0 + 8 * st); // the producer may refill the stage
 #pragma unroll
         for (int q = 0; q < LM_BN / 32; ++q) {
@@ -197,8 +215,8 @@ template <int KA, int MN1, int MN2> __device__ void mlp_dgelu_rc_k(const LmTmaMa
 #pragma unroll
                 for (int jj = 0; jj < 4; ++jj) {
                     const int j = 4 * q + jj;
-                    const float p0 = dp[4 * j + 2 * r] + __uint_as_float(bv[j] << 16), p1 = dp[4 * j + 2 * r + 1] + __uint_as_float(bv[j] & 0xffff0000u);
-                    const float g0 = mlp_dgelu_half(p0, dd[4 * j + 2 * r]), g1 = mlp_dgelu_half(p1, dd[4 * j + 2 * r + 1]);
+                    const float h0 = dd[4 * j + 2 * r], h1 = dd[4 * j + 2 * r + 1];
+                    const float g0 = __fmaf_rn(dp[4 * j + 2 * r], h0, h0), g1 = __fmaf_rn(dp[4 * j + 2 * r + 1], h1, h1);
                     asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(a[jj]) : "f"(g1), "f"(g0));
                     cs[2 * jj] += g0;
                     cs[2 * jj + 1] += g1;
