@@ -120,13 +120,14 @@ template <int KA> __device__ void mlp_dgelu_k(const LmTmaMap* tmg, const LmTmaMa
 // part: [np / 16, hid] f32, row p = the 16 rows of warp p % 8 of row tile p / 8, added in order
 // by `colsum16_final`.
 //
-// Measured on the H100 (ncu, gpt2-mini's [32768, 256] → 1024, one call each): 92-94 µs, against
-// mlp_dgelu_k's ~100 plus the forward's pre written (its GEMM 46 µs without pre). Also tried, all
-// 92-101 µs: x's rows in shared memory (SS) with two stages; two accumulator pairs with 32-column
-// tiles (four stages); the products of 64-column tiles double-buffered spilled 276 bytes. With
-// its parts left out (FMLAB_CUDA_DEFINES, since removed): without the products 65 µs, without
-// gelu' 80, with only the copies of w1's and w2's tiles 25 (every block streams both weights,
-// 1 MB, from L2).
+// Measured on the H100 (ncu, gpt2-mini's [32768, 256] → 1024, one call each): 82.5 µs with the
+// two products in two groups (gelu''s terms made from pre while dh's runs), 93.5-94 waiting for
+// both (MLR_SPLIT=0), against mlp_dgelu_k's ~100 plus the forward's pre written (its GEMM 46 µs
+// without pre). Also tried, all 92-101 µs before the split: x's rows in shared memory (SS) with
+// two stages; two accumulator pairs with 32-column tiles (four stages); the products of 64-column
+// tiles double-buffered spilled 276 bytes. With its parts left out (FMLAB_CUDA_DEFINES, since
+// removed; before the split): without the products 65 µs, without gelu' 80, with only the copies
+// of w1's and w2's tiles 25 (every block streams both weights, 1 MB, from L2).
 #define MLR_BM 128
 #define MLR_STAGES 3
 // MLR_SPLIT = 0 (FMLAB_CUDA_DEFINES): wait for both products before the gelu' terms.
