@@ -158,8 +158,10 @@ impl Gpt2 {
     fn hidden(&self, ids: &Tensor, mut rng: Option<&mut Rng>) -> Tensor {
         let (b, t) = (ids.dim(0), ids.dim(1));
         assert!(t <= self.cfg.n_ctx, "sequence of {t} tokens exceeds n_ctx {}", self.cfg.n_ctx);
-        let pos = Tensor::arange(t, DType::I32);
-        let mut x = self.wte.forward(ids).add(&self.wpe.forward(&pos)).to_dtype(self.compute_dtype); // [B, T, C]
+        // Positions 0..T are wpe's first T rows: a view, not a gather (no ids to upload each step;
+        // in the backward, wpe's gradient is the column sum itself, not a scatter of it).
+        let pos = self.wpe.weight.narrow(0, 0, t); // [T, C]
+        let mut x = self.wte.forward(ids).add(&pos).to_dtype(self.compute_dtype); // [B, T, C]
         let p = self.cfg.dropout;
         let mut drop = |x: Tensor| match rng.as_deref_mut() {
             Some(r) if p > 0.0 => x.dropout(p, r),

@@ -240,7 +240,12 @@ impl Tensor {
                         start += p.dim(*dim);
                     }
                 }
-                Op::IndexSelect(x, ids, dim) => add(x, x.zeros_like().index_add(ids, &g, *dim)),
+                // The rows are added into zeros, not into x's other gradient (GPT-2's tied LM
+                // head's) where that is already here: on a GPU they are added by atomics, and
+                // from zeros two rows of one id sum alike in either order (measured: added into
+                // the head's gradient, the gpt2_parity runs stopped repeating bit for bit). The
+                // zeros are this pass's own, so the rows go straight into them (no copy).
+                Op::IndexSelect(x, ids, dim) => add(x, x.zeros_like().index_add_owned(ids, &g, *dim)),
                 Op::IndexAdd(base, ids, src, dim) => {
                     add(base, g.clone());
                     add(src, g.index_select(ids, *dim));
@@ -258,10 +263,10 @@ impl Tensor {
                 Op::Cast(x) => add(x, g.to_dtype(x.dtype())),
                 Op::CrossEntropy(x, t, lse, kept) => add(x, Tensor::cross_entropy_backward(x, t, lse, *kept, g.item())),
                 Op::LinearCrossEntropy(x, w, dx, dw) => {
-                    // dx, dw were made for an upstream gradient of 1; scale on the device.
-                    let g = g.to_dtype(dx.dtype());
-                    add(x, dx.mul(&g));
-                    add(w, dw.mul(&g));
+                    // dx, dw were made for an upstream gradient of 1; scale on the device (dw may
+                    // be f32 for a 16-bit w: classifier.rs).
+                    add(x, dx.mul(&g.to_dtype(dx.dtype())));
+                    add(w, dw.mul(&g.to_dtype(dw.dtype())));
                 }
                 Op::SoftmaxScaled(x, p, scale, _) => add(x, Tensor::softmax_scaled_backward(p, &g, *scale)),
                 Op::LayerNorm(x, w, b, mean, rstd) => {

@@ -81,15 +81,19 @@ impl Tensor {
         // fraction of its speed. The padded logit columns are excluded from the softmax by the
         // kernels.
         let vp = if dev.is_cuda() { v.div_ceil(64) * 64 } else { v };
-        let wp = if vp > v { Tensor::cat(&[w.clone(), Tensor::zeros_on(&[vp - v, w.dim(1)], w.dtype(), dev)], 0) } else { w.contiguous() }; // [Vp, C]
+        // Hopper, opted in: the logits never leave registers (classifier_sm90.cu); the loss of every
+        // row in one pass, then per chunk the logits' gradient from a second. Those kernels read
+        // the head through TMA maps, whose rows past v arrive as zeros: no padded copy of it
+        // (25 MB a step for GPT-2's) unless a cuBLASLt GEMM takes it too (FMLAB_CE_DH=0).
+        let sm90 = sm90_applies(&x);
+        let wc = w.contiguous();
+        let padded = vp > v && !(sm90 && DH_FUSED.on() && cuda_ptr(&wc) % 16 == 0);
+        let wp = if padded { Tensor::cat(&[wc, Tensor::zeros_on(&[vp - v, w.dim(1)], w.dtype(), dev)], 0) } else { wc }; // [Vp or V, C]
         let mut loss: Option<Tensor> = None;
         let mut dx_parts = Vec::new();
         let mut dw: Option<Tensor> = None;
-        // Hopper, opted in: the logits never leave registers (classifier_sm90.cu); the loss of every
-        // row in one pass, then per chunk the logits' gradient from a second.
-        let sm90 = sm90_applies(&x);
         let stats = sm90.then(|| {
-            let (ls, lse2, tl) = lmce_sm90_loss(&x, &wp, &tt, v);
+            let (ls, lse2, tl) = lmce_sm90_loss(&x, &wp, vp, &tt, v);
             loss = Some(ls);
             (lse2, tl)
         });
@@ -103,17 +107,22 @@ impl Tensor {
                 let (tc, lc, tlc) = (tt.narrow(0, r0, len), lse2.narrow(0, r0, len), tl.narrow(0, r0, len));
                 let inv = inv_kept.as_ref().expect("1/kept on the GPU");
                 let d = if DH_FUSED.on() {
-                    let (d, dxc) = lmce_sm90_grad_dh(&xc, &wp, &tc, v, &lc, &tlc, inv); // [len, Vp], [len, C]
+                    let (d, dxc) = lmce_sm90_grad_dh(&xc, &wp, vp, &tc, v, &lc, &tlc, inv); // [len, Vp], [len, C]
                     dx_parts.push(dxc);
                     d
                 } else {
-                    let d = lmce_sm90_grad(&xc, &wp, &tc, v, &lc, &tlc, inv); // [len, Vp]
+                    let d = lmce_sm90_grad(&xc, &wp, vp, &tc, v, &lc, &tlc, inv); // [len, Vp]
                     dx_parts.push(d.matmul(&wp)); // [len, C]
                     d
                 };
-                let sum = dw.get_or_insert_with(|| Tensor::zeros_on(&[vp, x.dim(1)], acc, dev));
-                if !gemm_acc_f32(&d.t(), &xc, sum) {
-                    *sum = sum.add(&d.t().matmul(&xc).to_dtype(acc)); // [Vp, C]
+                match &mut dw {
+                    // The first chunk's product is written as the sum (no 51 MB of zeros to add to).
+                    None => dw = Some(crate::linear::gemm_epi(&d.t(), &xc, crate::cuda::gemm::Epilogue::OutF32, None, None).unwrap_or_else(|| d.t().matmul(&xc).to_dtype(acc))), // [Vp, C]
+                    Some(sum) => {
+                        if !gemm_acc_f32(&d.t(), &xc, sum) {
+                            *sum = sum.add(&d.t().matmul(&xc).to_dtype(acc));
+                        }
+                    }
                 }
                 continue;
             }
@@ -164,7 +173,10 @@ impl Tensor {
         let op = want_grad.then(|| {
             let dx = if dx_parts.len() == 1 { dx_parts.pop().unwrap() } else { Tensor::cat(&dx_parts, 0) };
             let dw = dw.expect("a gradient").narrow(0, 0, v); // drop the padding rows
-            Op::LinearCrossEntropy(self.clone(), w.clone(), dx, dw.to_dtype(w.dtype()).contiguous())
+            // A 16-bit head cast from f32 masters (mixed precision) keeps its f32 sum as its
+            // gradient, as linear layers do (`linear_param_grads`): no round trip through bf16.
+            let dw = if crate::linear::casts_f32_master(w) { dw } else { dw.to_dtype(w.dtype()) };
+            Op::LinearCrossEntropy(self.clone(), w.clone(), dx, dw.contiguous())
         });
         drop(_ng);
         Tensor::from_any(s, &[], op)
@@ -251,17 +263,20 @@ fn sm90_splits(row_tiles: usize, vtiles: usize) -> (usize, usize) {
 }
 
 /// Σ of the kept rows' losses (f32 scalar), each row's log-sum-exp in log2 units and its target's
-/// logit ([n] f32 each) of x·wpᵀ (x [n, C] bf16, wp [Vp, C] bf16 with zero rows past v), by
+/// logit ([n] f32 each) of x·wpᵀ (x [n, C] bf16, wp [V or Vp, C] bf16, read as Vp rows with
+/// zeros past v: vp a multiple of 64), by
 /// `lmce_target`, `lmce_lse_k*` and `lmce_combine`.
-fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Tensor, Tensor) {
-    let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
+fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize) -> (Tensor, Tensor, Tensor) {
+    let (n, c) = (x.dim(0), x.dim(1));
     let dev = x.device();
     let (tps, splits) = sm90_splits(n.div_ceil(SM90_ROWS), vp / SM90_TILE_N);
-    let pm = Tensor::zeros_on(&[n, splits], DType::F32, dev);
-    let pl = Tensor::zeros_on(&[n, splits], DType::F32, dev);
-    let tl = Tensor::zeros_on(&[n], DType::F32, dev);
-    let lse2 = Tensor::zeros_on(&[n], DType::F32, dev);
-    let lrows = Tensor::zeros_on(&[n], DType::F32, dev);
+    // Every element of these is written by the kernels below (each split of each row, even one
+    // without tiles: max −∞, sum 0).
+    let pm = Tensor::uninit_on(&[n, splits], DType::F32, dev);
+    let pl = Tensor::uninit_on(&[n, splits], DType::F32, dev);
+    let tl = Tensor::uninit_on(&[n], DType::F32, dev);
+    let lse2 = Tensor::uninit_on(&[n], DType::F32, dev);
+    let lrows = Tensor::uninit_on(&[n], DType::F32, dev);
     x.with_storage(|s| {
         let Storage::Cuda(xs) = s else { unreachable!() };
         Args::new()
@@ -297,8 +312,8 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize) -> (Tensor, Te
 }
 
 /// The first arguments of the Hopper classifier GEMM kernels: TMA tensor maps of H (x [n, C],
-/// boxes of `rows` rows: the kernel's block) and W (wp [Vp, C], boxes of SM90_TILE_N rows), 64
-/// columns a box.
+/// boxes of `rows` rows: the kernel's block) and W (wp [V or Vp, C], boxes of SM90_TILE_N rows;
+/// the TMA unit fills rows past its last with zeros), 64 columns a box.
 fn sm90_operands(x: &Tensor, wp: &Tensor, rows: usize) -> Args {
     let mut a = Args::new();
     a.push(crate::cuda::tma_map_bf16(cuda_ptr(x), x.dim(0), x.dim(1), x.dim(1), 64, rows as u32));
@@ -329,8 +344,8 @@ fn hopper_smem(rows: usize, stages: usize, c: usize) -> u32 {
 /// tensor maps (H in boxes of `rows`), targets, n, v, Vp, vocabulary tiles a split, the rows'
 /// log-sum-exp, 1 / rows kept, and g (at `g`, row stride Vp).
 #[allow(clippy::too_many_arguments)]
-fn sm90_grad_args(x: &Tensor, wp: &Tensor, rows: usize, tt: &Tensor, v: usize, tps: usize, lse2: &Tensor, inv_kept: &Tensor, g: u64) -> Args {
-    let (n, vp) = (x.dim(0), wp.dim(0));
+fn sm90_grad_args(x: &Tensor, wp: &Tensor, vp: usize, rows: usize, tt: &Tensor, v: usize, tps: usize, lse2: &Tensor, inv_kept: &Tensor, g: u64) -> Args {
+    let n = x.dim(0);
     let mut a = sm90_operands(x, wp, rows);
     a.push(cuda_ptr(tt)).push(n as u32).push(v as u32).push(vp as u32).push(tps as u32).push(cuda_ptr(lse2)).push(cuda_ptr(inv_kept)).push(g).push(vp as u32);
     a
@@ -340,15 +355,15 @@ fn sm90_grad_args(x: &Tensor, wp: &Tensor, rows: usize, tt: &Tensor, v: usize, t
 /// target logits `tl` from `lmce_sm90_loss`), scaled by `inv_kept` (f64 scalar on the device),
 /// zero past v and on ignored rows, by `lmce_grad_k*` (softmax·scale) and `lmce_patch` (the
 /// targets' columns).
-fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor, tl: &Tensor, inv_kept: &Tensor) -> Tensor {
-    let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
+fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize, lse2: &Tensor, tl: &Tensor, inv_kept: &Tensor) -> Tensor {
+    let (n, c) = (x.dim(0), x.dim(1));
     let (tps, splits) = sm90_splits(n.div_ceil(SM90_ROWS), vp / SM90_TILE_N);
     x.with_storage(|s| {
         let Storage::Cuda(xs) = s else { unreachable!() };
         // Rows up to the kernel's block of rows, so that its stores need no row test.
         let np = n.div_ceil(SM90_ROWS) * SM90_ROWS;
         let g = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, np * vp);
-        sm90_grad_args(x, wp, SM90_ROWS, tt, v, tps, lse2, inv_kept, g.ptr).launch3(&xs.dev, &format!("lmce_grad_k{}", c / 64), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
+        sm90_grad_args(x, wp, vp, SM90_ROWS, tt, v, tps, lse2, inv_kept, g.ptr).launch3(&xs.dev, &format!("lmce_grad_k{}", c / 64), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
         lmce_patch(&xs.dev, tt, lse2, tl, inv_kept, g.ptr, vp);
         Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n)
     })
@@ -391,8 +406,8 @@ const DH_STAGES: usize = 4;
 /// `lmce_sm90_grad`'s g, and dH = g·wp [n, C] bf16 with it: `lmce_grad_dh_k*` writes g (less the
 /// one-hot part, which `lmce_patch` writes after it) and per vocabulary split f32 partial sums
 /// of dH; `lmce_dh_final` adds those and the one-hot part.
-fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tensor, tl: &Tensor, inv_kept: &Tensor) -> (Tensor, Tensor) {
-    let (n, c, vp) = (x.dim(0), x.dim(1), wp.dim(0));
+fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize, lse2: &Tensor, tl: &Tensor, inv_kept: &Tensor) -> (Tensor, Tensor) {
+    let (n, c) = (x.dim(0), x.dim(1));
     let row_tiles = n.div_ceil(DH_ROWS);
     let vtiles = vp / SM90_TILE_N;
     x.with_storage(|s| {
@@ -408,7 +423,7 @@ fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, tt: &Tensor, v: usize, lse2: &Tens
         let part = crate::cuda::CudaStorage::alloc(&xs.dev, DType::F32, splits * np * c);
         let dx = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, n * c);
         let smem = hopper_smem(DH_ROWS, DH_STAGES, c);
-        sm90_grad_args(x, wp, DH_ROWS, tt, v, tps, lse2, inv_kept, g.ptr)
+        sm90_grad_args(x, wp, vp, DH_ROWS, tt, v, tps, lse2, inv_kept, g.ptr)
             .push(part.ptr)
             .push(np as u32)
             .launch3(&xs.dev, &format!("lmce_grad_dh_k{}", c / 64), (splits as u32, row_tiles as u32, 1), (384, 1, 1), smem);
@@ -445,8 +460,8 @@ pub fn classifier_rows_in_shared_memory(on: Option<bool>) {
 /// f64 scalar), on the device (`ce_targets`).
 fn ce_targets_cuda(t: &Tensor, v: usize, ignore_index: Option<i64>) -> (Tensor, Tensor) {
     let n = t.numel();
-    let stored = Tensor::zeros_on(&[n], DType::I32, t.device());
-    let inv = Tensor::zeros_on(&[], DType::F64, t.device());
+    let stored = Tensor::uninit_on(&[n], DType::I32, t.device()); // all written by ce_targets
+    let inv = Tensor::uninit_on(&[], DType::F64, t.device());
     t.with_storage(|s| {
         let Storage::Cuda(ts) = s else { unreachable!() };
         Args::new()

@@ -161,7 +161,7 @@ pub(crate) fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMas
         _ => unreachable!(),
     });
     let o = CudaStorage::alloc(&dev, DType::BF16, b * t * h * d);
-    let lse = Tensor::zeros_on(&[b * h * t], DType::F32, q.device());
+    let lse = Tensor::uninit_on(&[b * h * t], DType::F32, q.device()); // every query row's, by the kernel
     let mut a = Args::new();
     a.push(at(q)).push(at(k)).push(at(v)).push(pad.as_ref().map_or(0, cuda_ptr)).push(o.ptr).push(cuda_ptr(&lse)).push(fd);
     launch(&dev, "fa_fwd", d, a, [(k, fd.ks), (v, fd.vs)], b * h, t);

@@ -431,8 +431,8 @@ pub fn clip_coef(sumsq: &Tensor, max_norm: f64) -> (Tensor, Tensor) {
         Storage::Cuda(c) => c.dev.clone(),
         _ => unreachable!(),
     });
-    let norm = Tensor::zeros_on(&[], DType::F64, s.device());
-    let coef = Tensor::zeros_on(&[], DType::F32, s.device());
+    let norm = Tensor::uninit_on(&[], DType::F64, s.device()); // both written by clip_coef
+    let coef = Tensor::uninit_on(&[], DType::F32, s.device());
     Args::new().push(cuda_ptr(&s)).push(cuda_ptr(&norm)).push(cuda_ptr(&coef)).push(max_norm).launch(&dev, "clip_coef", 1, 32, 0);
     (norm, coef)
 }
@@ -537,7 +537,7 @@ pub fn sum_squares_all(ts: &[Tensor]) -> Tensor {
                 tab.ptr[i] = cuda_ptr(t);
                 tab.n[i] = u32::try_from(t.numel()).expect("sum_squares_all: a tensor of over 2^32 elements");
             }
-            let part = Tensor::zeros_on(&[blocks], DType::F64, dev);
+            let part = Tensor::uninit_on(&[blocks], DType::F64, dev); // one partial a block
             Args::new().push(tab).push(cuda_ptr(&part)).launch(&cdev, &format!("sumsq_mt_{}", sfx(dt)), blocks as u32, 256, 0);
             parts.push(part);
         }

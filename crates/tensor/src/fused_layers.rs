@@ -173,7 +173,9 @@ impl Tensor {
             let acc = if xd == DType::F64 { DType::F64 } else { DType::F32 };
             let y = CudaStorage::alloc(&dev, xd, x.numel());
             let s = r.as_ref().map(|_| CudaStorage::alloc(&dev, xd, x.numel()));
-            let (mean, rstd) = (Tensor::zeros_on(&[rows], acc, x.device()), Tensor::zeros_on(&[rows], acc, x.device()));
+            // The kernel writes every row's statistics (when there are columns to take them of).
+            let stats = |rows| if c > 0 { Tensor::uninit_on(&[rows], acc, x.device()) } else { Tensor::zeros_on(&[rows], acc, x.device()) };
+            let (mean, rstd) = (stats(rows), stats(rows));
             if rows > 0 && c > 0 {
                 Args::new()
                     .push(cuda_ptr(&x))

@@ -24,7 +24,7 @@ use crate::Tensor;
 /// C = a·b (2-D) with an epilogue on CUDA storage; `vec` is the bias (read) or the bias gradient
 /// (written), `aux` the GELU epilogues' [M, N] matrix (contiguous). None when cuBLASLt cannot
 /// fuse it here.
-fn gemm_epi(a: &Tensor, b: &Tensor, epi: Epilogue, vec: Option<&Tensor>, aux: Option<&Tensor>) -> Option<Tensor> {
+pub(crate) fn gemm_epi(a: &Tensor, b: &Tensor, epi: Epilogue, vec: Option<&Tensor>, aux: Option<&Tensor>) -> Option<Tensor> {
     let (m, n) = (a.dim(0), b.dim(1));
     let pa = aux.map_or(0, |t| {
         assert_eq!(t.shape(), &[m, n], "GELU epilogue: aux {:?} for a [{m}, {n}] product", t.shape());
@@ -42,7 +42,7 @@ fn gemm_epi(a: &Tensor, b: &Tensor, epi: Epilogue, vec: Option<&Tensor>, aux: Op
 
 /// Whether `t` is a 16-bit cast of an f32 tensor, directly or through reshapes and permutes (a
 /// Linear's weight is `cast(w).t()`): its gradient is bound for an f32 master.
-fn casts_f32_master(t: &Tensor) -> bool {
+pub(crate) fn casts_f32_master(t: &Tensor) -> bool {
     if !matches!(t.dtype(), crate::DType::BF16 | crate::DType::F16) {
         return false;
     }

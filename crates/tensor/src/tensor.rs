@@ -249,10 +249,20 @@ impl Tensor {
         Tensor::from_cpu(CpuStorage::zeros(dtype, shape.iter().product()), shape, None)
     }
 
+    #[track_caller]
     pub fn zeros_on(shape: &[usize], dtype: DType, device: Device) -> Tensor {
         match device {
             Device::Cpu => Tensor::zeros(shape, dtype),
             Device::Cuda(i) => Tensor::from_any(Storage::Cuda(CudaStorage::zeros(&cuda_dev(i), dtype, shape.iter().product())), shape, None),
+        }
+    }
+
+    /// A buffer for a kernel to write every element of: uninitialized on a GPU (no memset, which
+    /// in a CUDA graph also costs a gap of a few µs before the next kernel), zeros on the CPU.
+    pub(crate) fn uninit_on(shape: &[usize], dtype: DType, device: Device) -> Tensor {
+        match device {
+            Device::Cpu => Tensor::zeros(shape, dtype),
+            Device::Cuda(i) => Tensor::from_any(Storage::Cuda(CudaStorage::alloc(&cuda_dev(i), dtype, shape.iter().product())), shape, None),
         }
     }
 
@@ -302,6 +312,7 @@ impl Tensor {
         Tensor::from_f64(&(0..n).map(|i| i as f64).collect::<Vec<_>>(), &[n], dtype)
     }
 
+    #[track_caller]
     pub fn zeros_like(&self) -> Tensor {
         Tensor::zeros_on(self.shape(), self.dtype(), self.device())
     }
@@ -797,12 +808,36 @@ impl Tensor {
         assert_eq!(src.shape(), &want[..], "index_add: source {:?} for base {:?} and {} ids", src.shape(), self.shape(), ids.numel());
         let (idx, on_dev) = ids.lookup_indices(self, dim, "index_add");
         let cids = Ids::of(&idx, on_dev.as_ref());
-        let base = self.contiguous_storage();
         let s = {
-            let ss = src.0.storage.read().unwrap();
-            dispatch2!("index_add", &base, ss, |b, x| b.index_add(self.shape(), &idx, x, src.layout(), dim), |b, x| b.index_add(self.shape(), &cids, x, src.layout(), dim))
+            let (bs, ss) = (self.0.storage.read().unwrap(), src.0.storage.read().unwrap());
+            dispatch2!("index_add", bs, ss, |b, x| b.copy_strided(self.layout()).index_add(self.shape(), &idx, x, src.layout(), dim), |b, x| b.index_add(self.layout(), &cids, x, src.layout(), dim))
         };
         Tensor::from_any(s, self.shape(), Some(Op::IndexAdd(self.clone(), ids.clone(), src.clone(), dim)))
+    }
+
+    /// `index_add` written into this tensor's own buffer where nothing else holds it (a CUDA
+    /// gradient being summed in backward: no copy of a fresh 51 MB embedding gradient), else as
+    /// `index_add` (a copy). Records no graph node: for backward's sums only.
+    pub(crate) fn index_add_owned(self, ids: &Tensor, src: &Tensor, dim: usize) -> Tensor {
+        let alone = Arc::strong_count(&self.0) == 1 && Arc::strong_count(&self.0.storage) == 1;
+        let dense = self.is_contiguous() && self.layout().offset == 0 && self.storage_len() == self.numel();
+        if !(alone && dense && self.device().is_cuda() && src.dtype() == self.dtype()) {
+            let _ng = no_grad();
+            return self.index_add(ids, src, dim);
+        }
+        let mut want = self.shape().to_vec();
+        want[dim] = ids.numel();
+        assert_eq!(src.shape(), &want[..], "index_add: source {:?} for base {:?} and {} ids", src.shape(), self.shape(), ids.numel());
+        let (idx, on_dev) = ids.lookup_indices(&self, dim, "index_add");
+        let cids = Ids::of(&idx, on_dev.as_ref());
+        {
+            let (bs, ss) = (self.0.storage.read().unwrap(), src.0.storage.read().unwrap());
+            match (&*bs, &*ss) {
+                (Storage::Cuda(b), Storage::Cuda(x)) => b.index_add_in_place(self.shape(), &cids, x, src.layout(), dim),
+                (b, x) => panic!("index_add: operands on {} and {}", b.device(), x.device()),
+            }
+        }
+        self
     }
 
     /// `out[i][j] = self[i][idx[i][j]]` (dim 1; any rank/dim alike). `idx` has the output shape.

@@ -229,6 +229,12 @@ impl Blas {
             let mut count = 0i32;
             let heur = unsafe { sys::cublasLtMatmulAlgoGetHeuristic(self.handle, desc, la, lb, lc, lc, pref, want as i32, found.as_mut_ptr(), &mut count) }.result();
             unsafe { lt::destroy_matmul_pref(pref) }.map_err(blas_err("preference"))?;
+            // FMLAB_GEMM_LOG=1: each new plan's candidates as the heuristic rates them.
+            if std::env::var_os("FMLAB_GEMM_LOG").is_some() {
+                for h in &found[..(count.max(0) as usize).min(want)] {
+                    eprintln!("gemm plan {key:?}: candidate workspace {} bytes, waves {:.2}", h.workspaceSize, h.wavesCount);
+                }
+            }
             let algos: Vec<_> = found[..(count.max(0) as usize).min(want)].iter().filter(|h| h.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS).map(|h| h.algo).collect();
             let plan = match (heur, algos.first()) {
                 (Ok(()), Some(&algo)) => Some(Plan { desc, la, lb, lc, algo, cands: algos }),

@@ -164,8 +164,15 @@ impl CudaStorage {
         self.ptr + (i * self.dtype.size_in_bytes()) as u64
     }
 
+    #[track_caller]
     pub fn zeros(dev: &Arc<CudaDevice>, dtype: DType, len: usize) -> CudaStorage {
         let s = CudaStorage::alloc(dev, dtype, len);
+        // FMLAB_MEMSET_LOG=1: where each zeroed buffer comes from. A memset in a CUDA graph costs
+        // a gap of ~3 µs before the next kernel; this finds the ones a kernel could do without.
+        static LOG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        if *LOG.get_or_init(|| std::env::var_os("FMLAB_MEMSET_LOG").is_some()) {
+            eprintln!("memset {} bytes from {}", len * dtype.size_in_bytes(), std::panic::Location::caller());
+        }
         unsafe { drv::memset_d8_async(s.ptr, 0, len * dtype.size_in_bytes(), dev.cu_stream()) }.unwrap_or_else(|e| fail(CudaError::Driver { what: "memset".into(), msg: format!("{e:?}") }));
         s
     }
@@ -480,18 +487,26 @@ impl CudaStorage {
     }
 
     /// `self` (contiguous, `shape`) with `src` added at `ids` along `dim`: a new storage.
-    pub fn index_add(&self, shape: &[usize], ids: &Ids, src: &CudaStorage, ls: &Layout, dim: usize) -> CudaStorage {
-        let out = self.copy_strided(&Layout::contiguous(shape));
-        let s = src.copy_strided(ls);
+    /// A copy of the base (viewed by `l`) with `src`'s rows added at `ids` along `dim`.
+    pub fn index_add(&self, l: &Layout, ids: &Ids, src: &CudaStorage, ls: &Layout, dim: usize) -> CudaStorage {
+        let out = self.copy_strided(l);
+        out.index_add_in_place(&l.shape, ids, src, ls, dim);
+        out
+    }
+
+    /// `index_add` into this buffer itself (contiguous, of `shape`): for a buffer no one else
+    /// holds (a gradient being summed). A contiguous `src` is read where it lies.
+    pub(crate) fn index_add_in_place(&self, shape: &[usize], ids: &Ids, src: &CudaStorage, ls: &Layout, dim: usize) {
+        let copied = (!ls.is_contiguous()).then(|| src.copy_strided(ls));
+        let sp = copied.as_ref().map_or(src.at(ls.offset), |c| c.ptr);
         let outer: usize = shape[..dim].iter().product();
         let inner: usize = shape[dim + 1..].iter().product();
         let n = outer * ids.len() * inner;
         if n > 0 {
             let mut keep = None;
             let pid = self.ids_ptr(ids, &mut keep);
-            Args::new().push(out.ptr).push(pid).push(s.ptr).push(to_u32(outer, "outer")).push(to_u32(shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("index_add_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+            Args::new().push(self.ptr).push(pid).push(sp).push(to_u32(outer, "outer")).push(to_u32(shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("index_add_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
         }
-        out
     }
 
     fn outer_inner(shape: &[usize], idx_shape: &[usize], dim: usize, what: &str) -> (usize, usize) {
