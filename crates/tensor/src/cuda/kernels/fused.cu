@@ -259,7 +259,36 @@ template <typename G, bool DEV> __device__ void adamw_mt_k(const AdamTab& tab, f
         c = *coef;
     }
     u32 lo = (b - tab.start[t]) * ADAM_CHUNK, hi = min(tab.n[t], lo + ADAM_CHUNK);
-    for (u32 i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+    // Four elements a thread at a time by 16-byte loads and stores where the arrays allow it (a
+    // chunk starts 16-byte aligned in an aligned tensor): one element at a time, the loads of the
+    // next wait for the stores of this one (the compiler cannot tell w, m, v apart), and the
+    // update ran at ~2.3 TB/s on the H100. Same arithmetic per element (adamw_elem).
+    u32 i0 = lo;
+    if ((((u64)w | (u64)m | (u64)v) & 15) == 0 && ((u64)g & (4 * sizeof(G) - 1)) == 0) {
+        u32 n4 = (hi - lo) / 4;
+        for (u32 q = threadIdx.x; q < n4; q += blockDim.x) {
+            u32 i = lo + 4 * q;
+            float4 wv = *(const float4*)(w + i), mv = *(const float4*)(m + i), vv = *(const float4*)(v + i);
+            float gv[4];
+            if (sizeof(G) == 4) {
+                float4 x = *(const float4*)(g + i);
+                gv[0] = x.x, gv[1] = x.y, gv[2] = x.z, gv[3] = x.w;
+            } else {
+                uint2 x = *(const uint2*)(g + i);
+                gv[0] = __uint_as_float(x.x << 16), gv[1] = __uint_as_float(x.x & 0xffff0000u), gv[2] = __uint_as_float(x.y << 16), gv[3] = __uint_as_float(x.y & 0xffff0000u);
+            }
+            float* we[4] = {&wv.x, &wv.y, &wv.z, &wv.w};
+            float* me[4] = {&mv.x, &mv.y, &mv.z, &mv.w};
+            float* ve[4] = {&vv.x, &vv.y, &vv.z, &vv.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) adamw_elem(we[e], DEV ? gv[e] * c : gv[e], me[e], ve[e], decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
+            *(float4*)(w + i) = wv;
+            *(float4*)(m + i) = mv;
+            *(float4*)(v + i) = vv;
+        }
+        i0 = lo + 4 * n4;
+    }
+    for (u32 i = i0 + threadIdx.x; i < hi; i += blockDim.x) {
         float gi = ld(g[i]);
         if (DEV) gi = gi * c;
         adamw_elem(w + i, gi, m + i, v + i, decay, one_m_b1, b2, one_m_b2, eps, step_size, bc2_sqrt);
@@ -327,8 +356,18 @@ template <typename D> __device__ void cast_mt_k(const CastTab& tab) {
     }
     const float* x = (const float*)tab.src[lo_t];
     D* y = (D*)tab.dst[lo_t];
-    u32 lo = (b - tab.start[lo_t]) * CAST_CHUNK, hi = min(tab.n[lo_t], lo + CAST_CHUNK);
-    for (u32 i = lo + threadIdx.x; i < hi; i += blockDim.x) y[i] = st<D>(x[i]);
+    u32 lo = (b - tab.start[lo_t]) * CAST_CHUNK, hi = min(tab.n[lo_t], lo + CAST_CHUNK), i0 = lo;
+    // Four elements a thread at a time (16-byte loads, 8-byte stores) where aligned.
+    if ((((u64)x & 15) | ((u64)y & 7)) == 0) {
+        u32 n4 = (hi - lo) / 4;
+        for (u32 q = threadIdx.x; q < n4; q += blockDim.x) {
+            float4 a = *(const float4*)(x + lo + 4 * q);
+            D o[4] = {st<D>(a.x), st<D>(a.y), st<D>(a.z), st<D>(a.w)};
+            *(uint2*)(y + lo + 4 * q) = make_uint2((u32)o[0].x | ((u32)o[1].x << 16), (u32)o[2].x | ((u32)o[3].x << 16));
+        }
+        i0 = lo + 4 * n4;
+    }
+    for (u32 i = i0 + threadIdx.x; i < hi; i += blockDim.x) y[i] = st<D>(x[i]);
 }
 extern "C" __global__ void cast_mt_f32_bf16(CastTab tab) { cast_mt_k<bf16>(tab); }
 extern "C" __global__ void cast_mt_f32_f16(CastTab tab) { cast_mt_k<f16>(tab); }
