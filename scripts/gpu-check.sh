@@ -2,7 +2,7 @@
 # The CUDA backend's checks and benchmark in one GPU-machine call (build here, run there).
 #
 #   scripts/gpu-check.sh build          # dev machine: test binaries + CLI into gpu/ (git-ignored)
-#   scripts/gpu-check.sh run [WHAT...]  # GPU machine: WHAT = tests ops attn ncu bench profile curve (default: tests bench)
+#   scripts/gpu-check.sh run [WHAT...]  # GPU machine: WHAT = tests ops attn ncu nsys bench profile curve (default: tests bench)
 #
 # `run` needs no Rust: it runs the carried binaries, finds the CUDA libraries itself (fmlab's
 # loader searches the toolkit and the pip wheels; see crates/tensor/src/cuda/libs.rs), and prints
@@ -27,6 +27,11 @@ for l in sys.stdin:
   c=${FMLAB_CACHE:-.cache/fmlab}
   mkdir -p gpu/data/gpt2 gpu/data/shakespeare
   cp "$c"/gpt2/encoder.json "$c"/gpt2/vocab.bpe gpu/data/gpt2/ && cp "$c"/shakespeare/*.txt gpu/data/shakespeare/
+  # For `nsys`: the GPU machine's Nsight Systems (inside its Nsight Compute) needs libdw to write
+  # its report; carried from this machine's Debian packages where apt-get can fetch them.
+  mkdir -p gpu/lib
+  (set +e; t=$(mktemp -d); cd "$t" && apt-get download libdw1 libelf1 >/dev/null 2>&1 && for d in *.deb; do dpkg -x "$d" x; done \
+    && cp -L x/usr/lib/x86_64-linux-gnu/libdw.so.1 x/usr/lib/x86_64-linux-gnu/libelf.so.1 "$OLDPWD/gpu/lib/"; rm -rf "$t") || echo "libdw not fetched: 'run nsys' will not work"
   du -sh gpu
   ;;
 run)
@@ -130,11 +135,20 @@ PY
     for f in "$o/ncu-fmlab.txt" "$o/ncu-torch.txt"; do
       grep -E "^  [a-z_].*\(|Duration|Registers Per|Achieved Occupancy|Theoretical Occupancy|Compute \(SM\) Throughput|Memory Throughput|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Executed Ipc A|Block Limit|Shared Memory Configuration Size|Dynamic Shared|Static Shared" "$f" | head -80
     done ;;
+  nsys)
+    # Idle time between the graph step's kernels (Nsight Systems trace, tools/nsys_gaps.py).
+    N=$(ls /opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys 2>/dev/null | head -1)
+    [ -n "$N" ] || { echo "nsys: not found on this machine"; continue; }
+    o=/tmp/fmlab-nsys; rm -f $o.*
+    LD_LIBRARY_PATH=$PWD/gpu/lib:${LD_LIBRARY_PATH:-} "$N" profile --cuda-graph-trace=node -t cuda -o $o gpu/fmlab bench train --preset gpt2-mini --batch "${BENCH_BATCH:-32}" --seq "${BENCH_SEQ:-1024}" --steps 3 --warmup 2 --device cuda > /dev/null 2>&1
+    LD_LIBRARY_PATH=$PWD/gpu/lib:${LD_LIBRARY_PATH:-} "$N" stats -r cuda_gpu_trace -f csv -o $o $o.nsys-rep > /dev/null 2>&1
+    g=$(python3 tools/nsys_gaps.py ${o}_cuda_gpu_trace.csv 2>&1 | tail -2); echo "$g"
+    summary+=("nsys (last step): $g") ;;
   profile)
     # Where the time goes: per-kernel GPU time of 2 steps (events around each launch).
     FMLAB_CUDA_PROFILE=1 gpu/fmlab bench train --preset gpt2-mini --batch "${BENCH_BATCH:-32}" --seq "${BENCH_SEQ:-1024}" --steps 2 --warmup 1 --device cuda 2>&1 | tail -68 ;;
   esac; done
   echo; echo "== summary =="; printf '%s\n' "${summary[@]}"
   ;;
-*) echo "usage: $0 build | run [tests] [ops] [attn] [ncu] [bench] [profile] [curve]"; exit 2 ;;
+*) echo "usage: $0 build | run [tests] [ops] [attn] [ncu] [nsys] [bench] [profile] [curve]"; exit 2 ;;
 esac
