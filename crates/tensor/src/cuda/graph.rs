@@ -24,10 +24,23 @@ use super::{drv_err, gemm, CudaDevice, CudaError};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A graph and its instantiation (raw: the graph is edited between the two, `memsets_to_kernels`).
+struct Exec {
+    graph: sys::CUgraph,
+    exec: sys::CUgraphExec,
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        let _ = unsafe { drv::graph::exec_destroy(self.exec) };
+        let _ = unsafe { drv::graph::destroy(self.graph) };
+    }
+}
+
 /// A captured, instantiated graph with the memory it replays on.
 pub struct Graph {
     dev: Arc<CudaDevice>,
-    exec: Option<cudarc::driver::CudaGraph>,
+    exec: Option<Exec>,
     id: u64,
     /// Pinned host buffers the graph's upload nodes copy from.
     pinned: Vec<usize>,
@@ -75,14 +88,26 @@ impl CudaDevice {
         let mut abort = Abort(self, false);
         let out = f();
         abort.1 = true;
-        let ended = stream.inner.end_capture(sys::CUgraphInstantiate_flags(0));
+        let ended = unsafe { drv::stream::end_capture(stream.inner.cu_stream()) };
         self.pool.lock().unwrap().end_capture();
         let pinned = self.capture_uploads.lock().unwrap().take().unwrap_or_default();
         let mut graph = Graph { dev: self.clone(), exec: None, id, pinned };
-        let exec = ended.map_err(drv_err("ending a CUDA-graph capture (an operation inside it could not be captured)"))?;
-        let exec = exec.ok_or_else(|| CudaError::Driver { what: "ending a CUDA-graph capture".into(), msg: "nothing was captured".into() })?;
-        exec.upload().map_err(drv_err("uploading a CUDA graph"))?;
-        graph.exec = Some(exec);
+        let g = ended.map_err(drv_err("ending a CUDA-graph capture (an operation inside it could not be captured)"))?;
+        if g.is_null() {
+            return Err(CudaError::Driver { what: "ending a CUDA-graph capture".into(), msg: "nothing was captured".into() });
+        }
+        let edited = memsets_to_kernels(self, g);
+        let exec = unsafe { drv::graph::instantiate(g, sys::CUgraphInstantiate_flags(0)) };
+        let exec = match exec {
+            Ok(e) => e,
+            Err(e) => {
+                let _ = unsafe { drv::graph::destroy(g) };
+                return Err(drv_err("instantiating a CUDA graph")(e));
+            }
+        };
+        graph.exec = Some(Exec { graph: g, exec });
+        edited.map_err(drv_err("replacing a CUDA graph's memset nodes"))?;
+        unsafe { drv::graph::upload(exec, stream.inner.cu_stream()) }.map_err(drv_err("uploading a CUDA graph"))?;
         Ok((graph, out))
     }
 
@@ -111,8 +136,71 @@ impl Graph {
     pub fn replay(&self) -> Result<(), CudaError> {
         let exec = self.exec.as_ref().expect("an instantiated graph");
         self.dev.bind();
-        unsafe { drv::graph::launch(exec.cu_graph_exec(), self.dev.cu_stream()) }.map_err(drv_err("launching a CUDA graph"))
+        unsafe { drv::graph::launch(exec.exec, self.dev.cu_stream()) }.map_err(drv_err("launching a CUDA graph"))
     }
+}
+
+/// Small memset nodes (cuBLASLt zeroes a few bytes before some of its GEMMs) become kernel
+/// nodes (`memset_elems`) with the same dependencies: after a memset node a graph waits a few
+/// µs before its next kernel. Measured on the H100 (gpt2-mini step, Nsight Systems): see
+/// docs/benchmarks.md, session 19. Large memsets stay (the copy engine fills them faster).
+/// FMLAB_GRAPH_MEMSETS=keep leaves every memset node as captured.
+fn memsets_to_kernels(dev: &CudaDevice, g: sys::CUgraph) -> Result<(), cudarc::driver::DriverError> {
+    const MAX_BYTES: usize = 64 << 10;
+    if std::env::var("FMLAB_GRAPH_MEMSETS").is_ok_and(|v| v == "keep") {
+        return Ok(());
+    }
+    let mut n = 0usize;
+    unsafe { sys::cuGraphGetNodes(g, std::ptr::null_mut(), &mut n) }.result()?;
+    let mut nodes = vec![std::ptr::null_mut(); n];
+    unsafe { sys::cuGraphGetNodes(g, nodes.as_mut_ptr(), &mut n) }.result()?;
+    let func = dev.func("memset_elems");
+    for node in nodes {
+        let mut ty = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
+        unsafe { sys::cuGraphNodeGetType(node, &mut ty) }.result()?;
+        if ty != sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_MEMSET {
+            continue;
+        }
+        let mut p: sys::CUDA_MEMSET_NODE_PARAMS = unsafe { std::mem::zeroed() };
+        unsafe { sys::cuGraphMemsetNodeGetParams(node, &mut p) }.result()?;
+        let size = p.elementSize as usize;
+        if p.height != 1 || !matches!(size, 1 | 2 | 4) || p.width * size > MAX_BYTES {
+            continue;
+        }
+        // The node's edges (default ones: capture makes no others, so no edge data).
+        let edges = |get: unsafe fn(sys::CUgraphNode, *mut sys::CUgraphNode, *mut sys::CUgraphEdgeData, *mut usize) -> sys::CUresult| -> Result<Vec<sys::CUgraphNode>, cudarc::driver::DriverError> {
+            let mut k = 0usize;
+            unsafe { get(node, std::ptr::null_mut(), std::ptr::null_mut(), &mut k) }.result()?;
+            let mut v = vec![std::ptr::null_mut(); k];
+            unsafe { get(node, v.as_mut_ptr(), std::ptr::null_mut(), &mut k) }.result()?;
+            Ok(v)
+        };
+        let deps = edges(sys::cuGraphNodeGetDependencies_v2)?;
+        let outs = edges(sys::cuGraphNodeGetDependentNodes_v2)?;
+        let (mut dst, mut value, mut esize, mut count) = (p.dst, p.value, p.elementSize, p.width as u64);
+        let mut args: [*mut c_void; 4] = [&mut dst as *mut _ as *mut c_void, &mut value as *mut _ as *mut c_void, &mut esize as *mut _ as *mut c_void, &mut count as *mut _ as *mut c_void];
+        let kp = sys::CUDA_KERNEL_NODE_PARAMS {
+            func: func.cu_function(),
+            gridDimX: (p.width as u32).div_ceil(256).clamp(1, 64),
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: 256,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            kernelParams: args.as_mut_ptr(),
+            extra: std::ptr::null_mut(),
+            kern: std::ptr::null_mut(),
+            ctx: std::ptr::null_mut(),
+        };
+        let mut kn = std::ptr::null_mut();
+        unsafe { sys::cuGraphAddKernelNode_v2(&mut kn, g, deps.as_ptr(), deps.len(), &kp) }.result()?;
+        for o in &outs {
+            unsafe { sys::cuGraphAddDependencies_v2(g, &kn, o, std::ptr::null(), 1) }.result()?;
+        }
+        unsafe { sys::cuGraphDestroyNode(node) }.result()?;
+    }
+    Ok(())
 }
 
 impl Drop for Graph {

@@ -158,3 +158,14 @@ CAST_FROM(f16, f16)
 CAST_FROM(int, i32)
 CAST_FROM(u32, u32)
 CAST_FROM(u8, u8)
+
+// A small memset node of a captured graph, run as a kernel instead (graph.rs `memsets_to_kernels`):
+// n elements of `size` bytes (1, 2 or 4) at dst set to value's low bytes. In a graph a memset
+// node is followed by a gap of a few µs before the next kernel; a kernel node is not.
+extern "C" __global__ void memset_elems(u64 dst, u32 value, u32 size, u64 n) {
+    for (u64 i = blockIdx.x * (u64)blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        if (size == 4) ((u32*)dst)[i] = value;
+        else if (size == 2) ((unsigned short*)dst)[i] = (unsigned short)value;
+        else ((u8*)dst)[i] = (u8)value;
+    }
+}
