@@ -156,7 +156,21 @@ template <typename T> __device__ void sumsq_mt_k(MtTab tab, double* part) {
     const T* x = (const T*)tab.ptr[t];
     u32 lo = (b - tab.start[t]) * MT_CHUNK, hi = min(tab.n[t], lo + MT_CHUNK);
     double acc = 0;
-    for (u32 i = lo + threadIdx.x; i < hi; i += blockDim.x) { double v = (double)ld(x[i]); acc += v * v; }
+    u32 i0 = lo;
+    // f32 by 16-byte loads where aligned (a chunk of an aligned tensor is): one element a thread
+    // at a time, the norm's two launches took 68 µs of a gpt2-mini step on the H100 for 90 MB.
+    if (sizeof(T) == 4 && ((u64)x & 15) == 0) {
+        u32 n4 = (hi - lo) / 4;
+        for (u32 q = threadIdx.x; q < n4; q += blockDim.x) {
+            float4 a = *(const float4*)((const float*)x + lo + 4 * q);
+            acc += (double)a.x * a.x;
+            acc += (double)a.y * a.y;
+            acc += (double)a.z * a.z;
+            acc += (double)a.w * a.w;
+        }
+        i0 = lo + 4 * n4;
+    }
+    for (u32 i = i0 + threadIdx.x; i < hi; i += blockDim.x) { double v = (double)ld(x[i]); acc += v * v; }
     acc = warp_sum(acc);
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     if (lane == 0) sh[w] = acc;
