@@ -100,10 +100,10 @@ fn check_ids(t: &Tensor, r: &IdRange) -> Result<(), NnError> {
         return Err(NnError::Other(format!("{}: ids must be i32, got {}", r.name, t.dtype())));
     }
     let ids = t.to_vec::<i32>();
-    // The common case in one branch-free pass (the GPU waits for this: it is between two steps);
-    // the position of a bad id only when there is one.
+    // The common case in one branch-free pass (the GPU waits for this: it is between two steps;
+    // no ids pass too); the position of a bad id only when there is one.
     let (lo, hi) = ids.iter().fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    if ids.is_empty() || (lo >= 0 && (hi as i64) < r.bound as i64) {
+    if lo >= 0 && (hi as i64) < r.bound as i64 {
         return Ok(());
     }
     for (i, &v) in ids.iter().enumerate() {

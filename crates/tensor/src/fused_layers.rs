@@ -174,8 +174,8 @@ impl Tensor {
             let y = CudaStorage::alloc(&dev, xd, x.numel());
             let s = r.as_ref().map(|_| CudaStorage::alloc(&dev, xd, x.numel()));
             // The kernel writes every row's statistics (when there are columns to take them of).
-            let stats = |rows| if c > 0 { Tensor::uninit_on(&[rows], acc, x.device()) } else { Tensor::zeros_on(&[rows], acc, x.device()) };
-            let (mean, rstd) = (stats(rows), stats(rows));
+            let stats = || if c > 0 { Tensor::uninit_on(&[rows], acc, x.device()) } else { Tensor::zeros_on(&[rows], acc, x.device()) };
+            let (mean, rstd) = (stats(), stats());
             if rows > 0 && c > 0 {
                 Args::new()
                     .push(cuda_ptr(&x))

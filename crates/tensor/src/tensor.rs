@@ -803,16 +803,21 @@ impl Tensor {
 
     /// `out = self; out[.., ids[i], ..] += src[.., i, ..]`.
     pub fn index_add(&self, ids: &Tensor, src: &Tensor, dim: usize) -> Tensor {
-        let mut want = self.shape().to_vec();
-        want[dim] = ids.numel();
-        assert_eq!(src.shape(), &want[..], "index_add: source {:?} for base {:?} and {} ids", src.shape(), self.shape(), ids.numel());
-        let (idx, on_dev) = ids.lookup_indices(self, dim, "index_add");
+        let (idx, on_dev) = self.index_add_ids(ids, src, dim);
         let cids = Ids::of(&idx, on_dev.as_ref());
         let s = {
             let (bs, ss) = (self.0.storage.read().unwrap(), src.0.storage.read().unwrap());
             dispatch2!("index_add", bs, ss, |b, x| b.copy_strided(self.layout()).index_add(self.shape(), &idx, x, src.layout(), dim), |b, x| b.index_add(self.layout(), &cids, x, src.layout(), dim))
         };
         Tensor::from_any(s, self.shape(), Some(Op::IndexAdd(self.clone(), ids.clone(), src.clone(), dim)))
+    }
+
+    /// `index_add`'s shape check and its ids (host, or on the device inside a capture).
+    fn index_add_ids(&self, ids: &Tensor, src: &Tensor, dim: usize) -> (Vec<usize>, Option<Tensor>) {
+        let mut want = self.shape().to_vec();
+        want[dim] = ids.numel();
+        assert_eq!(src.shape(), &want[..], "index_add: source {:?} for base {:?} and {} ids", src.shape(), self.shape(), ids.numel());
+        ids.lookup_indices(self, dim, "index_add")
     }
 
     /// `index_add` written into this tensor's own buffer where nothing else holds it (a CUDA
@@ -825,10 +830,7 @@ impl Tensor {
             let _ng = no_grad();
             return self.index_add(ids, src, dim);
         }
-        let mut want = self.shape().to_vec();
-        want[dim] = ids.numel();
-        assert_eq!(src.shape(), &want[..], "index_add: source {:?} for base {:?} and {} ids", src.shape(), self.shape(), ids.numel());
-        let (idx, on_dev) = ids.lookup_indices(&self, dim, "index_add");
+        let (idx, on_dev) = self.index_add_ids(ids, src, dim);
         let cids = Ids::of(&idx, on_dev.as_ref());
         {
             let (bs, ss) = (self.0.storage.read().unwrap(), src.0.storage.read().unwrap());

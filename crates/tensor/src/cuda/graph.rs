@@ -96,17 +96,17 @@ impl CudaDevice {
         if g.is_null() {
             return Err(CudaError::Driver { what: "ending a CUDA-graph capture".into(), msg: "nothing was captured".into() });
         }
-        let edited = memsets_to_kernels(self, g);
-        let exec = unsafe { drv::graph::instantiate(g, sys::CUgraphInstantiate_flags(0)) };
+        let exec = memsets_to_kernels(self, g)
+            .map_err(drv_err("replacing a CUDA graph's memset nodes"))
+            .and_then(|()| unsafe { drv::graph::instantiate(g, sys::CUgraphInstantiate_flags(0)) }.map_err(drv_err("instantiating a CUDA graph")));
         let exec = match exec {
             Ok(e) => e,
             Err(e) => {
                 let _ = unsafe { drv::graph::destroy(g) };
-                return Err(drv_err("instantiating a CUDA graph")(e));
+                return Err(e);
             }
         };
         graph.exec = Some(Exec { graph: g, exec });
-        edited.map_err(drv_err("replacing a CUDA graph's memset nodes"))?;
         unsafe { drv::graph::upload(exec, stream.inner.cu_stream()) }.map_err(drv_err("uploading a CUDA graph"))?;
         Ok((graph, out))
     }

@@ -486,7 +486,6 @@ impl CudaStorage {
         out
     }
 
-    /// `self` (contiguous, `shape`) with `src` added at `ids` along `dim`: a new storage.
     /// A copy of the base (viewed by `l`) with `src`'s rows added at `ids` along `dim`.
     pub fn index_add(&self, l: &Layout, ids: &Ids, src: &CudaStorage, ls: &Layout, dim: usize) -> CudaStorage {
         let out = self.copy_strided(l);
