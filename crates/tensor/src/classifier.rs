@@ -403,6 +403,33 @@ pub fn classifier_dh_fused(on: Option<bool>) {
 const DH_ROWS: usize = 128;
 const DH_STAGES: usize = 4;
 
+/// (vocabulary tiles per split, splits) of the fused gradient pass for `row_tiles` blocks of rows
+/// over `vtiles` tiles on `sms` SMs. A block fills an SM (shared memory and registers), so the
+/// pass takes as many block-times as it has waves, each as long as a split's tiles plus the
+/// block's own start and end (H's tile in, dH's partial sums out: about `DH_BLOCK_TILES` tiles'
+/// time). The split count that minimizes that, the fewest among equals. Each block walks its
+/// split with its rows' dH in registers, so more splits only add partial sums to add.
+///
+/// gpt2-mini's 8192-row chunks (64 row tiles, 786 vocabulary tiles, 132 SMs): 2 splits, one wave
+/// of 128 blocks of 393 tiles. Rounding the SMs a row tile gets up (3 splits) had made 192
+/// blocks of 262 tiles: two waves, the second of 60 blocks, 524 tile-times against 393.
+fn dh_splits(row_tiles: usize, vtiles: usize, sms: usize) -> (usize, usize) {
+    let cost = |s: usize| dh_cost(row_tiles, sms, vtiles.div_ceil(s), s);
+    let best = (1..=vtiles.min(DH_MAX_SPLITS)).min_by_key(|&s| (cost(s), s)).unwrap_or(1);
+    let tps = vtiles.div_ceil(best);
+    (tps, vtiles.div_ceil(tps))
+}
+
+/// A block's start and end in tiles' time (see `dh_splits`), and the most splits (each adds
+/// [rows, C] f32 of partial sums).
+const DH_BLOCK_TILES: usize = 2;
+const DH_MAX_SPLITS: usize = 16;
+
+/// The fused gradient pass's time in tile-times: waves × (tiles a split + a block's start and end).
+fn dh_cost(row_tiles: usize, sms: usize, tps: usize, splits: usize) -> usize {
+    (row_tiles * splits).div_ceil(sms.max(1)) * (tps + DH_BLOCK_TILES)
+}
+
 /// `lmce_sm90_grad`'s g, and dH = g·wp [n, C] bf16 with it: `lmce_grad_dh_k*` writes g (less the
 /// one-hot part, which `lmce_patch` writes after it) and per vocabulary split f32 partial sums
 /// of dH; `lmce_dh_final` adds those and the one-hot part.
@@ -412,11 +439,7 @@ fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize, 
     let vtiles = vp / SM90_TILE_N;
     x.with_storage(|s| {
         let Storage::Cuda(xs) = s else { unreachable!() };
-        // One wave: each block walks its split of the vocabulary with its rows' dH in registers,
-        // so more splits only add partial sums to add.
-        let want = xs.dev.sm_count.div_ceil(row_tiles).clamp(1, vtiles);
-        let tps = vtiles.div_ceil(want);
-        let splits = vtiles.div_ceil(tps);
+        let (tps, splits) = dh_splits(row_tiles, vtiles, xs.dev.sm_count);
         // Rows up to the kernel's block of rows, so that the stores need no row test.
         let np = row_tiles * DH_ROWS;
         let g = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, np * vp);
@@ -489,4 +512,29 @@ fn gemm_acc_f32(a: &Tensor, b: &Tensor, acc: &Tensor) -> bool {
             })
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{dh_cost, dh_splits, DH_MAX_SPLITS};
+
+    #[test]
+    fn gradient_pass_splits_fill_whole_waves() {
+        // gpt2-mini's chunk on an H100: one wave of 2 splits (128 blocks), not two waves of 3.
+        assert_eq!(dh_splits(64, 786, 132), (393, 2));
+        assert!(dh_cost(64, 132, 393, 2) < dh_cost(64, 132, 262, 3));
+        // The whole batch at once: 256 row tiles are already two waves of one split.
+        assert_eq!(dh_splits(256, 786, 132), (786, 1));
+        // A single row tile spreads over the GPU, up to the cap.
+        assert_eq!(dh_splits(1, 786, 132).1, DH_MAX_SPLITS);
+        // Every split count is covered without an empty split, and none would be faster.
+        for &(rt, vt, sms) in &[(64, 786, 132), (1, 786, 132), (256, 786, 132), (100, 50, 132), (7, 3, 8), (33, 786, 108), (1, 1, 1)] {
+            let (tps, splits) = dh_splits(rt, vt, sms);
+            assert!(tps * splits >= vt && tps * (splits - 1) < vt, "{splits} splits of {tps} tiles for {vt} tiles");
+            for s in 1..=vt.min(DH_MAX_SPLITS) {
+                let t = vt.div_ceil(s);
+                assert!(dh_cost(rt, sms, tps, splits) <= dh_cost(rt, sms, t, vt.div_ceil(t)), "{rt} row tiles, {vt} tiles, {sms} SMs: {s} splits would be faster");
+            }
+        }
+    }
 }
