@@ -460,7 +460,7 @@ fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize, 
             .push(cuda_ptr(wp))
             .push(cuda_ptr(inv_kept))
             .push(dx.ptr)
-            .launch(&xs.dev, "lmce_dh_final", (n * c / 2).div_ceil(256) as u32, 256, 0);
+            .launch(&xs.dev, "lmce_dh_final", (n * c / 8).div_ceil(256) as u32, 256, 0);
         lmce_patch(&xs.dev, tt, lse2, tl, inv_kept, g.ptr, vp);
         (Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n), Tensor::from_any(Storage::Cuda(dx), &[n, c], None))
     })

@@ -372,6 +372,16 @@ impl CudaStorage {
             }
             return out;
         }
+        // Everything of a large contiguous input: blocks over contiguous runs, then their partials
+        // in order (one block alone is a chain of dependent adds per thread).
+        if n_out == 1 && l.is_contiguous() && red >= ALL_PART_MIN {
+            let chunk = ALL_PART_CHUNK.max(red.div_ceil(ALL_PART_MAX_BLOCKS));
+            let blocks = red.div_ceil(chunk);
+            let part = CudaStorage::alloc(&self.dev, DType::F64, blocks);
+            Args::new().push(self.at(l.offset)).push(part.ptr).push(red as u64).push(chunk as u64).push(code as i32).launch(&self.dev, &format!("reduce_all_part_{}", sfx(self.dtype)), blocks as u32, 256, 0);
+            Args::new().push(part.ptr).push(out.ptr).push(1u32).push(blocks as u32).push(code as i32).launch(&self.dev, &format!("reduce_cols_final_{}", sfx(self.dtype)), 1, 32, 0);
+            return out;
+        }
         let (go, _) = geom(&ks, [&kst]);
         let (gr, _) = geom(&rs, [&rst]);
         // One block per output; small reductions get a single warp.
@@ -557,3 +567,10 @@ impl CudaStorage {
         out
     }
 }
+
+/// A whole-tensor reduction of at least ALL_PART_MIN contiguous elements runs over blocks of
+/// ALL_PART_CHUNK elements (more when that would make over ALL_PART_MAX_BLOCKS blocks), whose
+/// partials one thread then combines in order (`reduce_all_part_*`, reduce.cu).
+const ALL_PART_MIN: usize = 8192;
+const ALL_PART_CHUNK: usize = 2048;
+const ALL_PART_MAX_BLOCKS: usize = 256;
