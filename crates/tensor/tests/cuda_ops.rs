@@ -155,6 +155,12 @@ fn reductions_over_any_dims() {
         same("softmax_scaled causal", &[rnd(&[2, 3, 40, 300], 7, dt)], tol * 4.0, |v| v[0].softmax_scaled(0.3, true));
         same("softmax_scaled", &[rnd(&[2, 3, 40, 300], 8, dt)], tol * 4.0, |v| v[0].softmax_scaled(0.3, false));
         same("large reduce", &[rnd(&[2, 100_000], 6, dt)], tol * 4.0, |v| v[0].sum(&[1], true));
+        // Whole-tensor reductions of ≥ 8192 contiguous elements run over blocks (also from an
+        // offset, and max/min through the same path).
+        same("sum all, large", &[rnd(&[2, 100_000], 9, dt)], tol * 4.0, |v| v[0].sum_all());
+        same("sum all, offset view", &[x.narrow(0, 1, 5)], tol, |v| v[0].sum_all());
+        same("max all", &[x.clone()], 0.0, |v| v[0].max(&[0, 1, 2], false));
+        same("min all", &[x.narrow(0, 2, 4)], 0.0, |v| v[0].min(&[0, 1, 2], false));
     }
 }
 
