@@ -10,27 +10,35 @@ template <typename A> __device__ __forceinline__ A comb(int op, A a, A b) {
     return a < b ? a : b;
 }
 
+// The identity of op (0 sum, 1 max, 2 min).
+__device__ __forceinline__ double reduce_init(int op) { return op == 0 ? 0.0 : (op == 1 ? -inf_of<double>() : inf_of<double>()); }
+
+// The block's values of acc combined in a fixed order (a warp butterfly, then the warps in
+// order through `sh`, 32 doubles); the result is thread 0's. Every thread must call it.
+__device__ __forceinline__ double block_comb(double acc, int op, double* sh) {
+    for (int s = 16; s > 0; s >>= 1) acc = comb<double>(op, acc, __shfl_xor_sync(0xffffffffu, acc, s));
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) sh[w] = acc;
+    __syncthreads();
+    double r = sh[0];
+    if (threadIdx.x == 0)
+        for (int i = 1; i < (int)(blockDim.x >> 5); ++i) r = comb<double>(op, r, sh[i]);
+    return r;
+}
+
 template <typename T> __device__ void reduce_k(const T* x, T* y, Geom go, Geom gr, int op) {
     typedef typename Acc<T>::t F;
     __shared__ double sh[32];
-    const double init = op == 0 ? 0.0 : (op == 1 ? -inf_of<double>() : inf_of<double>());
     for (u32 o = blockIdx.x; o < go.n; o += gridDim.x) {
         const T* base = x + goff(go, o, 0);
-        double acc = init;
+        double acc = reduce_init(op);
         for (u32 j = threadIdx.x; j < gr.n; j += blockDim.x) {
             double v = (double)(F)ld(base[goff(gr, j, 0)]);
             acc = comb<double>(op, acc, v);
         }
-        for (int s = 16; s > 0; s >>= 1) acc = comb<double>(op, acc, __shfl_xor_sync(0xffffffffu, acc, s));
-        int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-        if (lane == 0) sh[w] = acc;
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            double r = sh[0];
-            for (int i = 1; i < (int)(blockDim.x >> 5); ++i) r = comb<double>(op, r, sh[i]);
-            y[o] = st<T>(r);
-        }
-        __syncthreads();
+        double r = block_comb(acc, op, sh);
+        if (threadIdx.x == 0) y[o] = st<T>(r);
+        __syncthreads(); // sh is reused by the next output
     }
 }
 
@@ -48,19 +56,11 @@ REDUCE(f16, f16)
 template <typename T> __device__ void reduce_all_part_k(const T* x, double* part, u64 n, u64 chunk, int op) {
     typedef typename Acc<T>::t F;
     __shared__ double sh[32];
-    const double init = op == 0 ? 0.0 : (op == 1 ? -inf_of<double>() : inf_of<double>());
     const u64 b0 = (u64)blockIdx.x * chunk, b1 = min(n, b0 + chunk);
-    double acc = init;
+    double acc = reduce_init(op);
     for (u64 j = b0 + threadIdx.x; j < b1; j += blockDim.x) acc = comb<double>(op, acc, (double)(F)ld(x[j]));
-    for (int s = 16; s > 0; s >>= 1) acc = comb<double>(op, acc, __shfl_xor_sync(0xffffffffu, acc, s));
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    if (lane == 0) sh[w] = acc;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double r = sh[0];
-        for (int i = 1; i < (int)(blockDim.x >> 5); ++i) r = comb<double>(op, r, sh[i]);
-        part[blockIdx.x] = r;
-    }
+    double r = block_comb(acc, op, sh);
+    if (threadIdx.x == 0) part[blockIdx.x] = r;
 }
 #define REDUCE_ALL(T, N) extern "C" __global__ void reduce_all_part_##N(const T* x, double* part, u64 n, u64 chunk, int op) { reduce_all_part_k<T>(x, part, n, chunk, op); }
 REDUCE_ALL(float, f32)
@@ -77,7 +77,7 @@ REDUCE_ALL(f16, f16)
 template <typename T> __device__ void reduce_cols_k(const T* x, double* part, T* y, u32 r, u32 k, u32 rows_per_split, int op) {
     typedef typename Acc<T>::t F;
     __shared__ double sh[8][33];
-    const double init = op == 0 ? 0.0 : (op == 1 ? -inf_of<double>() : inf_of<double>());
+    const double init = reduce_init(op);
     u32 c = blockIdx.x * 32 + threadIdx.x;
     u32 r0 = blockIdx.y * rows_per_split, r1 = min(r, r0 + rows_per_split);
     double acc = init;
