@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use fmlab_tokenizer::Tokenizer;
 
 pub fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("FMLAB_CACHE") {
+    if let Some(p) = fmlab_settings::string("FMLAB_CACHE") {
         return PathBuf::from(p);
     }
     let local = PathBuf::from(".cache/fmlab");

@@ -54,6 +54,8 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
+    /// Every FMLAB_* environment setting: its value here, default and meaning.
+    Settings,
 }
 
 /// glibc malloc tuning, set once here at startup (the binary's one process-wide setting).
@@ -98,6 +100,7 @@ fn main() {
         Cmd::Model(c) => cmd::model::run(c),
         Cmd::Index(c) => cmd::index::run(c),
         Cmd::Bench(c) => cmd::bench::run(c),
+        Cmd::Settings => cmd::settings::run(),
     };
     if let Err(e) = res {
         eprintln!("error: {e:#}");

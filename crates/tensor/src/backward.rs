@@ -1,8 +1,10 @@
-//! Reverse-mode autograd: one topological sort, one match arm per primitive op. Gradients are
-//! written in tensor ops, so every backend gets backward for free.
+//! Reverse-mode autograd: one topological sort, one match arm per primitive op, and one generic
+//! arm that calls a fused op's own backward (custom.rs). Gradients are written in tensor ops, so
+//! every backend gets backward for free; nothing here asks which device it runs on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
+use crate::custom::{Backward, BackwardState};
 use crate::op::{BinaryOp, Op, ReduceOp, UnaryOp};
 use crate::tensor::{no_grad, Tensor, TensorId};
 
@@ -70,87 +72,38 @@ impl Tensor {
     fn grads_seeded(&self, seed: &Tensor, seed_is_one: bool) -> Vec<(Tensor, Tensor)> {
         let _ng = no_grad();
         let nodes = sorted_nodes(self);
-        let mut grads: HashMap<TensorId, Tensor> = HashMap::new();
-        grads.insert(self.id(), seed.clone());
+        let mut st = BackwardState::default();
+        st.grads.insert(self.id(), seed.clone());
         let root = self.id();
-        // Gradients that Narrow backward allocated on a GPU (zeros with slices written in): the
-        // ranges written so far, so that the next disjoint slice of the same input is written into
-        // the same buffer instead of padded to full size and added (q, k, v of a fused projection).
-        let mut slabs: HashMap<TensorId, Vec<(usize, usize, usize)>> = HashMap::new();
-        let mut sums = ColumnSums::default();
         let mut out = Vec::new();
         for node in nodes {
-            let Some(g) = grads.remove(&node.id()) else { continue };
+            let Some(g) = st.grads.remove(&node.id()) else { continue };
             if node.is_var() {
                 out.push((node.clone(), g));
                 continue;
             }
             let Some(op) = node.op() else { continue };
-            if let (Op::Narrow(x, dim, start), true) = (&op, g.device().is_cuda()) {
-                let r = (*dim, *start, node.dim(*dim));
-                if !x.track_grad() {
-                    continue;
-                }
-                let disjoint = |w: &Vec<(usize, usize, usize)>| w.iter().all(|&(d, s, l)| d == r.0 && (s + l <= r.1 || r.1 + r.2 <= s));
-                // Already in place: flash attention wrote q/k/v's gradients into one buffer laid
-                // out like the fused projection's output x (flash.rs, `fused_qkv`).
-                let in_place = g.dtype() == x.dtype() && g.storage_len() == x.numel() && g.layout() == &narrow_layout(x.shape(), r.0, r.1, g.shape());
-                match (slabs.get_mut(&x.id()), grads.get(&x.id())) {
-                    (Some(w), Some(buf)) if disjoint(w) && in_place && buf.shares_storage(&g) => w.push(r),
-                    (None, None) if in_place => {
-                        // The buffer becomes x's gradient; its other slices are claimed as their
-                        // narrows' gradients arrive (each written over, or found in place).
-                        grads.insert(x.id(), g.strided_view(crate::Layout::contiguous(x.shape())));
-                        slabs.insert(x.id(), vec![r]);
-                    }
-                    (Some(w), Some(buf)) if disjoint(w) => {
-                        // That slice of `buf` is still zeros: write `g` into it (one copy, no add).
-                        write_slice_cuda(&g, buf, r.0, r.1);
-                        w.push(r);
-                    }
-                    _ => {
-                        // Overlapping a written slice, or the first slice: pad (and add). The sum
-                        // is a fresh buffer, zero outside the recorded ranges plus this one.
-                        let dg = pad_narrow_cuda(&g, x.shape(), r.0, r.1);
-                        match grads.remove(&x.id()) {
-                            Some(prev) => {
-                                grads.insert(x.id(), prev.add(&dg));
-                                if let Some(w) = slabs.get_mut(&x.id()) {
-                                    w.push(r);
-                                }
-                            }
-                            None => {
-                                grads.insert(x.id(), dg);
-                                slabs.insert(x.id(), vec![r]);
-                            }
-                        }
-                    }
+            if let Op::Narrow(x, dim, start) = op {
+                if x.track_grad() {
+                    narrow_backward(&mut st, x, &g, (*dim, *start, node.dim(*dim)));
                 }
                 continue;
             }
-            if let (Op::LayerNorm(x, w, b, mean, rstd), true) = (&op, g.device().is_cuda()) {
-                // A gradient of x already here (the residual stream's) is summed inside the
-                // LayerNorm backward kernel rather than by a separate add.
-                let prev = if x.track_grad() {
-                    slabs.remove(&x.id());
-                    grads.remove(&x.id())
-                } else {
-                    None
-                };
-                let (dx, dw, db, colsum) = Tensor::layer_norm_backward(x, w, mean, rstd, &g, prev.as_ref());
-                if let Some(cs) = colsum {
-                    sums.keep(&dx, cs);
-                }
-                accumulate(&mut grads, &mut slabs, x, dx);
-                accumulate(&mut grads, &mut slabs, w, dw);
-                if let Some(b) = b {
-                    accumulate(&mut grads, &mut slabs, b, db);
+            if let Op::Custom(n) = op {
+                let mut cx = Backward { node: n, g: &g, seed_is_one: seed_is_one && node.id() == root, state: &mut st };
+                let dgs = n.op.backward(&mut cx);
+                assert_eq!(dgs.len(), n.inputs.len(), "backward of {}: {} gradients for {} inputs", n.op.name(), dgs.len(), n.inputs.len());
+                for (t, dg) in n.inputs.iter().zip(dgs) {
+                    if let Some(dg) = dg {
+                        debug_assert_eq!(t.shape(), dg.shape(), "backward of {}: gradient shape", n.op.name());
+                        accumulate(&mut st, t, dg);
+                    }
                 }
                 continue;
             }
             let mut add = |t: &Tensor, dg: Tensor| {
                 debug_assert_eq!(t.shape(), dg.shape(), "backward of {}: gradient shape", op.name());
-                accumulate(&mut grads, &mut slabs, t, dg);
+                accumulate(&mut st, t, dg);
             };
             match op {
                 Op::Unary(x, u) => {
@@ -221,24 +174,7 @@ impl Tensor {
                     // a transpose of a transpose, or a kernel taking strides).
                     add(x, g.permute(&inv))
                 }
-                Op::Narrow(..) if g.device().is_cuda() => unreachable!("handled above"),
-                Op::Narrow(x, dim, start) => {
-                    let (dim, start) = (*dim, *start);
-                    let len = node.dim(dim);
-                    let mut parts = Vec::new();
-                    let mut sh = x.shape().to_vec();
-                    if start > 0 {
-                        sh[dim] = start;
-                        parts.push(Tensor::zeros_on(&sh, g.dtype(), g.device()));
-                    }
-                    parts.push(g.clone());
-                    let after = x.dim(dim) - start - len;
-                    if after > 0 {
-                        sh[dim] = after;
-                        parts.push(Tensor::zeros_on(&sh, g.dtype(), g.device()));
-                    }
-                    add(x, if parts.len() == 1 { g.contiguous() } else { Tensor::cat(&parts, dim) })
-                }
+                Op::Narrow(..) | Op::Custom(_) => unreachable!("handled above"),
                 Op::Expand(x) => add(x, sum_to(&g, x.shape())),
                 Op::Cat(parts, dim) => {
                     let mut start = 0;
@@ -268,147 +204,81 @@ impl Tensor {
                     add(b, c.where_cond(&z, &g));
                 }
                 Op::Cast(x) => add(x, g.to_dtype(x.dtype())),
-                Op::CrossEntropy(x, t, lse, kept) => add(x, Tensor::cross_entropy_backward(x, t, lse, *kept, g.item())),
-                Op::LinearCrossEntropy(x, w, dx, dw) => {
-                    // dx, dw were made for an upstream gradient of 1: as they are when the loss is
-                    // the seed of 1 itself (no multiplies over 25 + 51 MB: ~60 µs a gpt2-mini step
-                    // on the H100), else scaled on the device (dw may be f32 for a 16-bit w:
-                    // classifier.rs). Gradients are never written in place once made, so sharing
-                    // dx and dw with this node is safe.
-                    if seed_is_one && node.id() == root {
-                        add(x, dx.clone());
-                        add(w, dw.clone());
-                    } else {
-                        add(x, dx.mul(&g.to_dtype(dx.dtype())));
-                        add(w, dw.mul(&g.to_dtype(dw.dtype())));
-                    }
-                }
-                Op::SoftmaxScaled(x, p, scale, _) => add(x, Tensor::softmax_scaled_backward(p, &g, *scale)),
-                Op::LayerNorm(x, w, b, mean, rstd) => {
-                    let (dx, dw, db, _) = Tensor::layer_norm_backward(x, w, mean, rstd, &g, None);
-                    add(x, dx);
-                    add(w, dw);
-                    if let Some(b) = b {
-                        add(b, db);
-                    }
-                }
-                Op::Gelu(x, approx) => add(x, Tensor::gelu_backward(x, &g, *approx)),
-                Op::Linear(x, w, b) => {
-                    let (dx, dw, db) = Tensor::linear_backward(x, w, b, &g, sums.take(&g));
-                    add(x, dx);
-                    add(w, dw);
-                    add(b, db);
-                }
-                Op::MlpGelu(x, w1, b1, w2, b2, h, pre) => {
-                    let [dx, dw1, db1, dw2, db2] = Tensor::mlp_gelu_backward(x, w1, b1, w2, b2, h, pre.as_ref(), &g, sums.take(&g));
-                    add(x, dx);
-                    add(w1, dw1);
-                    add(b1, db1);
-                    add(w2, dw2);
-                    add(b2, db2);
-                }
-                Op::FlashAttention(q, k, v, o, lse, pad, causal, scale) => {
-                    let (dq, dk, dv) = crate::flash::flash_attention_backward(q, k, v, o, lse, pad.as_ref(), *causal, *scale, &g);
-                    add(q, dq);
-                    add(k, dk);
-                    add(v, dv);
-                }
             }
         }
         out
     }
 }
 
-/// Column sums (f32) of gradients made by the fused LayerNorm backward, which sums them as it
-/// writes dx (`ln_bwd_dwdb`). A pre-LN transformer's residual stream r' = r + Linear(..) passes
-/// that dx unchanged to the Linear's output, whose bias gradient is exactly those sums: taken
-/// here instead of a `colsum16` pass that reads the gradient again (gpt2-mini: 24 of the step's
-/// 36 bias column sums, proj's and fc2's). A sum is handed out only for the very buffer it was
-/// made from (same storage, offset and size, contiguous, same columns: a reshaped view of it
-/// matches), and gradients are never written in place after they are made (accumulation adds
-/// into a new tensor), so the sums stay true. The few most recent are kept.
-#[derive(Default)]
-struct ColumnSums(Vec<(Tensor, Tensor)>);
-
-/// FMLAB_LN_SUMS=0: the bias gradients from `colsum16` passes even where the LayerNorm made them.
-static LN_SUMS: crate::switch::Switch = crate::switch::Switch::new("FMLAB_LN_SUMS");
-
-impl ColumnSums {
-    const KEEP: usize = 4;
-
-    fn keep(&mut self, g: &Tensor, sums: Tensor) {
-        if !LN_SUMS.on() {
-            return;
-        }
-        if self.0.len() == Self::KEEP {
-            self.0.remove(0);
-        }
-        self.0.push((g.clone(), sums));
-    }
-
-    /// The column sums of g [rows, c] if kept, removed from the store.
-    fn take(&mut self, g: &Tensor) -> Option<Tensor> {
-        let c = *g.shape().last()?;
-        let same = |t: &Tensor| t.same_storage(g) && t.layout().offset == g.layout().offset && t.is_contiguous() && g.is_contiguous() && t.numel() == g.numel() && t.shape().last() == Some(&c);
-        let i = self.0.iter().position(|(t, s)| same(t) && s.numel() == c)?;
-        Some(self.0.remove(i).1)
-    }
-}
-
 /// Adds `dg` into t's gradient slot (a fresh slot holds `dg` itself).
-fn accumulate(grads: &mut HashMap<TensorId, Tensor>, slabs: &mut HashMap<TensorId, Vec<(usize, usize, usize)>>, t: &Tensor, dg: Tensor) {
+pub(crate) fn accumulate(st: &mut BackwardState, t: &Tensor, dg: Tensor) {
     if !t.track_grad() {
         return;
     }
-    slabs.remove(&t.id());
-    let sum = match grads.remove(&t.id()) {
-        // A 16-bit tensor's gradient may arrive in f32 (see `linear_param_grads`): sums are f32.
-        Some(prev) if prev.dtype() != dg.dtype() => {
-            let wide = if prev.dtype().size_in_bytes() >= dg.dtype().size_in_bytes() { prev.dtype() } else { dg.dtype() };
-            prev.to_dtype(wide).add(&dg.to_dtype(wide))
-        }
-        Some(prev) => prev.add(&dg),
+    st.slabs.remove(&t.id());
+    let sum = match st.grads.remove(&t.id()) {
+        Some(prev) => add_grads(&prev, &dg),
         None => dg,
     };
-    grads.insert(t.id(), sum);
+    st.grads.insert(t.id(), sum);
 }
 
-/// Narrow's gradient on a GPU: zeros of the input's shape (a memset) with `g` copied into the
-/// narrowed slice — one copy kernel instead of a concatenation that also copies the zero parts.
-fn pad_narrow_cuda(g: &Tensor, shape: &[usize], dim: usize, start: usize) -> Tensor {
-    use crate::tensor::Storage;
-    let n: usize = shape.iter().product();
-    let st = g.with_storage(|s| {
-        let Storage::Cuda(c) = s else { unreachable!() };
-        Storage::Cuda(crate::cuda::CudaStorage::zeros(c.device(), g.dtype(), n))
-    });
-    let out = Tensor::from_any(st, shape, None);
-    write_slice_cuda(g, &out, dim, start);
-    out
+/// prev + dg. A 16-bit tensor's gradient may arrive in f32 (see `linear_param_grads`): mixed
+/// sums are made in the wider dtype.
+fn add_grads(prev: &Tensor, dg: &Tensor) -> Tensor {
+    if prev.dtype() == dg.dtype() {
+        return prev.add(dg);
+    }
+    let wide = if prev.dtype().size_in_bytes() >= dg.dtype().size_in_bytes() { prev.dtype() } else { dg.dtype() };
+    prev.to_dtype(wide).add(&dg.to_dtype(wide))
+}
+
+/// Narrow's backward: `g`, the gradient of x.narrow(r.0, r.1, r.2), into x's gradient. The
+/// slices of one input (q, k, v of a fused projection) are written into one zero-filled buffer
+/// of x's shape — one memset and a copy each, instead of a concatenation with zero parts and
+/// an add per slice — and where an op already wrote them in place (flash attention writes q/k/v's
+/// gradients into one buffer laid out like x: ops/flash.rs, `fused_qkv`) nothing is copied.
+fn narrow_backward(st: &mut BackwardState, x: &Tensor, g: &Tensor, r: (usize, usize, usize)) {
+    let disjoint = |w: &Vec<(usize, usize, usize)>| w.iter().all(|&(d, s, l)| d == r.0 && (s + l <= r.1 || r.1 + r.2 <= s));
+    let in_place = g.dtype() == x.dtype() && g.storage_len() == x.numel() && g.layout() == &narrow_layout(x.shape(), r.0, r.1, g.shape());
+    match (st.slabs.get_mut(&x.id()), st.grads.get(&x.id())) {
+        (Some(w), Some(buf)) if disjoint(w) && in_place && buf.shares_storage(g) => w.push(r),
+        (None, None) if in_place => {
+            // The buffer becomes x's gradient; its other slices are claimed as their narrows'
+            // gradients arrive (each written over, or found in place).
+            st.grads.insert(x.id(), g.strided_view(crate::Layout::contiguous(x.shape())));
+            st.slabs.insert(x.id(), vec![r]);
+        }
+        (Some(w), Some(buf)) if disjoint(w) => {
+            // That slice of `buf` is still zeros: write `g` into it (one copy, no add).
+            buf.write_slice(g, r.0, r.1);
+            w.push(r);
+        }
+        _ => {
+            // Overlapping a written slice, or the first slice: pad (and add). The sum is a fresh
+            // buffer, zero outside the recorded ranges plus this one.
+            let dg = Tensor::zeros_on(x.shape(), g.dtype(), g.device());
+            dg.write_slice(g, r.0, r.1);
+            match st.grads.remove(&x.id()) {
+                Some(prev) => {
+                    st.grads.insert(x.id(), add_grads(&prev, &dg));
+                    if let Some(w) = st.slabs.get_mut(&x.id()) {
+                        w.push(r);
+                    }
+                }
+                None => {
+                    st.grads.insert(x.id(), dg);
+                    st.slabs.insert(x.id(), vec![r]);
+                }
+            }
+        }
+    }
 }
 
 /// The layout of `narrow(dim, start)` (of shape `sub`) of a contiguous tensor of `shape`.
 fn narrow_layout(shape: &[usize], dim: usize, start: usize, sub: &[usize]) -> crate::Layout {
     let strides = crate::layout::contiguous_strides(shape);
     crate::Layout { shape: sub.to_vec(), offset: start * strides[dim], strides }
-}
-
-/// Copies `g` into the slice of the contiguous CUDA tensor `buf` that starts at `start` along
-/// `dim` (in place: `buf` is a gradient buffer that backward allocated and nothing else holds).
-fn write_slice_cuda(g: &Tensor, buf: &Tensor, dim: usize, start: usize) {
-    use crate::tensor::Storage;
-    if g.numel() == 0 {
-        return;
-    }
-    let ost = crate::layout::contiguous_strides(buf.shape());
-    let dl = crate::Layout { shape: g.shape().to_vec(), strides: ost.clone(), offset: start * ost[dim] };
-    let g = if g.dtype() == buf.dtype() { g.clone() } else { g.to_dtype(buf.dtype()) };
-    g.with_storage(|s| {
-        buf.with_storage(|d| {
-            let (Storage::Cuda(c), Storage::Cuda(out)) = (s, d) else { unreachable!() };
-            c.copy_into(g.layout(), out, &dl);
-        })
-    });
 }
 
 fn sign(x: &Tensor) -> Tensor {

@@ -306,6 +306,26 @@ impl CpuStorage {
         map_vec!(self, v => unary_map(v, l, |x| x))
     }
 
+    /// Writes the elements viewed by `l` into `dst` viewed by `dl` (same shape and dtype).
+    pub fn copy_into(&self, l: &Layout, dst: &mut CpuStorage, dl: &Layout) {
+        assert_eq!(l.shape, dl.shape, "copy_into: a view of {:?} into one of {:?}", l.shape, dl.shape);
+        let src = self.copy_strided(l);
+        let offs = strided_offsets(dl);
+        macro_rules! go {
+            ($($v:ident),*) => {
+                match (&src, dst) {
+                    $((CpuStorage::$v(a), CpuStorage::$v(d)) => {
+                        for (&x, &o) in a.iter().zip(&offs) {
+                            d[o] = x;
+                        }
+                    })*
+                    (a, d) => panic!("copy_into: {} values into a {} buffer", a.dtype(), d.dtype()),
+                }
+            };
+        }
+        go!(F32, F64, BF16, F16, I32, U32, U8);
+    }
+
     pub fn cast(&self, l: &Layout, to: DType) -> CpuStorage {
         macro_rules! conv {
             ($t:ty) => {
@@ -674,3 +694,12 @@ impl CpuStorage {
     }
 }
 
+
+/// The storage offset of every element of `l`, in row-major order of its shape.
+fn strided_offsets(l: &Layout) -> Vec<usize> {
+    let mut out = vec![l.offset];
+    for (&n, &st) in l.shape.iter().zip(&l.strides) {
+        out = out.iter().flat_map(|&o| (0..n).map(move |i| o + i * st)).collect();
+    }
+    out
+}

@@ -188,6 +188,35 @@ impl Tensor {
         Tensor(Arc::new(TensorInner { id: next_id(), storage: self.0.storage.clone(), layout, dtype: self.0.dtype, op: None, is_var: false, grad: Mutex::new(None) }))
     }
 
+    /// Copies `g` into the slice of this contiguous tensor that starts at `start` along `dim`,
+    /// in place: for a buffer that its maker holds alone (backward's gradient buffers).
+    pub(crate) fn write_slice(&self, g: &Tensor, dim: usize, start: usize) {
+        assert!(self.is_contiguous(), "write_slice: into a view {:?}", self.layout());
+        if g.numel() == 0 {
+            return;
+        }
+        let ost = contiguous_strides(self.shape());
+        let dl = Layout { shape: g.shape().to_vec(), strides: ost.clone(), offset: self.layout().offset + start * ost[dim] };
+        // A fresh copy where g views this very buffer (then the write is of its own values).
+        let g = if g.dtype() != self.dtype() { g.to_dtype(self.dtype()) } else if g.shares_storage(self) { g.contiguous() } else { g.clone() };
+        let src = g.0.storage.read().unwrap();
+        let mut dst = self.0.storage.write().unwrap();
+        match (&*src, &mut *dst) {
+            (Storage::Cpu(s), Storage::Cpu(d)) => s.copy_into(g.layout(), d, &dl),
+            (Storage::Cuda(s), Storage::Cuda(d)) => s.copy_into(g.layout(), d, &dl),
+            (s, d) => panic!("write_slice: from {} into {}", s.device(), d.device()),
+        }
+    }
+
+    /// Device address of this contiguous CUDA tensor's first element (for kernel arguments).
+    pub(crate) fn cuda_ptr(&self) -> u64 {
+        assert!(self.is_contiguous(), "cuda_ptr: tensor {:?} is not contiguous", self.shape());
+        match &*self.0.storage.read().unwrap() {
+            Storage::Cuda(c) => c.at(self.layout().offset),
+            s => panic!("cuda_ptr: tensor on {}", s.device()),
+        }
+    }
+
     /// Whether the two tensors are views of one buffer.
     pub(crate) fn shares_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
@@ -794,7 +823,7 @@ impl Tensor {
     pub fn index_select(&self, ids: &Tensor, dim: usize) -> Tensor {
         assert_eq!(ids.rank(), 1, "index_select: ids must be 1-D, got {:?}", ids.shape());
         let (idx, on_dev) = ids.lookup_indices(self, dim, "index_select");
-        let cids = Ids::of(&idx, on_dev.as_ref());
+        let cids = Ids::of(&idx, on_dev.as_ref().map(|t| (t.cuda_ptr(), t.numel())));
         let s = self.map_storage(|s, l| s.index_select(l, &idx, dim), |s, l| s.index_select(l, &cids, dim));
         let mut shape = self.shape().to_vec();
         shape[dim] = ids.numel();
@@ -804,7 +833,7 @@ impl Tensor {
     /// `out = self; out[.., ids[i], ..] += src[.., i, ..]`.
     pub fn index_add(&self, ids: &Tensor, src: &Tensor, dim: usize) -> Tensor {
         let (idx, on_dev) = self.index_add_ids(ids, src, dim);
-        let cids = Ids::of(&idx, on_dev.as_ref());
+        let cids = Ids::of(&idx, on_dev.as_ref().map(|t| (t.cuda_ptr(), t.numel())));
         let s = {
             let (bs, ss) = (self.0.storage.read().unwrap(), src.0.storage.read().unwrap());
             dispatch2!("index_add", bs, ss, |b, x| b.copy_strided(self.layout()).index_add(self.shape(), &idx, x, src.layout(), dim), |b, x| b.index_add(self.layout(), &cids, x, src.layout(), dim))
@@ -831,7 +860,7 @@ impl Tensor {
             return self.index_add(ids, src, dim);
         }
         let (idx, on_dev) = self.index_add_ids(ids, src, dim);
-        let cids = Ids::of(&idx, on_dev.as_ref());
+        let cids = Ids::of(&idx, on_dev.as_ref().map(|t| (t.cuda_ptr(), t.numel())));
         {
             let (bs, ss) = (self.0.storage.read().unwrap(), src.0.storage.read().unwrap());
             match (&*bs, &*ss) {
@@ -938,4 +967,9 @@ fn same_device(a: &Tensor, b: &Tensor, what: &str) -> (Tensor, Tensor) {
         (_, Device::Cpu) if !b.track_grad() => (a.clone(), b.to_device(da)),
         _ => panic!("{what}: operands on {da} ({:?}) and {db} ({:?}); move them to one device first", a.shape(), b.shape()),
     }
+}
+
+/// Device address of a contiguous CUDA tensor's first element (kernel arguments).
+pub(crate) fn cuda_ptr(t: &Tensor) -> u64 {
+    t.cuda_ptr()
 }

@@ -305,8 +305,8 @@ fn classifier_run(x: &Tensor, w: &Tensor, targets: &Tensor, chunk: Option<usize>
 fn fused_classifier_bf16_matches_cpu() {
     let g = gpu();
     // The chunked path (cuBLASLt logits + a cross-entropy kernel), not the Hopper kernels.
-    fmlab_tensor::classifier_sm90(Some(false));
-    fmlab_tensor::classifier_rows_in_shared_memory(Some(false));
+    fmlab_tensor::settings::classifier_sm90(Some(false));
+    fmlab_tensor::settings::classifier_rows_in_shared_memory(Some(false));
     let (n, c, v) = (300, 64, 5003);
     let x = rnd(&[n, c], 80, DType::F32);
     let w = rnd(&[v, c], 81, DType::F32).scale(0.2);
@@ -332,17 +332,17 @@ fn fused_classifier_bf16_matches_cpu() {
         for dtype in [DType::BF16, DType::F32] {
             let (xd, wd) = (x.to_dtype(dtype).to_device(g), w.to_dtype(dtype).to_device(g));
             let (l1, dx1, dw1) = classifier_run(&xd, &wd, &targets, Some(rows));
-            fmlab_tensor::classifier_rows_in_shared_memory(Some(true));
+            fmlab_tensor::settings::classifier_rows_in_shared_memory(Some(true));
             let (l2, dx2, dw2) = classifier_run(&xd, &wd, &targets, Some(rows));
-            fmlab_tensor::classifier_rows_in_shared_memory(Some(false));
+            fmlab_tensor::settings::classifier_rows_in_shared_memory(Some(false));
             let what = format!("{dtype:?}, {rows}-row chunks, rows streamed through shared memory");
             assert!((l2 - l1).abs() <= 1e-6 * l1.abs(), "{what}: loss {l2} vs {l1}");
             close(&format!("classifier dx, {what}"), &dx2.to_dtype(DType::F32), &dx1.to_dtype(DType::F32), 5e-3);
             close(&format!("classifier dw, {what}"), &dw2.to_dtype(DType::F32), &dw1.to_dtype(DType::F32), 5e-3);
         }
     }
-    fmlab_tensor::classifier_rows_in_shared_memory(None);
-    fmlab_tensor::classifier_sm90(None);
+    fmlab_tensor::settings::classifier_rows_in_shared_memory(None);
+    fmlab_tensor::settings::classifier_sm90(None);
 }
 
 /// The Hopper classifier (classifier_sm90.cu: wgmma, the logits never written) at every width it
@@ -357,7 +357,7 @@ fn fused_classifier_bf16_matches_cpu() {
 #[ignore = "needs a GPU (scripts/gpu-check.sh)"]
 fn hopper_classifier_matches_cpu() {
     let g = gpu();
-    fmlab_tensor::classifier_sm90(Some(true));
+    fmlab_tensor::settings::classifier_sm90(Some(true));
     let (n, v) = (333, 5003);
     for c in [64, 128, 192, 256] {
         let x = rnd(&[n, c], 90 + c as u64, DType::F32);
@@ -369,7 +369,7 @@ fn hopper_classifier_matches_cpu() {
         // dH made in the gradient pass (the default) and by a GEMM over g.
         let mut l_gpu = 0.0;
         for dh_fused in [true, false] {
-            fmlab_tensor::classifier_dh_fused(Some(dh_fused));
+            fmlab_tensor::settings::classifier_dh_fused(Some(dh_fused));
             let (l, dx_gpu, dw_gpu) = run(&xb, &wb, true);
             assert!((l - l_cpu).abs() <= 1e-2 * l_cpu.abs(), "C={c}: loss {l} vs {l_cpu}");
             eprintln!("hopper classifier C={c} dh_fused={dh_fused}: dx relative error {:.2e}", rel(&dx_gpu.to_dtype(DType::F32), &dx_cpu));
@@ -377,14 +377,14 @@ fn hopper_classifier_matches_cpu() {
             close(&format!("hopper classifier dw C={c} dh_fused={dh_fused}"), &dw_gpu.to_dtype(DType::F32), &dw_cpu, 2e-2);
             l_gpu = l;
         }
-        fmlab_tensor::classifier_dh_fused(None);
+        fmlab_tensor::settings::classifier_dh_fused(None);
         let l_eval = {
             let _ng = fmlab_tensor::no_grad();
             xb.linear_cross_entropy(&wb, &targets, Some(-100)).item()
         };
         assert!((l_eval - l_gpu).abs() <= 1e-6 * l_gpu.abs(), "C={c}: eval loss {l_eval} vs {l_gpu}");
     }
-    fmlab_tensor::classifier_sm90(None);
+    fmlab_tensor::settings::classifier_sm90(None);
 }
 
 /// `linear` (bias in cuBLASLt epilogues on the GPU) against the CPU's matmul + add, forward and
@@ -479,7 +479,7 @@ fn mlp_gelu_epilogues_match_cpu() {
 fn hopper_mlp_backward_matches_cpu() {
     let g = gpu();
     let hopper = fmlab_tensor::cuda::device(0).unwrap().arch() == "sm_90";
-    fmlab_tensor::mlp_sm90(Some(true));
+    fmlab_tensor::settings::mlp_sm90(Some(true));
     let hid = 320;
     for k in [64, 128, 192, 256] {
         for (w1t, transposed, xw) in [(false, false, 96), (false, true, 96), (false, false, k), (false, true, k), (true, true, k), (true, false, k)] {
@@ -497,7 +497,14 @@ fn hopper_mlp_backward_matches_cpu() {
                 let y = c(0).mlp_gelu(&w1v, &c(2), &w2v, &c(4));
                 if dev != Device::Cpu && hopper {
                     let op = y.op().unwrap().inputs()[0].op().unwrap();
-                    let Op::MlpGelu(.., pre) = op else { panic!("K={k} x width {xw}: not the fused MLP ({})", op.name()) };
+                    let Some(node) = (match op {
+                        Op::Custom(n) if n.op_as::<fmlab_tensor::ops::MlpGelu>().is_some() => Some(n),
+                        _ => None,
+                    }) else {
+                        panic!("K={k} x width {xw}: not the fused MLP ({})", op.name())
+                    };
+                    // saved: [h] when pre is made again in the backward, [h, pre] when it is kept.
+                    let pre = node.saved.get(1);
                     assert_eq!(pre.is_none(), xw == k, "K={k} x width {xw}: pre kept {}", pre.is_some());
                 }
                 y.to_dtype(DType::F32).mul(&up.to_device(dev)).sum_all().backward();
@@ -512,7 +519,7 @@ fn hopper_mlp_backward_matches_cpu() {
             }
         }
     }
-    fmlab_tensor::mlp_sm90(None);
+    fmlab_tensor::settings::mlp_sm90(None);
 }
 
 /// GEMMs whose cuBLASLt kernel was picked by timing the heuristic's candidates
@@ -596,7 +603,7 @@ fn layer_norm_backward_one_pass_matches_its_twin_and_cpu() {
                 let (w, b) = (rnd(&[c], 102, DType::F32).affine(0.5, 1.0), rnd(&[c], 103, DType::F32));
                 let (u1, u2) = (rnd(&[rows, c], 104, DType::F32), rnd(&[rows, c], 105, DType::F32));
                 let run = |dev: Device, fused: bool| {
-                    fmlab_tensor::layer_norm_backward_fused(fused);
+                    fmlab_tensor::settings::layer_norm_backward_fused(fused);
                     let vars: Vec<Tensor> = [&x, &r, &w, &b].iter().map(|t| Tensor::new_var(&t.to_device(dev).to_dtype(if t.rank() == 1 { wdt } else { DType::F32 }))).collect();
                     let xb = vars[0].to_dtype(DType::BF16);
                     let loss = if residual {
@@ -607,7 +614,7 @@ fn layer_norm_backward_one_pass_matches_its_twin_and_cpu() {
                     };
                     loss.backward();
                     let gs: Vec<Tensor> = [0, 2, 3].iter().map(|&i| vars[i].grad().unwrap()).collect();
-                    fmlab_tensor::layer_norm_backward_fused(true);
+                    fmlab_tensor::settings::layer_norm_backward_fused(true);
                     gs
                 };
                 let (one, two, cpu) = (run(g, true), run(g, false), run(Device::Cpu, true));
@@ -851,7 +858,7 @@ fn flash_attention_matches_composite() {
     // head_dim 32 twice on Hopper: the wgmma kernels (flash_sm90.cu, the default there) and
     // flash.cu's mma.sync kernels.
     for (d, sm90) in [(32, true), (32, false), (64, true), (128, true)] {
-        fmlab_tensor::flash_sm90(Some(sm90));
+        fmlab_tensor::settings::flash_sm90(Some(sm90));
         for (t, s, mask_name) in [(100, 100, "none"), (100, 100, "causal"), (77, 150, "causal"), (130, 130, "padding"), (64, 64, "causal")] {
             let x = rnd(&[b, t, h * d], 100 + d as u64, DType::F32).to_dtype(DType::BF16);
             let kv = rnd(&[b, s, 2 * h * d], 101 + d as u64, DType::F32).to_dtype(DType::BF16);
@@ -879,7 +886,7 @@ fn flash_attention_matches_composite() {
             assert!(e.iter().all(|&x| x <= 2e-2), "{name}: errors {e:?}");
         }
     }
-    fmlab_tensor::flash_sm90(None);
+    fmlab_tensor::settings::flash_sm90(None);
 }
 
 /// Sums/maxima over leading dims of contiguous tensors (bias gradients): the column kernel,

@@ -191,7 +191,7 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         let flops = 4.0 * (bb * hh * t * t * dd) as f64 / 2.0; // QKᵀ and PV, causal half
         let up = rnd(&[bb, hh, t, dd], 21, bf).to_device(dev);
         for (name, slow, sm90) in [("attention causal (flash, Hopper wgmma)", false, true), ("attention causal (flash, mma.sync)", false, false), ("attention causal (composite twin)", true, false)] {
-            fmlab_tensor::flash_sm90(Some(sm90));
+            fmlab_tensor::settings::flash_sm90(Some(sm90));
             let f = |x: &Tensor| {
                 let (q, k, v) = (heads(x, 0), heads(x, 1), heads(x, 2));
                 if slow { fmlab_tensor::attention_slow(&q, &k, &v, &fmlab_tensor::AttnMask::Causal) } else { fmlab_tensor::attention(&q, &k, &v, &fmlab_tensor::AttnMask::Causal) }
@@ -208,7 +208,7 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
             let sb = time(dev, a.iters, || f(&vx).grads_wrt_graph(&up)[0].1.clone()) - s;
             rows.push(Row { name: format!("{name} bwd"), shape: format!("[{bb}, {hh}, {t}, {dd}] bf16"), ms: sb * 1e3, rate: format!("{:.0} TFLOP/s", 2.5 * flops / sb / 1e12), err: check_grads(&[small], &fs) });
         }
-        fmlab_tensor::flash_sm90(None);
+        fmlab_tensor::settings::flash_sm90(None);
     }
     if want("cross_entropy") {
         let v = 50257;
@@ -235,8 +235,8 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
             ("classifier fwd+bwd (fused, chunked, rows streamed through shared memory)", true, true, false),
             ("classifier fwd+bwd (matmul + cross_entropy)", false, false, false),
         ] {
-            fmlab_tensor::classifier_rows_in_shared_memory(Some(smem));
-            fmlab_tensor::classifier_sm90(Some(sm90));
+            fmlab_tensor::settings::classifier_rows_in_shared_memory(Some(smem));
+            fmlab_tensor::settings::classifier_sm90(Some(sm90));
             let f = |v: &[Tensor], t: &Tensor| if fused { v[0].linear_cross_entropy(&v[1], t, None) } else { v[0].linear_cross_entropy_slow(&v[1], t, None) };
             let (vx, vw) = (Tensor::new_var(&x), Tensor::new_var(&w));
             let one = Tensor::full_on(1.0, &[], DType::F32, dev);
@@ -244,8 +244,8 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
             let err = check_grads(&small, &|v| f(v, &ts)).max(check(&small, &|v| f(v, &ts)));
             rows.push(Row { name: name.into(), shape: format!("[{n}, {c}] x [{v}, {c}]ᵀ bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 6.0 * (n * c * v) as f64 / s / 1e12), err });
         }
-        fmlab_tensor::classifier_rows_in_shared_memory(None);
-        fmlab_tensor::classifier_sm90(None);
+        fmlab_tensor::settings::classifier_rows_in_shared_memory(None);
+        fmlab_tensor::settings::classifier_sm90(None);
     }
     if want("mlp") {
         // The GELU MLP block (x·w1 + b1 → gelu → ·w2 + b2, hidden 4C) forward and backward in
@@ -265,14 +265,14 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
             ("mlp_gelu fwd+bwd (cuBLASLt DGELU epilogue + column sum)", false, false),
         ];
         for (name, sm90, recompute) in kinds {
-            fmlab_tensor::mlp_sm90(Some(sm90));
-            fmlab_tensor::mlp_recompute(Some(recompute));
+            fmlab_tensor::settings::mlp_sm90(Some(sm90));
+            fmlab_tensor::settings::mlp_recompute(Some(recompute));
             let s = time(dev, a.iters, || f(&all).grads_wrt_graph(&up)[0].1.clone());
             let err = check_grads(&small, &f).max(check(&small, &f));
             rows.push(Row { name: name.into(), shape: format!("[{n}, {c}] → {h} → {c}"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 12.0 * (n * c * h) as f64 / s / 1e12), err });
         }
-        fmlab_tensor::mlp_sm90(None);
-        fmlab_tensor::mlp_recompute(None);
+        fmlab_tensor::settings::mlp_sm90(None);
+        fmlab_tensor::settings::mlp_recompute(None);
     }
     if want("matmul") {
         let (x, w) = (rnd(&[n, c], 16, bf).to_device(dev), rnd(&[c, h], 17, bf).to_device(dev));

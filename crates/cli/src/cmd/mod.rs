@@ -8,6 +8,7 @@ pub mod index;
 pub mod model;
 pub mod runs;
 pub mod sample;
+pub mod settings;
 pub mod sweep;
 pub mod tokenizer;
 pub mod train;

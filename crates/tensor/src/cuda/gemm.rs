@@ -230,7 +230,7 @@ impl Blas {
             let heur = unsafe { sys::cublasLtMatmulAlgoGetHeuristic(self.handle, desc, la, lb, lc, lc, pref, want as i32, found.as_mut_ptr(), &mut count) }.result();
             unsafe { lt::destroy_matmul_pref(pref) }.map_err(blas_err("preference"))?;
             // FMLAB_GEMM_LOG=1: each new plan's candidates as the heuristic rates them.
-            if std::env::var_os("FMLAB_GEMM_LOG").is_some() {
+            if crate::settings::present("FMLAB_GEMM_LOG") {
                 for h in &found[..(count.max(0) as usize).min(want)] {
                     eprintln!("gemm plan {key:?}: candidate workspace {} bytes, waves {:.2}", h.workspaceSize, h.wavesCount);
                 }
@@ -343,7 +343,7 @@ pub(crate) fn matmul(dev: &CudaDevice, dtype: DType, pa: u64, a: Operand, pb: u6
 fn tune_candidates() -> usize {
     use std::sync::atomic::Ordering::Relaxed;
     if TUNE.load(Relaxed) == 0 {
-        TUNE.store(std::env::var("FMLAB_GEMM_TUNE").ok().and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 32), Relaxed);
+        TUNE.store(crate::settings::string("FMLAB_GEMM_TUNE").and_then(|v| v.parse().ok()).unwrap_or(1).clamp(1, 32), Relaxed);
     }
     TUNE.load(Relaxed)
 }
@@ -416,7 +416,7 @@ fn tune(dev: &CudaDevice, handle: sys::cublasLtHandle_t, plan: &mut Plan, key: &
         let _ = drv::free_sync(scratch);
     }
     if let Some(&(best, i)) = times?.iter().min_by(|a, b| a.0.total_cmp(&b.0)) {
-        if std::env::var_os("FMLAB_GEMM_TUNE_LOG").is_some() {
+        if crate::settings::present("FMLAB_GEMM_TUNE_LOG") {
             eprintln!("gemm tune m={} n={} k={} {:?} {}: best candidate #{i} of {}, {:.4} ms", key.m, key.n, if key.a.trans { key.a.rows } else { key.a.cols }, key.epi, key.dtype, plan.cands.len(), best);
         }
         plan.algo = plan.cands[i];

@@ -147,7 +147,7 @@ impl Graph {
 /// FMLAB_GRAPH_MEMSETS=keep leaves every memset node as captured.
 fn memsets_to_kernels(dev: &CudaDevice, g: sys::CUgraph) -> Result<(), cudarc::driver::DriverError> {
     const MAX_BYTES: usize = 64 << 10;
-    if std::env::var("FMLAB_GRAPH_MEMSETS").is_ok_and(|v| v == "keep") {
+    if crate::settings::string("FMLAB_GRAPH_MEMSETS").is_some_and(|v| v == "keep") {
         return Ok(());
     }
     let mut n = 0usize;

@@ -19,7 +19,7 @@ const LIBS: &[(&str, &str)] = &[("libcuda.so.1", "the NVIDIA driver"), ("libnvrt
 /// folder, then the system library folders.
 pub fn search_dirs() -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = Vec::new();
-    if let Ok(s) = std::env::var("FMLAB_CUDA_LIBS") {
+    if let Some(s) = crate::settings::string("FMLAB_CUDA_LIBS") {
         v.extend(s.split(':').filter(|p| !p.is_empty()).map(PathBuf::from));
     }
     for var in ["CUDA_HOME", "CUDA_PATH"] {

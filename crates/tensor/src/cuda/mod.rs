@@ -277,7 +277,7 @@ impl Args {
         if let Err(e) = r {
             panic!("{}", CudaError::Driver { what: format!("launching kernel {name}"), msg: format!("{e:?}") });
         }
-        if std::env::var_os("FMLAB_CUDA_SYNC").is_some() && !dev.is_capturing() {
+        if sync_launches() && !dev.is_capturing() {
             // Debugging aid: surface an asynchronous fault at the launch that caused it.
             if let Err(e) = dev.sync_current() {
                 panic!("{}", CudaError::Driver { what: format!("running kernel {name}"), msg: format!("{e:?}") });
@@ -350,10 +350,10 @@ fn fnv64(s: &[u8]) -> u64 {
 /// Where compiled kernels are kept: $FMLAB_KERNEL_CACHE, else $FMLAB_CACHE/kernels, else
 /// ~/.cache/fmlab/kernels.
 pub(crate) fn kernel_cache_dir() -> Option<PathBuf> {
-    if let Ok(d) = std::env::var("FMLAB_KERNEL_CACHE") {
+    if let Some(d) = crate::settings::string("FMLAB_KERNEL_CACHE") {
         return Some(d.into());
     }
-    if let Ok(d) = std::env::var("FMLAB_CACHE") {
+    if let Some(d) = crate::settings::string("FMLAB_CACHE") {
         return Some(PathBuf::from(d).join("kernels"));
     }
     std::env::var("HOME").ok().map(|h| PathBuf::from(h).join(".cache/fmlab/kernels"))
@@ -420,7 +420,7 @@ pub fn nvrtc_cubin(kname: &str, src: &str, arch: &str) -> Result<Vec<u8>, CudaEr
 /// lines ahead of every kernel source (e.g. FA_FWD_MINB=5: the flash forward compiled for 5
 /// blocks per SM). The disk cache is keyed by the whole source, so variants never mix.
 fn tuning_defines() -> String {
-    let Ok(v) = std::env::var("FMLAB_CUDA_DEFINES") else { return String::new() };
+    let Some(v) = crate::settings::string("FMLAB_CUDA_DEFINES") else { return String::new() };
     v.split(',').filter(|d| !d.trim().is_empty()).map(|d| format!("#define {}\n", d.trim().replacen('=', " ", 1))).collect()
 }
 
@@ -456,4 +456,10 @@ mod tests {
             }
         }
     }
+}
+
+/// FMLAB_CUDA_SYNC: synchronize after every launch (looked up once; this runs on every launch).
+fn sync_launches() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| crate::settings::present("FMLAB_CUDA_SYNC"))
 }

@@ -15,7 +15,7 @@ use super::CudaDevice;
 
 pub fn enabled() -> bool {
     static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("FMLAB_CUDA_PROFILE").is_some_and(|v| v != "0"))
+    *ON.get_or_init(|| crate::settings::enabled("FMLAB_CUDA_PROFILE"))
 }
 
 #[derive(Default)]

@@ -43,9 +43,10 @@ pub enum Ids<'a> {
 
 impl<'a> Ids<'a> {
     /// Device indices when there are (a contiguous i32 CUDA tensor), else the host values.
-    pub(crate) fn of(host: &'a [usize], dev: Option<&crate::Tensor>) -> Ids<'a> {
+    /// `dev`: (address, count) of the ids already on the device, if they are.
+    pub(crate) fn of(host: &'a [usize], dev: Option<(u64, usize)>) -> Ids<'a> {
         match dev {
-            Some(t) => Ids::Device(crate::fused::cuda_ptr(t), t.numel()),
+            Some((p, n)) => Ids::Device(p, n),
             None => Ids::Host(host),
         }
     }
@@ -170,7 +171,7 @@ impl CudaStorage {
         // FMLAB_MEMSET_LOG=1: where each zeroed buffer comes from. A memset in a CUDA graph costs
         // a gap of ~3 µs before the next kernel; this finds the ones a kernel could do without.
         static LOG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        if *LOG.get_or_init(|| std::env::var_os("FMLAB_MEMSET_LOG").is_some()) {
+        if *LOG.get_or_init(|| crate::settings::present("FMLAB_MEMSET_LOG")) {
             eprintln!("memset {} bytes from {}", len * dtype.size_in_bytes(), std::panic::Location::caller());
         }
         unsafe { drv::memset_d8_async(s.ptr, 0, len * dtype.size_in_bytes(), dev.cu_stream()) }.unwrap_or_else(|e| fail(CudaError::Driver { what: "memset".into(), msg: format!("{e:?}") }));

@@ -10,15 +10,20 @@
 //! upstream gradient. Peak extra memory: one chunk of logits and its gradient, plus dw in f32.
 //!
 //! Composed of tensor ops (matmul, the fused cross-entropy forward and backward, cat), so it runs
-//! on every device; `linear_cross_entropy_slow` (ops.rs) is the unfused twin the tests hold it to.
+//! on every device; `linear_cross_entropy_slow` (below) is the unfused twin the tests hold it to.
 
 use crate::cuda::storage::sfx;
 use crate::cuda::Args;
-use crate::fused::{ce_forward, cuda_ptr};
-use crate::op::Op;
-use crate::switch::Switch;
+use super::cross_entropy::{ce_forward, cross_entropy_backward};
+use super::linear::{casts_f32_master, gemm_epi};
+use super::sm90::{hopper_smem, sm90_smem, SM90_ROWS, SM90_TILE_N};
+use crate::custom::{Backward, CustomOp, Fwd};
+use crate::settings::{CE_DH as DH_FUSED, CE_SM90 as SM90, CE_SMEM};
+use crate::tensor::cuda_ptr;
 use crate::tensor::Storage;
-use crate::{grad_enabled, no_grad, DType, Tensor};
+use std::any::Any;
+
+use crate::{grad_enabled, DType, Tensor};
 
 /// Logit elements per chunk: 4096 rows at V = 50257, large enough that the three GEMMs per chunk
 /// run at full speed (0.8 GB of f32 logits on the CPU).
@@ -48,139 +53,184 @@ impl Tensor {
         assert!(self.rank() == 2 && w.rank() == 2 && self.dim(1) == w.dim(1), "linear_cross_entropy: x {:?} and w {:?} must be [N, C] and [V, C]", self.shape(), w.shape());
         assert_eq!(targets.shape(), &[self.dim(0)], "linear_cross_entropy: targets {:?} for x {:?}", targets.shape(), self.shape());
         assert_eq!(self.dtype(), w.dtype(), "linear_cross_entropy: x is {} but w is {}", self.dtype(), w.dtype());
-        let (n, v) = (self.dim(0), w.dim(0));
         let want_grad = grad_enabled() && (self.track_grad() || w.track_grad());
-        let _ng = no_grad();
-        let x = self.contiguous();
-        let dev = x.device();
-        // The targets as the kernels take them (ignored rows -1) and 1 / (rows kept): from the
-        // host, range-checked; inside a CUDA-graph capture, made on the device from targets that
-        // are already there (checked when they were written).
-        let (tt, kept, inv_kept) = match targets.captured_indices(self) {
-            Some(td) => {
-                let (tt, inv) = ce_targets_cuda(&td, v, ignore_index);
-                (tt, None, Some(inv))
+        let op = LinearCrossEntropy { targets: targets.clone(), ignore_index, rows, want_grad };
+        Tensor::apply_op(op, &[self.clone(), w.clone()]).expect("linear_cross_entropy runs on every device")
+    }
+
+    /// The unfused twin of `linear_cross_entropy`: full logits, then the fused cross-entropy.
+    pub fn linear_cross_entropy_slow(&self, w: &Tensor, targets: &Tensor, ignore_index: Option<i64>) -> Tensor {
+        self.matmul(&w.t()).cross_entropy(targets, ignore_index)
+    }
+}
+
+/// The fused classifier over inputs [x [N, C], w [V, C]]; its forward also makes both
+/// gradients for an upstream 1 when `want_grad` (saved [dx, dw]).
+struct LinearCrossEntropy {
+    targets: Tensor,
+    ignore_index: Option<i64>,
+    /// Rows a chunk.
+    rows: usize,
+    want_grad: bool,
+}
+
+impl CustomOp for LinearCrossEntropy {
+    fn name(&self) -> String {
+        "linear_cross_entropy".into()
+    }
+    fn cpu_fwd(&self, inputs: &[Tensor]) -> Option<Fwd> {
+        Some(lmce_forward(&inputs[0], &inputs[1], &self.targets, self.ignore_index, self.rows, self.want_grad))
+    }
+    fn cuda_fwd(&self, inputs: &[Tensor]) -> Option<Fwd> {
+        Some(lmce_forward(&inputs[0], &inputs[1], &self.targets, self.ignore_index, self.rows, self.want_grad))
+    }
+    fn backward(&self, cx: &mut Backward<'_>) -> Vec<Option<Tensor>> {
+        let [dx, dw] = cx.saved() else { unreachable!("linear_cross_entropy: gradients made in the forward") };
+        // dx, dw were made for an upstream gradient of 1: as they are when the loss is the seed
+        // of 1 itself (no multiplies over 25 + 51 MB: ~60 µs a gpt2-mini step on the H100), else
+        // scaled on the device (dw may be f32 for a 16-bit w). Gradients are never written in
+        // place once made, so sharing dx and dw with this node is safe.
+        if cx.seed_is_one {
+            return vec![Some(dx.clone()), Some(dw.clone())];
+        }
+        vec![Some(dx.mul(&cx.g.to_dtype(dx.dtype()))), Some(dw.mul(&cx.g.to_dtype(dw.dtype())))]
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+/// The classifier's forward (both devices): the mean loss and, with `want_grad`, [dx, dw].
+fn lmce_forward(xin: &Tensor, w: &Tensor, targets: &Tensor, ignore_index: Option<i64>, rows: usize, want_grad: bool) -> Fwd {
+    assert!(rows > 0, "linear_cross_entropy: chunk of 0 rows");
+    assert!(xin.rank() == 2 && w.rank() == 2 && xin.dim(1) == w.dim(1), "linear_cross_entropy: x {:?} and w {:?} must be [N, C] and [V, C]", xin.shape(), w.shape());
+    assert_eq!(targets.shape(), &[xin.dim(0)], "linear_cross_entropy: targets {:?} for x {:?}", targets.shape(), xin.shape());
+    assert_eq!(xin.dtype(), w.dtype(), "linear_cross_entropy: x is {} but w is {}", xin.dtype(), w.dtype());
+    let (n, v) = (xin.dim(0), w.dim(0));
+    let x = xin.contiguous();
+    let dev = x.device();
+    // The targets as the kernels take them (ignored rows -1) and 1 / (rows kept): from the
+    // host, range-checked; inside a CUDA-graph capture, made on the device from targets that
+    // are already there (checked when they were written).
+    let (tt, kept, inv_kept) = match targets.captured_indices(xin) {
+        Some(td) => {
+            let (tt, inv) = ce_targets_cuda(&td, v, ignore_index);
+            (tt, None, Some(inv))
+        }
+        None => {
+            let t = targets.to_dtype(DType::I32).to_vec::<i32>();
+            for (i, &ti) in t.iter().enumerate() {
+                assert!(Some(ti as i64) == ignore_index || (ti >= 0 && (ti as usize) < v), "linear_cross_entropy: target {ti} at row {i} is outside 0..{v}");
             }
-            None => {
-                let t = targets.to_dtype(DType::I32).to_vec::<i32>();
-                for (i, &ti) in t.iter().enumerate() {
-                    assert!(Some(ti as i64) == ignore_index || (ti >= 0 && (ti as usize) < v), "linear_cross_entropy: target {ti} at row {i} is outside 0..{v}");
-                }
-                let kept = t.iter().filter(|&&ti| Some(ti as i64) != ignore_index).count();
-                let stored: Vec<i32> = t.iter().map(|&ti| if Some(ti as i64) == ignore_index { -1 } else { ti }).collect();
-                let inv = dev.is_cuda().then(|| Tensor::scalar(1.0 / kept as f64, DType::F64).to_device(dev));
-                (Tensor::from_vec(stored, &[n]).to_device(dev), Some(kept), inv)
-            }
-        };
-        // The CPU cross-entropy is f32/f64: 16-bit logits are widened per chunk there.
-        let widen = !dev.is_cuda() && !matches!(x.dtype(), DType::F32 | DType::F64);
-        let acc = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
-        // On the GPU the head is padded with zero rows to a multiple of 64 (also the Hopper
-        // kernels' vocabulary tile, so none of their tiles is all padding): an odd V (50257)
-        // makes every logits row misaligned for cuBLASLt, which then runs these GEMMs at a
-        // fraction of its speed. The padded logit columns are excluded from the softmax by the
-        // kernels.
-        let vp = if dev.is_cuda() { v.div_ceil(64) * 64 } else { v };
-        // Hopper, opted in: the logits never leave registers (classifier_sm90.cu); the loss of every
-        // row in one pass, then per chunk the logits' gradient from a second. Those kernels read
-        // the head through TMA maps, whose rows past v arrive as zeros: no padded copy of it
-        // (25 MB a step for GPT-2's) unless a cuBLASLt GEMM takes it too (FMLAB_CE_DH=0).
-        let sm90 = sm90_applies(&x);
-        let wc = w.contiguous();
-        let padded = vp > v && !(sm90 && DH_FUSED.on() && cuda_ptr(&wc) % 16 == 0);
-        let wp = if padded { Tensor::cat(&[wc, Tensor::zeros_on(&[vp - v, w.dim(1)], w.dtype(), dev)], 0) } else { wc }; // [Vp or V, C]
-        let mut loss: Option<Tensor> = None;
-        let mut dx_parts = Vec::new();
-        let mut dw: Option<Tensor> = None;
-        let stats = sm90.then(|| {
-            let (ls, lse2, tl) = lmce_sm90_loss(&x, &wp, vp, &tt, v);
-            loss = Some(ls);
-            (lse2, tl)
-        });
-        for r0 in (0..n).step_by(rows) {
-            if let Some((lse2, tl)) = &stats {
-                if !want_grad {
-                    break;
-                }
-                let len = rows.min(n - r0);
-                let xc = x.narrow(0, r0, len); // [len, C], contiguous rows
-                let (tc, lc, tlc) = (tt.narrow(0, r0, len), lse2.narrow(0, r0, len), tl.narrow(0, r0, len));
-                let inv = inv_kept.as_ref().expect("1/kept on the GPU");
-                let d = if DH_FUSED.on() {
-                    let (d, dxc) = lmce_sm90_grad_dh(&xc, &wp, vp, &tc, v, &lc, &tlc, inv); // [len, Vp], [len, C]
-                    dx_parts.push(dxc);
-                    d
-                } else {
-                    let d = lmce_sm90_grad(&xc, &wp, vp, &tc, v, &lc, &tlc, inv); // [len, Vp]
-                    dx_parts.push(d.matmul(&wp)); // [len, C]
-                    d
-                };
-                match &mut dw {
-                    // The first chunk's product is written as the sum (no 51 MB of zeros to add to).
-                    None => dw = Some(crate::linear::gemm_epi(&d.t(), &xc, crate::cuda::gemm::Epilogue::OutF32, None, None).unwrap_or_else(|| d.t().matmul(&xc).to_dtype(acc))), // [Vp, C]
-                    Some(sum) => {
-                        if !gemm_acc_f32(&d.t(), &xc, sum) {
-                            *sum = sum.add(&d.t().matmul(&xc).to_dtype(acc));
-                        }
-                    }
-                }
-                continue;
+            let kept = t.iter().filter(|&&ti| Some(ti as i64) != ignore_index).count();
+            let stored: Vec<i32> = t.iter().map(|&ti| if Some(ti as i64) == ignore_index { -1 } else { ti }).collect();
+            let inv = dev.is_cuda().then(|| Tensor::scalar(1.0 / kept as f64, DType::F64).to_device(dev));
+            (Tensor::from_vec(stored, &[n]).to_device(dev), Some(kept), inv)
+        }
+    };
+    // The CPU cross-entropy is f32/f64: 16-bit logits are widened per chunk there.
+    let widen = !dev.is_cuda() && !matches!(x.dtype(), DType::F32 | DType::F64);
+    let acc = if x.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    // On the GPU the head is padded with zero rows to a multiple of 64 (also the Hopper
+    // kernels' vocabulary tile, so none of their tiles is all padding): an odd V (50257)
+    // makes every logits row misaligned for cuBLASLt, which then runs these GEMMs at a
+    // fraction of its speed. The padded logit columns are excluded from the softmax by the
+    // kernels.
+    let vp = if dev.is_cuda() { v.div_ceil(64) * 64 } else { v };
+    // Hopper, opted in: the logits never leave registers (classifier_sm90.cu); the loss of every
+    // row in one pass, then per chunk the logits' gradient from a second. Those kernels read
+    // the head through TMA maps, whose rows past v arrive as zeros: no padded copy of it
+    // (25 MB a step for GPT-2's) unless a cuBLASLt GEMM takes it too (FMLAB_CE_DH=0).
+    let sm90 = sm90_applies(&x);
+    let wc = w.contiguous();
+    let padded = vp > v && !(sm90 && DH_FUSED.on() && cuda_ptr(&wc) % 16 == 0);
+    let wp = if padded { Tensor::cat(&[wc, Tensor::zeros_on(&[vp - v, w.dim(1)], w.dtype(), dev)], 0) } else { wc }; // [Vp or V, C]
+    let mut loss: Option<Tensor> = None;
+    let mut dx_parts = Vec::new();
+    let mut dw: Option<Tensor> = None;
+    let stats = sm90.then(|| {
+        let (ls, lse2, tl) = lmce_sm90_loss(&x, &wp, vp, &tt, v);
+        loss = Some(ls);
+        (lse2, tl)
+    });
+    for r0 in (0..n).step_by(rows) {
+        if let Some((lse2, tl)) = &stats {
+            if !want_grad {
+                break;
             }
             let len = rows.min(n - r0);
             let xc = x.narrow(0, r0, len); // [len, C], contiguous rows
-            let tc = tt.narrow(0, r0, len);
-            let mut logits = xc.matmul(&wp.t()); // [len, Vp]
-            let (ls, d) = if dev.is_cuda() {
-                // Loss and, in place, the logits' gradient in one kernel.
-                let ls = ce_fused_cuda(&logits, &tc, v, inv_kept.as_ref().expect("1/kept on the GPU"), want_grad);
-                (ls, want_grad.then_some(logits))
+            let (tc, lc, tlc) = (tt.narrow(0, r0, len), lse2.narrow(0, r0, len), tl.narrow(0, r0, len));
+            let inv = inv_kept.as_ref().expect("1/kept on the GPU");
+            let d = if DH_FUSED.on() {
+                let (d, dxc) = lmce_sm90_grad_dh(&xc, &wp, vp, &tc, v, &lc, &tlc, inv); // [len, Vp], [len, C]
+                dx_parts.push(dxc);
+                d
             } else {
-                if widen {
-                    logits = logits.to_dtype(DType::F32);
-                }
-                let (lse, ls) = ce_forward(&logits, &tc);
-                let kept = kept.expect("targets read on the host");
-                let d = want_grad.then(|| Tensor::cross_entropy_backward(&logits, &tc, &lse, kept, 1.0).to_dtype(x.dtype()));
-                (ls, d)
-            };
-            loss = Some(match loss {
-                Some(l) => l.add(&ls),
-                None => ls,
-            });
-            if let Some(d) = d {
-                // d: [len, Vp], zero in the padded columns.
+                let d = lmce_sm90_grad(&xc, &wp, vp, &tc, v, &lc, &tlc, inv); // [len, Vp]
                 dx_parts.push(d.matmul(&wp)); // [len, C]
-                // dw accumulates over chunks in f32 (f64 for f64), not as a bf16 running sum. On
-                // the GPU a 16-bit GEMM adds its f32 product straight into the f32 sum (beta = 1);
-                // elsewhere each chunk's product is cast and added.
-                let sum = dw.get_or_insert_with(|| Tensor::zeros_on(&[vp, x.dim(1)], acc, dev));
-                if !(dev.is_cuda() && acc == DType::F32 && x.dtype() != acc && gemm_acc_f32(&d.t(), &xc, sum)) {
-                    *sum = sum.add(&d.t().matmul(&xc).to_dtype(acc)); // [Vp, C]
+                d
+            };
+            match &mut dw {
+                // The first chunk's product is written as the sum (no 51 MB of zeros to add to).
+                None => dw = Some(gemm_epi(&d.t(), &xc, crate::cuda::gemm::Epilogue::OutF32, None, None).unwrap_or_else(|| d.t().matmul(&xc).to_dtype(acc))), // [Vp, C]
+                Some(sum) => {
+                    if !gemm_acc_f32(&d.t(), &xc, sum) {
+                        *sum = sum.add(&d.t().matmul(&xc).to_dtype(acc));
+                    }
                 }
             }
+            continue;
         }
-        let Some(loss) = loss else { panic!("linear_cross_entropy: no rows") };
-        // NaN when every target is ignored, as in PyTorch.
-        let mean = match (&inv_kept, kept) {
-            (Some(inv), _) => loss.mul(&inv.to_dtype(loss.dtype()).reshape(&[])),
-            (None, Some(kept)) => loss.scale(1.0 / kept as f64),
-            (None, None) => unreachable!(),
+        let len = rows.min(n - r0);
+        let xc = x.narrow(0, r0, len); // [len, C], contiguous rows
+        let tc = tt.narrow(0, r0, len);
+        let mut logits = xc.matmul(&wp.t()); // [len, Vp]
+        let (ls, d) = if dev.is_cuda() {
+            // Loss and, in place, the logits' gradient in one kernel.
+            let ls = ce_fused_cuda(&logits, &tc, v, inv_kept.as_ref().expect("1/kept on the GPU"), want_grad);
+            (ls, want_grad.then_some(logits))
+        } else {
+            if widen {
+                logits = logits.to_dtype(DType::F32);
+            }
+            let (lse, ls) = ce_forward(&logits, &tc);
+            let kept = kept.expect("targets read on the host");
+            let d = want_grad.then(|| cross_entropy_backward(&logits, &tc, &lse, kept, 1.0).to_dtype(x.dtype()));
+            (ls, d)
         };
-        let s = mean.with_storage(|s| match s {
-            Storage::Cuda(c) => Storage::Cuda(c.copy_strided(mean.layout())),
-            Storage::Cpu(c) => Storage::Cpu(c.clone()),
+        loss = Some(match loss {
+            Some(l) => l.add(&ls),
+            None => ls,
         });
-        let op = want_grad.then(|| {
-            let dx = if dx_parts.len() == 1 { dx_parts.pop().unwrap() } else { Tensor::cat(&dx_parts, 0) };
-            let dw = dw.expect("a gradient").narrow(0, 0, v); // drop the padding rows
-            // A 16-bit head cast from f32 masters (mixed precision) keeps its f32 sum as its
-            // gradient, as linear layers do (`linear_param_grads`): no round trip through bf16.
-            let dw = if crate::linear::casts_f32_master(w) { dw } else { dw.to_dtype(w.dtype()) };
-            Op::LinearCrossEntropy(self.clone(), w.clone(), dx, dw.contiguous())
-        });
-        drop(_ng);
-        Tensor::from_any(s, &[], op)
+        if let Some(d) = d {
+            // d: [len, Vp], zero in the padded columns.
+            dx_parts.push(d.matmul(&wp)); // [len, C]
+            // dw accumulates over chunks in f32 (f64 for f64), not as a bf16 running sum. On
+            // the GPU a 16-bit GEMM adds its f32 product straight into the f32 sum (beta = 1);
+            // elsewhere each chunk's product is cast and added.
+            let sum = dw.get_or_insert_with(|| Tensor::zeros_on(&[vp, x.dim(1)], acc, dev));
+            if !(dev.is_cuda() && acc == DType::F32 && x.dtype() != acc && gemm_acc_f32(&d.t(), &xc, sum)) {
+                *sum = sum.add(&d.t().matmul(&xc).to_dtype(acc)); // [Vp, C]
+            }
+        }
     }
+    let Some(loss) = loss else { panic!("linear_cross_entropy: no rows") };
+    // NaN when every target is ignored, as in PyTorch.
+    let mean = match (&inv_kept, kept) {
+        (Some(inv), _) => loss.mul(&inv.to_dtype(loss.dtype()).reshape(&[])),
+        (None, Some(kept)) => loss.scale(1.0 / kept as f64),
+        (None, None) => unreachable!(),
+    };
+    let grads = want_grad.then(|| {
+        let dx = if dx_parts.len() == 1 { dx_parts.pop().unwrap() } else { Tensor::cat(&dx_parts, 0) };
+        let dw = dw.expect("a gradient").narrow(0, 0, v); // drop the padding rows
+        // A 16-bit head cast from f32 masters (mixed precision) keeps its f32 sum as its
+        // gradient, as linear layers do (`linear_param_grads`): no round trip through bf16.
+        let dw = if casts_f32_master(w) { dw } else { dw.to_dtype(w.dtype()) };
+        vec![dx, dw.contiguous()]
+    });
+    Fwd::new(mean, grads.unwrap_or_default())
 }
 
 /// `ce_fused_*` over a chunk of logits [rows, ld] on the GPU (the first `v` columns real): the
@@ -220,22 +270,6 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
             .launch(&xs.dev, &format!("ce_fused_{sfx}"), rows as u32, 1024, 0);
     });
     loss.sum_all()
-}
-
-/// The Hopper kernels where they apply (FMLAB_CE_SM90).
-static SM90: Switch = Switch::new("FMLAB_CE_SM90");
-
-/// Whether the fused classifier uses the Hopper kernels (classifier_sm90.cu) where they apply
-/// (Some(true)) or the cuBLASLt logits GEMM + a cross-entropy kernel (Some(false)); None restores
-/// the default: on, unless FMLAB_CE_SM90=0. For benchmarks and tests that compare the two.
-/// Process-wide.
-///
-/// On by default because it is faster, measured on the H100 (gpt2-mini, B=32 T=1024; eager
-/// profile of the classifier per step): its two passes 1.16 + 1.88 ms against 1.56 (logits
-/// GEMM) + 2.58 (`ce_stream`); the CUDA-graph step 19.8 / 20.0 ms against 20.9 / 20.9.
-/// docs/benchmarks.md (sessions 11 and 12) has the versions measured.
-pub fn classifier_sm90(on: Option<bool>) {
-    SM90.set(on);
 }
 
 /// The Hopper kernels take x (contiguous, 16-byte aligned rows) when it is bf16 on an sm_90 GPU
@@ -321,25 +355,6 @@ fn sm90_operands(x: &Tensor, wp: &Tensor, rows: usize) -> Args {
     a
 }
 
-/// The Hopper kernels' rows a block, vocabulary tile and its stages in shared memory (LM_BM,
-/// LM_BN, LM_STAGES).
-pub(crate) const SM90_ROWS: usize = 256;
-const SM90_TILE_N: usize = 64;
-const SM90_STAGES: usize = 3;
-
-/// Dynamic shared memory of the Hopper classifier kernels at width c: H's tile (SM90_ROWS × c
-/// bf16) and SM90_STAGES of W's (SM90_TILE_N rows), plus 1 KB to align them to the 128-byte
-/// swizzle's 1024 bytes (225 KB at c = 256, of the 227 a block may have).
-pub(crate) fn sm90_smem(c: usize) -> u32 {
-    hopper_smem(SM90_ROWS, SM90_STAGES, c)
-}
-
-/// Dynamic shared memory of a Hopper loop (hopper_gemm.cuh) with `rows` rows of H and `stages`
-/// W tiles at width c, plus 1 KB for the swizzle's alignment.
-fn hopper_smem(rows: usize, stages: usize, c: usize) -> u32 {
-    ((rows + stages * SM90_TILE_N) * c * 2 + 1024) as u32
-}
-
 /// The leading arguments of both gradient passes (`lmce_grad_k*`, `lmce_grad_dh_k*`): the operands'
 /// tensor maps (H in boxes of `rows`), targets, n, v, Vp, vocabulary tiles a split, the rows'
 /// log-sum-exp, 1 / rows kept, and g (at `g`, row stride Vp).
@@ -382,21 +397,6 @@ fn lmce_patch(dev: &std::sync::Arc<crate::cuda::CudaDevice>, tt: &Tensor, lse2: 
         .push(g)
         .push(vp as u32)
         .launch(dev, "lmce_patch", n.div_ceil(256) as u32, 256, 0);
-}
-
-/// The gradient pass with dH made in it (`lmce_grad_dh_k*`) rather than by a GEMM over g
-/// (FMLAB_CE_DH).
-static DH_FUSED: Switch = Switch::new("FMLAB_CE_DH");
-
-/// Whether the Hopper classifier's gradient pass also makes dH = g·W in its loop (Some(true))
-/// or leaves it to a cuBLASLt GEMM that reads g back (Some(false)); None restores the default:
-/// fused, unless FMLAB_CE_DH=0. Process-wide.
-///
-/// On by default because it is faster, measured on the H100 (gpt2-mini, B=32 T=1024, one call,
-/// interleaved): the CUDA-graph step 19.2 / 19.2 ms against 19.6 / 19.6; per 8192-row chunk
-/// (ncu) 731-735 µs against 448 for the gradient pass alone plus ~333 for the dH GEMM.
-pub fn classifier_dh_fused(on: Option<bool>) {
-    DH_FUSED.set(on);
 }
 
 /// The fused pass's rows a block (LMD_BM) and stages of W's tile (LMD_STAGES).
@@ -464,19 +464,6 @@ fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize, 
         lmce_patch(&xs.dev, tt, lse2, tl, inv_kept, g.ptr, vp);
         (Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n), Tensor::from_any(Storage::Cuda(dx), &[n, c], None))
     })
-}
-
-/// Rows streamed through shared memory (`ce_stream`) where it runs, else the two-pass kernel
-/// (FMLAB_CE_SMEM).
-static CE_SMEM: Switch = Switch::new("FMLAB_CE_SMEM");
-
-/// Whether the fused classifier's cross-entropy kernel streams the rows of logits through
-/// shared memory (Some(true): `ce_stream`, sm_90 and later, where two rows fit) or reads each
-/// row twice from global memory (Some(false): `ce_fused`, the two-pass kernel); None restores the
-/// default: streamed, unless FMLAB_CE_SMEM=0. For benchmarks and tests that compare the two.
-/// Process-wide.
-pub fn classifier_rows_in_shared_memory(on: Option<bool>) {
-    CE_SMEM.set(on);
 }
 
 /// Targets [n] (i32, on the GPU) → (stored targets with -1 for ignored rows, 1 / rows kept as an

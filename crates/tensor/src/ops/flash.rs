@@ -2,7 +2,7 @@
 //! causal, or key padding; tensor-core tiles, f32 softmax statistics, never materializing the
 //! [B, H, T, S] scores. On Hopper, head_dim 32 (gpt2-mini's) runs kernels/flash_sm90.cu instead:
 //! the same three kernels on wgmma, their tiles copied by the TMA unit (`flash_sm90` switches).
-//! `attention` (ops.rs) uses it when `supported` says so and falls back to the composite (its
+//! `attention` (ops/attention.rs) uses it when `supported` says so and falls back to the composite (its
 //! twin, `attention_slow`) otherwise.
 //!
 //! The output is stored [B, T, H, D] and returned as its [B, H, T, D] view, so the usual
@@ -12,10 +12,12 @@
 //! units (one FMA and an exp2 per score): no atomics, so results are deterministic.
 
 use crate::cuda::{Args, CudaStorage};
-use crate::fused::cuda_ptr;
-use crate::op::Op;
-use crate::ops::AttnMask;
-use crate::tensor::Storage;
+use std::any::Any;
+
+use super::mask::AttnMask;
+use crate::custom::{Backward, CustomOp, Fwd};
+use crate::settings::FLASH_SM90 as SM90;
+use crate::tensor::{cuda_ptr, Storage};
 use crate::{DType, Tensor};
 
 /// Mirrors `struct FaDims` in kernels/flash.cu.
@@ -40,7 +42,7 @@ struct FaDims {
 fn fa_warps() -> usize {
     static W: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *W.get_or_init(|| {
-        let defs = std::env::var("FMLAB_CUDA_DEFINES").unwrap_or_default();
+        let defs = crate::settings::string("FMLAB_CUDA_DEFINES").unwrap_or_default();
         defs.split(',').find_map(|d| d.trim().strip_prefix("FA_WARPS=").and_then(|n| n.trim().parse().ok())).unwrap_or(4)
     })
 }
@@ -63,7 +65,8 @@ fn bhr_strides(x: &Tensor) -> Option<[u32; 3]> {
 
 /// Whether the flash kernels take these inputs (else `attention` uses the composite).
 pub(crate) fn supported(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> bool {
-    if std::env::var_os("FMLAB_FLASH").is_some_and(|v| v == "0") {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*ON.get_or_init(|| crate::settings::on("FMLAB_FLASH")) {
         return false;
     }
     if !(q.device().is_cuda() && [q, k, v].iter().all(|t| t.dtype() == DType::BF16 && t.rank() == 4)) {
@@ -105,17 +108,6 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> FaDims 
     }
 }
 
-/// The wgmma kernels (kernels/flash_sm90.cu) for head_dim 32 on Hopper (FMLAB_FLASH_SM90).
-static SM90: crate::switch::Switch = crate::switch::Switch::new("FMLAB_FLASH_SM90");
-
-/// Whether head_dim-32 flash attention on an sm_90 GPU runs the wgmma kernels (Some(true)) or
-/// flash.cu's mma.sync kernels (Some(false)); None restores the default: on, unless
-/// FMLAB_FLASH_SM90=0. Both take the same arguments and write the same outputs. For benchmarks and
-/// tests that compare the two.
-pub fn flash_sm90(on: Option<bool>) {
-    SM90.set(on);
-}
-
 /// Whether head_dim d on `dev` runs the wgmma twins: d = 32, an sm_90 device, and the default
 /// 4-warp blocks whose 64-row tiles they share.
 fn sm90(dev: &crate::cuda::CudaDevice, d: usize) -> bool {
@@ -145,16 +137,49 @@ fn at(t: &Tensor) -> u64 {
     })
 }
 
+/// Flash attention over inputs [q, k, v] ([B, H, rows, D] views the kernels read in place);
+/// the output [B, T, H, D]; saved [lse].
+struct FlashAttention {
+    /// u8 [B, S] key padding (1 = a real key), contiguous on the inputs' device.
+    pad: Option<Tensor>,
+    causal: bool,
+    scale: f64,
+}
+
+impl CustomOp for FlashAttention {
+    fn name(&self) -> String {
+        "flash_attention".into()
+    }
+    fn cuda_fwd(&self, inputs: &[Tensor]) -> Option<Fwd> {
+        let [q, k, v] = inputs else { unreachable!("flash attention: inputs q, k, v") };
+        Some(flash_forward(q, k, v, self.pad.as_ref(), self.causal, self.scale))
+    }
+    fn backward(&self, cx: &mut Backward<'_>) -> Vec<Option<Tensor>> {
+        let [q, k, v] = cx.inputs() else { unreachable!() };
+        let (dq, dk, dv) = flash_attention_backward(q, k, v, cx.out(), &cx.saved()[0], self.pad.as_ref(), self.causal, self.scale, cx.g);
+        vec![Some(dq), Some(dk), Some(dv)]
+    }
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
 /// softmax(scale · q kᵀ + mask) v for supported inputs (see `supported`).
 pub(crate) fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> Tensor {
-    let (q, k, v) = (&aligned(q), &aligned(k), &aligned(v));
-    let (b, h, t, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
-    let scale = 1.0 / (d as f64).sqrt();
+    let (q, k, v) = (aligned(q), aligned(k), aligned(v));
+    let scale = 1.0 / (q.dim(3) as f64).sqrt();
     let causal = matches!(mask, AttnMask::Causal);
     let pad = match mask {
         AttnMask::KeyPadding(p) => Some(p.to_device(q.device()).contiguous()),
         _ => None,
     };
+    let o = Tensor::apply_op(FlashAttention { pad, causal, scale }, &[q, k, v]).expect("flash attention on supported inputs");
+    o.transpose(1, 2) // [B, H, T, D] view of [B, T, H, D]
+}
+
+/// The forward kernel: (o [B, T, H, D], [lse f32 [B·H·T]]).
+fn flash_forward(q: &Tensor, k: &Tensor, v: &Tensor, pad: Option<&Tensor>, causal: bool, scale: f64) -> Fwd {
+    let (b, h, t, d) = (q.dim(0), q.dim(1), q.dim(2), q.dim(3));
     let fd = dims(q, k, v, causal, scale);
     let dev = q.with_storage(|s| match s {
         Storage::Cuda(c) => c.dev.clone(),
@@ -163,12 +188,10 @@ pub(crate) fn flash_attention(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMas
     let o = CudaStorage::alloc(&dev, DType::BF16, b * t * h * d);
     let lse = Tensor::uninit_on(&[b * h * t], DType::F32, q.device()); // every query row's, by the kernel
     let mut a = Args::new();
-    a.push(at(q)).push(at(k)).push(at(v)).push(pad.as_ref().map_or(0, cuda_ptr)).push(o.ptr).push(cuda_ptr(&lse)).push(fd);
+    a.push(at(q)).push(at(k)).push(at(v)).push(pad.map_or(0, cuda_ptr)).push(o.ptr).push(cuda_ptr(&lse)).push(fd);
     launch(&dev, "fa_fwd", d, a, [(k, fd.ks), (v, fd.vs)], b * h, t);
     let o = Tensor::from_any(Storage::Cuda(o), &[b, t, h, d], None);
-    let tracked = crate::grad_enabled() && [q, k, v].iter().any(|x| x.track_grad());
-    let o = if tracked { o.with_op(Op::FlashAttention(q.clone(), k.clone(), v.clone(), o.clone(), lse, pad, causal, scale)) } else { o };
-    o.transpose(1, 2) // [B, H, T, D] view of [B, T, H, D]
+    Fwd::new(o, vec![lse])
 }
 
 /// (dq, dk, dv) for the upstream gradient `g` of the [B, T, H, D] output.
