@@ -1,10 +1,10 @@
 //! Reverse-mode autograd: one topological sort, one match arm per primitive op, and one generic
-//! arm that calls a fused op's own backward (custom.rs). Gradients are written in tensor ops, so
+//! arm that calls a fused op's own backward (op.rs, `CustomOp`). Gradients are written in tensor ops, so
 //! every backend gets backward for free; nothing here asks which device it runs on.
 
 use std::collections::HashSet;
 
-use crate::custom::{Backward, BackwardState};
+use crate::op::{Backward, BackwardState};
 use crate::op::{BinaryOp, Op, ReduceOp, UnaryOp};
 use crate::tensor::{no_grad, Tensor, TensorId};
 

@@ -1,6 +1,6 @@
 //! fmlab's tensor engine: `Tensor` (Arc: storage, layout, dtype, op), a small closed set of
 //! primitive ops on CPU and CUDA, composite ops built from them, reverse-mode autograd, and the
-//! fused ops, each a `CustomOp` (custom.rs) in its own file under ops/.
+//! fused ops, each a `CustomOp` (op.rs) in its own file under ops/.
 //!
 //! Errors: misuse of shapes or dtypes is a programmer bug and panics with a report naming the op
 //! and the shapes; nothing here reads files or the network.
@@ -9,7 +9,6 @@ mod backward;
 mod composite;
 pub mod cpu;
 pub mod cuda;
-pub mod custom;
 pub mod dtype;
 pub mod layout;
 pub mod op;
@@ -21,7 +20,7 @@ mod tensor;
 pub use backward::sum_to;
 pub use composite::rope_tables;
 pub use cuda::gemm::gemm_autotune;
-pub use custom::{Backward, CustomNode, CustomOp, Fwd};
+pub use op::{Backward, CustomNode, CustomOp, Fwd};
 pub use dtype::{DType, WithDType};
 pub use layout::Layout;
 pub use ops::{adamw_update, adamw_update_all, adamw_update_all_dev, attention, attention_slow, cast_all, clip_coef, sum_squares_all, AdamItem, AttnMask};

@@ -17,7 +17,7 @@ use crate::cuda::Args;
 use super::cross_entropy::{ce_forward, cross_entropy_backward};
 use super::linear::{casts_f32_master, gemm_epi};
 use super::sm90::{hopper_smem, sm90_smem, SM90_ROWS, SM90_TILE_N};
-use crate::custom::{Backward, CustomOp, Fwd};
+use crate::op::{Backward, CustomOp, Fwd};
 use crate::settings::{CE_DH as DH_FUSED, CE_SM90 as SM90, CE_SMEM};
 use crate::tensor::cuda_ptr;
 use crate::tensor::Storage;

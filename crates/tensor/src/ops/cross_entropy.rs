@@ -11,7 +11,7 @@ use rayon::prelude::*;
 use crate::cpu::CpuStorage;
 use crate::cuda::storage::sfx;
 use crate::cuda::{Args, CudaStorage};
-use crate::custom::{Backward, CustomOp, Fwd};
+use crate::op::{Backward, CustomOp, Fwd};
 use crate::tensor::{cuda_ptr, Storage};
 use crate::{no_grad, DType, Tensor};
 

@@ -15,7 +15,7 @@ use crate::cuda::{Args, CudaStorage};
 use std::any::Any;
 
 use super::mask::AttnMask;
-use crate::custom::{Backward, CustomOp, Fwd};
+use crate::op::{Backward, CustomOp, Fwd};
 use crate::settings::FLASH_SM90 as SM90;
 use crate::tensor::{cuda_ptr, Storage};
 use crate::{DType, Tensor};

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use crate::cpu::CpuStorage;
 use crate::cuda::storage::sfx;
 use crate::cuda::{grid_for, Args, CudaStorage};
-use crate::custom::{Backward, CustomOp, Fwd};
+use crate::op::{Backward, CustomOp, Fwd};
 use crate::tensor::{cuda_ptr, Storage};
 use crate::{DType, Tensor};
 

@@ -6,7 +6,7 @@
 //! no cast pass, and their gradients come back in fp32); statistics in fp32 (f64 for f64).
 //! `add_layer_norm` also fuses the pre-norm residual add into the forward kernel, and on a GPU the
 //! backward sums the residual stream's gradient into dx inside its kernel and keeps dx's column
-//! sums for the Linear whose output it is (custom.rs, `ColumnSums`). Twins: `layer_norm_slow`,
+//! sums for the Linear whose output it is (op.rs, `ColumnSums`). Twins: `layer_norm_slow`,
 //! `add_layer_norm_slow`, below.
 
 use std::any::Any;
@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::cpu::CpuStorage;
 use crate::cuda::storage::sfx;
 use crate::cuda::{Args, CudaStorage};
-use crate::custom::{Backward, CustomOp, Fwd};
+use crate::op::{Backward, CustomOp, Fwd};
 use crate::dtype::Float;
 use crate::op::{BinaryOp, Op};
 use crate::settings::LN_FUSED;

@@ -9,7 +9,7 @@
 use std::any::Any;
 
 use crate::cuda::gemm::Epilogue;
-use crate::custom::{Backward, CustomOp, Fwd};
+use crate::op::{Backward, CustomOp, Fwd};
 use crate::op::Op;
 use crate::tensor::{cuda_ptr, Storage};
 use crate::Tensor;

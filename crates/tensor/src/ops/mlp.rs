@@ -13,7 +13,7 @@ use std::any::Any;
 use super::linear::{casts_f32_master, colsum_final, cuda_buffer, fusable, gemm_epi};
 use super::sm90::{sm90_smem, SM90_ROWS};
 use crate::cuda::gemm::Epilogue;
-use crate::custom::{Backward, CustomOp, Fwd};
+use crate::op::{Backward, CustomOp, Fwd};
 use crate::settings::{MLP_RECOMPUTE, MLP_SM90};
 use crate::tensor::{cuda_ptr, Storage};
 use crate::Tensor;
