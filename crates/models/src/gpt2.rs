@@ -131,6 +131,11 @@ impl Gpt2 {
         Ok((model, vb))
     }
 
+    /// Where the weights are.
+    pub fn device(&self) -> fmlab_tensor::Device {
+        self.wte.weight.device()
+    }
+
     /// ids [B, T] → logits [B, T, V]. `rng` enables dropout (training); None = eval.
     pub fn forward(&self, ids: &Tensor, rng: Option<&mut Rng>) -> Tensor {
         let (b, t) = (ids.dim(0), ids.dim(1));
@@ -183,6 +188,31 @@ impl Gpt2 {
             (x, h) = next.forward_add(&x1, &m);
         }
         h.reshape(&[b * t, self.cfg.n_embd])
+    }
+
+    /// ids [B, T] continuing the tokens in `cache` → logits [B, T, V] (f32), this block's keys
+    /// and values appended to `cache` (inference: no dropout). Positions continue from the cache.
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut dyn fmlab_nn::KvCache) -> Tensor {
+        let (b, t) = (ids.dim(0), ids.dim(1));
+        let past = cache.len();
+        assert!(past + t <= self.cfg.n_ctx, "{past} cached + {t} new tokens exceed n_ctx {}", self.cfg.n_ctx);
+        with_casts(&self.matmul_params(), self.compute_dtype, || {
+            let pos = self.wpe.weight.narrow(0, past, t); // [T, C]
+            let mut x = self.wte.forward(ids).add(&pos).to_dtype(self.compute_dtype); // [B, T, C]
+            let mut h = match self.h.first() {
+                Some(blk) => blk.ln_1.forward(&x),
+                None => self.ln_f.forward(&x),
+            };
+            for (i, blk) in self.h.iter().enumerate() {
+                let a = blk.attn.forward_cached(&h, cache, i);
+                let (x1, h2) = blk.ln_2.forward_add(&x, &a);
+                let m = blk.mlp.forward(&h2);
+                let next = self.h.get(i + 1).map_or(&self.ln_f, |nb| &nb.ln_1);
+                (x, h) = next.forward_add(&x1, &m);
+            }
+            let h = h.reshape(&[b * t, self.cfg.n_embd]); // [B·T, C]
+            h.matmul(&cast_like(&self.wte.weight, &h).t()).reshape(&[b, t, self.cfg.vocab_size]).to_dtype(DType::F32)
+        })
     }
 
     /// Mean next-token cross-entropy of ids [B, T] against targets [B, T] (-100 = ignored), through

@@ -5,6 +5,7 @@ pub mod bert;
 pub mod chat;
 pub mod gpt2;
 pub mod llama;
+mod lm;
 
 pub use bert::{Bert, BertConfig};
 pub use gpt2::{Gpt2, Gpt2Config};

@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 
 use fmlab_nn::gguf::Gguf;
-use fmlab_nn::{Embedding, Linear, Mlp, MlpKind, NnError, RmsNorm, VarBuilder, WeightLayout};
-use fmlab_tensor::{attention, rope_tables, AttnMask, DType, Device, Tensor};
+use fmlab_nn::{cached_attention, Embedding, Linear, Mlp, MlpKind, NnError, RmsNorm, VarBuilder, WeightLayout};
+use fmlab_tensor::{rope_tables, DType, Device, Tensor};
 
 /// HF's `LlamaConfig` fields (unknown fields in config.json are ignored).
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -65,20 +65,8 @@ pub struct Llama {
     pub compute_dtype: DType,
 }
 
-/// Keys and values of every layer for the tokens seen so far: [B, Hkv, S, D] each.
-#[derive(Default)]
-pub struct KvCache {
-    pub kv: Vec<Option<(Tensor, Tensor)>>,
-}
-
-impl KvCache {
-    pub fn len(&self) -> usize {
-        self.kv.first().and_then(|x| x.as_ref()).map_or(0, |(k, _)| k.dim(2))
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// The cache `forward` appends to: nn's contiguous one (any `fmlab_nn::KvCache` will do).
+pub type KvCache = fmlab_nn::ContiguousKvCache;
 
 impl Llama {
     pub fn load(vb: &VarBuilder, cfg: &LlamaConfig) -> Result<Llama, NnError> {
@@ -214,14 +202,11 @@ impl Llama {
     }
 
     /// ids [B, T] → logits [B, T, V], appending this block's keys/values to `cache`.
-    pub fn forward(&self, ids: &Tensor, cache: &mut KvCache) -> Tensor {
+    pub fn forward(&self, ids: &Tensor, cache: &mut dyn fmlab_nn::KvCache) -> Tensor {
         let (b, t) = (ids.dim(0), ids.dim(1));
         let (h, hkv, d) = (self.cfg.num_attention_heads, self.cfg.num_key_value_heads, self.cfg.head_dim());
         let past = cache.len();
         assert!(past + t <= self.cfg.max_position_embeddings, "{} tokens exceed the context of {}", past + t, self.cfg.max_position_embeddings);
-        if cache.kv.len() != self.layers.len() {
-            cache.kv = (0..self.layers.len()).map(|_| None).collect();
-        }
         let dev = self.device();
         let (cos, sin) = rope_tables(t, d, self.cfg.rope_theta, past, self.compute_dtype); // [T, D/2]
         let (cos, sin) = (cos.to_device(dev), sin.to_device(dev));
@@ -230,17 +215,10 @@ impl Llama {
             let xn = l.input_norm.forward(&x);
             let q = l.q.forward(&xn).reshape(&[b, t, h, d]).transpose(1, 2).rope(&cos, &sin); // [B, H, T, D]
             let k = l.k.forward(&xn).reshape(&[b, t, hkv, d]).transpose(1, 2).rope(&cos, &sin); // [B, Hkv, T, D]
-            let v = l.v.forward(&xn).reshape(&[b, t, hkv, d]).transpose(1, 2).contiguous(); // [B, Hkv, T, D]
-            let (k, v) = match cache.kv[li].take() {
-                Some((pk, pv)) => (Tensor::cat(&[pk, k], 2), Tensor::cat(&[pv, v], 2)),
-                None => (k.contiguous(), v),
-            };
-            cache.kv[li] = Some((k.clone(), v.clone()));
-            // GQA: query head i reads key/value head i / (H / Hkv).
-            let rep = h / hkv;
-            let s = k.dim(2);
-            let expand = |x: &Tensor| x.unsqueeze(2).expand(&[b, hkv, rep, s, d]).reshape(&[b, h, s, d]); // [B, H, S, D]
-            let y = attention(&q, &expand(&k), &expand(&v), &AttnMask::Causal); // [B, H, T, D]
+            let v = l.v.forward(&xn).reshape(&[b, t, hkv, d]).transpose(1, 2); // [B, Hkv, T, D]
+            let (k, v) = cache.append(li, &k, &v); // [B, Hkv, S, D], the cache's own buffers
+            // GQA: query head i reads key/value head i / (H / Hkv), K and V read in place.
+            let y = cached_attention(&q, &k, &v); // [B, H, T, D]
             let y = y.transpose(1, 2).reshape(&[b, t, h * d]); // [B, T, C]
             x = x.add(&l.o.forward(&y));
             x = x.add(&l.mlp.forward(&l.post_norm.forward(&x)));

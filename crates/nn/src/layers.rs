@@ -219,6 +219,23 @@ impl MultiHeadAttention {
         })
     }
 
+    /// Causal self-attention of x [B, T, C] (the tokens after the cache's) over the cache's keys
+    /// and values and their own, appended to `cache` as layer `layer`'s.
+    pub fn forward_cached(&self, x: &Tensor, cache: &mut dyn crate::KvCache, layer: usize) -> Tensor {
+        let (b, t, c) = (x.dim(0), x.dim(1), x.dim(2));
+        let (q, k, v) = match &self.qkv {
+            Some(qkv) => {
+                let y = qkv.forward(x); // [B, T, 3C]
+                (y.narrow(2, 0, c), y.narrow(2, c, c), y.narrow(2, 2 * c, c))
+            }
+            None => (self.q.as_ref().unwrap().forward(x), self.k.as_ref().unwrap().forward(x), self.v.as_ref().unwrap().forward(x)),
+        };
+        let (k, v) = cache.append(layer, &self.heads(&k), &self.heads(&v)); // [B, H, S, D]
+        let y = crate::cached_attention(&self.heads(&q), &k, &v); // [B, H, T, D]
+        let y = y.transpose(1, 2).reshape(&[b, t, c]); // [B, T, C]
+        self.out.forward(&y)
+    }
+
     /// [B, T, C] -> [B, H, T, C/H]
     fn heads(&self, x: &Tensor) -> Tensor {
         let (b, t, c) = (x.dim(0), x.dim(1), x.dim(2));

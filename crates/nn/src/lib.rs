@@ -5,6 +5,7 @@
 mod casts;
 pub mod gguf;
 pub mod graph_step;
+pub mod kv_cache;
 pub mod layers;
 pub mod optim;
 pub mod safetensors_io;
@@ -13,6 +14,7 @@ mod varbuilder;
 
 pub use casts::{cast_like, with_casts};
 pub use graph_step::{GraphStep, IdRange};
+pub use kv_cache::{cached_attention, ContiguousKvCache, KvCache};
 pub use layers::{Embedding, LayerNorm, Linear, Mlp, MlpKind, MultiHeadAttention, RmsNorm, WeightLayout};
 pub use optim::{clip_grad_norm, AdamW, AdamWConfig, Sgd};
 pub use schedule::Schedule;

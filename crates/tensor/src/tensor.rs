@@ -189,9 +189,11 @@ impl Tensor {
     }
 
     /// Copies `g` into the slice of this contiguous tensor that starts at `start` along `dim`,
-    /// in place: for a buffer that its maker holds alone (backward's gradient buffers).
-    pub(crate) fn write_slice(&self, g: &Tensor, dim: usize, start: usize) {
+    /// in place and without history: for buffers their maker owns (backward's gradient buffers,
+    /// a preallocated KV cache). Views of this tensor see the new values.
+    pub fn write_slice(&self, g: &Tensor, dim: usize, start: usize) {
         assert!(self.is_contiguous(), "write_slice: into a view {:?}", self.layout());
+        assert!(g.rank() == self.rank() && (0..g.rank()).all(|d| if d == dim { start + g.dim(d) <= self.dim(d) } else { g.dim(d) == self.dim(d) }), "write_slice: {:?} at {start} along dim {dim} of {:?}", g.shape(), self.shape());
         if g.numel() == 0 {
             return;
         }

@@ -3,17 +3,17 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use fmlab_models::chat::{ChatTemplate, Message};
-use fmlab_models::llama::{tokenizer_from_gguf, KvCache, Llama};
+use fmlab_models::llama::{tokenizer_from_gguf, Llama};
 use fmlab_nn::gguf::Gguf;
-use fmlab_tensor::{no_grad, Rng, Tensor};
+
 use fmlab_tokenizer::{AllowedSpecial, Tokenizer};
 
-use crate::sampling::{sample_token, SamplingParams, TextStream};
+use crate::sampling::stream;
+use fmlab_engine::{Sampler, SamplingParams};
 
 #[derive(Args, Clone)]
 pub struct GenArgs {
@@ -30,6 +30,9 @@ pub struct GenArgs {
     top_k: usize,
     #[arg(long, default_value_t = 0.9)]
     top_p: f64,
+    /// Drop tokens less likely than min-p times the most likely one (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f64,
     /// > 1 discourages tokens already in the context (HF's rule: logit / p if positive, × p if not).
     #[arg(long, default_value_t = 1.1)]
     repetition_penalty: f64,
@@ -130,54 +133,23 @@ impl Lm {
         if ids.len() + 1 > ctx {
             bail!("the prompt is {} tokens; the model's context is {ctx}", ids.len());
         }
-        let _ng = no_grad();
-        let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
-        let mut rng = Rng::new(a.seed);
-        let mut cache = KvCache::default();
-        // Tokens in the context so far, for the repetition penalty (kept incrementally).
-        let mut seen: std::collections::HashSet<u32> = ids.iter().copied().collect();
-        let mut len = ids.len();
-        let mut input = ids;
-        let mut text = TextStream::default();
-        let t0 = Instant::now();
-        let mut n = 0;
-        while n < a.max_tokens && len < ctx {
-            let x = Tensor::from_vec(input.iter().map(|&t| t as i32).collect(), &[1, input.len()]);
-            let logits = self.model.forward(&x, &mut cache); // [1, T, V]
-            let mut last = logits.narrow(1, input.len() - 1, 1).to_vec::<f32>();
-            if a.repetition_penalty != 1.0 {
-                let p = a.repetition_penalty as f32;
-                for &t in &seen {
-                    let l = &mut last[t as usize];
-                    *l = if *l > 0.0 { *l / p } else { *l * p };
-                }
-            }
-            let next = sample_token(&last, &params, &mut rng);
-            n += 1;
-            if !a.ignore_eos && self.stops.contains(&next) {
-                break;
-            }
-            seen.insert(next);
-            len += 1;
-            input = vec![next];
-            text.push(&self.tok, next, out)?;
-        }
-        text.finish(&self.tok, out)?;
-        Ok((n, t0.elapsed().as_secs_f64()))
+        let mut sampler = Sampler::new(a.sampling());
+        let stops: &[u32] = if a.ignore_eos { &[] } else { &self.stops };
+        // The context's end stops it (no sliding window for a chat model).
+        let g = stream(&self.model, &self.tok, &ids, a.max_tokens, &mut sampler, stops, false, out)?;
+        // Steps: the forward passes that drew a token, a drawn stop token among them.
+        Ok((g.steps, g.seconds))
+    }
+}
+
+impl GenArgs {
+    fn sampling(&self) -> SamplingParams {
+        SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, min_p: self.min_p, repetition_penalty: self.repetition_penalty, seed: self.seed }
     }
 }
 
 fn check(a: &GenArgs) -> Result<()> {
-    if a.temperature < 0.0 {
-        bail!("--temperature {}: must be >= 0", a.temperature);
-    }
-    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
-        bail!("--top-p {}: must be in (0, 1]", a.top_p);
-    }
-    if a.repetition_penalty <= 0.0 {
-        bail!("--repetition-penalty {}: must be positive", a.repetition_penalty);
-    }
-    Ok(())
+    a.sampling().check().map_err(anyhow::Error::msg)
 }
 
 pub fn run_generate(a: GenerateArgs) -> Result<()> {

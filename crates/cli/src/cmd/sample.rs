@@ -3,12 +3,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use clap::Args;
-use fmlab_tensor::Rng;
 
 use crate::checkpoint;
-use crate::sampling::{generate, SamplingParams};
+use crate::sampling::generate;
+use fmlab_engine::{Sampler, SamplingParams};
 
 #[derive(Args)]
 pub struct SampleArgs {
@@ -45,25 +45,21 @@ pub fn checkpoint_dir(p: &std::path::Path) -> Result<PathBuf> {
 }
 
 pub fn run(a: SampleArgs) -> Result<()> {
-    if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
-        bail!("--top-p {}: must be in (0, 1]", a.top_p);
-    }
-    if a.temperature < 0.0 {
-        bail!("--temperature {}: must be >= 0", a.temperature);
-    }
+    let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, ..Default::default() };
+    params.check().map_err(anyhow::Error::msg)?;
     let dir = checkpoint_dir(&a.checkpoint)?;
     let meta = checkpoint::read_meta(&dir)?;
     let tok = checkpoint::tokenizer_of(&dir, &meta)?;
     let device = crate::device::resolve(&a.device)?;
     let model = checkpoint::load_model_on(&dir, &meta, device, crate::device::precision(&a.precision, device)?)?;
-    let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p };
-    let mut rng = Rng::new(a.seed);
+    // One sampler for every sample: its draws continue from one to the next.
+    let mut sampler = Sampler::new(params);
     let mut out = std::io::stdout().lock();
     for i in 0..a.num {
         if a.num > 1 {
             writeln!(out, "--- sample {} ---", i + 1)?;
         }
-        generate(&model, &tok, &a.prompt, a.max_tokens, &params, &mut rng, &mut out)?;
+        generate(&model, &tok, &a.prompt, a.max_tokens, &mut sampler, &mut out)?;
     }
     Ok(())
 }

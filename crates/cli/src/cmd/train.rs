@@ -451,12 +451,11 @@ fn train_gpt(a: GptArgs) -> Result<()> {
 /// samples.txt: three seeded samples (temperature 0.8, top-k 50, top-p 0.95) — one unconditional,
 /// two from fixed prompts — so every run folder shows what its model writes.
 fn write_samples(model: &Gpt2, tok: &fmlab_tokenizer::Tokenizer, run_dir: &std::path::Path, n: usize, seed: u64) -> Result<()> {
-    let params = crate::sampling::SamplingParams { temperature: 0.8, top_k: 50, top_p: 0.95 };
-    let mut rng = Rng::new(seed);
+    let mut sampler = fmlab_engine::Sampler::new(fmlab_engine::SamplingParams { temperature: 0.8, top_k: 50, top_p: 0.95, seed, ..Default::default() });
     let mut buf: Vec<u8> = Vec::new();
     for prompt in ["", "The ", "We the people"] {
         writeln!(buf, "--- prompt {prompt:?}, {n} tokens, temperature 0.8, top-k 50, top-p 0.95, seed {seed} ---")?;
-        crate::sampling::generate(model, tok, prompt, n, &params, &mut rng, &mut buf)?;
+        crate::sampling::generate(model, tok, prompt, n, &mut sampler, &mut buf)?;
     }
     crate::ledger::write_file(&run_dir.join("samples.txt"), String::from_utf8_lossy(&buf).into_owned())?;
     Ok(())
