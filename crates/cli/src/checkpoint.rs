@@ -1,22 +1,17 @@
-//! Training checkpoints: a directory with `model.safetensors` (HF GPT-2 names), `optim.safetensors`
-//! (AdamW moments), `meta.json` (resolved run config, step, RNG states) and the tokenizer.
-//!
-//! Written as `<dir>.tmp`, then swapped in with renames, so a crash mid-write leaves the previous
-//! checkpoint intact (`load` also falls back to `<dir>.old` if a crash hit between the renames).
+//! `train gpt`'s checkpoints: its resolved run config and the GPT-2 model over the train crate's
+//! checkpoint format (fmlab_train::checkpoint: model.safetensors with HF GPT-2 names,
+//! optim.safetensors, meta.json, the tokenizer; written crash-safely).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use fmlab_models::{Gpt2, Gpt2Config};
-use fmlab_nn::{safetensors_io, AdamW, VarBuilder};
+use fmlab_nn::{AdamW, VarBuilder};
 use fmlab_tensor::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::assets::load_tokenizer;
 
-pub const FORMAT: &str = "fmlab-checkpoint";
-pub const VERSION: u32 = 1;
 
 /// Everything a run was started with, after defaults and presets are applied (logged as
 /// `config.json` in the run folder and in each checkpoint).
@@ -52,71 +47,28 @@ fn fp32() -> String {
     "fp32".into()
 }
 
-#[derive(Serialize, Deserialize)]
-pub struct Meta {
-    pub format: String,
-    pub version: u32,
-    pub config: RunConfig,
-    /// Optimizer steps completed.
-    pub step: u64,
-    pub sampler_rng: [u64; 4],
-    pub dropout_rng: [u64; 4],
-    pub git_commit: Option<String>,
-}
+/// meta.json of a `train gpt` checkpoint.
+pub type Meta = fmlab_train::Meta<RunConfig>;
+
+pub use fmlab_train::checkpoint::{FORMAT, VERSION};
 
 pub fn save(dir: &Path, model_vars: &[(String, Tensor)], opt: &AdamW, meta: &Meta, tokenizer_file: Option<&Path>) -> Result<()> {
-    let tmp = with_suffix(dir, "tmp");
-    let old = with_suffix(dir, "old");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    safetensors_io::save(&tmp.join("model.safetensors"), model_vars, None)?;
-    let mut moments = Vec::new();
-    for p in &opt.params {
-        moments.push((format!("m.{}", p.name), p.m.clone()));
-        moments.push((format!("v.{}", p.name), p.v.clone()));
-    }
-    let om: HashMap<String, String> = [("adam_step".to_string(), opt.step.to_string())].into();
-    safetensors_io::save(&tmp.join("optim.safetensors"), &moments, Some(om))?;
-    if let Some(t) = tokenizer_file {
-        std::fs::copy(t, tmp.join("tokenizer.fmtok")).with_context(|| format!("copying tokenizer {}", t.display()))?;
-    }
-    safetensors_io::write_atomic(&tmp.join("meta.json"), serde_json::to_string_pretty(meta)?.as_bytes())?;
-    if dir.exists() {
-        let _ = std::fs::remove_dir_all(&old);
-        std::fs::rename(dir, &old).with_context(|| format!("moving aside {}", dir.display()))?;
-    }
-    std::fs::rename(&tmp, dir).with_context(|| format!("installing {}", dir.display()))?;
-    let _ = std::fs::remove_dir_all(&old);
-    Ok(())
+    Ok(fmlab_train::checkpoint::save(dir, model_vars, opt, meta, tokenizer_file)?)
 }
 
-fn with_suffix(dir: &Path, s: &str) -> PathBuf {
-    let mut p = dir.as_os_str().to_owned();
-    p.push(format!(".{s}"));
-    PathBuf::from(p)
+/// A `--checkpoint` argument: a checkpoint directory, or a run folder with `checkpoint/` in it.
+pub fn checkpoint_dir(p: &std::path::Path) -> Result<PathBuf> {
+    let inner = p.join("checkpoint");
+    resolve(if inner.is_dir() || inner.with_extension("old").is_dir() { &inner } else { p })
 }
 
 /// The checkpoint directory to read: `dir`, or `dir.old` if a crash hit between the renames.
 pub fn resolve(dir: &Path) -> Result<PathBuf> {
-    if dir.join("meta.json").is_file() {
-        return Ok(dir.to_path_buf());
-    }
-    let old = with_suffix(dir, "old");
-    if old.join("meta.json").is_file() {
-        eprintln!("note: {} is incomplete; using {}", dir.display(), old.display());
-        return Ok(old);
-    }
-    bail!("--checkpoint {}: not a checkpoint directory (no meta.json)", dir.display())
+    fmlab_train::checkpoint::resolve(dir).context("--checkpoint")
 }
 
 pub fn read_meta(dir: &Path) -> Result<Meta> {
-    let p = dir.join("meta.json");
-    let s = std::fs::read_to_string(&p).with_context(|| format!("{}", p.display()))?;
-    let m: Meta = serde_json::from_str(&s).with_context(|| format!("{}: not a valid checkpoint meta.json", p.display()))?;
-    if m.format != FORMAT || m.version != VERSION {
-        bail!("{}: format {} version {}; this fmlab reads {FORMAT} version {VERSION}", p.display(), m.format, m.version);
-    }
-    Ok(m)
+    Ok(fmlab_train::checkpoint::read_meta(dir)?)
 }
 
 /// The tokenizer spec of a checkpoint: its own copy if it has one, else the named one.
@@ -130,10 +82,7 @@ pub fn tokenizer_of(dir: &Path, meta: &Meta) -> Result<fmlab_tokenizer::Tokenize
 
 /// Loads the model weights (every key and shape checked against the config).
 pub fn load_model(dir: &Path, meta: &Meta) -> Result<(Gpt2, VarBuilder)> {
-    let p = dir.join("model.safetensors");
-    let t = safetensors_io::load(&p)?;
-    let (m, vb) = Gpt2::load_hf(t, &meta.config.model, DType::F32).with_context(|| format!("{}", p.display()))?;
-    Ok((m, vb))
+    Ok(fmlab_train::checkpoint::load_model::<Gpt2>(dir, &meta.config.model)?)
 }
 
 /// `load_model` for inference on `device`, computing in `precision` (weights stay f32).
@@ -146,20 +95,7 @@ pub fn load_model_on(dir: &Path, meta: &Meta, device: fmlab_tensor::Device, prec
 
 /// Restores AdamW moments and step count.
 pub fn load_optimizer(dir: &Path, opt: &mut AdamW) -> Result<()> {
-    let p = dir.join("optim.safetensors");
-    let t = safetensors_io::load(&p)?;
-    let meta = safetensors_io::metadata(&p)?;
-    for prm in &opt.params {
-        for (k, dst) in [(format!("m.{}", prm.name), &prm.m), (format!("v.{}", prm.name), &prm.v)] {
-            let src = t.get(&k).with_context(|| format!("{}: no tensor `{k}`", p.display()))?;
-            if src.shape() != dst.shape() {
-                bail!("{}: `{k}` has shape {:?}, expected {:?}", p.display(), src.shape(), dst.shape());
-            }
-            dst.set_data(src);
-        }
-    }
-    opt.step = meta.get("adam_step").and_then(|s| s.parse().ok()).with_context(|| format!("{}: no adam_step", p.display()))?;
-    Ok(())
+    Ok(fmlab_train::checkpoint::load_optimizer(dir, opt)?)
 }
 
 /// The git commit this binary was built from (`-dirty` when the tracked files differed), recorded

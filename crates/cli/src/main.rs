@@ -5,7 +5,6 @@ mod checkpoint;
 mod cmd;
 mod corpus;
 mod device;
-mod ledger;
 mod sampling;
 
 use clap::{Parser, Subcommand};

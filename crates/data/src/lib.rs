@@ -124,6 +124,31 @@ pub fn eval_windows(tokens: &[u32], t: usize) -> Vec<(Tensor, Tensor)> {
     out
 }
 
+/// Validation batches: the first `n` batches of `b` non-overlapping full windows of `t` tokens
+/// (inputs [b, t], targets shifted by one), the same every time, so that validation losses
+/// compare across steps and runs. The last batch may hold fewer windows.
+pub fn eval_batches(tokens: &[u32], b: usize, t: usize, n: usize) -> Vec<(Tensor, Tensor)> {
+    let per = t + 1;
+    let windows = (tokens.len().saturating_sub(1) / t).min(n * b);
+    let mut out = Vec::new();
+    for chunk in (0..windows).collect::<Vec<_>>().chunks(b) {
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for &w in chunk {
+            let s = w * t;
+            if s + per > tokens.len() {
+                continue;
+            }
+            x.extend(tokens[s..s + t].iter().map(|&v| v as i32));
+            y.extend(tokens[s + 1..s + per].iter().map(|&v| v as i32));
+        }
+        let rows = x.len() / t;
+        if rows > 0 {
+            out.push((Tensor::from_vec(x, &[rows, t]), Tensor::from_vec(y, &[rows, t])));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,5 +183,9 @@ mod tests {
         }
         let w = eval_windows(&tokens, 30);
         assert_eq!(w.iter().map(|(x, _)| x.numel()).sum::<usize>(), 99);
+        // 100 tokens hold 3 full windows of 30 (+1 target each): batches of 2, then 1.
+        let v = eval_batches(&tokens, 2, 30, 8);
+        assert_eq!(v.iter().map(|(x, _)| x.dim(0)).collect::<Vec<_>>(), [2, 1]);
+        assert_eq!(v[1].1.to_vec_f64()[0], 61.0);
     }
 }

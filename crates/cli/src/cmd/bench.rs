@@ -7,7 +7,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use fmlab_models::{Gpt2, Gpt2Config};
 use fmlab_nn::optim::default_decay;
-use fmlab_nn::{clip_grad_norm, AdamW, AdamWConfig, GraphStep, IdRange, VarBuilder};
+use fmlab_nn::{AdamW, AdamWConfig, IdRange, VarBuilder};
+use fmlab_train::{StepHooks, StepOptions, Trainer};
 use fmlab_tensor::{DType, Rng, Tensor};
 
 #[derive(Subcommand)]
@@ -158,8 +159,7 @@ fn bench_train(a: TrainBench) -> Result<()> {
     vb.to_device(device);
     model.compute_dtype = precision;
     let vars = vb.vars();
-    let vt: Vec<Tensor> = vars.iter().map(|(_, v)| v.clone()).collect();
-    let mut opt = AdamW::new(vars, AdamWConfig { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, default_decay);
+    let opt = AdamW::new(vars.clone(), AdamWConfig { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, default_decay);
     let mut rng = Rng::new(1);
     let mut ids = || -> Tensor {
         let v: Vec<i32> = (0..a.batch * a.seq).map(|_| rng.below(cfg.vocab_size) as i32).collect();
@@ -176,8 +176,12 @@ fn bench_train(a: TrainBench) -> Result<()> {
     };
     // With a graph: step 0 runs eagerly (kernels loaded, allocator warm), step 1 captures.
     let warmup = if use_graph { a.warmup.max(2) } else { a.warmup };
-    let ranges = [IdRange { name: "input ids", bound: cfg.vocab_size, ignore: None }, IdRange { name: "targets", bound: cfg.vocab_size, ignore: Some(-100) }];
-    let mut graph: Option<GraphStep> = None;
+    let ranges = vec![IdRange { name: "input ids", bound: cfg.vocab_size, ignore: None }, IdRange { name: "targets", bound: cfg.vocab_size, ignore: Some(-100) }];
+    // The training step itself is train gpt's (fmlab_train::Trainer); the loss is read after
+    // the step, so nothing inside it waits for the GPU.
+    let mut trainer = Trainer::new(opt, vars, StepOptions { grad_accum: 1, grad_clip: 1.0, graph: use_graph, ranges, check_loss_first: false });
+    let loss_fn = |inp: &[Tensor], _: Option<&mut Rng>| model.loss(&inp[0], &inp[1], None);
+    let mut no_dropout = Rng::new(0);
     let (mut times, mut host, mut gpu) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_loss = 0.0;
     // The step's span on the GPU: an event before its work and one after it, recorded before the
@@ -188,45 +192,23 @@ fn bench_train(a: TrainBench) -> Result<()> {
         _ => None,
     };
     for i in 0..warmup + a.steps {
-        let (x, y) = (ids(), ids());
+        let mut batch = Some(vec![ids(), ids()]);
         let t = Instant::now();
         let ev0 = stream.as_ref().map(|s| s.record()).transpose()?;
         if i == warmup {
             if let fmlab_tensor::Device::Cuda(d) = device {
                 fmlab_tensor::cuda::device(d)?.reset_peak();
             }
-        }
-        if i == warmup {
             fmlab_tensor::cuda::profile::reset();
         }
-        let (enqueue, ev1);
-        if use_graph && i >= 1 {
-            if graph.is_none() {
-                graph = Some(GraphStep::capture(&mut opt, &[x.clone(), y.clone()], &ranges, 1.0, |inp| model.loss(&inp[0], &inp[1], None))?);
-            }
-            let g = graph.as_mut().unwrap();
-            g.step(&mut opt, &[x, y])?;
-            // The whole step is one graph launch (plus the batch's upload).
-            enqueue = t.elapsed().as_secs_f64();
-            ev1 = stream.as_ref().map(|s| s.record()).transpose()?;
-            last_loss = g.loss();
-        } else {
-            let loss = model.loss(&x, &y, None); // ids stay on the host (see train.rs)
-            loss.backward();
-            // Nothing above waits for the GPU: this is the host's time to build the graph and
-            // enqueue forward + backward. Near the step time = host-bound (CUDA graphs help).
-            enqueue = t.elapsed().as_secs_f64();
-            clip_grad_norm(&vt, 1.0);
-            opt.step();
-            opt.zero_grad();
-            ev1 = stream.as_ref().map(|s| s.record()).transpose()?;
-            last_loss = loss.item();
-        }
+        let mut timing = Timing { t, stream: stream.as_ref(), enqueue: 0.0, ev1: None };
+        let out = trainer.step(1e-4, &mut || batch.take().expect("one batch a step"), &loss_fn, &mut no_dropout, &mut timing)?;
+        last_loss = out.loss;
         if i >= warmup {
             times.push(t.elapsed().as_secs_f64());
-            host.push(enqueue);
-            if let (Some(e0), Some(e1)) = (&ev0, &ev1) {
-                gpu.push(e0.elapsed_ms(e1)? as f64 * 1e-3);
+            host.push(timing.enqueue);
+            if let (Some(e0), Some(e1)) = (&ev0, timing.ev1.transpose()?) {
+                gpu.push(e0.elapsed_ms(&e1)? as f64 * 1e-3);
             }
         }
     }
@@ -241,11 +223,11 @@ fn bench_train(a: TrainBench) -> Result<()> {
     let dir = std::path::PathBuf::from("runs").join(format!("bench-{}-{}", a.preset, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)));
     std::fs::create_dir_all(&dir)?;
     let cfg_json = serde_json::to_string_pretty(&serde_json::json!({"preset": a.preset, "model": cfg, "batch": a.batch, "seq": a.seq, "steps": a.steps, "warmup": a.warmup}))?;
-    crate::ledger::write_file(&dir.join("config.json"), &cfg_json)?;
-    crate::ledger::write_run_info(&dir, "bench train", &cfg_json, 0, device)?;
+    fmlab_train::ledger::write_file(&dir.join("config.json"), &cfg_json)?;
+    fmlab_train::ledger::write_run_info(&dir, "bench train", &cfg_json, 0, device, crate::checkpoint::git_commit(), crate::device::gpu_name(device))?;
     let mem = crate::device::mem_json(device);
-    let mfu = if device.is_cuda() { Some(cfg.flops_per_token(a.seq) * tokens / median / crate::cmd::train::H100_BF16_PEAK) } else { None };
-    crate::ledger::write_final(&dir, serde_json::json!({"cuda_graph": use_graph, "step_median_s": median, "step_min_s": times[0], "host_enqueue_median_s": host_median, "gpu_step_median_s": gpu_median, "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;
+    let mfu = fmlab_train::mfu::mfu(cfg.flops_per_token(a.seq), tokens / median, device);
+    fmlab_train::ledger::write_final(&dir, serde_json::json!({"cuda_graph": use_graph, "step_median_s": median, "step_min_s": times[0], "host_enqueue_median_s": host_median, "gpu_step_median_s": gpu_median, "tok_s": tokens / median, "flops_per_token": cfg.flops_per_token(a.seq), "device": device.to_string(), "precision": crate::device::precision_name(precision), "mfu": mfu, "memory": mem}))?;
     let peak = mem.get("peak").and_then(|v| v.as_u64()).map(|b| format!(", peak GPU memory {:.2} GiB (in use: live tensors and CUDA-graph memory; reserved {:.2} GiB)", b as f64 / (1u64 << 30) as f64, mem["peak_reserved"].as_u64().unwrap_or(0) as f64 / (1u64 << 30) as f64)).unwrap_or_default();
     println!(
         "fmlab  preset {} on {device} {}{} B={} T={} threads={}: step median {:.1} ms (min {:.1}; host enqueue {:.1} ms{}), {:.0} tok/s, {:.2} GFLOP/s (6N+12LdT formula){}{peak}, loss {:.3}",
@@ -278,4 +260,22 @@ fn bench_train(a: TrainBench) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The step's host enqueue time (forward + backward queued; a graph: launched) and the GPU event
+/// once the optimizer step is queued.
+struct Timing<'a> {
+    t: Instant,
+    stream: Option<&'a fmlab_tensor::cuda::Stream>,
+    enqueue: f64,
+    ev1: Option<Result<fmlab_tensor::cuda::Event, fmlab_tensor::cuda::CudaError>>,
+}
+
+impl StepHooks for Timing<'_> {
+    fn enqueued(&mut self) {
+        self.enqueue = self.t.elapsed().as_secs_f64();
+    }
+    fn applied(&mut self) {
+        self.ev1 = self.stream.map(|s| s.record());
+    }
 }

@@ -149,7 +149,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         "seconds": secs, "tokens_per_second": (nt + nv) as f64 / secs,
         "train_shard_bytes": size(&tp), "val_shard_bytes": size(&vp),
     });
-    crate::ledger::write_file(&a.out.join("prepare.json"), serde_json::to_string_pretty(&stats)?)?;
+    fmlab_train::ledger::write_file(&a.out.join("prepare.json"), serde_json::to_string_pretty(&stats)?)?;
     eprintln!(
         "{} documents ({} files, {:.1} MB) → {nt} train / {nv} val tokens in {secs:.2}s ({:.0} tokens/s); shards {} ({} bytes), {} ({} bytes)",
         n_docs, files.len(), bytes as f64 / 1e6, (nt + nv) as f64 / secs, tp.display(), size(&tp), vp.display(), size(&vp)

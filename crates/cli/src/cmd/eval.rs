@@ -4,11 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use fmlab_tensor::{no_grad, Tensor};
 
 use crate::assets::expand_inputs;
 use crate::checkpoint;
-use crate::cmd::sample::checkpoint_dir;
 use crate::corpus;
 
 #[derive(Args)]
@@ -35,7 +33,7 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> Result<()> {
-    let dir = checkpoint_dir(&a.checkpoint)?;
+    let dir = checkpoint::checkpoint_dir(&a.checkpoint)?;
     let meta = checkpoint::read_meta(&dir)?;
     let tok = checkpoint::tokenizer_of(&dir, &meta)?;
     let device = crate::device::resolve(&a.device)?;
@@ -55,39 +53,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
     if stride == 0 || stride > seq {
         bail!("--stride {stride}: must be in 1..=seq ({seq})");
     }
-    let _ng = no_grad();
-    let mut nats = 0.0;
-    let mut n = 0usize;
-    let mut predicted: Vec<u32> = Vec::with_capacity(tokens.len());
-    // `scored_to`: targets with absolute index < scored_to are already counted.
-    let mut scored_to = 1usize;
-    let mut start = 0usize;
-    while scored_to < tokens.len() {
-        let end = (start + seq + 1).min(tokens.len()); // window tokens [start, end)
-        let l = end - start - 1;
-        let x: Vec<i32> = tokens[start..start + l].iter().map(|&t| t as i32).collect();
-        let mut y: Vec<i32> = Vec::with_capacity(l);
-        for i in 0..l {
-            let abs = start + 1 + i;
-            if abs >= scored_to {
-                y.push(tokens[abs] as i32);
-                predicted.push(tokens[abs]);
-            } else {
-                y.push(-100); // context only
-            }
-        }
-        let k = y.iter().filter(|&&t| t != -100).count();
-        if k > 0 {
-            let loss = model.loss(&Tensor::from_vec(x, &[1, l]), &Tensor::from_vec(y, &[1, l]), None).item();
-            nats += loss * k as f64;
-            n += k;
-        }
-        scored_to = end;
-        if end == tokens.len() {
-            break;
-        }
-        start += stride;
-    }
+    let scored = fmlab_train::eval::sliding(&tokens, seq, stride, &|x, y| model.loss(x, y, None));
+    let (nats, n, predicted) = (scored.nats, scored.tokens, scored.predicted);
     // Bytes of the text the predicted tokens spell (specials such as <|endoftext|> count as
     // their literal text; they are a handful).
     let bytes = tok.decode_bytes(&predicted)?.len();

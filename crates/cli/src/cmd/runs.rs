@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Subcommand;
 
-use crate::ledger::{list, RunSummary};
+use fmlab_train::ledger::{list, RunSummary};
 
 #[derive(Subcommand)]
 pub enum RunsCmd {
@@ -60,7 +60,7 @@ pub fn run(cmd: RunsCmd) -> Result<()> {
             println!("loss     {}   val loss {}   tok/s (median) {}", fmt(r.last("loss")), fmt(r.last("val_loss")), r.median_tok_s().map_or("-".into(), |x| format!("{x:.0}")));
         }
         RunsCmd::Compare { runs } => {
-            let rs: Vec<RunSummary> = runs.iter().map(|p| RunSummary::load(p)).collect::<Result<_>>()?;
+            let rs: Vec<RunSummary> = runs.iter().map(|p| RunSummary::load(p)).collect::<std::result::Result<_, _>>()?;
             let keys: std::collections::BTreeSet<String> = rs.iter().flat_map(|r| r.config.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default()).collect();
             let differ: Vec<&String> = keys.iter().filter(|k| rs.iter().any(|r| r.config.get(*k) != rs[0].config.get(*k))).collect();
             print!("| field |");

@@ -39,15 +39,10 @@ pub struct SampleArgs {
     precision: String,
 }
 
-pub fn checkpoint_dir(p: &std::path::Path) -> Result<PathBuf> {
-    let inner = p.join("checkpoint");
-    checkpoint::resolve(if inner.is_dir() || inner.with_extension("old").is_dir() { &inner } else { p })
-}
-
 pub fn run(a: SampleArgs) -> Result<()> {
     let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, ..Default::default() };
     params.check().map_err(anyhow::Error::msg)?;
-    let dir = checkpoint_dir(&a.checkpoint)?;
+    let dir = checkpoint::checkpoint_dir(&a.checkpoint)?;
     let meta = checkpoint::read_meta(&dir)?;
     let tok = checkpoint::tokenizer_of(&dir, &meta)?;
     let device = crate::device::resolve(&a.device)?;

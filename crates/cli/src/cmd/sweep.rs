@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::ledger::{list, RunSummary};
+use fmlab_train::ledger::{list, RunSummary};
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -96,7 +96,7 @@ pub fn run_sweep(a: SweepArgs) -> Result<()> {
         Err(_) => vec![],
     };
     sweeps.push(serde_json::json!({"argv": std::env::args().collect::<Vec<_>>(), "grid": a.grids, "seeds": a.seeds, "seed": a.seed, "train_args": a.train_args}));
-    crate::ledger::write_file(&gpath, serde_json::to_string_pretty(&serde_json::json!({"sweeps": sweeps}))?)?;
+    fmlab_train::ledger::write_file(&gpath, serde_json::to_string_pretty(&serde_json::json!({"sweeps": sweeps}))?)?;
     // Cartesian product of the grid, then seeds.
     let mut points: Vec<Vec<(String, String)>> = vec![vec![]];
     for (flag, vals) in &grids {
@@ -146,9 +146,9 @@ fn weight_norm(run: &Path) -> Option<f64> {
 
 /// Writes `name.svg` and `name.png` (the same drawing) into the group folder.
 fn write_figure(dir: &Path, name: &str, f: &fmlab_plot::Figure) -> Result<()> {
-    crate::ledger::write_file(&dir.join(format!("{name}.svg")), f.to_svg())?;
+    fmlab_train::ledger::write_file(&dir.join(format!("{name}.svg")), f.to_svg())?;
     let png = f.to_png().with_context(|| format!("encoding {name}.png"))?;
-    crate::ledger::write_file(&dir.join(format!("{name}.png")), png)
+    Ok(fmlab_train::ledger::write_file(&dir.join(format!("{name}.png")), png)?)
 }
 
 pub fn run_report(a: ReportArgs) -> Result<()> {
@@ -234,7 +234,7 @@ pub fn run_report(a: ReportArgs) -> Result<()> {
             .collect();
         let _ = writeln!(md, "| {} | {} |", rows[i], cells.join(" | "));
     }
-    crate::ledger::write_file(&a.group.join("report.md"), md)?;
+    fmlab_train::ledger::write_file(&a.group.join("report.md"), md)?;
     eprintln!("wrote {}", a.group.join("report.md").display());
     Ok(())
 }

@@ -10,8 +10,9 @@ use clap::{Args, Subcommand};
 use fmlab_data::WindowSampler;
 use fmlab_models::{Gpt2, Gpt2Config};
 use fmlab_nn::optim::default_decay;
-use fmlab_nn::{clip_grad_norm, AdamW, AdamWConfig, GraphStep, IdRange, Schedule, VarBuilder};
-use fmlab_tensor::{no_grad, DType, Device, Rng, Tensor};
+use fmlab_nn::{AdamW, AdamWConfig, IdRange, Schedule, VarBuilder};
+use fmlab_train::{NoHooks, StepOptions, Trainer};
+use fmlab_tensor::{DType, Rng, Tensor};
 
 use crate::assets::load_tokenizer;
 use crate::checkpoint::{self, Meta, RunConfig};
@@ -165,64 +166,23 @@ fn resolve(a: &GptArgs, vocab: usize, precision: DType) -> Result<RunConfig> {
     })
 }
 
-/// Mean loss over the first `n` non-overlapping windows of the validation tokens (the same
-/// windows every time, so evaluations are comparable across steps and runs).
+/// Mean loss over the first `n` batches of non-overlapping windows of the validation tokens
+/// (the same windows every time, so evaluations are comparable across steps and runs).
 pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize) -> f64 {
-    let _ng = no_grad();
-    let mut total = 0.0;
-    let mut count = 0;
-    let per = seq + 1;
-    let windows = (val.len().saturating_sub(1) / seq).min(n * batch);
-    for chunk in (0..windows).collect::<Vec<_>>().chunks(batch) {
-        let mut x = Vec::new();
-        let mut y = Vec::new();
-        for &w in chunk {
-            let s = w * seq;
-            if s + per > val.len() {
-                continue;
-            }
-            x.extend(val[s..s + seq].iter().map(|&v| v as i32));
-            y.extend(val[s + 1..s + per].iter().map(|&v| v as i32));
-        }
-        let b = x.len() / seq;
-        if b == 0 {
-            continue;
-        }
-        let l = model.loss(&Tensor::from_vec(x, &[b, seq]), &Tensor::from_vec(y, &[b, seq]), None).item();
-        total += l * b as f64;
-        count += b;
-    }
-    total / count.max(1) as f64
+    fmlab_train::eval::mean_loss(val, batch, seq, n, &|x, y| model.loss(x, y, None))
 }
 
-/// The first variable (or its gradient) holding a NaN/inf, for the error message; if all are
-/// finite, the activations overflowed, and the largest parameter says where to look.
-/// The error that stops training at a non-finite loss: the step, the first non-finite tensor,
-/// and whether a checkpoint is there to resume from.
-fn non_finite_loss(l: f64, step: u64, run_dir: &std::path::Path, vars: &[(String, Tensor)]) -> anyhow::Error {
+/// The error that stops training at a non-finite loss or gradient norm: the step, the first
+/// non-finite tensor, and whether a checkpoint is there to resume from.
+fn diverged(e: fmlab_train::TrainError, step: u64, run_dir: &std::path::Path) -> anyhow::Error {
+    use fmlab_train::TrainError::{NonFiniteLoss, NonFiniteNorm};
     let ck = run_dir.join("checkpoint");
     let saved = if ck.is_dir() { format!("the last checkpoint ({}) is intact", ck.display()) } else { "no checkpoint was written yet".into() };
-    anyhow::anyhow!("non-finite loss ({l}) at step {step}; first non-finite tensor: {}; {saved}", first_non_finite(vars))
-}
-
-fn first_non_finite(vars: &[(String, Tensor)]) -> String {
-    let mut largest = (0.0f64, "");
-    for (n, v) in vars {
-        let vals = v.to_vec_f64();
-        if vals.iter().any(|x| !x.is_finite()) {
-            return format!("parameter `{n}`");
-        }
-        if let Some(g) = v.grad() {
-            if g.to_vec_f64().iter().any(|x| !x.is_finite()) {
-                return format!("gradient of `{n}`");
-            }
-        }
-        let m = vals.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-        if m > largest.0 {
-            largest = (m, n);
-        }
+    match e {
+        NonFiniteLoss { loss, first } => anyhow::anyhow!("non-finite loss ({loss}) at step {step}; first non-finite tensor: {first}; {saved}"),
+        NonFiniteNorm { first } => anyhow::anyhow!("non-finite gradient norm at step {step}; first non-finite tensor: {first}"),
+        e => e.into(),
     }
-    format!("none among parameters and gradients, so an activation overflowed; the largest parameter is `{}` with |value| {:.3e} (learning rate too high?)", largest.1, largest.0)
 }
 
 fn train_gpt(a: GptArgs) -> Result<()> {
@@ -292,7 +252,6 @@ fn train_gpt(a: GptArgs) -> Result<()> {
     vb.to_device(device);
     model.compute_dtype = if cfg.precision == "bf16" { DType::BF16 } else { DType::F32 };
     let vars = vb.vars();
-    let var_tensors: Vec<Tensor> = vars.iter().map(|(_, v)| v.clone()).collect();
     let mut opt = AdamW::new(
         vars.clone(),
         AdamWConfig { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay },
@@ -311,14 +270,14 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         let mp = run_dir.join("metrics.jsonl");
         if let Ok(text) = std::fs::read_to_string(&mp) {
             let kept: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)).collect();
-            crate::ledger::write_file(&mp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+            fmlab_train::ledger::write_file(&mp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
         }
         eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
     }
     let cfg_json = serde_json::to_string_pretty(&cfg)?;
-    crate::ledger::write_file(&run_dir.join("config.json"), &cfg_json)?;
+    fmlab_train::ledger::write_file(&run_dir.join("config.json"), &cfg_json)?;
     if resume_from.is_none() {
-        crate::ledger::write_run_info(&run_dir, "train gpt", &cfg_json, cfg.seed, device)?;
+        fmlab_train::ledger::write_run_info(&run_dir, "train gpt", &cfg_json, cfg.seed, device, checkpoint::git_commit(), crate::device::gpu_name(device))?;
     }
     eprintln!(
         "model: gpt2 {} ({} params) on {device} in {}, batch {} × seq {} × accum {} = {} tokens/step, {} steps, lr {} → {} (warmup {}), wd {}",
@@ -367,59 +326,22 @@ fn train_gpt(a: GptArgs) -> Result<()> {
     if use_graph {
         eprintln!("training step: one CUDA graph (captured after the first step; --cuda-graph off launches eagerly)");
     }
-    let ranges = [IdRange { name: "input ids", bound: cfg.model.vocab_size, ignore: None }, IdRange { name: "targets", bound: cfg.model.vocab_size, ignore: Some(-100) }];
-    let mut graph: Option<GraphStep> = None;
-    let mut first = true;
+    let ranges = vec![IdRange { name: "input ids", bound: cfg.model.vocab_size, ignore: None }, IdRange { name: "targets", bound: cfg.model.vocab_size, ignore: Some(-100) }];
+    let mut trainer = Trainer::new(opt, vars.clone(), StepOptions { grad_accum: cfg.grad_accum, grad_clip: cfg.grad_clip, graph: use_graph, ranges, check_loss_first: true });
+    let loss_fn = |inp: &[Tensor], rng: Option<&mut Rng>| model.loss(&inp[0], &inp[1], rng);
     while step < stop_at {
         let ts = Instant::now();
         let lr = schedule.lr_at(step);
-        opt.set_lr(lr);
-        let mut loss_sum = 0.0;
-        // The first step of this invocation runs eagerly (kernels loaded, allocator warm); the
-        // graph is captured at the second and replayed from then on. A non-finite loss is seen
-        // after the replay that applied it: the checkpoint on disk is from before it.
-        let mut graph_norm = None;
-        if use_graph && !first {
+        let mut next = || {
             let (x, y) = sampler.batch(&corpus.train, cfg.batch, cfg.seq);
-            if graph.is_none() {
-                graph = Some(GraphStep::capture(&mut opt, &[x.clone(), y.clone()], &ranges, cfg.grad_clip, |inp| model.loss(&inp[0], &inp[1], None))?);
-            }
-            let g = graph.as_mut().unwrap();
-            g.step(&mut opt, &[x, y])?;
-            loss_sum = g.loss();
-            if !loss_sum.is_finite() {
-                return Err(non_finite_loss(loss_sum, step, &run_dir, &vars));
-            }
-            graph_norm = Some(g.norm());
-        }
-        first = false;
-        // Eager micro-batches (none when the graph ran the step).
-        let micro_batches = if graph_norm.is_some() { 0 } else { cfg.grad_accum };
-        for _ in 0..micro_batches {
-            let (x, y) = sampler.batch(&corpus.train, cfg.batch, cfg.seq);
-            // Token ids stay on the host: the embedding lookup range-checks them there and
-            // uploads them once (moving them first would cost a download to check them).
-            let loss = model.loss(&x, &y, Some(&mut drop_rng));
-            let l = loss.item();
-            if !l.is_finite() {
-                return Err(non_finite_loss(l, step, &run_dir, &vars));
-            }
-            loss_sum += l;
-            loss.scale(1.0 / cfg.grad_accum as f64).backward();
-        }
-        let loss = loss_sum / cfg.grad_accum as f64;
-        let norm = graph_norm.unwrap_or_else(|| clip_grad_norm(&var_tensors, cfg.grad_clip));
-        if !norm.is_finite() {
-            bail!("non-finite gradient norm at step {step}; first non-finite tensor: {}", first_non_finite(&vars));
-        }
-        if graph_norm.is_none() {
-            opt.step();
-            opt.zero_grad();
-        }
+            vec![x, y]
+        };
+        let out = trainer.step(lr, &mut next, &loss_fn, &mut drop_rng, &mut NoHooks).map_err(|e| diverged(e, step, &run_dir))?;
+        let (loss, norm) = (out.loss, out.grad_norm);
         step += 1;
         let dt = ts.elapsed().as_secs_f64();
         let tok_s = tokens_per_step as f64 / dt;
-        let mut rec = serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tok_s": tok_s, "step_s": dt, "mfu": mfu(&cfg, tok_s, device)});
+        let mut rec = serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tok_s": tok_s, "step_s": dt, "mfu": fmlab_train::mfu::mfu(cfg.model.flops_per_token(cfg.seq), tok_s, device)});
         if device.is_cuda() {
             rec["memory"] = crate::device::mem_json(device);
         }
@@ -434,13 +356,13 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         pb.set_message(format!("loss {loss:.4} | val {last_val:.4} | {tok_s:.0} tok/s | lr {lr:.1e}"));
         pb.set_position(step);
         if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || step == stop_at {
-            save(step, &opt, &sampler, &drop_rng)?;
+            save(step, &trainer.opt, &sampler, &drop_rng)?;
         }
     }
     pb.finish_and_clear();
     // Global L2 norm of the weight-decayed matrices: what weight decay acts on (see docs/concepts.md).
     let wnorm = vars.iter().filter(|(n, v)| default_decay(n, v)).map(|(_, v)| v.to_vec::<f32>().iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>()).sum::<f64>().sqrt();
-    crate::ledger::write_final(&run_dir, serde_json::json!({"step": step, "val_loss": last_val, "unigram_baseline": baseline, "weight_norm": wnorm}))?;
+    fmlab_train::ledger::write_final(&run_dir, serde_json::json!({"step": step, "val_loss": last_val, "unigram_baseline": baseline, "weight_norm": wnorm}))?;
     if step == cfg.steps && a.sample_tokens > 0 {
         write_samples(&model, &tok, &run_dir, a.sample_tokens, cfg.seed)?;
     }
@@ -457,22 +379,9 @@ fn write_samples(model: &Gpt2, tok: &fmlab_tokenizer::Tokenizer, run_dir: &std::
         writeln!(buf, "--- prompt {prompt:?}, {n} tokens, temperature 0.8, top-k 50, top-p 0.95, seed {seed} ---")?;
         crate::sampling::generate(model, tok, prompt, n, &mut sampler, &mut buf)?;
     }
-    crate::ledger::write_file(&run_dir.join("samples.txt"), String::from_utf8_lossy(&buf).into_owned())?;
+    fmlab_train::ledger::write_file(&run_dir.join("samples.txt"), String::from_utf8_lossy(&buf).into_owned())?;
     Ok(())
 }
-
-/// Model FLOPs utilization: achieved training FLOP/s (`Gpt2Config::flops_per_token`, the 6N + 12·L·C·T
-/// formula) over the device's dense bf16 peak; null on the CPU, whose peak we do not claim to know.
-pub fn mfu(cfg: &RunConfig, tok_s: f64, device: Device) -> serde_json::Value {
-    match device {
-        Device::Cuda(_) => serde_json::json!(cfg.model.flops_per_token(cfg.seq) * tok_s / H100_BF16_PEAK),
-        Device::Cpu => serde_json::Value::Null,
-    }
-}
-
-/// H100 SXM dense bf16 tensor-core peak (989.4 TFLOP/s, NVIDIA datasheet); cuBLASLt reaches
-/// ≈797 TFLOP/s on large GEMMs on the lent machine (GPU.md).
-pub const H100_BF16_PEAK: f64 = 989.4e12;
 
 fn unix_time() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use crate::TrainError;
+
+type Result<T> = std::result::Result<T, TrainError>;
 
 /// 64-bit FNV-1a of the resolved config: runs with the same hash ran the same configuration.
 pub fn config_hash(cfg_json: &str) -> String {
@@ -17,27 +19,29 @@ pub fn config_hash(cfg_json: &str) -> String {
 
 /// Writes a file of the ledger (or any artifact) crash-safely, with the path in the error.
 pub fn write_file(path: &Path, bytes: impl AsRef<[u8]>) -> Result<()> {
-    fmlab_fs::write_atomic(path, bytes.as_ref()).with_context(|| format!("writing {}", path.display()))
+    fmlab_fs::write_atomic(path, bytes.as_ref()).map_err(|e| TrainError::file(path, format!("writing: {e}")))
 }
 
-pub fn write_run_info(dir: &Path, command: &str, cfg_json: &str, seed: u64, device: fmlab_tensor::Device) -> Result<()> {
+/// run.json. `git_commit`: the binary's (its build records it); `gpu`: the device's name.
+#[allow(clippy::too_many_arguments)]
+pub fn write_run_info(dir: &Path, command: &str, cfg_json: &str, seed: u64, device: fmlab_tensor::Device, git_commit: Option<String>, gpu: Option<String>) -> Result<()> {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
     let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())).unwrap_or_default();
     let info = serde_json::json!({
         "command": command,
         "argv": std::env::args().collect::<Vec<_>>(),
         "config_hash": config_hash(cfg_json),
-        "git_commit": crate::checkpoint::git_commit(),
+        "git_commit": git_commit,
         "seed": seed,
-        "machine": {"host": host, "cpu": cpu, "threads": rayon::current_num_threads(), "device": device.to_string(), "gpu": crate::device::gpu_name(device)},
+        "machine": {"host": host, "cpu": cpu, "threads": rayon::current_num_threads(), "device": device.to_string(), "gpu": gpu},
         "started_unix": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
         "fmlab_version": env!("CARGO_PKG_VERSION"),
     });
-    write_file(&dir.join("run.json"), serde_json::to_string_pretty(&info)?)
+    write_file(&dir.join("run.json"), json(&info))
 }
 
 pub fn write_final(dir: &Path, v: serde_json::Value) -> Result<()> {
-    write_file(&dir.join("final.json"), serde_json::to_string_pretty(&v)?)
+    write_file(&dir.join("final.json"), json(&v))
 }
 
 pub struct RunSummary {
@@ -51,11 +55,11 @@ impl RunSummary {
     pub fn load(dir: &Path) -> Result<RunSummary> {
         let read = |n: &str| -> Result<serde_json::Value> {
             let p = dir.join(n);
-            let s = std::fs::read_to_string(&p).with_context(|| format!("{}: not a run folder (no {n})", dir.display()))?;
-            serde_json::from_str(&s).with_context(|| format!("{}: not valid JSON", p.display()))
+            let s = std::fs::read_to_string(&p).map_err(|_| TrainError::file(dir, format!("not a run folder (no {n})")))?;
+            serde_json::from_str(&s).map_err(|e| TrainError::file(&p, format!("not valid JSON: {e}")))
         };
         let metrics = match std::fs::read_to_string(dir.join("metrics.jsonl")) {
-            Ok(s) => s.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).with_context(|| format!("{}: bad line", dir.join("metrics.jsonl").display()))).collect::<Result<_>>()?,
+            Ok(s) => s.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).map_err(|e| TrainError::file(&dir.join("metrics.jsonl"), format!("bad line: {e}")))).collect::<Result<_>>()?,
             Err(_) => Vec::new(),
         };
         Ok(RunSummary { dir: dir.to_path_buf(), info: read("run.json")?, config: read("config.json")?, metrics })
@@ -89,4 +93,8 @@ pub fn list(root: &Path) -> Result<Vec<RunSummary>> {
         out.push(RunSummary::load(&d)?);
     }
     Ok(out)
+}
+
+fn json(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).expect("a JSON value prints")
 }
