@@ -975,3 +975,11 @@ fn same_device(a: &Tensor, b: &Tensor, what: &str) -> (Tensor, Tensor) {
 pub(crate) fn cuda_ptr(t: &Tensor) -> u64 {
     t.cuda_ptr()
 }
+
+/// The CUDA device a tensor's storage is on (kernel launches).
+pub(crate) fn cuda_dev_of(t: &Tensor) -> std::sync::Arc<crate::cuda::CudaDevice> {
+    t.with_storage(|s| match s {
+        Storage::Cuda(c) => c.dev.clone(),
+        s => panic!("expected a CUDA tensor, got one on {}", s.device()),
+    })
+}

@@ -9,18 +9,11 @@ use crate::cpu::CpuStorage;
 use crate::cuda::storage::sfx;
 use crate::cuda::{grid_for, Args, CudaStorage};
 use crate::op::{Backward, CustomOp, Fwd};
-use crate::tensor::{cuda_ptr, Storage};
+use crate::tensor::{cuda_dev_of as cuda_dev, cuda_ptr, Storage};
 use crate::{DType, Tensor};
 
 /// Row counts below this many elements in total run on one thread.
 const PAR_MIN: usize = 1 << 16;
-
-fn cuda_dev(t: &Tensor) -> std::sync::Arc<crate::cuda::CudaDevice> {
-    t.with_storage(|s| match s {
-        Storage::Cuda(c) => c.dev.clone(),
-        s => panic!("expected a CUDA tensor, got one on {}", s.device()),
-    })
-}
 
 /// GELU of a contiguous x; `approx`: the tanh form (else erf).
 struct Gelu {

@@ -21,7 +21,7 @@ use crate::op::{Backward, CustomOp, Fwd};
 use crate::dtype::Float;
 use crate::op::{BinaryOp, Op};
 use crate::settings::LN_FUSED;
-use crate::tensor::{cuda_ptr, Storage};
+use crate::tensor::{cuda_dev_of as cuda_dev, cuda_ptr, Storage};
 use crate::{DType, Tensor};
 
 /// LayerNorm over the last dim of a contiguous x; inputs [x, w] or [x, w, b], w and b
@@ -83,13 +83,6 @@ fn ln_weight_dtype(x: DType, w: DType) -> DType {
     } else {
         x
     }
-}
-
-fn cuda_dev(t: &Tensor) -> std::sync::Arc<crate::cuda::CudaDevice> {
-    t.with_storage(|s| match s {
-        Storage::Cuda(c) => c.dev.clone(),
-        s => panic!("expected a CUDA tensor, got one on {}", s.device()),
-    })
 }
 
 fn ln_fwd_cpu<T: Float>(x: &[T], w: &[T], b: Option<&[T]>, c: usize, eps: f64) -> (Vec<T>, Vec<T>, Vec<T>) {
