@@ -8,6 +8,7 @@
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use crate::backend::BackendStorage;
 use crate::dtype::num_like::NumLike;
 use crate::dtype::{DType, WithDType};
 use crate::layout::{coalesce, Layout};
@@ -297,15 +298,6 @@ impl CpuStorage {
         with_vec!(self, v => unary_map(v, l, |x| x.to_f64()))
     }
 
-    /// A contiguous copy of the viewed elements.
-    pub fn copy_strided(&self, l: &Layout) -> CpuStorage {
-        if l.is_contiguous() {
-            let n = l.numel();
-            return map_vec!(self, v => v[l.offset..l.offset + n].to_vec());
-        }
-        map_vec!(self, v => unary_map(v, l, |x| x))
-    }
-
     /// Writes the elements viewed by `l` into `dst` viewed by `dl` (same shape and dtype).
     pub fn copy_into(&self, l: &Layout, dst: &mut CpuStorage, dl: &Layout) {
         assert_eq!(l.shape, dl.shape, "copy_into: a view of {:?} into one of {:?}", l.shape, dl.shape);
@@ -324,208 +316,6 @@ impl CpuStorage {
             };
         }
         go!(F32, F64, BF16, F16, I32, U32, U8);
-    }
-
-    pub fn cast(&self, l: &Layout, to: DType) -> CpuStorage {
-        macro_rules! conv {
-            ($t:ty) => {
-                with_vec!(self, v => <$t as VecOf>::wrap(unary_map(v, l, |x| <$t>::from_f64(x.to_f64()))))
-            };
-        }
-        match to {
-            DType::F32 => match self {
-                CpuStorage::BF16(v) => CpuStorage::F32(unary_map(v, l, |x| x.to_f32())),
-                _ => conv!(f32),
-            },
-            DType::F64 => conv!(f64),
-            DType::BF16 => match self {
-                CpuStorage::F32(v) => CpuStorage::BF16(unary_map(v, l, bf16::from_f32)),
-                _ => conv!(bf16),
-            },
-            DType::F16 => conv!(f16),
-            DType::I32 => conv!(i32),
-            DType::U32 => conv!(u32),
-            DType::U8 => conv!(u8),
-        }
-    }
-
-    pub fn unary(&self, l: &Layout, op: UnaryOp) -> CpuStorage {
-        match self {
-            CpuStorage::F32(v) => CpuStorage::F32(unary_apply(v, l, op, |x: f32| x)),
-            CpuStorage::F64(v) => CpuStorage::F64(unary_apply(v, l, op, |x: f64| x)),
-            CpuStorage::BF16(v) => narrow_to(unary_apply(v, l, op, |x: bf16| x.to_f32()), DType::BF16),
-            CpuStorage::F16(v) => narrow_to(unary_apply(v, l, op, |x: f16| x.to_f32()), DType::F16),
-            s => panic!("unary {op:?} on {} tensor", s.dtype()),
-        }
-    }
-
-    /// `la` and `lb` are already broadcast to the output shape.
-    pub fn binary(&self, la: &Layout, rhs: &CpuStorage, lb: &Layout, op: BinaryOp) -> CpuStorage {
-        match (self, rhs) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(binary_apply(a, la, b, lb, op)),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(binary_apply(a, la, b, lb, op)),
-            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => CpuStorage::BF16(half_binary(a, la, b, lb, op, bf16::from_f32, |x: bf16| x.to_f32())),
-            (CpuStorage::F16(a), CpuStorage::F16(b)) => CpuStorage::F16(half_binary(a, la, b, lb, op, f16::from_f32, |x: f16| x.to_f32())),
-            (CpuStorage::I32(a), CpuStorage::I32(b)) => CpuStorage::I32(binary_map(a, la, b, lb, |x: i32, y: i32| match op {
-                BinaryOp::Add => x.wrapping_add(y),
-                BinaryOp::Sub => x.wrapping_sub(y),
-                BinaryOp::Mul => x.wrapping_mul(y),
-                BinaryOp::Div => x / y,
-                BinaryOp::Maximum => x.max(y),
-                BinaryOp::Minimum => x.min(y),
-            })),
-            (a, b) => panic!("binary {op:?} on {} and {} tensors", a.dtype(), b.dtype()),
-        }
-    }
-
-    /// Elementwise comparison → U8 mask (1 where true).
-    pub fn cmp(&self, la: &Layout, rhs: &CpuStorage, lb: &Layout, op: CmpOp) -> CpuStorage {
-        fn f<T: PartialOrd>(op: CmpOp) -> impl Fn(T, T) -> u8 + Sync {
-            move |a, b| {
-                (match op {
-                    CmpOp::Eq => a == b,
-                    CmpOp::Ne => a != b,
-                    CmpOp::Lt => a < b,
-                    CmpOp::Le => a <= b,
-                    CmpOp::Gt => a > b,
-                    CmpOp::Ge => a >= b,
-                }) as u8
-            }
-        }
-        CpuStorage::U8(match (self, rhs) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => binary_map(a, la, b, lb, f(op)),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => binary_map(a, la, b, lb, f(op)),
-            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => binary_map(a, la, b, lb, f(op)),
-            (CpuStorage::F16(a), CpuStorage::F16(b)) => binary_map(a, la, b, lb, f(op)),
-            (CpuStorage::I32(a), CpuStorage::I32(b)) => binary_map(a, la, b, lb, f(op)),
-            (CpuStorage::U32(a), CpuStorage::U32(b)) => binary_map(a, la, b, lb, f(op)),
-            (CpuStorage::U8(a), CpuStorage::U8(b)) => binary_map(a, la, b, lb, f(op)),
-            (a, b) => panic!("cmp {op:?} on {} and {} tensors", a.dtype(), b.dtype()),
-        })
-    }
-
-    /// `where(cond, a, b)`; all three layouts already broadcast to the output shape.
-    pub fn where_cond(cond: &CpuStorage, lc: &Layout, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> CpuStorage {
-        let CpuStorage::U8(c) = cond else { panic!("where: condition must be u8, got {}", cond.dtype()) };
-        fn go<T: VecOf>(c: &[u8], lc: &Layout, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
-            let mut out = vec![T::zero(); lc.numel()];
-            map_strided(&lc.shape, [&lc.strides, &la.strides, &lb.strides], [lc.offset, la.offset, lb.offset], &mut out, |run, [oc, oa, ob], [sc, sa, sb]| {
-                for (j, x) in run.iter_mut().enumerate() {
-                    *x = if c[oc + j * sc] != 0 { a[oa + j * sa] } else { b[ob + j * sb] };
-                }
-            });
-            out
-        }
-        macro_rules! arm {
-            ($($d:ident),*) => {
-                match (a, b) {
-                    $((CpuStorage::$d(a), CpuStorage::$d(b)) => CpuStorage::$d(go(c, lc, a, la, b, lb)),)*
-                    (a, b) => panic!("where: branches are {} and {}", a.dtype(), b.dtype()),
-                }
-            };
-        }
-        arm!(F32, F64, BF16, F16, I32, U32, U8)
-    }
-
-    /// Reduces over `dims` (sorted, unique), keeping them as size 1.
-    pub fn reduce(&self, l: &Layout, op: ReduceOp, dims: &[usize]) -> CpuStorage {
-        // Move the reduced dims last and make contiguous: each output is then a contiguous run.
-        let kept: Vec<usize> = (0..l.rank()).filter(|d| !dims.contains(d)).collect();
-        let perm: Vec<usize> = kept.iter().chain(dims).copied().collect();
-        let pl = Layout {
-            shape: perm.iter().map(|&d| l.shape[d]).collect(),
-            strides: perm.iter().map(|&d| l.strides[d]).collect(),
-            offset: l.offset,
-        };
-        let red: usize = dims.iter().map(|&d| l.shape[d]).product();
-        let n_out: usize = kept.iter().map(|&d| l.shape[d]).product();
-        fn go<T: WithDType + NumLike>(src: &[T], n_out: usize, red: usize, op: ReduceOp) -> Vec<T> {
-            let mut out = vec![T::zero(); n_out];
-            let grain = (PAR_GRAIN / red.max(1)).max(1);
-            out.par_chunks_mut(grain).enumerate().for_each(|(c, chunk)| {
-                for (i, o) in chunk.iter_mut().enumerate() {
-                    let row = &src[(c * grain + i) * red..(c * grain + i + 1) * red];
-                    *o = match op {
-                        // Summed in f64: one rounding per output instead of one per element.
-                        ReduceOp::Sum => T::from_f64(row.iter().map(|x| x.to_f64()).sum::<f64>()),
-                        ReduceOp::Max => row.iter().fold(T::neg_infinity(), |m, &x| if x > m || x.is_nan() { x } else { m }),
-                        ReduceOp::Min => row.iter().fold(-T::neg_infinity(), |m, &x| if x < m || x.is_nan() { x } else { m }),
-                    };
-                }
-            });
-            out
-        }
-        // Reduced dims already last and contiguous (softmax, norms): read in place, no copy.
-        let copied;
-        let (src, off) = if pl.is_contiguous() {
-            (self, pl.offset)
-        } else {
-            copied = self.copy_strided(&pl);
-            (&copied, 0)
-        };
-        let n = n_out * red;
-        match src {
-            CpuStorage::F32(v) => CpuStorage::F32(go(&v[off..off + n], n_out, red, op)),
-            CpuStorage::F64(v) => CpuStorage::F64(go(&v[off..off + n], n_out, red, op)),
-            CpuStorage::BF16(v) => narrow_to(go(&widen(&v[off..off + n]), n_out, red, op), DType::BF16),
-            CpuStorage::F16(v) => narrow_to(go(&widen(&v[off..off + n]), n_out, red, op), DType::F16),
-            s => panic!("reduce {op:?} on {} tensor", s.dtype()),
-        }
-    }
-
-    /// Batched matmul. `la`: [.., M, K], `lb`: [.., K, N], batch dims already broadcast to the
-    /// same shape (stride 0 where broadcast). Output contiguous [.., M, N].
-    pub fn matmul(&self, la: &Layout, rhs: &CpuStorage, lb: &Layout) -> CpuStorage {
-        let r = la.rank();
-        let (m, k, n) = (la.shape[r - 2], la.shape[r - 1], lb.shape[r - 1]);
-        let batch: Vec<usize> = la.shape[..r - 2].to_vec();
-        let nb: usize = batch.iter().product();
-        fn go<T: 'static + WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout, m: usize, k: usize, n: usize, batch: &[usize], nb: usize) -> Vec<T> {
-            let r = la.rank();
-            let mut out = vec![T::zero(); nb * m * n];
-            if m * n == 0 {
-                return out;
-            }
-            let big = m * n * k >= 1 << 18;
-            let par = if big { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
-            for bi in 0..nb {
-                let (mut oa, mut ob) = (la.offset, lb.offset);
-                let mut rem = bi;
-                for d in (0..batch.len()).rev() {
-                    let i = rem % batch[d];
-                    rem /= batch[d];
-                    oa += i * la.strides[d];
-                    ob += i * lb.strides[d];
-                }
-                let dst = &mut out[bi * m * n..(bi + 1) * m * n];
-                if k == 0 {
-                    continue;
-                }
-                // SAFETY: the pointers and strides describe in-bounds views of `a`, `b` and `dst`
-                // (the layouts were checked against the storage sizes when the tensors were made).
-                unsafe {
-                    gemm::gemm(
-                        m, n, k,
-                        dst.as_mut_ptr(), 1, n as isize, false,
-                        a.as_ptr().add(oa), la.strides[r - 1] as isize, la.strides[r - 2] as isize,
-                        b.as_ptr().add(ob), lb.strides[r - 1] as isize, lb.strides[r - 2] as isize,
-                        T::zero(), T::from_f64(1.0), false, false, false, par,
-                    );
-                }
-            }
-            out
-        }
-        match (self, rhs) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(go(a, la, b, lb, m, k, n, &batch, nb)),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(go(a, la, b, lb, m, k, n, &batch, nb)),
-            (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
-                // Half precision on CPU: compute in f32 (the CPU path is for correctness).
-                let (a, b) = (self.cast(la, DType::F32), rhs.cast(lb, DType::F32));
-                let out = a.matmul(&Layout::contiguous(&la.shape), &b, &Layout::contiguous(&lb.shape));
-                out.cast(&Layout::contiguous(&[nb * m * n]), self.dtype())
-            }
-            (a, b) => panic!("matmul on {} and {} tensors", a.dtype(), b.dtype()),
-        }
     }
 
     /// `out[.., i, ..] = self[.., ids[i], ..]` along `dim`.
@@ -579,80 +369,6 @@ impl CpuStorage {
         }
     }
 
-    /// `out[i][j][k] = self[i][idx[i][j][k]][k]` (for dim = 1); idx has the output shape.
-    pub fn gather(&self, l: &Layout, idx: &[usize], idx_shape: &[usize], dim: usize) -> CpuStorage {
-        let src = self.copy_strided(l);
-        let st = crate::layout::contiguous_strides(&l.shape);
-        let ist = crate::layout::contiguous_strides(idx_shape);
-        map_vec!(&src, v => {
-            (0..idx.len()).map(|flat| {
-                let mut off = 0;
-                for d in 0..idx_shape.len() {
-                    let i = (flat / ist[d]) % idx_shape[d];
-                    off += if d == dim { idx[flat] } else { i } * st[d];
-                }
-                v[off]
-            }).collect()
-        })
-    }
-
-    /// `self[i][idx[i][j][k]][k] += src[i][j][k]` (for dim = 1); self contiguous of `shape`.
-    pub fn scatter_add(&self, shape: &[usize], idx: &[usize], idx_shape: &[usize], src: &CpuStorage, ls: &Layout, dim: usize) -> CpuStorage {
-        let src = src.cast(ls, self.dtype());
-        let st = crate::layout::contiguous_strides(shape);
-        let ist = crate::layout::contiguous_strides(idx_shape);
-        let target = |flat: usize| {
-            let mut off = 0;
-            for d in 0..idx_shape.len() {
-                let i = (flat / ist[d]) % idx_shape[d];
-                off += if d == dim { idx[flat] } else { i } * st[d];
-            }
-            off
-        };
-        fn go<T: WithDType + NumLike>(base: &[T], s: &[T], target: impl Fn(usize) -> usize) -> Vec<T> {
-            let mut out = base.to_vec();
-            for (flat, &x) in s.iter().enumerate() {
-                let t = target(flat);
-                out[t] = out[t] + x;
-            }
-            out
-        }
-        match (self, &src) {
-            (CpuStorage::F32(b), CpuStorage::F32(s)) => CpuStorage::F32(go(b, s, target)),
-            (CpuStorage::F64(b), CpuStorage::F64(s)) => CpuStorage::F64(go(b, s, target)),
-            (b, _) => panic!("scatter_add on {} tensor", b.dtype()),
-        }
-    }
-
-    /// Concatenates contiguous copies of `parts` along `dim`.
-    pub fn cat(parts: &[(&CpuStorage, &Layout)], dim: usize) -> CpuStorage {
-        let outer: usize = parts[0].1.shape[..dim].iter().product();
-        let srcs: Vec<CpuStorage> = parts.iter().map(|(s, l)| s.copy_strided(l)).collect();
-        let inners: Vec<usize> = parts.iter().map(|(_, l)| l.shape[dim..].iter().product()).collect();
-        let total: usize = srcs.iter().map(|s| s.len()).sum();
-        macro_rules! go {
-            ($d:ident) => {{
-                let mut out = Vec::with_capacity(total);
-                for o in 0..outer {
-                    for (s, &inner) in srcs.iter().zip(&inners) {
-                        let CpuStorage::$d(v) = s else { panic!("cat: mixed dtypes") };
-                        out.extend_from_slice(&v[o * inner..(o + 1) * inner]);
-                    }
-                }
-                CpuStorage::$d(out)
-            }};
-        }
-        match &srcs[0] {
-            CpuStorage::F32(_) => go!(F32),
-            CpuStorage::F64(_) => go!(F64),
-            CpuStorage::BF16(_) => go!(BF16),
-            CpuStorage::F16(_) => go!(F16),
-            CpuStorage::I32(_) => go!(I32),
-            CpuStorage::U32(_) => go!(U32),
-            CpuStorage::U8(_) => go!(U8),
-        }
-    }
-
     /// The raw bytes of all elements (host byte order, which is little-endian on every target
     /// fmlab builds for).
     pub fn as_bytes(&self) -> &[u8] {
@@ -702,4 +418,291 @@ fn strided_offsets(l: &Layout) -> Vec<usize> {
         out = out.iter().flat_map(|&o| (0..n).map(move |i| o + i * st)).collect();
     }
     out
+}
+
+impl crate::backend::BackendStorage for CpuStorage {
+    /// A contiguous copy of the viewed elements.
+    fn copy_strided(&self, l: &Layout) -> CpuStorage {
+        if l.is_contiguous() {
+            let n = l.numel();
+            return map_vec!(self, v => v[l.offset..l.offset + n].to_vec());
+        }
+        map_vec!(self, v => unary_map(v, l, |x| x))
+    }
+
+    fn cast(&self, l: &Layout, to: DType) -> CpuStorage {
+        macro_rules! conv {
+            ($t:ty) => {
+                with_vec!(self, v => <$t as VecOf>::wrap(unary_map(v, l, |x| <$t>::from_f64(x.to_f64()))))
+            };
+        }
+        match to {
+            DType::F32 => match self {
+                CpuStorage::BF16(v) => CpuStorage::F32(unary_map(v, l, |x| x.to_f32())),
+                _ => conv!(f32),
+            },
+            DType::F64 => conv!(f64),
+            DType::BF16 => match self {
+                CpuStorage::F32(v) => CpuStorage::BF16(unary_map(v, l, bf16::from_f32)),
+                _ => conv!(bf16),
+            },
+            DType::F16 => conv!(f16),
+            DType::I32 => conv!(i32),
+            DType::U32 => conv!(u32),
+            DType::U8 => conv!(u8),
+        }
+    }
+
+    fn unary(&self, l: &Layout, op: UnaryOp) -> CpuStorage {
+        match self {
+            CpuStorage::F32(v) => CpuStorage::F32(unary_apply(v, l, op, |x: f32| x)),
+            CpuStorage::F64(v) => CpuStorage::F64(unary_apply(v, l, op, |x: f64| x)),
+            CpuStorage::BF16(v) => narrow_to(unary_apply(v, l, op, |x: bf16| x.to_f32()), DType::BF16),
+            CpuStorage::F16(v) => narrow_to(unary_apply(v, l, op, |x: f16| x.to_f32()), DType::F16),
+            s => panic!("unary {op:?} on {} tensor", s.dtype()),
+        }
+    }
+
+    /// `la` and `lb` are already broadcast to the output shape.
+    fn binary(&self, la: &Layout, rhs: &CpuStorage, lb: &Layout, op: BinaryOp) -> CpuStorage {
+        match (self, rhs) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(binary_apply(a, la, b, lb, op)),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(binary_apply(a, la, b, lb, op)),
+            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => CpuStorage::BF16(half_binary(a, la, b, lb, op, bf16::from_f32, |x: bf16| x.to_f32())),
+            (CpuStorage::F16(a), CpuStorage::F16(b)) => CpuStorage::F16(half_binary(a, la, b, lb, op, f16::from_f32, |x: f16| x.to_f32())),
+            (CpuStorage::I32(a), CpuStorage::I32(b)) => CpuStorage::I32(binary_map(a, la, b, lb, |x: i32, y: i32| match op {
+                BinaryOp::Add => x.wrapping_add(y),
+                BinaryOp::Sub => x.wrapping_sub(y),
+                BinaryOp::Mul => x.wrapping_mul(y),
+                BinaryOp::Div => x / y,
+                BinaryOp::Maximum => x.max(y),
+                BinaryOp::Minimum => x.min(y),
+            })),
+            (a, b) => panic!("binary {op:?} on {} and {} tensors", a.dtype(), b.dtype()),
+        }
+    }
+
+    /// Elementwise comparison → U8 mask (1 where true).
+    fn cmp(&self, la: &Layout, rhs: &CpuStorage, lb: &Layout, op: CmpOp) -> CpuStorage {
+        fn f<T: PartialOrd>(op: CmpOp) -> impl Fn(T, T) -> u8 + Sync {
+            move |a, b| {
+                (match op {
+                    CmpOp::Eq => a == b,
+                    CmpOp::Ne => a != b,
+                    CmpOp::Lt => a < b,
+                    CmpOp::Le => a <= b,
+                    CmpOp::Gt => a > b,
+                    CmpOp::Ge => a >= b,
+                }) as u8
+            }
+        }
+        CpuStorage::U8(match (self, rhs) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => binary_map(a, la, b, lb, f(op)),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => binary_map(a, la, b, lb, f(op)),
+            (CpuStorage::BF16(a), CpuStorage::BF16(b)) => binary_map(a, la, b, lb, f(op)),
+            (CpuStorage::F16(a), CpuStorage::F16(b)) => binary_map(a, la, b, lb, f(op)),
+            (CpuStorage::I32(a), CpuStorage::I32(b)) => binary_map(a, la, b, lb, f(op)),
+            (CpuStorage::U32(a), CpuStorage::U32(b)) => binary_map(a, la, b, lb, f(op)),
+            (CpuStorage::U8(a), CpuStorage::U8(b)) => binary_map(a, la, b, lb, f(op)),
+            (a, b) => panic!("cmp {op:?} on {} and {} tensors", a.dtype(), b.dtype()),
+        })
+    }
+
+    /// `where(cond, a, b)`; all three layouts already broadcast to the output shape.
+    fn where_cond(cond: &CpuStorage, lc: &Layout, a: &CpuStorage, la: &Layout, b: &CpuStorage, lb: &Layout) -> CpuStorage {
+        let CpuStorage::U8(c) = cond else { panic!("where: condition must be u8, got {}", cond.dtype()) };
+        fn go<T: VecOf>(c: &[u8], lc: &Layout, a: &[T], la: &Layout, b: &[T], lb: &Layout) -> Vec<T> {
+            let mut out = vec![T::zero(); lc.numel()];
+            map_strided(&lc.shape, [&lc.strides, &la.strides, &lb.strides], [lc.offset, la.offset, lb.offset], &mut out, |run, [oc, oa, ob], [sc, sa, sb]| {
+                for (j, x) in run.iter_mut().enumerate() {
+                    *x = if c[oc + j * sc] != 0 { a[oa + j * sa] } else { b[ob + j * sb] };
+                }
+            });
+            out
+        }
+        macro_rules! arm {
+            ($($d:ident),*) => {
+                match (a, b) {
+                    $((CpuStorage::$d(a), CpuStorage::$d(b)) => CpuStorage::$d(go(c, lc, a, la, b, lb)),)*
+                    (a, b) => panic!("where: branches are {} and {}", a.dtype(), b.dtype()),
+                }
+            };
+        }
+        arm!(F32, F64, BF16, F16, I32, U32, U8)
+    }
+
+    /// Reduces over `dims` (sorted, unique), keeping them as size 1.
+    fn reduce(&self, l: &Layout, op: ReduceOp, dims: &[usize]) -> CpuStorage {
+        // Move the reduced dims last and make contiguous: each output is then a contiguous run.
+        let kept: Vec<usize> = (0..l.rank()).filter(|d| !dims.contains(d)).collect();
+        let perm: Vec<usize> = kept.iter().chain(dims).copied().collect();
+        let pl = Layout {
+            shape: perm.iter().map(|&d| l.shape[d]).collect(),
+            strides: perm.iter().map(|&d| l.strides[d]).collect(),
+            offset: l.offset,
+        };
+        let red: usize = dims.iter().map(|&d| l.shape[d]).product();
+        let n_out: usize = kept.iter().map(|&d| l.shape[d]).product();
+        fn go<T: WithDType + NumLike>(src: &[T], n_out: usize, red: usize, op: ReduceOp) -> Vec<T> {
+            let mut out = vec![T::zero(); n_out];
+            let grain = (PAR_GRAIN / red.max(1)).max(1);
+            out.par_chunks_mut(grain).enumerate().for_each(|(c, chunk)| {
+                for (i, o) in chunk.iter_mut().enumerate() {
+                    let row = &src[(c * grain + i) * red..(c * grain + i + 1) * red];
+                    *o = match op {
+                        // Summed in f64: one rounding per output instead of one per element.
+                        ReduceOp::Sum => T::from_f64(row.iter().map(|x| x.to_f64()).sum::<f64>()),
+                        ReduceOp::Max => row.iter().fold(T::neg_infinity(), |m, &x| if x > m || x.is_nan() { x } else { m }),
+                        ReduceOp::Min => row.iter().fold(-T::neg_infinity(), |m, &x| if x < m || x.is_nan() { x } else { m }),
+                    };
+                }
+            });
+            out
+        }
+        // Reduced dims already last and contiguous (softmax, norms): read in place, no copy.
+        let copied;
+        let (src, off) = if pl.is_contiguous() {
+            (self, pl.offset)
+        } else {
+            copied = self.copy_strided(&pl);
+            (&copied, 0)
+        };
+        let n = n_out * red;
+        match src {
+            CpuStorage::F32(v) => CpuStorage::F32(go(&v[off..off + n], n_out, red, op)),
+            CpuStorage::F64(v) => CpuStorage::F64(go(&v[off..off + n], n_out, red, op)),
+            CpuStorage::BF16(v) => narrow_to(go(&widen(&v[off..off + n]), n_out, red, op), DType::BF16),
+            CpuStorage::F16(v) => narrow_to(go(&widen(&v[off..off + n]), n_out, red, op), DType::F16),
+            s => panic!("reduce {op:?} on {} tensor", s.dtype()),
+        }
+    }
+
+    /// Batched matmul. `la`: [.., M, K], `lb`: [.., K, N], batch dims already broadcast to the
+    /// same shape (stride 0 where broadcast). Output contiguous [.., M, N].
+    fn matmul(&self, la: &Layout, rhs: &CpuStorage, lb: &Layout) -> CpuStorage {
+        let r = la.rank();
+        let (m, k, n) = (la.shape[r - 2], la.shape[r - 1], lb.shape[r - 1]);
+        let batch: Vec<usize> = la.shape[..r - 2].to_vec();
+        let nb: usize = batch.iter().product();
+        fn go<T: 'static + WithDType>(a: &[T], la: &Layout, b: &[T], lb: &Layout, m: usize, k: usize, n: usize, batch: &[usize], nb: usize) -> Vec<T> {
+            let r = la.rank();
+            let mut out = vec![T::zero(); nb * m * n];
+            if m * n == 0 {
+                return out;
+            }
+            let big = m * n * k >= 1 << 18;
+            let par = if big { gemm::Parallelism::Rayon(rayon::current_num_threads()) } else { gemm::Parallelism::None };
+            for bi in 0..nb {
+                let (mut oa, mut ob) = (la.offset, lb.offset);
+                let mut rem = bi;
+                for d in (0..batch.len()).rev() {
+                    let i = rem % batch[d];
+                    rem /= batch[d];
+                    oa += i * la.strides[d];
+                    ob += i * lb.strides[d];
+                }
+                let dst = &mut out[bi * m * n..(bi + 1) * m * n];
+                if k == 0 {
+                    continue;
+                }
+                // SAFETY: the pointers and strides describe in-bounds views of `a`, `b` and `dst`
+                // (the layouts were checked against the storage sizes when the tensors were made).
+                unsafe {
+                    gemm::gemm(
+                        m, n, k,
+                        dst.as_mut_ptr(), 1, n as isize, false,
+                        a.as_ptr().add(oa), la.strides[r - 1] as isize, la.strides[r - 2] as isize,
+                        b.as_ptr().add(ob), lb.strides[r - 1] as isize, lb.strides[r - 2] as isize,
+                        T::zero(), T::from_f64(1.0), false, false, false, par,
+                    );
+                }
+            }
+            out
+        }
+        match (self, rhs) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(go(a, la, b, lb, m, k, n, &batch, nb)),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(go(a, la, b, lb, m, k, n, &batch, nb)),
+            (CpuStorage::BF16(_), CpuStorage::BF16(_)) | (CpuStorage::F16(_), CpuStorage::F16(_)) => {
+                // Half precision on CPU: compute in f32 (the CPU path is for correctness).
+                let (a, b) = (self.cast(la, DType::F32), rhs.cast(lb, DType::F32));
+                let out = a.matmul(&Layout::contiguous(&la.shape), &b, &Layout::contiguous(&lb.shape));
+                out.cast(&Layout::contiguous(&[nb * m * n]), self.dtype())
+            }
+            (a, b) => panic!("matmul on {} and {} tensors", a.dtype(), b.dtype()),
+        }
+    }
+
+    /// `out[i][j][k] = self[i][idx[i][j][k]][k]` (for dim = 1); idx has the output shape.
+    fn gather(&self, l: &Layout, idx: &[usize], idx_shape: &[usize], dim: usize) -> CpuStorage {
+        let src = self.copy_strided(l);
+        let st = crate::layout::contiguous_strides(&l.shape);
+        let ist = crate::layout::contiguous_strides(idx_shape);
+        map_vec!(&src, v => {
+            (0..idx.len()).map(|flat| {
+                let mut off = 0;
+                for d in 0..idx_shape.len() {
+                    let i = (flat / ist[d]) % idx_shape[d];
+                    off += if d == dim { idx[flat] } else { i } * st[d];
+                }
+                v[off]
+            }).collect()
+        })
+    }
+
+    /// `self[i][idx[i][j][k]][k] += src[i][j][k]` (for dim = 1); self contiguous of `shape`.
+    fn scatter_add(&self, shape: &[usize], idx: &[usize], idx_shape: &[usize], src: &CpuStorage, ls: &Layout, dim: usize) -> CpuStorage {
+        let src = src.cast(ls, self.dtype());
+        let st = crate::layout::contiguous_strides(shape);
+        let ist = crate::layout::contiguous_strides(idx_shape);
+        let target = |flat: usize| {
+            let mut off = 0;
+            for d in 0..idx_shape.len() {
+                let i = (flat / ist[d]) % idx_shape[d];
+                off += if d == dim { idx[flat] } else { i } * st[d];
+            }
+            off
+        };
+        fn go<T: WithDType + NumLike>(base: &[T], s: &[T], target: impl Fn(usize) -> usize) -> Vec<T> {
+            let mut out = base.to_vec();
+            for (flat, &x) in s.iter().enumerate() {
+                let t = target(flat);
+                out[t] = out[t] + x;
+            }
+            out
+        }
+        match (self, &src) {
+            (CpuStorage::F32(b), CpuStorage::F32(s)) => CpuStorage::F32(go(b, s, target)),
+            (CpuStorage::F64(b), CpuStorage::F64(s)) => CpuStorage::F64(go(b, s, target)),
+            (b, _) => panic!("scatter_add on {} tensor", b.dtype()),
+        }
+    }
+
+    /// Concatenates contiguous copies of `parts` along `dim`.
+    fn cat(parts: &[(&CpuStorage, &Layout)], dim: usize) -> CpuStorage {
+        let outer: usize = parts[0].1.shape[..dim].iter().product();
+        let srcs: Vec<CpuStorage> = parts.iter().map(|(s, l)| s.copy_strided(l)).collect();
+        let inners: Vec<usize> = parts.iter().map(|(_, l)| l.shape[dim..].iter().product()).collect();
+        let total: usize = srcs.iter().map(|s| s.len()).sum();
+        macro_rules! go {
+            ($d:ident) => {{
+                let mut out = Vec::with_capacity(total);
+                for o in 0..outer {
+                    for (s, &inner) in srcs.iter().zip(&inners) {
+                        let CpuStorage::$d(v) = s else { panic!("cat: mixed dtypes") };
+                        out.extend_from_slice(&v[o * inner..(o + 1) * inner]);
+                    }
+                }
+                CpuStorage::$d(out)
+            }};
+        }
+        match &srcs[0] {
+            CpuStorage::F32(_) => go!(F32),
+            CpuStorage::F64(_) => go!(F64),
+            CpuStorage::BF16(_) => go!(BF16),
+            CpuStorage::F16(_) => go!(F16),
+            CpuStorage::I32(_) => go!(I32),
+            CpuStorage::U32(_) => go!(U32),
+            CpuStorage::U8(_) => go!(U8),
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! Errors: misuse of shapes or dtypes is a programmer bug and panics with a report naming the op
 //! and the shapes; nothing here reads files or the network.
 
+pub mod backend;
 mod backward;
 mod composite;
 pub mod cpu;
@@ -17,6 +18,7 @@ mod rng;
 pub mod settings;
 mod tensor;
 
+pub use backend::BackendStorage;
 pub use backward::sum_to;
 pub use composite::rope_tables;
 pub use cuda::gemm::gemm_autotune;

@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use crate::backend::BackendStorage;
 use crate::cpu::{CpuStorage, VecOf};
 use crate::cuda::storage::Ids;
 use crate::cuda::CudaStorage;

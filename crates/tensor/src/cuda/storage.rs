@@ -6,6 +6,7 @@ use std::sync::Arc;
 use cudarc::driver::result as drv;
 
 use super::{gemm, grid_for, Args, CudaDevice, CudaError};
+use crate::backend::BackendStorage;
 use crate::cpu::CpuStorage;
 use crate::layout::{coalesce, contiguous_strides, Layout};
 use crate::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
@@ -202,22 +203,6 @@ impl CudaStorage {
         CpuStorage::from_bytes(self.dtype, &bytes)
     }
 
-    /// A contiguous copy of the viewed elements.
-    pub fn copy_strided(&self, l: &Layout) -> CudaStorage {
-        let n = l.numel();
-        let out = CudaStorage::alloc(&self.dev, self.dtype, n);
-        if n == 0 {
-            return out;
-        }
-        if l.is_contiguous() {
-            let b = n * self.dtype.size_in_bytes();
-            unsafe { drv::memcpy_dtod_async(out.ptr, self.at(l.offset), b, self.dev.cu_stream()) }.unwrap_or_else(|e| fail(CudaError::Driver { what: "device copy".into(), msg: format!("{e:?}") }));
-            return out;
-        }
-        self.copy_into(l, &out, &Layout::contiguous(&l.shape));
-        out
-    }
-
     /// Writes the elements viewed by `l` into `dst` viewed by `dl` (same shape).
     pub(crate) fn copy_into(&self, l: &Layout, dst: &CudaStorage, dl: &Layout) {
         // Profiled copies are named by shape and strides: which view is being materialized.
@@ -231,169 +216,6 @@ impl CudaStorage {
         }
         let n = l.numel();
         Args::new().push(src).push(dp).push(g).launch(&self.dev, &format!("copy_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
-    }
-
-    pub fn cast(&self, l: &Layout, to: DType) -> CudaStorage {
-        let n = l.numel();
-        let out = CudaStorage::alloc(&self.dev, to, n);
-        if n > 0 {
-            let (g, _) = geom(&l.shape, [&l.strides]);
-            Args::new().push(self.at(l.offset)).push(out.ptr).push(g).launch(&self.dev, &format!("cast_{}_{}", sfx(self.dtype), sfx(to)), grid_for(n, 256), 256, 0);
-        }
-        out
-    }
-
-    pub fn unary(&self, l: &Layout, op: UnaryOp) -> CudaStorage {
-        let (code, p0, p1) = match op {
-            UnaryOp::Neg => (0, 0.0, 0.0),
-            UnaryOp::Exp => (1, 0.0, 0.0),
-            UnaryOp::Log => (2, 0.0, 0.0),
-            UnaryOp::Sqrt => (3, 0.0, 0.0),
-            UnaryOp::Tanh => (4, 0.0, 0.0),
-            UnaryOp::Sin => (5, 0.0, 0.0),
-            UnaryOp::Cos => (6, 0.0, 0.0),
-            UnaryOp::Abs => (7, 0.0, 0.0),
-            UnaryOp::Erf => (8, 0.0, 0.0),
-            UnaryOp::Recip => (9, 0.0, 0.0),
-            UnaryOp::Relu => (10, 0.0, 0.0),
-            UnaryOp::Affine(m, a) => (11, m, a),
-            // Small integer powers by multiplication, as on the CPU.
-            UnaryOp::Powf(p) if p == 2.0 => (12, p, 0.0),
-            UnaryOp::Powf(p) if p == 3.0 => (13, p, 0.0),
-            UnaryOp::Powf(p) => (14, p, 0.0),
-        };
-        let n = l.numel();
-        let out = CudaStorage::alloc(&self.dev, self.dtype, n);
-        if n > 0 {
-            let (g, contig) = geom(&l.shape, [&l.strides]);
-            if contig && aligned16(&[self.at(l.offset), out.ptr]) {
-                let blocks = grid_for(n.div_ceil(16 / self.dtype.size_in_bytes()), 256);
-                Args::new().push(self.at(l.offset)).push(out.ptr).push(g.n).push(code as i32).push(p0).push(p1).launch(&self.dev, &format!("unary_vec_{}", sfx(self.dtype)), blocks, 256, 0);
-                return out;
-            }
-            Args::new().push(self.at(l.offset)).push(out.ptr).push(g).push(code as i32).push(p0).push(p1).push(contig as i32).launch(&self.dev, &format!("unary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
-        }
-        out
-    }
-
-    pub fn binary(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, op: BinaryOp) -> CudaStorage {
-        let code = match op {
-            BinaryOp::Add => 0,
-            BinaryOp::Sub => 1,
-            BinaryOp::Mul => 2,
-            BinaryOp::Div => 3,
-            BinaryOp::Maximum => 4,
-            BinaryOp::Minimum => 5,
-        };
-        let n = la.numel();
-        let out = CudaStorage::alloc(&self.dev, self.dtype, n);
-        if n > 0 {
-            let (g, contig) = geom(&la.shape, [&la.strides, &lb.strides]);
-            if contig && aligned16(&[self.at(la.offset), rhs.at(lb.offset), out.ptr]) {
-                let blocks = grid_for(n.div_ceil(16 / self.dtype.size_in_bytes()), 256);
-                Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(code as i32).launch(&self.dev, &format!("binary_vec_{}", sfx(self.dtype)), blocks, 256, 0);
-                return out;
-            }
-            // Row broadcast (a bias): a contiguous [rows, cols], b [cols] repeated.
-            let v = 16 / self.dtype.size_in_bytes();
-            if g.rank == 2 && g.st[0][1] == 1 && g.st[0][0] == g.shape[1] && g.st[1][0] == 0 && g.st[1][1] == 1 && g.shape[1] as usize % v == 0 && aligned16(&[self.at(la.offset), rhs.at(lb.offset), out.ptr]) {
-                let blocks = grid_for(n / v, 256);
-                Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(g.shape[1]).push(code as i32).launch(&self.dev, &format!("binary_rowbc_{}", sfx(self.dtype)), blocks, 256, 0);
-                return out;
-            }
-            Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).push(contig as i32).launch(&self.dev, &format!("binary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
-        }
-        out
-    }
-
-    pub fn cmp(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, op: CmpOp) -> CudaStorage {
-        let code = match op {
-            CmpOp::Eq => 0,
-            CmpOp::Ne => 1,
-            CmpOp::Lt => 2,
-            CmpOp::Le => 3,
-            CmpOp::Gt => 4,
-            CmpOp::Ge => 5,
-        };
-        let n = la.numel();
-        let out = CudaStorage::alloc(&self.dev, DType::U8, n);
-        if n > 0 {
-            let (g, _) = geom(&la.shape, [&la.strides, &lb.strides]);
-            Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).launch(&self.dev, &format!("cmp_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
-        }
-        out
-    }
-
-    pub fn where_cond(c: &CudaStorage, lc: &Layout, a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout) -> CudaStorage {
-        let n = la.numel();
-        let out = CudaStorage::alloc(&a.dev, a.dtype, n);
-        if n > 0 {
-            let (g, _) = geom(&la.shape, [&lc.strides, &la.strides, &lb.strides]);
-            Args::new().push(c.at(lc.offset)).push(a.at(la.offset)).push(b.at(lb.offset)).push(out.ptr).push(g).launch(&a.dev, &format!("where_{}", sfx(a.dtype)), grid_for(n, 256), 256, 0);
-        }
-        out
-    }
-
-    /// Reduces over `dims` (sorted, unique), keeping them as size 1; output contiguous.
-    pub fn reduce(&self, l: &Layout, op: ReduceOp, dims: &[usize]) -> CudaStorage {
-        assert!(self.dtype.is_float(), "reduce {op:?} on CUDA needs a float tensor, got {}", self.dtype);
-        let kept: Vec<usize> = (0..l.rank()).filter(|d| !dims.contains(d)).collect();
-        let ks: Vec<usize> = kept.iter().map(|&d| l.shape[d]).collect();
-        let kst: Vec<usize> = kept.iter().map(|&d| l.strides[d]).collect();
-        let rs: Vec<usize> = dims.iter().map(|&d| l.shape[d]).collect();
-        let rst: Vec<usize> = dims.iter().map(|&d| l.strides[d]).collect();
-        let n_out: usize = ks.iter().product();
-        let red: usize = rs.iter().product();
-        let out = CudaStorage::alloc(&self.dev, self.dtype, n_out);
-        if n_out == 0 {
-            return out;
-        }
-        let code = match op {
-            ReduceOp::Sum => 0,
-            ReduceOp::Max => 1,
-            ReduceOp::Min => 2,
-        };
-        // Reduced dims leading a contiguous input, kept dims trailing: the coalesced column kernel.
-        let leading = dims.iter().enumerate().all(|(i, &d)| i == d);
-        if l.is_contiguous() && leading && n_out > 1 && red > 1 {
-            let (r, k) = (red, n_out);
-            let col_blocks = k.div_ceil(32);
-            let (splits, rps) = super::col_splits(r, k);
-            let part = (splits > 1).then(|| CudaStorage::alloc(&self.dev, DType::F64, splits * k));
-            let pp = part.as_ref().map_or(0, |p| p.ptr);
-            Args::new().push(self.at(l.offset)).push(pp).push(out.ptr).push(to_u32(r, "rows")).push(to_u32(k, "cols")).push(to_u32(rps, "rows")).push(code as i32).launch3(
-                &self.dev,
-                &format!("reduce_cols_{}", sfx(self.dtype)),
-                (to_u32(col_blocks, "blocks"), splits as u32, 1),
-                (32, 8, 1),
-                0,
-            );
-            if splits > 1 {
-                Args::new().push(pp).push(out.ptr).push(to_u32(k, "cols")).push(splits as u32).push(code as i32).launch(&self.dev, &format!("reduce_cols_final_{}", sfx(self.dtype)), grid_for(k, 256), 256, 0);
-            }
-            return out;
-        }
-        // Everything of a large contiguous input: blocks over contiguous runs, then their partials
-        // in order (one block alone is a chain of dependent adds per thread).
-        if n_out == 1 && l.is_contiguous() && red >= ALL_PART_MIN {
-            let chunk = ALL_PART_CHUNK.max(red.div_ceil(ALL_PART_MAX_BLOCKS));
-            let blocks = red.div_ceil(chunk);
-            let part = CudaStorage::alloc(&self.dev, DType::F64, blocks);
-            Args::new().push(self.at(l.offset)).push(part.ptr).push(red as u64).push(chunk as u64).push(code as i32).launch(&self.dev, &format!("reduce_all_part_{}", sfx(self.dtype)), blocks as u32, 256, 0);
-            Args::new().push(part.ptr).push(out.ptr).push(1u32).push(blocks as u32).push(code as i32).launch(&self.dev, &format!("reduce_cols_final_{}", sfx(self.dtype)), 1, 32, 0);
-            return out;
-        }
-        let (go, _) = geom(&ks, [&kst]);
-        let (gr, _) = geom(&rs, [&rst]);
-        // One block per output; small reductions get a single warp.
-        let block = if red <= 64 { 32 } else if red <= 2048 { 128 } else { 256 };
-        Args::new().push(self.at(l.offset)).push(out.ptr).push(go).push(gr).push(code as i32).launch(&self.dev, &format!("reduce_{}", sfx(self.dtype)), n_out.min(65535 * 16) as u32, block, 0);
-        out
-    }
-
-    /// Batched matmul: `la` [.., M, K], `lb` [.., K, N], batch dims broadcast to the same shape.
-    pub fn matmul(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout) -> CudaStorage {
-        self.matmul_epi(la, rhs, lb, gemm::Epilogue::None, 0, 0).expect("a plain GEMM always has a kernel")
     }
 
     /// `matmul` with a cuBLASLt epilogue (`vec`: the bias read, or the bias gradient written; N
@@ -526,8 +348,197 @@ impl CudaStorage {
         (shape[..dim].iter().product(), shape[dim + 1..].iter().product())
     }
 
+}
+
+/// A whole-tensor reduction of at least ALL_PART_MIN contiguous elements runs over blocks of
+/// ALL_PART_CHUNK elements (more when that would make over ALL_PART_MAX_BLOCKS blocks), whose
+/// partials one thread then combines in order (`reduce_all_part_*`, reduce.cu).
+const ALL_PART_MIN: usize = 8192;
+const ALL_PART_CHUNK: usize = 2048;
+const ALL_PART_MAX_BLOCKS: usize = 256;
+
+impl crate::backend::BackendStorage for CudaStorage {
+    /// A contiguous copy of the viewed elements.
+    fn copy_strided(&self, l: &Layout) -> CudaStorage {
+        let n = l.numel();
+        let out = CudaStorage::alloc(&self.dev, self.dtype, n);
+        if n == 0 {
+            return out;
+        }
+        if l.is_contiguous() {
+            let b = n * self.dtype.size_in_bytes();
+            unsafe { drv::memcpy_dtod_async(out.ptr, self.at(l.offset), b, self.dev.cu_stream()) }.unwrap_or_else(|e| fail(CudaError::Driver { what: "device copy".into(), msg: format!("{e:?}") }));
+            return out;
+        }
+        self.copy_into(l, &out, &Layout::contiguous(&l.shape));
+        out
+    }
+
+    fn cast(&self, l: &Layout, to: DType) -> CudaStorage {
+        let n = l.numel();
+        let out = CudaStorage::alloc(&self.dev, to, n);
+        if n > 0 {
+            let (g, _) = geom(&l.shape, [&l.strides]);
+            Args::new().push(self.at(l.offset)).push(out.ptr).push(g).launch(&self.dev, &format!("cast_{}_{}", sfx(self.dtype), sfx(to)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    fn unary(&self, l: &Layout, op: UnaryOp) -> CudaStorage {
+        let (code, p0, p1) = match op {
+            UnaryOp::Neg => (0, 0.0, 0.0),
+            UnaryOp::Exp => (1, 0.0, 0.0),
+            UnaryOp::Log => (2, 0.0, 0.0),
+            UnaryOp::Sqrt => (3, 0.0, 0.0),
+            UnaryOp::Tanh => (4, 0.0, 0.0),
+            UnaryOp::Sin => (5, 0.0, 0.0),
+            UnaryOp::Cos => (6, 0.0, 0.0),
+            UnaryOp::Abs => (7, 0.0, 0.0),
+            UnaryOp::Erf => (8, 0.0, 0.0),
+            UnaryOp::Recip => (9, 0.0, 0.0),
+            UnaryOp::Relu => (10, 0.0, 0.0),
+            UnaryOp::Affine(m, a) => (11, m, a),
+            // Small integer powers by multiplication, as on the CPU.
+            UnaryOp::Powf(p) if p == 2.0 => (12, p, 0.0),
+            UnaryOp::Powf(p) if p == 3.0 => (13, p, 0.0),
+            UnaryOp::Powf(p) => (14, p, 0.0),
+        };
+        let n = l.numel();
+        let out = CudaStorage::alloc(&self.dev, self.dtype, n);
+        if n > 0 {
+            let (g, contig) = geom(&l.shape, [&l.strides]);
+            if contig && aligned16(&[self.at(l.offset), out.ptr]) {
+                let blocks = grid_for(n.div_ceil(16 / self.dtype.size_in_bytes()), 256);
+                Args::new().push(self.at(l.offset)).push(out.ptr).push(g.n).push(code as i32).push(p0).push(p1).launch(&self.dev, &format!("unary_vec_{}", sfx(self.dtype)), blocks, 256, 0);
+                return out;
+            }
+            Args::new().push(self.at(l.offset)).push(out.ptr).push(g).push(code as i32).push(p0).push(p1).push(contig as i32).launch(&self.dev, &format!("unary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    fn binary(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, op: BinaryOp) -> CudaStorage {
+        let code = match op {
+            BinaryOp::Add => 0,
+            BinaryOp::Sub => 1,
+            BinaryOp::Mul => 2,
+            BinaryOp::Div => 3,
+            BinaryOp::Maximum => 4,
+            BinaryOp::Minimum => 5,
+        };
+        let n = la.numel();
+        let out = CudaStorage::alloc(&self.dev, self.dtype, n);
+        if n > 0 {
+            let (g, contig) = geom(&la.shape, [&la.strides, &lb.strides]);
+            if contig && aligned16(&[self.at(la.offset), rhs.at(lb.offset), out.ptr]) {
+                let blocks = grid_for(n.div_ceil(16 / self.dtype.size_in_bytes()), 256);
+                Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(code as i32).launch(&self.dev, &format!("binary_vec_{}", sfx(self.dtype)), blocks, 256, 0);
+                return out;
+            }
+            // Row broadcast (a bias): a contiguous [rows, cols], b [cols] repeated.
+            let v = 16 / self.dtype.size_in_bytes();
+            if g.rank == 2 && g.st[0][1] == 1 && g.st[0][0] == g.shape[1] && g.st[1][0] == 0 && g.st[1][1] == 1 && g.shape[1] as usize % v == 0 && aligned16(&[self.at(la.offset), rhs.at(lb.offset), out.ptr]) {
+                let blocks = grid_for(n / v, 256);
+                Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(g.shape[1]).push(code as i32).launch(&self.dev, &format!("binary_rowbc_{}", sfx(self.dtype)), blocks, 256, 0);
+                return out;
+            }
+            Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).push(contig as i32).launch(&self.dev, &format!("binary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    fn cmp(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout, op: CmpOp) -> CudaStorage {
+        let code = match op {
+            CmpOp::Eq => 0,
+            CmpOp::Ne => 1,
+            CmpOp::Lt => 2,
+            CmpOp::Le => 3,
+            CmpOp::Gt => 4,
+            CmpOp::Ge => 5,
+        };
+        let n = la.numel();
+        let out = CudaStorage::alloc(&self.dev, DType::U8, n);
+        if n > 0 {
+            let (g, _) = geom(&la.shape, [&la.strides, &lb.strides]);
+            Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).launch(&self.dev, &format!("cmp_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    fn where_cond(c: &CudaStorage, lc: &Layout, a: &CudaStorage, la: &Layout, b: &CudaStorage, lb: &Layout) -> CudaStorage {
+        let n = la.numel();
+        let out = CudaStorage::alloc(&a.dev, a.dtype, n);
+        if n > 0 {
+            let (g, _) = geom(&la.shape, [&lc.strides, &la.strides, &lb.strides]);
+            Args::new().push(c.at(lc.offset)).push(a.at(la.offset)).push(b.at(lb.offset)).push(out.ptr).push(g).launch(&a.dev, &format!("where_{}", sfx(a.dtype)), grid_for(n, 256), 256, 0);
+        }
+        out
+    }
+
+    /// Reduces over `dims` (sorted, unique), keeping them as size 1; output contiguous.
+    fn reduce(&self, l: &Layout, op: ReduceOp, dims: &[usize]) -> CudaStorage {
+        assert!(self.dtype.is_float(), "reduce {op:?} on CUDA needs a float tensor, got {}", self.dtype);
+        let kept: Vec<usize> = (0..l.rank()).filter(|d| !dims.contains(d)).collect();
+        let ks: Vec<usize> = kept.iter().map(|&d| l.shape[d]).collect();
+        let kst: Vec<usize> = kept.iter().map(|&d| l.strides[d]).collect();
+        let rs: Vec<usize> = dims.iter().map(|&d| l.shape[d]).collect();
+        let rst: Vec<usize> = dims.iter().map(|&d| l.strides[d]).collect();
+        let n_out: usize = ks.iter().product();
+        let red: usize = rs.iter().product();
+        let out = CudaStorage::alloc(&self.dev, self.dtype, n_out);
+        if n_out == 0 {
+            return out;
+        }
+        let code = match op {
+            ReduceOp::Sum => 0,
+            ReduceOp::Max => 1,
+            ReduceOp::Min => 2,
+        };
+        // Reduced dims leading a contiguous input, kept dims trailing: the coalesced column kernel.
+        let leading = dims.iter().enumerate().all(|(i, &d)| i == d);
+        if l.is_contiguous() && leading && n_out > 1 && red > 1 {
+            let (r, k) = (red, n_out);
+            let col_blocks = k.div_ceil(32);
+            let (splits, rps) = super::col_splits(r, k);
+            let part = (splits > 1).then(|| CudaStorage::alloc(&self.dev, DType::F64, splits * k));
+            let pp = part.as_ref().map_or(0, |p| p.ptr);
+            Args::new().push(self.at(l.offset)).push(pp).push(out.ptr).push(to_u32(r, "rows")).push(to_u32(k, "cols")).push(to_u32(rps, "rows")).push(code as i32).launch3(
+                &self.dev,
+                &format!("reduce_cols_{}", sfx(self.dtype)),
+                (to_u32(col_blocks, "blocks"), splits as u32, 1),
+                (32, 8, 1),
+                0,
+            );
+            if splits > 1 {
+                Args::new().push(pp).push(out.ptr).push(to_u32(k, "cols")).push(splits as u32).push(code as i32).launch(&self.dev, &format!("reduce_cols_final_{}", sfx(self.dtype)), grid_for(k, 256), 256, 0);
+            }
+            return out;
+        }
+        // Everything of a large contiguous input: blocks over contiguous runs, then their partials
+        // in order (one block alone is a chain of dependent adds per thread).
+        if n_out == 1 && l.is_contiguous() && red >= ALL_PART_MIN {
+            let chunk = ALL_PART_CHUNK.max(red.div_ceil(ALL_PART_MAX_BLOCKS));
+            let blocks = red.div_ceil(chunk);
+            let part = CudaStorage::alloc(&self.dev, DType::F64, blocks);
+            Args::new().push(self.at(l.offset)).push(part.ptr).push(red as u64).push(chunk as u64).push(code as i32).launch(&self.dev, &format!("reduce_all_part_{}", sfx(self.dtype)), blocks as u32, 256, 0);
+            Args::new().push(part.ptr).push(out.ptr).push(1u32).push(blocks as u32).push(code as i32).launch(&self.dev, &format!("reduce_cols_final_{}", sfx(self.dtype)), 1, 32, 0);
+            return out;
+        }
+        let (go, _) = geom(&ks, [&kst]);
+        let (gr, _) = geom(&rs, [&rst]);
+        // One block per output; small reductions get a single warp.
+        let block = if red <= 64 { 32 } else if red <= 2048 { 128 } else { 256 };
+        Args::new().push(self.at(l.offset)).push(out.ptr).push(go).push(gr).push(code as i32).launch(&self.dev, &format!("reduce_{}", sfx(self.dtype)), n_out.min(65535 * 16) as u32, block, 0);
+        out
+    }
+
+    /// Batched matmul: `la` [.., M, K], `lb` [.., K, N], batch dims broadcast to the same shape.
+    fn matmul(&self, la: &Layout, rhs: &CudaStorage, lb: &Layout) -> CudaStorage {
+        self.matmul_epi(la, rhs, lb, gemm::Epilogue::None, 0, 0).expect("a plain GEMM always has a kernel")
+    }
+
     /// `out[i][j][k] = self[i][idx[i][j][k]][k]` (dim = 1); idx has the output shape.
-    pub fn gather(&self, l: &Layout, idx: &[usize], idx_shape: &[usize], dim: usize) -> CudaStorage {
+    fn gather(&self, l: &Layout, idx: &[usize], idx_shape: &[usize], dim: usize) -> CudaStorage {
         let (outer, inner) = CudaStorage::outer_inner(&l.shape, idx_shape, dim, "gather");
         let s = self.copy_strided(l);
         let out = CudaStorage::alloc(&self.dev, self.dtype, idx.len());
@@ -539,7 +550,7 @@ impl CudaStorage {
     }
 
     /// `self[i][idx[i][j][k]][k] += src[i][j][k]`; self contiguous of `shape`; a new storage.
-    pub fn scatter_add(&self, shape: &[usize], idx: &[usize], idx_shape: &[usize], src: &CudaStorage, ls: &Layout, dim: usize) -> CudaStorage {
+    fn scatter_add(&self, shape: &[usize], idx: &[usize], idx_shape: &[usize], src: &CudaStorage, ls: &Layout, dim: usize) -> CudaStorage {
         let (outer, inner) = CudaStorage::outer_inner(shape, idx_shape, dim, "scatter_add");
         let out = self.copy_strided(&Layout::contiguous(shape));
         let s = if src.dtype == self.dtype { src.copy_strided(ls) } else { src.cast(ls, self.dtype) };
@@ -551,7 +562,7 @@ impl CudaStorage {
     }
 
     /// Concatenates `parts` along `dim` (each copied into its slice of the output).
-    pub fn cat(parts: &[(&CudaStorage, &Layout)], dim: usize) -> CudaStorage {
+    fn cat(parts: &[(&CudaStorage, &Layout)], dim: usize) -> CudaStorage {
         let mut shape = parts[0].1.shape.clone();
         shape[dim] = parts.iter().map(|(_, l)| l.shape[dim]).sum();
         let n: usize = shape.iter().product();
@@ -568,10 +579,3 @@ impl CudaStorage {
         out
     }
 }
-
-/// A whole-tensor reduction of at least ALL_PART_MIN contiguous elements runs over blocks of
-/// ALL_PART_CHUNK elements (more when that would make over ALL_PART_MAX_BLOCKS blocks), whose
-/// partials one thread then combines in order (`reduce_all_part_*`, reduce.cu).
-const ALL_PART_MIN: usize = 8192;
-const ALL_PART_CHUNK: usize = 2048;
-const ALL_PART_MAX_BLOCKS: usize = 256;
