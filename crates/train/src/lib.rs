@@ -2,10 +2,12 @@
 //! graph; gradient accumulation, global-norm clipping, AdamW, the non-finite checks), evaluation
 //! over fixed windows (`eval`), MFU (`mfu`), checkpoints for any model (`checkpoint`: the
 //! crash-safe directory protocol and the `Checkpointed` trait) and the experiment ledger
-//! (`ledger`). `fmlab train gpt` and `fmlab bench train` both run their steps through it.
+//! (`ledger`); and GPT-2 pre-training's loop around the step (`gpt`). `fmlab train gpt` and
+//! `fmlab bench train` both run their steps through it.
 
 pub mod checkpoint;
 pub mod eval;
+pub mod gpt;
 pub mod ledger;
 pub mod mfu;
 pub mod step;

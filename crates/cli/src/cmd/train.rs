@@ -7,15 +7,13 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use fmlab_data::WindowSampler;
 use fmlab_models::{Gpt2, Gpt2Config};
-use fmlab_nn::optim::default_decay;
-use fmlab_nn::{AdamW, AdamWConfig, IdRange, Schedule, VarBuilder};
-use fmlab_train::{NoHooks, StepOptions, Trainer};
-use fmlab_tensor::{DType, Rng, Tensor};
+use fmlab_nn::VarBuilder;
+use fmlab_train::gpt::GptRun;
+use fmlab_tensor::DType;
 
 use crate::assets::load_tokenizer;
-use crate::checkpoint::{self, Meta, RunConfig};
+use crate::checkpoint::{self, RunConfig};
 use crate::corpus;
 
 #[derive(Subcommand)]
@@ -166,25 +164,6 @@ fn resolve(a: &GptArgs, vocab: usize, precision: DType) -> Result<RunConfig> {
     })
 }
 
-/// Mean loss over the first `n` batches of non-overlapping windows of the validation tokens
-/// (the same windows every time, so evaluations are comparable across steps and runs).
-pub fn val_loss(model: &Gpt2, val: &[u32], batch: usize, seq: usize, n: usize) -> f64 {
-    fmlab_train::eval::mean_loss(val, batch, seq, n, &|x, y| model.loss(x, y, None))
-}
-
-/// The error that stops training at a non-finite loss or gradient norm: the step, the first
-/// non-finite tensor, and whether a checkpoint is there to resume from.
-fn diverged(e: fmlab_train::TrainError, step: u64, run_dir: &std::path::Path) -> anyhow::Error {
-    use fmlab_train::TrainError::{NonFiniteLoss, NonFiniteNorm};
-    let ck = run_dir.join("checkpoint");
-    let saved = if ck.is_dir() { format!("the last checkpoint ({}) is intact", ck.display()) } else { "no checkpoint was written yet".into() };
-    match e {
-        NonFiniteLoss { loss, first } => anyhow::anyhow!("non-finite loss ({loss}) at step {step}; first non-finite tensor: {first}; {saved}"),
-        NonFiniteNorm { first } => anyhow::anyhow!("non-finite gradient norm at step {step}; first non-finite tensor: {first}"),
-        e => e.into(),
-    }
-}
-
 fn train_gpt(a: GptArgs) -> Result<()> {
     let device = crate::device::resolve(&a.device)?;
     // Resume: the run folder's checkpoint fixes the config; only --steps may grow.
@@ -252,68 +231,6 @@ fn train_gpt(a: GptArgs) -> Result<()> {
     vb.to_device(device);
     model.compute_dtype = if cfg.precision == "bf16" { DType::BF16 } else { DType::F32 };
     let vars = vb.vars();
-    let mut opt = AdamW::new(
-        vars.clone(),
-        AdamWConfig { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay },
-        default_decay,
-    );
-    let schedule = Schedule::WarmupCosine { lr: cfg.lr, min_lr: cfg.min_lr, warmup: cfg.warmup, total: cfg.steps };
-    let mut sampler = WindowSampler::new(cfg.seed ^ 0x5eed);
-    let mut drop_rng = Rng::new(cfg.seed ^ 0xd20b);
-    let mut step = 0u64;
-    if let Some((ck, meta)) = &resume_from {
-        checkpoint::load_optimizer(ck, &mut opt)?;
-        sampler.rng = Rng::from_state(meta.sampler_rng);
-        drop_rng = Rng::from_state(meta.dropout_rng);
-        step = meta.step;
-        // Steps logged after the checkpoint (before a kill) are redone now: drop their lines.
-        let mp = run_dir.join("metrics.jsonl");
-        if let Ok(text) = std::fs::read_to_string(&mp) {
-            let kept: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)).collect();
-            fmlab_train::ledger::write_file(&mp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
-        }
-        eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
-    }
-    let cfg_json = serde_json::to_string_pretty(&cfg)?;
-    fmlab_train::ledger::write_file(&run_dir.join("config.json"), &cfg_json)?;
-    if resume_from.is_none() {
-        fmlab_train::ledger::write_run_info(&run_dir, "train gpt", &cfg_json, cfg.seed, device, checkpoint::git_commit(), crate::device::gpu_name(device))?;
-    }
-    eprintln!(
-        "model: gpt2 {} ({} params) on {device} in {}, batch {} × seq {} × accum {} = {} tokens/step, {} steps, lr {} → {} (warmup {}), wd {}",
-        cfg.preset,
-        cfg.model.num_params(),
-        cfg.precision,
-        cfg.batch,
-        cfg.seq,
-        cfg.grad_accum,
-        cfg.batch * cfg.seq * cfg.grad_accum,
-        cfg.steps,
-        cfg.lr,
-        cfg.min_lr,
-        cfg.warmup,
-        cfg.weight_decay
-    );
-
-    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(run_dir.join("metrics.jsonl"))?;
-    let pb = indicatif::ProgressBar::new(cfg.steps);
-    pb.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").unwrap());
-    pb.set_position(step);
-    let tokens_per_step = cfg.batch * cfg.seq * cfg.grad_accum;
-    let save = |step: u64, opt: &AdamW, sampler: &WindowSampler, drop_rng: &Rng| -> Result<()> {
-        let meta = Meta {
-            format: checkpoint::FORMAT.into(),
-            version: checkpoint::VERSION,
-            config: cfg.clone(),
-            step,
-            sampler_rng: sampler.rng.state(),
-            dropout_rng: drop_rng.state(),
-            git_commit: checkpoint::git_commit(),
-        };
-        checkpoint::save(&run_dir.join("checkpoint"), &vars, opt, &meta, tokenizer_file.as_deref())
-    };
-    let mut last_val = f64::NAN;
-    let stop_at = a.stop_after.map_or(cfg.steps, |n| (step + n).min(cfg.steps));
     let capturable = cfg.model.dropout == 0.0 && cfg.grad_accum == 1;
     let use_graph = match a.cuda_graph.as_str() {
         "auto" => device.is_cuda() && capturable,
@@ -326,43 +243,9 @@ fn train_gpt(a: GptArgs) -> Result<()> {
     if use_graph {
         eprintln!("training step: one CUDA graph (captured after the first step; --cuda-graph off launches eagerly)");
     }
-    let ranges = vec![IdRange { name: "input ids", bound: cfg.model.vocab_size, ignore: None }, IdRange { name: "targets", bound: cfg.model.vocab_size, ignore: Some(-100) }];
-    let mut trainer = Trainer::new(opt, vars.clone(), StepOptions { grad_accum: cfg.grad_accum, grad_clip: cfg.grad_clip, graph: use_graph, ranges, check_loss_first: true });
-    let loss_fn = |inp: &[Tensor], rng: Option<&mut Rng>| model.loss(&inp[0], &inp[1], rng);
-    while step < stop_at {
-        let ts = Instant::now();
-        let lr = schedule.lr_at(step);
-        let mut next = || {
-            let (x, y) = sampler.batch(&corpus.train, cfg.batch, cfg.seq);
-            vec![x, y]
-        };
-        let out = trainer.step(lr, &mut next, &loss_fn, &mut drop_rng, &mut NoHooks).map_err(|e| diverged(e, step, &run_dir))?;
-        let (loss, norm) = (out.loss, out.grad_norm);
-        step += 1;
-        let dt = ts.elapsed().as_secs_f64();
-        let tok_s = tokens_per_step as f64 / dt;
-        let mut rec = serde_json::json!({"step": step, "loss": loss, "lr": lr, "grad_norm": norm, "tok_s": tok_s, "step_s": dt, "mfu": fmlab_train::mfu::mfu(cfg.model.flops_per_token(cfg.seq), tok_s, device)});
-        if device.is_cuda() {
-            rec["memory"] = crate::device::mem_json(device);
-        }
-        if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
-            last_val = val_loss(&model, &corpus.val, cfg.batch, cfg.seq, cfg.eval_batches);
-            rec["val_loss"] = serde_json::json!(last_val);
-            let line = format!("step {step:>5}: train loss {loss:.4}  val loss {last_val:.4}  (unigram baseline {baseline:.4})  lr {lr:.2e}  {tok_s:.0} tok/s");
-            // Not a terminal (CI, logs): indicatif draws nothing, so print plainly.
-            if pb.is_hidden() { eprintln!("{line}") } else { pb.println(line) }
-        }
-        writeln!(metrics, "{rec}")?;
-        pb.set_message(format!("loss {loss:.4} | val {last_val:.4} | {tok_s:.0} tok/s | lr {lr:.1e}"));
-        pb.set_position(step);
-        if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || step == stop_at {
-            save(step, &trainer.opt, &sampler, &drop_rng)?;
-        }
-    }
-    pb.finish_and_clear();
-    // Global L2 norm of the weight-decayed matrices: what weight decay acts on (see docs/concepts.md).
-    let wnorm = vars.iter().filter(|(n, v)| default_decay(n, v)).map(|(_, v)| v.to_vec::<f32>().iter().map(|&a| (a as f64) * (a as f64)).sum::<f64>()).sum::<f64>().sqrt();
-    fmlab_train::ledger::write_final(&run_dir, serde_json::json!({"step": step, "val_loss": last_val, "unigram_baseline": baseline, "weight_norm": wnorm}))?;
+    let run = GptRun { cfg: cfg.clone(), run_dir: run_dir.clone(), device, vars, train: corpus.train, val: corpus.val, baseline, tokenizer_file, git_commit: checkpoint::git_commit(), gpu: crate::device::gpu_name(device), resume: resume_from, stop_after: a.stop_after, use_graph };
+    let done = fmlab_train::gpt::run(&model, run, &|| crate::device::mem_json(device))?;
+    let (step, last_val) = (done.step, done.last_val);
     if step == cfg.steps && a.sample_tokens > 0 {
         write_samples(&model, &tok, &run_dir, a.sample_tokens, cfg.seed)?;
     }
