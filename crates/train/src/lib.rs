@@ -11,6 +11,7 @@ pub mod gpt;
 pub mod ledger;
 pub mod mfu;
 pub mod step;
+pub mod sweep;
 
 pub use checkpoint::{Checkpointed, Meta};
 pub use step::{NoHooks, StepHooks, StepOptions, StepOut, Trainer};
@@ -26,6 +27,10 @@ pub enum TrainError {
     File { path: String, msg: String },
     #[error(transparent)]
     Nn(#[from] fmlab_nn::NnError),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
     #[error("{0}")]
     Other(String),
 }
