@@ -98,3 +98,58 @@ pub fn list(root: &Path) -> Result<Vec<RunSummary>> {
 fn json(v: &serde_json::Value) -> String {
     serde_json::to_string_pretty(v).expect("a JSON value prints")
 }
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |x| format!("{x:.4}"))
+}
+
+/// `fmlab runs list`: one markdown row per run.
+pub fn list_table(runs: &[RunSummary]) -> String {
+    let mut out = String::from("| run | command | preset | steps | train loss | val loss | tok/s (median) | config hash | commit |\n|---|---|---|---|---|---|---|---|---|\n");
+    for r in runs {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.id(),
+            r.info["command"].as_str().unwrap_or("?"),
+            r.config["preset"].as_str().unwrap_or("?"),
+            r.metrics.last().and_then(|m| m["step"].as_u64()).unwrap_or(0),
+            fmt(r.last("loss")),
+            fmt(r.last("val_loss")),
+            r.median_tok_s().map_or("-".into(), |x| format!("{x:.0}")),
+            r.info["config_hash"].as_str().unwrap_or("?"),
+            r.info["git_commit"].as_str().map_or("-".into(), |c| c[..c.len().min(10)].to_string()),
+        ));
+    }
+    out
+}
+
+/// `fmlab runs show`: a run's provenance, config and last metrics.
+pub fn show(r: &RunSummary) -> String {
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("a JSON value prints");
+    format!(
+        "run      {}\ninfo     {}\nconfig   {}\nsteps    {}\nloss     {}   val loss {}   tok/s (median) {}\n",
+        r.dir.display(),
+        pretty(&r.info),
+        pretty(&r.config),
+        r.metrics.len(),
+        fmt(r.last("loss")),
+        fmt(r.last("val_loss")),
+        r.median_tok_s().map_or("-".into(), |x| format!("{x:.0}"))
+    )
+}
+
+/// `fmlab runs compare`: the config fields that differ between runs, then their final losses.
+pub fn compare(rs: &[RunSummary]) -> String {
+    let keys: std::collections::BTreeSet<String> = rs.iter().flat_map(|r| r.config.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default()).collect();
+    let differ: Vec<&String> = keys.iter().filter(|k| rs.iter().any(|r| r.config.get(*k) != rs[0].config.get(*k))).collect();
+    let row = |name: &str, cells: Vec<String>| format!("| {name} |{}\n", cells.iter().map(|c| format!(" {c} |")).collect::<String>());
+    let mut out = row("field", rs.iter().map(|r| r.id()).collect());
+    out.push_str(&format!("|---|{}\n", "---|".repeat(rs.len())));
+    for k in differ {
+        out.push_str(&row(k, rs.iter().map(|r| r.config.get(k).map_or("-".into(), |v| v.to_string())).collect()));
+    }
+    for (name, key) in [("train loss", "loss"), ("val loss", "val_loss")] {
+        out.push_str(&row(name, rs.iter().map(|r| fmt(r.last(key))).collect()));
+    }
+    out
+}
