@@ -32,7 +32,7 @@ pub fn tokens_of(files: &[PathBuf], tok: &Tokenizer, tokenizer_name: &str) -> Re
     // The same document readers as `data prepare` (text, TinyStories `<|endoftext|>`, .jsonl).
     let mut docs: Vec<String> = Vec::new();
     for p in &texts {
-        docs.extend(crate::cmd::data::read_documents(p).with_context(|| format!("--data {}", p.display()))?);
+        docs.extend(fmlab_data::documents::read_documents(p).with_context(|| format!("--data {}", p.display()))?);
     }
     let encoded: Vec<Vec<u32>> = docs.par_iter().map_init(|| tok.encoder(), |e, d| e.encode(d, &AllowedSpecial::All)).collect();
     for (d, ids) in docs.iter().zip(encoded) {

@@ -6,6 +6,8 @@
 //! tokenizer id: u32 len, utf-8     then n_tokens tokens
 //! ```
 
+pub mod documents;
+
 use std::path::Path;
 
 use fmlab_tensor::{Rng, Tensor};

@@ -8,15 +8,12 @@
 //! - any other file: text; if it contains `<|endoftext|>`, each separated piece is a document
 //!   (TinyStories `.txt`), otherwise the whole file is one (a play, an address, an OWT file).
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use fmlab_data::Shard;
-use fmlab_tokenizer::AllowedSpecial;
-use rayon::prelude::*;
 
 use crate::assets::{cache_dir, expand_inputs, load_tokenizer};
 
@@ -45,30 +42,6 @@ pub struct PrepareArgs {
 }
 
 /// The documents of one file.
-pub fn read_documents(path: &Path) -> Result<Vec<String>> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    if name.ends_with(".jsonl") {
-        let f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
-        let mut docs = Vec::new();
-        for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-            let line = line.with_context(|| format!("{}", path.display()))?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("{} line {}: not JSON", path.display(), i + 1))?;
-            let t = v["text"].as_str().with_context(|| format!("{} line {}: no string field \"text\"", path.display(), i + 1))?;
-            docs.push(t.to_string());
-        }
-        return Ok(docs);
-    }
-    let text = std::fs::read_to_string(path).with_context(|| format!("{} (not UTF-8 text?)", path.display()))?;
-    Ok(if text.contains("<|endoftext|>") {
-        text.split("<|endoftext|>").map(|d| d.trim_start_matches('\n').to_string()).filter(|d| !d.trim().is_empty()).collect()
-    } else {
-        vec![text]
-    })
-}
-
 pub fn run(cmd: DataCmd) -> Result<()> {
     let DataCmd::Prepare(a) = cmd;
     if !(0.0..1.0).contains(&a.val_frac) {
@@ -101,38 +74,9 @@ pub fn run(cmd: DataCmd) -> Result<()> {
     }
     let tok = load_tokenizer(&a.tokenizer)?;
     let tok_name = crate::assets::tokenizer_id(&a.tokenizer);
-    let eot = tok.special_id("<|endoftext|>");
-    // Documents in file order (and order within a file); the last val_frac of each group's
-    // documents are held out.
     let t0 = Instant::now();
-    let (mut n_docs, mut n_val_docs, mut bytes) = (0usize, 0usize, 0usize);
-    let mut train = Vec::new();
-    let mut val = Vec::new();
-    for group in &groups {
-        let mut docs: Vec<String> = Vec::new();
-        for f in group {
-            docs.extend(read_documents(f)?);
-        }
-        if docs.is_empty() {
-            continue;
-        }
-        let n_val = if a.val_frac > 0.0 { ((docs.len() as f64 * a.val_frac).round() as usize).clamp(1, docs.len().saturating_sub(1).max(1)) } else { 0 };
-        let n_train = docs.len() - n_val;
-        n_docs += docs.len();
-        n_val_docs += n_val;
-        bytes += docs.iter().map(|d| d.len()).sum::<usize>();
-        // Tokenize in parallel, a batch of documents at a time (bounded memory per batch).
-        for (bi, batch) in docs.chunks(1024).enumerate() {
-            let enc: Vec<Vec<u32>> = batch.par_iter().map_init(|| tok.encoder(), |e, d| e.encode(d, &AllowedSpecial::All)).collect();
-            for (j, ids) in enc.into_iter().enumerate() {
-                let dst = if bi * 1024 + j < n_train { &mut train } else { &mut val };
-                dst.extend(ids);
-                if let Some(e) = eot {
-                    dst.push(e);
-                }
-            }
-        }
-    }
+    let p = fmlab_data::documents::prepare(&groups, &tok, a.val_frac)?;
+    let (train, val, n_docs, n_val_docs, bytes) = (p.train, p.val, p.documents, p.val_documents, p.bytes);
     if n_docs == 0 {
         bail!("--input: no documents found in {} files", files.len());
     }
