@@ -6,6 +6,7 @@ pub mod chat;
 pub mod gpt2;
 pub mod llama;
 mod lm;
+pub mod sentence;
 
 pub use bert::{Bert, BertConfig};
 pub use gpt2::{Gpt2, Gpt2Config};

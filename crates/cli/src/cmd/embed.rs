@@ -7,8 +7,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use fmlab_models::{Bert, BertConfig};
-use fmlab_tokenizer::WordPiece;
+use fmlab_models::sentence::Embedder;
 
 #[derive(Args)]
 pub struct EmbedArgs {
@@ -33,55 +32,18 @@ pub struct EmbedArgs {
     texts: Vec<String>,
 }
 
-pub struct Embedder {
-    pub model: Bert,
-    pub tok: WordPiece,
-    pub max_len: usize,
-}
-
-impl Embedder {
-    pub fn load(spec: &str) -> Result<Embedder> {
-        let dir = if spec == "minilm" {
-            let d = crate::assets::cache_dir().join("minilm");
-            if !d.join("model.safetensors").is_file() {
-                bail!("--model minilm: all-MiniLM-L6-v2 is not in the asset cache ({}); run `scripts/fetch-assets.sh minilm`", d.display());
-            }
-            d
-        } else {
-            PathBuf::from(spec)
-        };
-        for f in ["config.json", "model.safetensors", "tokenizer.json"] {
-            if !dir.join(f).is_file() {
-                bail!("--model {spec}: {} is missing (a model folder needs config.json, model.safetensors, tokenizer.json)", dir.join(f).display());
-            }
+/// `--model`: `minilm` (the asset cache's all-MiniLM-L6-v2) or a model folder.
+pub fn load_embedder(spec: &str) -> Result<Embedder> {
+    let dir = if spec == "minilm" {
+        let d = crate::assets::cache_dir().join("minilm");
+        if !d.join("model.safetensors").is_file() {
+            bail!("--model minilm: all-MiniLM-L6-v2 is not in the asset cache ({}); run `scripts/fetch-assets.sh minilm`", d.display());
         }
-        let cfg: BertConfig = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json"))?).with_context(|| format!("{}", dir.join("config.json").display()))?;
-        let tok = WordPiece::from_hf_json(&dir.join("tokenizer.json"))?;
-        let model = Bert::load_hf(fmlab_nn::safetensors_io::load(&dir.join("model.safetensors"))?, &cfg).with_context(|| format!("{}", dir.join("model.safetensors").display()))?;
-        // sentence-transformers' limit, else the position table's.
-        let max_len = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|v| v["max_seq_length"].as_u64())
-            .map_or(cfg.max_position_embeddings, |m| m as usize);
-        Ok(Embedder { model, tok, max_len })
-    }
-
-    /// [N, dim] unit vectors, in input order. Texts are sorted by length for batching (less
-    /// padding), then put back in order.
-    pub fn embed(&self, texts: &[String], batch: usize, max_len: usize) -> Vec<Vec<f32>> {
-        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.tok.encode(t, max_len).ids).collect();
-        let mut order: Vec<usize> = (0..ids.len()).collect();
-        order.sort_by_key(|&i| ids[i].len());
-        let sorted: Vec<Vec<u32>> = order.iter().map(|&i| ids[i].clone()).collect();
-        let e = self.model.embed_ids(&sorted, self.tok.pad_id(), batch).to_vec::<f32>();
-        let d = self.model.cfg.hidden_size;
-        let mut out = vec![Vec::new(); texts.len()];
-        for (k, &i) in order.iter().enumerate() {
-            out[i] = e[k * d..(k + 1) * d].to_vec();
-        }
-        out
-    }
+        d
+    } else {
+        PathBuf::from(spec)
+    };
+    Embedder::from_dir(&dir).with_context(|| format!("--model {spec}"))
 }
 
 pub fn run(a: EmbedArgs) -> Result<()> {
@@ -96,7 +58,7 @@ pub fn run(a: EmbedArgs) -> Result<()> {
         bail!("nothing to embed: give TEXT arguments or --input FILE");
     }
     let device = crate::device::resolve(&a.device)?;
-    let e = Embedder::load(&a.model)?;
+    let e = load_embedder(&a.model)?;
     e.model.to_device(device);
     let max_len = a.max_len.unwrap_or(e.max_len);
     if max_len < 2 || max_len > e.model.cfg.max_position_embeddings {
