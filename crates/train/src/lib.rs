@@ -5,6 +5,7 @@
 //! (`ledger`); and GPT-2 pre-training's loop around the step (`gpt`). `fmlab train gpt` and
 //! `fmlab bench train` both run their steps through it.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod eval;
 pub mod gpt;

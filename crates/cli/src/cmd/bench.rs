@@ -6,10 +6,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use fmlab_models::{Gpt2, Gpt2Config};
-use fmlab_nn::optim::default_decay;
-use fmlab_nn::{AdamW, AdamWConfig, IdRange, VarBuilder};
-use fmlab_train::{StepHooks, StepOptions, Trainer};
-use fmlab_tensor::{DType, Rng, Tensor};
+use fmlab_nn::VarBuilder;
+use fmlab_tensor::DType;
 
 #[derive(Subcommand)]
 pub enum BenchCmd {
@@ -159,12 +157,6 @@ fn bench_train(a: TrainBench) -> Result<()> {
     vb.to_device(device);
     model.compute_dtype = precision;
     let vars = vb.vars();
-    let opt = AdamW::new(vars.clone(), AdamWConfig { lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }, default_decay);
-    let mut rng = Rng::new(1);
-    let mut ids = || -> Tensor {
-        let v: Vec<i32> = (0..a.batch * a.seq).map(|_| rng.below(cfg.vocab_size) as i32).collect();
-        Tensor::from_vec(v, &[a.batch, a.seq])
-    };
     let use_graph = match a.cuda_graph.as_str() {
         "auto" => device.is_cuda() && !fmlab_tensor::cuda::profile::enabled(),
         "on" => {
@@ -174,44 +166,8 @@ fn bench_train(a: TrainBench) -> Result<()> {
         "off" => false,
         o => anyhow::bail!("--cuda-graph {o}: expected auto, on or off"),
     };
-    // With a graph: step 0 runs eagerly (kernels loaded, allocator warm), step 1 captures.
-    let warmup = if use_graph { a.warmup.max(2) } else { a.warmup };
-    let ranges = vec![IdRange { name: "input ids", bound: cfg.vocab_size, ignore: None }, IdRange { name: "targets", bound: cfg.vocab_size, ignore: Some(-100) }];
-    // The training step itself is train gpt's (fmlab_train::Trainer); the loss is read after
-    // the step, so nothing inside it waits for the GPU.
-    let mut trainer = Trainer::new(opt, vars, StepOptions { grad_accum: 1, grad_clip: 1.0, graph: use_graph, ranges, check_loss_first: false });
-    let loss_fn = |inp: &[Tensor], _: Option<&mut Rng>| model.loss(&inp[0], &inp[1], None);
-    let mut no_dropout = Rng::new(0);
-    let (mut times, mut host, mut gpu) = (Vec::new(), Vec::new(), Vec::new());
-    let mut last_loss = 0.0;
-    // The step's span on the GPU: an event before its work and one after it, recorded before the
-    // loss is read back (cuda/stream.rs). It starts when the host starts the step (the stream is
-    // idle then), so it includes the GPU's wait for the first launches, not the read-back.
-    let stream = match device {
-        fmlab_tensor::Device::Cuda(d) => Some(fmlab_tensor::cuda::device(d)?.current_stream()),
-        _ => None,
-    };
-    for i in 0..warmup + a.steps {
-        let mut batch = Some(vec![ids(), ids()]);
-        let t = Instant::now();
-        let ev0 = stream.as_ref().map(|s| s.record()).transpose()?;
-        if i == warmup {
-            if let fmlab_tensor::Device::Cuda(d) = device {
-                fmlab_tensor::cuda::device(d)?.reset_peak();
-            }
-            fmlab_tensor::cuda::profile::reset();
-        }
-        let mut timing = Timing { t, stream: stream.as_ref(), enqueue: 0.0, ev1: None };
-        let out = trainer.step(1e-4, &mut || batch.take().expect("one batch a step"), &loss_fn, &mut no_dropout, &mut timing)?;
-        last_loss = out.loss;
-        if i >= warmup {
-            times.push(t.elapsed().as_secs_f64());
-            host.push(timing.enqueue);
-            if let (Some(e0), Some(e1)) = (&ev0, timing.ev1.transpose()?) {
-                gpu.push(e0.elapsed_ms(&e1)? as f64 * 1e-3);
-            }
-        }
-    }
+    let t = fmlab_train::bench::time_gpt2_steps(&model, vars, cfg.vocab_size, a.batch, a.seq, a.steps, a.warmup, use_graph, device)?;
+    let (mut times, mut host, mut gpu, last_loss) = (t.times, t.host, t.gpu, t.last_loss);
     gpu.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let gpu_median = gpu.get(gpu.len() / 2).copied();
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -262,20 +218,3 @@ fn bench_train(a: TrainBench) -> Result<()> {
     Ok(())
 }
 
-/// The step's host enqueue time (forward + backward queued; a graph: launched) and the GPU event
-/// once the optimizer step is queued.
-struct Timing<'a> {
-    t: Instant,
-    stream: Option<&'a fmlab_tensor::cuda::Stream>,
-    enqueue: f64,
-    ev1: Option<Result<fmlab_tensor::cuda::Event, fmlab_tensor::cuda::CudaError>>,
-}
-
-impl StepHooks for Timing<'_> {
-    fn enqueued(&mut self) {
-        self.enqueue = self.t.elapsed().as_secs_f64();
-    }
-    fn applied(&mut self) {
-        self.ev1 = self.stream.map(|s| s.record());
-    }
-}
