@@ -19,8 +19,8 @@ pub fn read_documents(path: &Path) -> Result<Vec<String>, DataError> {
             if line.trim().is_empty() {
                 continue;
             }
-            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| ferr(path, format!("line {}: not JSON: {e}", i + 1)))?;
-            let t = v["text"].as_str().ok_or_else(|| ferr(path, format!("line {}: no string field \"text\"", i + 1)))?;
+            let v: serde_json::Value = serde_json::from_str(&line).map_err(|e| DataError::Other(format!("{} line {}: not JSON: {e}", path.display(), i + 1)))?;
+            let t = v["text"].as_str().ok_or_else(|| DataError::Other(format!("{} line {}: no string field \"text\"", path.display(), i + 1)))?;
             docs.push(t.to_string());
         }
         return Ok(docs);
