@@ -1,6 +1,7 @@
 //! Vector indexes: HNSW (graph, approximate) and brute force (exact), payload filters with a
 //! planner, and a versioned, checksummed file format. No dependency on the tensor crate.
 
+pub mod bench;
 pub mod brute;
 pub mod distance;
 pub mod file;

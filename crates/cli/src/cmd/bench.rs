@@ -1,7 +1,6 @@
 //! `fmlab bench train`: time full training steps (forward, backward, clip, AdamW) of a preset on
 //! synthetic tokens. Compare with tools/bench_gpt2_torch.py in the same run (scripts/bench-cpu.sh).
 
-use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -101,48 +100,22 @@ pub fn ann_dataset(name: &str, nq: usize) -> Result<(Vec<f32>, Vec<f32>, usize, 
 }
 
 fn bench_ann(a: AnnBench) -> Result<()> {
-    use fmlab_index::{recall, Bitset, BruteForce, Hnsw, HnswParams};
-    use rayon::prelude::*;
+    use fmlab_index::bench;
     let (base, q, dim, metric) = ann_dataset(&a.dataset, a.queries)?;
     let (n, nq) = (base.len() / dim, q.len() / dim);
-    let t = Instant::now();
-    let truth = BruteForce::new(&base, dim, metric).search_batch(&q, 10, None);
-    eprintln!("{}: {n} base × {dim}, {nq} queries, {metric:?}; exact ground truth in {:.1}s", a.dataset, t.elapsed().as_secs_f64());
-    let t = Instant::now();
-    let h = Hnsw::build(&base, dim, metric, HnswParams { m: a.m, ef_construction: a.ef_construction, seed: 100 });
-    let build = t.elapsed().as_secs_f64();
-    println!("fmlab {}: build {build:.2}s ({} threads), M {} ef_construction {}, index memory {:.1} MB, kernel {}", a.dataset, rayon::current_num_threads(), a.m, a.ef_construction, h.memory_bytes() as f64 / 1e6, h.kernel());
+    let b = bench::build(&base, &q, dim, metric, a.m, a.ef_construction);
+    eprintln!("{}: {n} base × {dim}, {nq} queries, {metric:?}; exact ground truth in {:.1}s", a.dataset, b.truth_seconds);
+    println!("fmlab {}: build {:.2}s ({} threads), M {} ef_construction {}, index memory {:.1} MB, kernel {}", a.dataset, b.build_seconds, rayon::current_num_threads(), a.m, a.ef_construction, b.index.memory_bytes() as f64 / 1e6, b.index.kernel());
     println!("| ef | recall@10 | QPS 1 thread | QPS {} threads |", rayon::current_num_threads());
     println!("|---|---|---|---|");
-    for &ef in &a.ef {
-        let t = Instant::now();
-        let got: Vec<_> = q.chunks(dim).map(|x| h.search(x, 10, ef, None)).collect();
-        let qps1 = nq as f64 / t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        let _par: Vec<_> = q.par_chunks(dim).map(|x| h.search(x, 10, ef, None)).collect();
-        let qpsn = nq as f64 / t.elapsed().as_secs_f64();
-        println!("| {ef} | {:.4} | {qps1:.0} | {qpsn:.0} |", recall(&got, &truth, 10));
-    }
+    let rows: Vec<String> = bench::ef_sweep(&b, &q, dim, &a.ef).iter().map(|r| format!("| {} | {:.4} | {:.0} | {:.0} |", r.ef, r.recall, r.qps_1, r.qps_all)).collect();
+    println!("{}", rows.join("\n"));
     if let Some(ef) = a.filter_ef {
-        // Each point gets a pseudo-random bucket 0..999; a filter `bucket < s·1000` keeps ≈ s.
-        let bucket = |i: usize| (i.wrapping_mul(7919)) % 1000;
-        let bf = BruteForce::new(&base, dim, metric);
         println!("filter sweep at ef {ef}:");
         println!("| selectivity | plan | recall@10 | QPS 1 thread |");
         println!("|---|---|---|---|");
-        for keep in [1000usize, 100, 10, 1] {
-            let allowed = Bitset::from_fn(n, |i| bucket(i) < keep);
-            let truth: Vec<_> = q.par_chunks(dim).map(|x| bf.search(x, 10, Some(&allowed))).collect();
-            let t = Instant::now();
-            let mut plan = None;
-            let got: Vec<_> = q.chunks(dim).map(|x| {
-                let (r, p) = h.search_filtered(x, 10, ef, &allowed);
-                plan = Some(p);
-                r
-            }).collect();
-            let qps = nq as f64 / t.elapsed().as_secs_f64();
-            println!("| {}% | {:?} | {:.4} | {qps:.0} |", keep as f64 / 10.0, plan.unwrap(), recall(&got, &truth, 10));
-        }
+        let rows: Vec<String> = bench::filter_sweep(&b, &base, &q, dim, metric, ef).iter().map(|r| format!("| {}% | {:?} | {:.4} | {:.0} |", r.percent, r.plan, r.recall, r.qps_1)).collect();
+        println!("{}", rows.join("\n"));
     }
     Ok(())
 }
