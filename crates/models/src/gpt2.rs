@@ -216,7 +216,7 @@ impl Gpt2 {
     }
 
     /// Mean next-token cross-entropy of ids [B, T] against targets [B, T] (-100 = ignored), through
-    /// the fused classifier (the [B·T, V] logits are never held whole; see tensor/classifier.rs).
+    /// the fused classifier (the [B·T, V] logits are never held whole; see tensor/src/ops/classifier.rs).
     pub fn loss(&self, ids: &Tensor, targets: &Tensor, rng: Option<&mut Rng>) -> Tensor {
         with_casts(&self.matmul_params(), self.compute_dtype, || {
             let x = self.hidden(ids, rng); // [B·T, C]

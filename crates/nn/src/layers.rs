@@ -158,7 +158,7 @@ impl Mlp {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match self.kind {
             MlpKind::GeluTanh => match (self.lins[0].params_like(x), self.lins[1].params_like(x)) {
-                // One op: on the GPU the GELU rides on the GEMMs' epilogues (tensor/linear.rs).
+                // One op: on the GPU the GELU rides on the GEMMs' epilogues (tensor/src/ops/mlp.rs).
                 ((w1, Some(b1)), (w2, Some(b2))) => x.mlp_gelu(&w1, &b1, &w2, &b2),
                 _ => self.lins[1].forward(&self.lins[0].forward(x).gelu_tanh()),
             },

@@ -64,7 +64,7 @@ pub(crate) enum Epilogue {
     /// `BiasGrad` with C and the bias gradient in f32 (16-bit A and B): a mixed-precision
     /// Linear's weight and bias gradients made straight in the f32 masters' dtype, with no
     /// bf16 rounding and no cast launch per parameter after the GEMM. (`OutF32` plus a
-    /// column-sum kernel is faster at GPT-2's shapes and the default: linear.rs.)
+    /// column-sum kernel is faster at GPT-2's shapes and the default: ops/linear.rs.)
     BiasGradF32,
     /// C += A·B into an f32 C (16-bit A and B; beta = 1): gradients summed over chunks in f32
     /// without a cast and an add per chunk.
@@ -76,7 +76,7 @@ pub(crate) enum Epilogue {
     /// needs: an MLP's first layer in one pass (`CUBLASLT_EPILOGUE_GELU_AUX_BIAS`).
     GeluAuxBias,
     /// C = gelu(A·B + bias[N]) without the pre-activation (`CUBLASLT_EPILOGUE_GELU_BIAS`): an
-    /// MLP's first layer whose backward makes the pre-activation again (linear.rs `mlp_gelu`).
+    /// MLP's first layer whose backward makes the pre-activation again (ops/mlp.rs `mlp_gelu`).
     GeluBias,
     /// C = (A·B) ⊙ gelu'(aux): the MLP backward's dh GEMM and the GELU backward in one pass
     /// (`CUBLASLT_EPILOGUE_DGELU`). (`DGELU_BGRAD`, which also sums the first bias's gradient,

@@ -299,7 +299,7 @@ pub(crate) fn tma_map_bf16(ptr: u64, rows: usize, cols: usize, ld: usize, box_co
 /// A TMA tensor map of a [B, H, rows, D] bf16 view at `ptr` with element strides `st` (batch,
 /// head, row; D contiguous), read in boxes of one (batch, head) × `box_rows` rows × D = 32
 /// columns (64 bytes) written in the 64-byte swizzle, rows past the end as zeros: flash_sm90.cu's
-/// tiles. Needs `ptr` and every stride 16-byte aligned (flash.rs's `bhr_strides` views are).
+/// tiles. Needs `ptr` and every stride 16-byte aligned (ops/flash.rs's `bhr_strides` views are).
 pub(crate) fn tma_map_bf16_bhr(ptr: u64, dims: [usize; 4], st: [u32; 3], box_rows: u32) -> [u64; 16] {
     let [b, h, rows, d] = dims;
     let what = || format!("a [{b}, {h}, {rows}, {d}] bf16 view (strides {st:?}, box {box_rows} × {d})");

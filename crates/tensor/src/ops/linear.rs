@@ -3,7 +3,7 @@
 //! bias gradient, the column sums of the output gradient (`CUBLASLT_EPILOGUE_BGRADA`; in mixed
 //! precision a column-sum kernel instead, faster there: see `linear_param_grads`). The
 //! composite (matmul, then a broadcast add; backward a column reduction) costs a full extra pass
-//! over the [rows, N] output each way. Twin: `linear_slow` (ops.rs). Where cuBLASLt has no
+//! over the [rows, N] output each way. Twin: `linear_slow`, below. Where cuBLASLt has no
 //! kernel for an epilogue (or off the GPU) the same work is done by separate ops.
 
 use std::any::Any;
@@ -161,7 +161,7 @@ impl Tensor {
 
     /// (dx, dw, db) of `linear` for the upstream gradient g [rows, N]: db from the dW GEMM's
     /// epilogue when cuBLASLt has one for these operands, else a column sum.
-    /// `g_sums`: g's column sums (f32) where already made (backward.rs `ColumnSums`).
+    /// `g_sums`: g's column sums (f32) where already made (op.rs `ColumnSums`).
     pub(crate) fn linear_backward(x: &Tensor, w: &Tensor, b: &Tensor, g: &Tensor, g_sums: Option<Tensor>) -> (Tensor, Tensor, Tensor) {
         let dx = g.matmul(&w.t());
         let (dw, db) = Tensor::linear_param_grads(x, w, b, g, g_sums);
@@ -204,7 +204,7 @@ impl Tensor {
         gemm_epi(&x.t(), g, Epilogue::OutF32, None, None)
     }
 
-    /// x · w (+ bias): the composite twin of `linear` (linear.rs), which fuses the bias into the
+    /// x · w (+ bias): the composite twin of `linear`, which fuses the bias into the
     /// GEMM on the GPU.
     pub fn linear_slow(&self, w: &Tensor, bias: Option<&Tensor>) -> Tensor {
         let y = self.matmul(w);
