@@ -145,7 +145,7 @@ impl Fwd {
 
 /// A fused op: its forward per device and its backward. Shape or dtype misuse panics (a
 /// programmer bug), as for the primitives.
-pub trait CustomOp: Send + Sync + 'static {
+pub trait CustomOp: Any + Send + Sync {
     fn name(&self) -> String;
     /// The forward on the CPU over `inputs`; None where this op has no CPU kernel for them.
     fn cpu_fwd(&self, inputs: &[Tensor]) -> Option<Fwd> {
@@ -156,8 +156,6 @@ pub trait CustomOp: Send + Sync + 'static {
     fn cuda_fwd(&self, inputs: &[Tensor]) -> Option<Fwd>;
     /// One gradient per input, in order (None: none flows there). Runs without history.
     fn backward(&self, cx: &mut Backward<'_>) -> Vec<Option<Tensor>>;
-    /// For tests that look inside a recorded op (`CustomNode::op_as`).
-    fn as_any(&self) -> &dyn Any;
 }
 
 /// A custom op recorded on its output: the op, its inputs (gradients flow to those that track
@@ -174,7 +172,7 @@ pub struct CustomNode {
 impl CustomNode {
     /// The recorded op as its concrete type, if it is one.
     pub fn op_as<T: CustomOp>(&self) -> Option<&T> {
-        self.op.as_any().downcast_ref::<T>()
+        (self.op.as_ref() as &dyn Any).downcast_ref::<T>()
     }
 }
 

@@ -17,6 +17,12 @@ pub(crate) static MLP_SM90: Switch = Switch::new("FMLAB_MLP_SM90");
 pub(crate) static MLP_RECOMPUTE: Switch = Switch::new("FMLAB_MLP_RECOMPUTE");
 /// The wgmma flash kernels for head_dim 32 on Hopper (FMLAB_FLASH_SM90).
 pub(crate) static FLASH_SM90: Switch = Switch::new("FMLAB_FLASH_SM90");
+/// Flash attention where its kernels take the inputs (FMLAB_FLASH; no setter).
+pub(crate) static FLASH: Switch = Switch::new("FMLAB_FLASH");
+/// Biases and GELU on cuBLASLt epilogues (FMLAB_EPILOGUE; no setter).
+pub(crate) static EPILOGUE: Switch = Switch::new("FMLAB_EPILOGUE");
+/// Mixed-precision weight gradients as f32 GEMMs, bias gradients from column sums (FMLAB_DW_SPLIT; no setter).
+pub(crate) static DW_SPLIT: Switch = Switch::new("FMLAB_DW_SPLIT");
 /// Bias gradients from the fused LayerNorm backward's column sums (FMLAB_LN_SUMS).
 pub(crate) static LN_SUMS: Switch = Switch::new("FMLAB_LN_SUMS");
 
@@ -28,7 +34,8 @@ pub(crate) static LN_SUMS: Switch = Switch::new("FMLAB_LN_SUMS");
 /// On by default because it is faster, measured on the H100 (gpt2-mini, B=32 T=1024; eager
 /// profile of the classifier per step): its two passes 1.16 + 1.88 ms against 1.56 (logits
 /// GEMM) + 2.58 (`ce_stream`); the CUDA-graph step 19.8 / 20.0 ms against 20.9 / 20.9.
-/// docs/benchmarks.md (sessions 11 and 12) has the versions measured.
+/// docs/benchmarks.md ("the classifier on the TMA unit" and "a stronger PyTorch baseline",
+/// 2026-11-23) has the versions measured.
 pub fn classifier_sm90(on: Option<bool>) {
     CE_SM90.set(on);
 }

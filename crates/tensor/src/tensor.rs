@@ -211,15 +211,6 @@ impl Tensor {
         }
     }
 
-    /// Device address of this contiguous CUDA tensor's first element (for kernel arguments).
-    pub(crate) fn cuda_ptr(&self) -> u64 {
-        assert!(self.is_contiguous(), "cuda_ptr: tensor {:?} is not contiguous", self.shape());
-        match &*self.0.storage.read().unwrap() {
-            Storage::Cuda(c) => c.at(self.layout().offset),
-            s => panic!("cuda_ptr: tensor on {}", s.device()),
-        }
-    }
-
     /// Whether the two tensors are views of one buffer.
     pub(crate) fn shares_storage(&self, other: &Tensor) -> bool {
         Arc::ptr_eq(&self.0.storage, &other.0.storage)
@@ -826,7 +817,7 @@ impl Tensor {
     pub fn index_select(&self, ids: &Tensor, dim: usize) -> Tensor {
         assert_eq!(ids.rank(), 1, "index_select: ids must be 1-D, got {:?}", ids.shape());
         let (idx, on_dev) = ids.lookup_indices(self, dim, "index_select");
-        let cids = Ids::of(&idx, on_dev.as_ref().map(|t| (t.cuda_ptr(), t.numel())));
+        let cids = Ids::of(&idx, on_dev.as_ref().map(|t| (cuda_ptr(t), t.numel())));
         let s = self.map_storage(|s, l| s.index_select(l, &idx, dim), |s, l| s.index_select(l, &cids, dim));
         let mut shape = self.shape().to_vec();
         shape[dim] = ids.numel();
@@ -836,7 +827,7 @@ impl Tensor {
     /// `out = self; out[.., ids[i], ..] += src[.., i, ..]`.
     pub fn index_add(&self, ids: &Tensor, src: &Tensor, dim: usize) -> Tensor {
         let (idx, on_dev) = self.index_add_ids(ids, src, dim);
-        let cids = Ids::of(&idx, on_dev.as_ref().map(|t| (t.cuda_ptr(), t.numel())));
+        let cids = Ids::of(&idx, on_dev.as_ref().map(|t| (cuda_ptr(t), t.numel())));
         let s = {
             let (bs, ss) = (self.0.storage.read().unwrap(), src.0.storage.read().unwrap());
             dispatch2!("index_add", bs, ss, |b, x| b.copy_strided(self.layout()).index_add(self.shape(), &idx, x, src.layout(), dim), |b, x| b.index_add(self.layout(), &cids, x, src.layout(), dim))
@@ -863,7 +854,7 @@ impl Tensor {
             return self.index_add(ids, src, dim);
         }
         let (idx, on_dev) = self.index_add_ids(ids, src, dim);
-        let cids = Ids::of(&idx, on_dev.as_ref().map(|t| (t.cuda_ptr(), t.numel())));
+        let cids = Ids::of(&idx, on_dev.as_ref().map(|t| (cuda_ptr(t), t.numel())));
         {
             let (bs, ss) = (self.0.storage.read().unwrap(), src.0.storage.read().unwrap());
             match (&*bs, &*ss) {
@@ -974,7 +965,11 @@ fn same_device(a: &Tensor, b: &Tensor, what: &str) -> (Tensor, Tensor) {
 
 /// Device address of a contiguous CUDA tensor's first element (kernel arguments).
 pub(crate) fn cuda_ptr(t: &Tensor) -> u64 {
-    t.cuda_ptr()
+    assert!(t.is_contiguous(), "cuda_ptr: tensor {:?} is not contiguous", t.shape());
+    match &*t.0.storage.read().unwrap() {
+        Storage::Cuda(c) => c.at(t.layout().offset),
+        s => panic!("cuda_ptr: tensor on {}", s.device()),
+    }
 }
 
 /// The CUDA device a tensor's storage is on (kernel launches).

@@ -3,8 +3,6 @@
 //! finite differences; and Narrow's device-neutral backward (slices written into one buffer)
 //! against the concatenation it replaced.
 
-use std::any::Any;
-
 use fmlab_tensor::{Backward, CustomOp, DType, Fwd, Tensor};
 
 /// y = x³ elementwise; backward 3x²·g. A CPU forward only: on a GPU it declines.
@@ -24,9 +22,6 @@ impl CustomOp for Cube {
     fn backward(&self, cx: &mut Backward<'_>) -> Vec<Option<Tensor>> {
         let x = &cx.inputs()[0];
         vec![Some(cx.g.mul(&x.mul(x).scale(3.0)))]
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -65,7 +65,7 @@ pub fn save<C: Serialize>(dir: &Path, model_vars: &[(String, Tensor)], opt: &Ada
     if let Some(t) = tokenizer_file {
         std::fs::copy(t, tmp.join("tokenizer.fmtok")).map_err(|e| TrainError::file(t, format!("copying the tokenizer: {e}")))?;
     }
-    let json = serde_json::to_string_pretty(meta).map_err(|e| TrainError::Other(format!("meta.json: {e}")))?;
+    let json = serde_json::to_string_pretty(meta)?;
     safetensors_io::write_atomic(&tmp.join("meta.json"), json.as_bytes())?;
     if dir.exists() {
         let _ = std::fs::remove_dir_all(&old);

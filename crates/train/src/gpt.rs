@@ -110,7 +110,7 @@ pub fn run(model: &Gpt2, run: GptRun, memory: &dyn Fn() -> serde_json::Value) ->
         }
         eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
     }
-    let cfg_json = serde_json::to_string_pretty(&cfg).map_err(|e| TrainError::Other(format!("config.json: {e}")))?;
+    let cfg_json = serde_json::to_string_pretty(&cfg)?;
     crate::ledger::write_file(&run_dir.join("config.json"), &cfg_json)?;
     if resume.is_none() {
         crate::ledger::write_run_info(&run_dir, "train gpt", &cfg_json, cfg.seed, device, git_commit.clone(), gpu)?;

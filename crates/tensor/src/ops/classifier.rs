@@ -21,8 +21,6 @@ use crate::op::{Backward, CustomOp, Fwd};
 use crate::settings::{CE_DH as DH_FUSED, CE_SM90 as SM90, CE_SMEM};
 use crate::tensor::cuda_ptr;
 use crate::tensor::Storage;
-use std::any::Any;
-
 use crate::{grad_enabled, DType, Tensor};
 
 /// Logit elements per chunk: 4096 rows at V = 50257, large enough that the three GEMMs per chunk
@@ -94,9 +92,6 @@ impl CustomOp for LinearCrossEntropy {
             return vec![Some(dx.clone()), Some(dw.clone())];
         }
         vec![Some(dx.mul(&cx.g.to_dtype(dx.dtype()))), Some(dw.mul(&cx.g.to_dtype(dw.dtype())))]
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -4,8 +4,6 @@
 //! dlogits[i, j] = (exp(x[i, j] - lse[i]) - [j == t[i]]) · g / n_kept, and 0 on ignored rows.
 //! Twin: `cross_entropy_slow` (log_softmax + gather), below.
 
-use std::any::Any;
-
 use rayon::prelude::*;
 
 use crate::cpu::CpuStorage;
@@ -49,9 +47,6 @@ impl CustomOp for CrossEntropy {
     fn backward(&self, cx: &mut Backward<'_>) -> Vec<Option<Tensor>> {
         let g = cx.g.item();
         vec![Some(cross_entropy_backward(&cx.inputs()[0], &self.targets, &cx.saved()[0], self.kept, g))]
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

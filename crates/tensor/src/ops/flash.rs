@@ -12,8 +12,6 @@
 //! units (one FMA and an exp2 per score): no atomics, so results are deterministic.
 
 use crate::cuda::{Args, CudaStorage};
-use std::any::Any;
-
 use super::mask::AttnMask;
 use crate::op::{Backward, CustomOp, Fwd};
 use crate::settings::FLASH_SM90 as SM90;
@@ -65,8 +63,7 @@ fn bhr_strides(x: &Tensor) -> Option<[u32; 3]> {
 
 /// Whether the flash kernels take these inputs (else `attention` uses the composite).
 pub(crate) fn supported(q: &Tensor, k: &Tensor, v: &Tensor, mask: &AttnMask) -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !*ON.get_or_init(|| crate::settings::on("FMLAB_FLASH")) {
+    if !crate::settings::FLASH.on() {
         return false;
     }
     if !(q.device().is_cuda() && [q, k, v].iter().all(|t| t.dtype() == DType::BF16 && t.rank() == 4)) {
@@ -158,9 +155,6 @@ impl CustomOp for FlashAttention {
         let [q, k, v] = cx.inputs() else { unreachable!() };
         let (dq, dk, dv) = flash_attention_backward(q, k, v, cx.out(), &cx.saved()[0], self.pad.as_ref(), self.causal, self.scale, cx.g);
         vec![Some(dq), Some(dk), Some(dv)]
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -1,8 +1,6 @@
 //! `gelu_tanh` / `gelu_erf`: GELU (tanh or erf form) in one pass; backward dx = g · gelu'(x) in
 //! one pass, from x. Twins: `gelu_tanh_slow`, `gelu_erf_slow`, below.
 
-use std::any::Any;
-
 use rayon::prelude::*;
 
 use crate::cpu::CpuStorage;
@@ -58,9 +56,6 @@ impl CustomOp for Gelu {
     }
     fn backward(&self, cx: &mut Backward<'_>) -> Vec<Option<Tensor>> {
         vec![Some(gelu_backward(&cx.inputs()[0], cx.g, self.approx))]
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -9,7 +9,6 @@
 //! sums for the Linear whose output it is (op.rs, `ColumnSums`). Twins: `layer_norm_slow`,
 //! `add_layer_norm_slow`, below.
 
-use std::any::Any;
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -64,9 +63,6 @@ impl CustomOp for LayerNorm {
             out.push(Some(db));
         }
         out
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 
@@ -158,6 +154,7 @@ impl Tensor {
     /// LayerNorm over the last dim: (x − mean) / sqrt(var + eps) · weight + bias (biased variance),
     /// fused (see the module docs); the twin is `layer_norm_slow`. The output has x's dtype.
     pub fn layer_norm(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Tensor {
+        ln_check(self, weight, bias);
         if let Some(y) = self.layer_norm_cpu_widened(weight, bias, eps) {
             return y;
         }
@@ -177,6 +174,7 @@ impl Tensor {
             let y = s.layer_norm(weight, bias, eps);
             return (s, y);
         }
+        ln_check(self, weight, bias);
         let (x, w, b) = ln_operands(self, weight, bias);
         let r = residual.contiguous();
         let (y, mean, rstd, s) = {
@@ -192,14 +190,9 @@ impl Tensor {
 
     /// On the CPU with 16-bit or mixed dtypes: LayerNorm in the widest float involved (f32 at
     /// least), rounded back to x's dtype; None where the kernels take the dtypes as they are.
+    /// (Shapes checked by the caller: `ln_check`.)
     fn layer_norm_cpu_widened(&self, weight: &Tensor, bias: Option<&Tensor>, eps: f64) -> Option<Tensor> {
-        let c = self.dim(self.rank() - 1);
-        assert_eq!(weight.shape(), &[c], "layer_norm: weight {:?} for input {:?}", weight.shape(), self.shape());
-        if let Some(b) = bias {
-            assert_eq!(b.shape(), &[c], "layer_norm: bias {:?} for input {:?}", b.shape(), self.shape());
-        }
         let xd = self.dtype();
-        assert!(xd.is_float(), "layer_norm of a {xd} tensor");
         let same = weight.dtype() == xd && bias.is_none_or(|b| b.dtype() == xd);
         if self.device().is_cuda() || (matches!(xd, DType::F32 | DType::F64) && same) {
             return None;
@@ -230,13 +223,18 @@ impl Tensor {
     }
 }
 
-/// (x, w, b) as the kernels take them: contiguous, w and b in `ln_weight_dtype`.
-fn ln_operands(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> (Tensor, Tensor, Option<Tensor>) {
+/// LayerNorm's operands: a float x, weight and bias of x's last dim.
+fn ln_check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) {
     let c = x.dim(x.rank() - 1);
     assert_eq!(weight.shape(), &[c], "layer_norm: weight {:?} for input {:?}", weight.shape(), x.shape());
     if let Some(b) = bias {
         assert_eq!(b.shape(), &[c], "layer_norm: bias {:?} for input {:?}", b.shape(), x.shape());
     }
+    assert!(x.dtype().is_float(), "layer_norm of a {} tensor", x.dtype());
+}
+
+/// (x, w, b) as the kernels take them (after `ln_check`): contiguous, w and b in `ln_weight_dtype`.
+fn ln_operands(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> (Tensor, Tensor, Option<Tensor>) {
     let wd = if x.device().is_cuda() { ln_weight_dtype(x.dtype(), weight.dtype()) } else { x.dtype() };
     (x.contiguous(), weight.to_dtype(wd).contiguous(), bias.map(|b| b.to_dtype(wd).contiguous()))
 }

@@ -6,8 +6,6 @@
 //! over the [rows, N] output each way. Twin: `linear_slow`, below. Where cuBLASLt has no
 //! kernel for an epilogue (or off the GPU) the same work is done by separate ops.
 
-use std::any::Any;
-
 use crate::cuda::gemm::Epilogue;
 use crate::op::{Backward, CustomOp, Fwd};
 use crate::op::Op;
@@ -30,9 +28,6 @@ impl CustomOp for Linear {
         let [x, w, b] = cx.inputs() else { unreachable!() };
         let (dx, dw, db) = Tensor::linear_backward(x, w, b, cx.g, sums);
         vec![Some(dx), Some(dw), Some(db)]
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 
@@ -73,10 +68,9 @@ pub(crate) fn casts_f32_master(t: &Tensor) -> bool {
 }
 
 /// FMLAB_DW_SPLIT=0: mixed-precision bias gradients from the weight-gradient GEMM's epilogue
-/// again (read once).
+/// again.
 pub(crate) fn dw_split() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| crate::settings::on("FMLAB_DW_SPLIT"))
+    crate::settings::DW_SPLIT.on()
 }
 
 /// Whether `bias_grad_f32` takes g: a contiguous 16-bit [rows, N] on a GPU, N a multiple of 8,
@@ -121,10 +115,9 @@ pub(crate) fn colsum_final(dev: &std::sync::Arc<crate::cuda::CudaDevice>, part: 
     crate::cuda::Args::new().push(part).push(out).push(k as u32).push(splits as u32).launch3(dev, "colsum16_final", (k.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
 }
 
-/// FMLAB_EPILOGUE=0 turns the fused paths off (looked up once: this runs for every Linear).
+/// FMLAB_EPILOGUE=0 turns the fused paths off.
 fn epilogues_on() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| crate::settings::on("FMLAB_EPILOGUE"))
+    crate::settings::EPILOGUE.on()
 }
 
 pub(crate) fn fusable(x: &Tensor, w: &Tensor, b: &Tensor) -> bool {

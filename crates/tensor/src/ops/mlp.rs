@@ -8,8 +8,6 @@
 //! composite runs a GELU kernel each way, reading and writing the [rows, hidden] activations
 //! once more each. Twin: `mlp_gelu_slow`, below.
 
-use std::any::Any;
-
 use super::linear::{casts_f32_master, colsum_final, cuda_buffer, fusable, gemm_epi};
 use super::sm90::{sm90_smem, SM90_ROWS};
 use crate::cuda::gemm::Epilogue;
@@ -44,9 +42,6 @@ impl CustomOp for MlpGelu {
         let [x, w1, b1, w2, b2] = cx.inputs() else { unreachable!() };
         let (h, pre) = (&cx.saved()[0], cx.saved().get(1));
         mlp_gelu_backward(x, w1, b1, w2, b2, h, pre, cx.g, sums).map(Some).into()
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 

@@ -3,8 +3,6 @@
 //! backward passes fewer per layer). Backward: dx = scale · p · (g − Σ g·p). Twin:
 //! `softmax_scaled_slow`, below.
 
-use std::any::Any;
-
 use rayon::prelude::*;
 
 use crate::cpu::CpuStorage;
@@ -88,9 +86,6 @@ impl CustomOp for SoftmaxScaled {
     }
     fn backward(&self, cx: &mut Backward<'_>) -> Vec<Option<Tensor>> {
         vec![Some(softmax_scaled_backward(cx.out(), cx.g, self.scale))]
-    }
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 }
 
