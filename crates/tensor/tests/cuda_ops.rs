@@ -939,10 +939,11 @@ fn allocator_reuses_blocks_and_reports_out_of_memory() {
     assert!(msg.contains("out of GPU memory") && msg.contains("requested 1099511627776 bytes") && msg.contains("reserved") && msg.contains("--batch"), "{msg}");
 }
 
-/// The kernel sources compile for Hopper and Ampere with NVRTC alone (no driver or GPU needed):
-/// `FMLAB_CUDA_LIBS=<dir with libnvrtc.so.13> cargo test -p fmlab-tensor --test cuda_ops -- --ignored kernel_sources`.
+/// The kernel modules compile for Hopper and Ampere with NVRTC alone (no driver or GPU needed):
+/// `FMLAB_CUDA_LIBS=<dir with libnvrtc.so.13> cargo test -p fmlab-tensor --test cuda_ops -- --ignored kernel_sources`
+/// (scripts/test.sh runs it with NVRTC from `scripts/fetch-assets.sh nvrtc`).
 #[test]
-#[ignore = "needs libnvrtc (scripts/gpu-check.sh, or FMLAB_CUDA_LIBS on any machine)"]
+#[ignore = "needs libnvrtc (scripts/test.sh fetches it; or FMLAB_CUDA_LIBS on any machine)"]
 fn kernel_sources_compile() {
     for arch in ["sm_90", "sm_80"] {
         let bytes = fmlab_tensor::cuda::compile_all(arch).unwrap_or_else(|e| panic!("{e}"));

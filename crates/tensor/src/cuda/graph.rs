@@ -21,6 +21,9 @@ use std::sync::Arc;
 use cudarc::driver::{result as drv, sys};
 
 use super::{drv_err, gemm, CudaDevice, CudaError};
+use super::kernel::Kernel;
+
+const MEMSET_ELEMS: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("memset_elems");
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -154,7 +157,7 @@ fn memsets_to_kernels(dev: &CudaDevice, g: sys::CUgraph) -> Result<(), cudarc::d
     unsafe { sys::cuGraphGetNodes(g, std::ptr::null_mut(), &mut n) }.result()?;
     let mut nodes = vec![std::ptr::null_mut(); n];
     unsafe { sys::cuGraphGetNodes(g, nodes.as_mut_ptr(), &mut n) }.result()?;
-    let func = dev.func("memset_elems");
+    let func = dev.func(MEMSET_ELEMS.into());
     for node in nodes {
         let mut ty = sys::CUgraphNodeType::CU_GRAPH_NODE_TYPE_EMPTY;
         unsafe { sys::cuGraphNodeGetType(node, &mut ty) }.result()?;

@@ -3,7 +3,8 @@
 //!
 //! One `CudaDevice` per GPU, made on first use: a context, its own stream (where every op goes
 //! unless a thread makes another stream current: stream.rs), a caching allocator, the kernel modules
-//! (NVRTC-compiled from the `.cu` sources under kernels/, cached in-process and on disk), and the
+//! (NVRTC-compiled at start from the `.cu` sources: the primitives' under kernels/, each fused
+//! op's beside it in ops/; listed in kernel.rs; cached on disk), and the
 //! cuBLASLt handle.
 //!
 //! Tensor ops are infallible by design (misuse panics), so a failure inside an op on the GPU —
@@ -16,6 +17,7 @@ pub(crate) mod gemm;
 pub mod graph;
 pub mod profile;
 mod staging;
+pub(crate) mod kernel;
 pub mod stream;
 pub mod libs;
 pub(crate) mod storage;
@@ -26,6 +28,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{result as drv, sys, CudaContext, CudaFunction, CudaModule, CudaStream};
+
+pub(crate) use kernel::KernelId;
 
 pub use alloc::MemStats;
 pub use storage::CudaStorage;
@@ -53,27 +57,6 @@ pub(crate) fn drv_err(what: &str) -> impl Fn(drv::DriverError) -> CudaError + '_
     move |e| CudaError::Driver { what: what.to_string(), msg: format!("{e:?}") }
 }
 
-/// Kernel sources, compiled as one module each. `common.cuh` is prepended to every one.
-const COMMON: &str = include_str!("kernels/common.cuh");
-const SOURCES: &[(&str, &str)] = &[
-    ("elementwise", include_str!("kernels/elementwise.cu")),
-    ("reduce", include_str!("kernels/reduce.cu")),
-    ("index", include_str!("kernels/index.cu")),
-    ("fused", include_str!("kernels/fused.cu")),
-    ("layers", include_str!("kernels/layers.cu")),
-    ("flash", include_str!("kernels/flash.cu")),
-];
-/// Sources for Hopper only, compiled for `sm_90a` (wgmma is an arch-specific feature) on an sm_90
-/// device and absent elsewhere: `CudaDevice::has_module` says whether they are there.
-/// Each is prepended with hopper_gemm.cuh (the wgmma GEMM loop the first two run their epilogues
-/// in; its wgmma wrappers for the third); flash_sm90 also with flash.cu's helpers (masks, loads,
-/// dimensions), without flash.cu's own kernels.
-const SOURCES_SM90A: &[(&str, &str)] = &[
-    ("classifier_sm90", concat!(include_str!("kernels/hopper_gemm.cuh"), include_str!("kernels/classifier_sm90.cu"))),
-    ("mlp_sm90", concat!(include_str!("kernels/hopper_gemm.cuh"), include_str!("kernels/mlp_sm90.cu"))),
-    ("flash_sm90", concat!(include_str!("kernels/hopper_gemm.cuh"), "#define FA_HELPERS_ONLY\n", include_str!("kernels/flash.cu"), include_str!("kernels/flash_sm90.cu"))),
-];
-
 pub struct CudaDevice {
     pub ordinal: usize,
     pub name: String,
@@ -88,7 +71,7 @@ pub struct CudaDevice {
     /// Every stream made on this device, by id (0: `stream`); kept for the device's life.
     pub(crate) streams: Mutex<Vec<Arc<CudaStream>>>,
     modules: Vec<(&'static str, Arc<CudaModule>)>,
-    funcs: Mutex<HashMap<String, CudaFunction>>,
+    funcs: Mutex<HashMap<KernelId, CudaFunction>>,
     pub(crate) pool: Mutex<alloc::Pool>,
     pub(crate) blas: Mutex<Option<gemm::Blas>>,
     pub(crate) staging: Mutex<staging::Staging>,
@@ -144,30 +127,36 @@ impl CudaDevice {
         let smem_optin = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).map_err(drv_err("device query"))?.max(0) as usize;
         let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(drv_err("device query"))?.max(1) as usize;
         let mut modules = Vec::new();
-        let hopper = if arch == "sm_90" { SOURCES_SM90A } else { &[] };
-        for (kname, src, karch) in SOURCES.iter().map(|(k, s)| (k, s, arch.clone())).chain(hopper.iter().map(|(k, s)| (k, s, "sm_90a".to_string()))) {
-            let bin = compile_cached(kname, &format!("{}{COMMON}\n{src}", tuning_defines()), &karch)?;
-            let m = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {kname}")))?;
-            modules.push((*kname, m));
+        let defines = tuning_defines();
+        for m in kernel::all_modules() {
+            let karch = match m.arch {
+                kernel::Arch::Device => arch.clone(),
+                // wgmma and TMA are arch-specific features: only on sm_90 itself.
+                kernel::Arch::Sm90a if arch == "sm_90" => "sm_90a".to_string(),
+                kernel::Arch::Sm90a => continue,
+            };
+            let bin = compile_cached(m.name, &format!("{defines}{}", m.source()), &karch)?;
+            let cm = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {}", m.name)))?;
+            modules.push((m.name, cm));
         }
         let mut pool = alloc::Pool::new(ordinal);
         pool.add_stream(0, stream.cu_stream() as usize);
         Ok(CudaDevice { ordinal, name, arch, smem_optin, sm_count, ctx, streams: Mutex::new(vec![stream.clone()]), stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(pool), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()), capture_uploads: Mutex::new(None) })
     }
 
-    /// The kernel `name` (from any module).
-    pub(crate) fn func(&self, name: &str) -> CudaFunction {
+    /// The entry point `id`, from its own module.
+    pub(crate) fn func(&self, id: KernelId) -> CudaFunction {
         let mut g = self.funcs.lock().unwrap();
-        if let Some(f) = g.get(name) {
+        if let Some(f) = g.get(&id) {
             return f.clone();
         }
-        for (_, m) in &self.modules {
-            if let Ok(f) = m.load_function(name) {
-                g.insert(name.to_string(), f.clone());
-                return f;
-            }
-        }
-        panic!("no CUDA kernel named `{name}` in fmlab's kernel sources (an op/dtype pair without a kernel)");
+        let module = id.kernel.module.name;
+        let Some((_, m)) = self.modules.iter().find(|(k, _)| *k == module) else {
+            panic!("kernel {id}: module `{module}` is not built for {} (an sm_90a module off Hopper: check `has_module` first)", self.arch);
+        };
+        let f = m.load_function(&id.to_string()).unwrap_or_else(|_| panic!("no CUDA kernel `{id}` in module `{module}` (an op/dtype pair without a kernel)"));
+        g.insert(id, f.clone());
+        f
     }
 
     /// The architecture NVRTC compiles for, as "sm_90".
@@ -180,10 +169,9 @@ impl CudaDevice {
         self.arch.strip_prefix("sm_").and_then(|a| a.parse::<u32>().ok()).map_or(0, |a| a / 10)
     }
 
-    /// Whether a kernel source module `kname` was built for this device (the sm_90a sources
-    /// exist only on Hopper).
-    pub(crate) fn has_module(&self, kname: &str) -> bool {
-        self.modules.iter().any(|(k, _)| *k == kname)
+    /// Whether module `m` was built for this device (the sm_90a modules exist only on Hopper).
+    pub(crate) fn has_module(&self, m: &kernel::Module) -> bool {
+        self.modules.iter().any(|(k, _)| *k == m.name)
     }
 
     /// Blocks the host until all work on every stream of this device is done.
@@ -255,19 +243,26 @@ impl Args {
         self.0.push(b);
         self
     }
-    /// Launches `name` on the device's stream.
-    pub fn launch(&mut self, dev: &CudaDevice, name: &str, grid: u32, block: u32, shmem: u32) {
-        self.launch3(dev, name, (grid.max(1), 1, 1), (block, 1, 1), shmem)
+    /// Launches `id` on the device's stream.
+    pub fn launch(&mut self, dev: &CudaDevice, id: impl Into<KernelId>, grid: u32, block: u32, shmem: u32) {
+        self.launch3(dev, id, (grid.max(1), 1, 1), (block, 1, 1), shmem)
     }
     /// `launch` with 3-D grid and block shapes.
-    pub fn launch3(&mut self, dev: &CudaDevice, name: &str, grid: (u32, u32, u32), block: (u32, u32, u32), shmem: u32) {
-        let _p = profile::Scope::new(dev, name);
-        let f = dev.func(name);
+    pub fn launch3(&mut self, dev: &CudaDevice, id: impl Into<KernelId>, grid: (u32, u32, u32), block: (u32, u32, u32), shmem: u32) {
+        let id = id.into();
+        let label;
+        let _p = if profile::enabled() {
+            label = id.to_string();
+            Some(profile::Scope::new(dev, &label))
+        } else {
+            None
+        };
+        let f = dev.func(id);
         if shmem > 48 << 10 {
             // Dynamic shared memory past 48 KB must be opted into per kernel.
             let r = unsafe { sys::cuFuncSetAttribute(f.cu_function(), sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, shmem as i32) }.result();
             if let Err(e) = r {
-                panic!("{}", CudaError::Driver { what: format!("allowing {shmem} bytes of shared memory for kernel {name}"), msg: format!("{e:?}") });
+                panic!("{}", CudaError::Driver { what: format!("allowing {shmem} bytes of shared memory for kernel {id}"), msg: format!("{e:?}") });
             }
         }
         let mut ptrs: Vec<*mut c_void> = self.0.iter_mut().map(|b| b.as_mut_ptr() as *mut c_void).collect();
@@ -275,12 +270,12 @@ impl Args {
         // kernel's signature); pointers are live device buffers on this stream.
         let r = unsafe { drv::launch_kernel(f.cu_function(), grid, block, shmem, dev.cu_stream(), &mut ptrs) };
         if let Err(e) = r {
-            panic!("{}", CudaError::Driver { what: format!("launching kernel {name}"), msg: format!("{e:?}") });
+            panic!("{}", CudaError::Driver { what: format!("launching kernel {id}"), msg: format!("{e:?}") });
         }
         if sync_launches() && !dev.is_capturing() {
             // Debugging aid: surface an asynchronous fault at the launch that caused it.
             if let Err(e) = dev.sync_current() {
-                panic!("{}", CudaError::Driver { what: format!("running kernel {name}"), msg: format!("{e:?}") });
+                panic!("{}", CudaError::Driver { what: format!("running kernel {id}"), msg: format!("{e:?}") });
             }
         }
     }
@@ -424,38 +419,20 @@ fn tuning_defines() -> String {
     v.split(',').filter(|d| !d.trim().is_empty()).map(|d| format!("#define {}\n", d.trim().replacen('=', " ", 1))).collect()
 }
 
-/// Compiles every kernel source for `arch` without a GPU (only libnvrtc is needed): the check
-/// that the sources build, run by the tests on any machine that has NVRTC.
+/// Compiles every kernel module for `arch` without a GPU (only libnvrtc is needed): the check
+/// that the sources build, run by the tests on any machine that has NVRTC. The sm_90a modules
+/// compile with `arch` sm_90.
 pub fn compile_all(arch: &str) -> Result<usize, CudaError> {
     let mut total = 0;
-    for (kname, src) in SOURCES {
-        total += nvrtc_cubin(kname, &format!("{COMMON}\n{src}"), arch)?.len();
-    }
-    if arch == "sm_90" {
-        for (kname, src) in SOURCES_SM90A {
-            total += nvrtc_cubin(kname, &format!("{COMMON}\n{src}"), "sm_90a")?.len();
-        }
+    for m in kernel::all_modules() {
+        let karch = match m.arch {
+            kernel::Arch::Device => arch,
+            kernel::Arch::Sm90a if arch == "sm_90" => "sm_90a",
+            kernel::Arch::Sm90a => continue,
+        };
+        total += nvrtc_cubin(m.name, &m.source(), karch)?.len();
     }
     Ok(total)
-}
-
-#[cfg(test)]
-mod tests {
-    /// NVRTC does not fold a division by a zero literal: `-1.0 / 0.0` became an IEEE division
-    /// with a slow-path call at every use, once per masked score in flash attention and once per
-    /// 8 logits in the fused classifier (measured: flash forward 0.31 → 0.13 ms with this and the
-    /// other fixes of that commit). Infinities are written by their bits (`inf_of`, `FA_INF`).
-    #[test]
-    fn kernel_sources_spell_infinities_by_their_bits() {
-        for (name, src) in [("common.cuh", super::COMMON)].into_iter().chain(super::SOURCES.iter().copied()).chain(super::SOURCES_SM90A.iter().copied()) {
-            for (i, line) in src.lines().enumerate() {
-                let code = line.split("//").next().unwrap().replace(' ', "");
-                for pat in ["/0.0", "/0.f", "/0)", "/0;"] {
-                    assert!(!code.contains(pat), "{name}:{}: a division by a zero literal ({pat}) compiles to a runtime IEEE division: {line}", i + 1);
-                }
-            }
-        }
-    }
 }
 
 /// FMLAB_CUDA_SYNC: synchronize after every launch (looked up once; this runs on every launch).

@@ -11,6 +11,27 @@ use crate::cpu::CpuStorage;
 use crate::layout::{coalesce, contiguous_strides, Layout};
 use crate::op::{BinaryOp, CmpOp, ReduceOp, UnaryOp};
 use crate::DType;
+use super::kernel::Kernel;
+
+const BINARY: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("binary");
+const BINARY_ROWBC: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("binary_rowbc");
+const BINARY_VEC: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("binary_vec");
+const CAST: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("cast");
+const CMP: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("cmp");
+const COPY: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("copy");
+const COPY_W16: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("copy_w16");
+const FILL: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("fill");
+const GATHER: Kernel = super::kernel::INDEX_KERNELS.kernel("gather");
+const INDEX_ADD: Kernel = super::kernel::INDEX_KERNELS.kernel("index_add");
+const INDEX_SELECT: Kernel = super::kernel::INDEX_KERNELS.kernel("index_select");
+const REDUCE: Kernel = super::kernel::REDUCE_KERNELS.kernel("reduce");
+const REDUCE_ALL_PART: Kernel = super::kernel::REDUCE_KERNELS.kernel("reduce_all_part");
+const REDUCE_COLS: Kernel = super::kernel::REDUCE_KERNELS.kernel("reduce_cols");
+const REDUCE_COLS_FINAL: Kernel = super::kernel::REDUCE_KERNELS.kernel("reduce_cols_final");
+const SCATTER_ADD: Kernel = super::kernel::INDEX_KERNELS.kernel("scatter_add");
+const UNARY: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("unary");
+const UNARY_VEC: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("unary_vec");
+const WHERE: Kernel = super::kernel::ELEMENTWISE_KERNELS.kernel("where");
 
 pub struct CudaStorage {
     pub(crate) ptr: u64,
@@ -60,10 +81,6 @@ impl<'a> Ids<'a> {
     }
 }
 
-/// Kernel-name suffix of a dtype (`unary_bf16`, ...): the dtype's own name.
-pub(crate) fn sfx(d: DType) -> &'static str {
-    d.name()
-}
 
 /// Kernel geometry; mirrors `struct Geom` in kernels/common.cuh.
 const MAXR: usize = 6;
@@ -181,7 +198,7 @@ impl CudaStorage {
 
     pub fn full(dev: &Arc<CudaDevice>, dtype: DType, len: usize, v: f64) -> CudaStorage {
         let s = CudaStorage::alloc(dev, dtype, len);
-        Args::new().push(s.ptr).push(to_u32(len, "length")).push(v).launch(dev, &format!("fill_{}", sfx(dtype)), grid_for(len, 256), 256, 0);
+        Args::new().push(s.ptr).push(to_u32(len, "length")).push(v).launch(dev, FILL.of(dtype), grid_for(len, 256), 256, 0);
         s
     }
 
@@ -211,11 +228,11 @@ impl CudaStorage {
         let (g, _) = geom(&l.shape, [&l.strides, &dl.strides]);
         let (src, dp) = (self.at(l.offset), dst.at(dl.offset));
         if let Some(w) = words16(&g, self.dtype.size_in_bytes()).filter(|_| aligned16(&[src, dp])) {
-            Args::new().push(src).push(dp).push(w).launch(&self.dev, "copy_w16", grid_for(w.n as usize, 256), 256, 0);
+            Args::new().push(src).push(dp).push(w).launch(&self.dev, COPY_W16, grid_for(w.n as usize, 256), 256, 0);
             return;
         }
         let n = l.numel();
-        Args::new().push(src).push(dp).push(g).launch(&self.dev, &format!("copy_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+        Args::new().push(src).push(dp).push(g).launch(&self.dev, COPY.of(self.dtype), grid_for(n, 256), 256, 0);
     }
 
     /// `matmul` with a cuBLASLt epilogue (`vec`: the bias read, or the bias gradient written; N
@@ -314,7 +331,7 @@ impl CudaStorage {
         if n > 0 {
             let mut keep = None;
             let pid = self.ids_ptr(ids, &mut keep);
-            Args::new().push(s.ptr).push(pid).push(out.ptr).push(to_u32(outer, "outer")).push(to_u32(l.shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("index_select_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+            Args::new().push(s.ptr).push(pid).push(out.ptr).push(to_u32(outer, "outer")).push(to_u32(l.shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, INDEX_SELECT.of(self.dtype), grid_for(n, 256), 256, 0);
         }
         out
     }
@@ -337,7 +354,7 @@ impl CudaStorage {
         if n > 0 {
             let mut keep = None;
             let pid = self.ids_ptr(ids, &mut keep);
-            Args::new().push(self.ptr).push(pid).push(sp).push(to_u32(outer, "outer")).push(to_u32(shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("index_add_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+            Args::new().push(self.ptr).push(pid).push(sp).push(to_u32(outer, "outer")).push(to_u32(shape[dim], "dim")).push(to_u32(ids.len(), "ids")).push(to_u32(inner, "inner")).launch(&self.dev, INDEX_ADD.of(self.dtype), grid_for(n, 256), 256, 0);
         }
     }
 
@@ -379,7 +396,7 @@ impl crate::backend::BackendStorage for CudaStorage {
         let out = CudaStorage::alloc(&self.dev, to, n);
         if n > 0 {
             let (g, _) = geom(&l.shape, [&l.strides]);
-            Args::new().push(self.at(l.offset)).push(out.ptr).push(g).launch(&self.dev, &format!("cast_{}_{}", sfx(self.dtype), sfx(to)), grid_for(n, 256), 256, 0);
+            Args::new().push(self.at(l.offset)).push(out.ptr).push(g).launch(&self.dev, CAST.of2(self.dtype, to), grid_for(n, 256), 256, 0);
         }
         out
     }
@@ -409,10 +426,10 @@ impl crate::backend::BackendStorage for CudaStorage {
             let (g, contig) = geom(&l.shape, [&l.strides]);
             if contig && aligned16(&[self.at(l.offset), out.ptr]) {
                 let blocks = grid_for(n.div_ceil(16 / self.dtype.size_in_bytes()), 256);
-                Args::new().push(self.at(l.offset)).push(out.ptr).push(g.n).push(code as i32).push(p0).push(p1).launch(&self.dev, &format!("unary_vec_{}", sfx(self.dtype)), blocks, 256, 0);
+                Args::new().push(self.at(l.offset)).push(out.ptr).push(g.n).push(code as i32).push(p0).push(p1).launch(&self.dev, UNARY_VEC.of(self.dtype), blocks, 256, 0);
                 return out;
             }
-            Args::new().push(self.at(l.offset)).push(out.ptr).push(g).push(code as i32).push(p0).push(p1).push(contig as i32).launch(&self.dev, &format!("unary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+            Args::new().push(self.at(l.offset)).push(out.ptr).push(g).push(code as i32).push(p0).push(p1).push(contig as i32).launch(&self.dev, UNARY.of(self.dtype), grid_for(n, 256), 256, 0);
         }
         out
     }
@@ -432,17 +449,17 @@ impl crate::backend::BackendStorage for CudaStorage {
             let (g, contig) = geom(&la.shape, [&la.strides, &lb.strides]);
             if contig && aligned16(&[self.at(la.offset), rhs.at(lb.offset), out.ptr]) {
                 let blocks = grid_for(n.div_ceil(16 / self.dtype.size_in_bytes()), 256);
-                Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(code as i32).launch(&self.dev, &format!("binary_vec_{}", sfx(self.dtype)), blocks, 256, 0);
+                Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(code as i32).launch(&self.dev, BINARY_VEC.of(self.dtype), blocks, 256, 0);
                 return out;
             }
             // Row broadcast (a bias): a contiguous [rows, cols], b [cols] repeated.
             let v = 16 / self.dtype.size_in_bytes();
             if g.rank == 2 && g.st[0][1] == 1 && g.st[0][0] == g.shape[1] && g.st[1][0] == 0 && g.st[1][1] == 1 && g.shape[1] as usize % v == 0 && aligned16(&[self.at(la.offset), rhs.at(lb.offset), out.ptr]) {
                 let blocks = grid_for(n / v, 256);
-                Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(g.shape[1]).push(code as i32).launch(&self.dev, &format!("binary_rowbc_{}", sfx(self.dtype)), blocks, 256, 0);
+                Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g.n).push(g.shape[1]).push(code as i32).launch(&self.dev, BINARY_ROWBC.of(self.dtype), blocks, 256, 0);
                 return out;
             }
-            Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).push(contig as i32).launch(&self.dev, &format!("binary_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+            Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).push(contig as i32).launch(&self.dev, BINARY.of(self.dtype), grid_for(n, 256), 256, 0);
         }
         out
     }
@@ -460,7 +477,7 @@ impl crate::backend::BackendStorage for CudaStorage {
         let out = CudaStorage::alloc(&self.dev, DType::U8, n);
         if n > 0 {
             let (g, _) = geom(&la.shape, [&la.strides, &lb.strides]);
-            Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).launch(&self.dev, &format!("cmp_{}", sfx(self.dtype)), grid_for(n, 256), 256, 0);
+            Args::new().push(self.at(la.offset)).push(rhs.at(lb.offset)).push(out.ptr).push(g).push(code as i32).launch(&self.dev, CMP.of(self.dtype), grid_for(n, 256), 256, 0);
         }
         out
     }
@@ -470,7 +487,7 @@ impl crate::backend::BackendStorage for CudaStorage {
         let out = CudaStorage::alloc(&a.dev, a.dtype, n);
         if n > 0 {
             let (g, _) = geom(&la.shape, [&lc.strides, &la.strides, &lb.strides]);
-            Args::new().push(c.at(lc.offset)).push(a.at(la.offset)).push(b.at(lb.offset)).push(out.ptr).push(g).launch(&a.dev, &format!("where_{}", sfx(a.dtype)), grid_for(n, 256), 256, 0);
+            Args::new().push(c.at(lc.offset)).push(a.at(la.offset)).push(b.at(lb.offset)).push(out.ptr).push(g).launch(&a.dev, WHERE.of(a.dtype), grid_for(n, 256), 256, 0);
         }
         out
     }
@@ -504,13 +521,13 @@ impl crate::backend::BackendStorage for CudaStorage {
             let pp = part.as_ref().map_or(0, |p| p.ptr);
             Args::new().push(self.at(l.offset)).push(pp).push(out.ptr).push(to_u32(r, "rows")).push(to_u32(k, "cols")).push(to_u32(rps, "rows")).push(code as i32).launch3(
                 &self.dev,
-                &format!("reduce_cols_{}", sfx(self.dtype)),
+                REDUCE_COLS.of(self.dtype),
                 (to_u32(col_blocks, "blocks"), splits as u32, 1),
                 (32, 8, 1),
                 0,
             );
             if splits > 1 {
-                Args::new().push(pp).push(out.ptr).push(to_u32(k, "cols")).push(splits as u32).push(code as i32).launch(&self.dev, &format!("reduce_cols_final_{}", sfx(self.dtype)), grid_for(k, 256), 256, 0);
+                Args::new().push(pp).push(out.ptr).push(to_u32(k, "cols")).push(splits as u32).push(code as i32).launch(&self.dev, REDUCE_COLS_FINAL.of(self.dtype), grid_for(k, 256), 256, 0);
             }
             return out;
         }
@@ -520,15 +537,15 @@ impl crate::backend::BackendStorage for CudaStorage {
             let chunk = ALL_PART_CHUNK.max(red.div_ceil(ALL_PART_MAX_BLOCKS));
             let blocks = red.div_ceil(chunk);
             let part = CudaStorage::alloc(&self.dev, DType::F64, blocks);
-            Args::new().push(self.at(l.offset)).push(part.ptr).push(red as u64).push(chunk as u64).push(code as i32).launch(&self.dev, &format!("reduce_all_part_{}", sfx(self.dtype)), blocks as u32, 256, 0);
-            Args::new().push(part.ptr).push(out.ptr).push(1u32).push(blocks as u32).push(code as i32).launch(&self.dev, &format!("reduce_cols_final_{}", sfx(self.dtype)), 1, 32, 0);
+            Args::new().push(self.at(l.offset)).push(part.ptr).push(red as u64).push(chunk as u64).push(code as i32).launch(&self.dev, REDUCE_ALL_PART.of(self.dtype), blocks as u32, 256, 0);
+            Args::new().push(part.ptr).push(out.ptr).push(1u32).push(blocks as u32).push(code as i32).launch(&self.dev, REDUCE_COLS_FINAL.of(self.dtype), 1, 32, 0);
             return out;
         }
         let (go, _) = geom(&ks, [&kst]);
         let (gr, _) = geom(&rs, [&rst]);
         // One block per output; small reductions get a single warp.
         let block = if red <= 64 { 32 } else if red <= 2048 { 128 } else { 256 };
-        Args::new().push(self.at(l.offset)).push(out.ptr).push(go).push(gr).push(code as i32).launch(&self.dev, &format!("reduce_{}", sfx(self.dtype)), n_out.min(65535 * 16) as u32, block, 0);
+        Args::new().push(self.at(l.offset)).push(out.ptr).push(go).push(gr).push(code as i32).launch(&self.dev, REDUCE.of(self.dtype), n_out.min(65535 * 16) as u32, block, 0);
         out
     }
 
@@ -544,7 +561,7 @@ impl crate::backend::BackendStorage for CudaStorage {
         let out = CudaStorage::alloc(&self.dev, self.dtype, idx.len());
         if !idx.is_empty() {
             let d_idx = self.upload_ids(idx);
-            Args::new().push(s.ptr).push(d_idx.ptr).push(out.ptr).push(to_u32(outer, "outer")).push(to_u32(l.shape[dim], "dim")).push(to_u32(idx_shape[dim], "k")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("gather_{}", sfx(self.dtype)), grid_for(idx.len(), 256), 256, 0);
+            Args::new().push(s.ptr).push(d_idx.ptr).push(out.ptr).push(to_u32(outer, "outer")).push(to_u32(l.shape[dim], "dim")).push(to_u32(idx_shape[dim], "k")).push(to_u32(inner, "inner")).launch(&self.dev, GATHER.of(self.dtype), grid_for(idx.len(), 256), 256, 0);
         }
         out
     }
@@ -556,7 +573,7 @@ impl crate::backend::BackendStorage for CudaStorage {
         let s = if src.dtype == self.dtype { src.copy_strided(ls) } else { src.cast(ls, self.dtype) };
         if !idx.is_empty() {
             let d_idx = self.upload_ids(idx);
-            Args::new().push(out.ptr).push(d_idx.ptr).push(s.ptr).push(to_u32(outer, "outer")).push(to_u32(shape[dim], "dim")).push(to_u32(idx_shape[dim], "k")).push(to_u32(inner, "inner")).launch(&self.dev, &format!("scatter_add_{}", sfx(self.dtype)), grid_for(idx.len(), 256), 256, 0);
+            Args::new().push(out.ptr).push(d_idx.ptr).push(s.ptr).push(to_u32(outer, "outer")).push(to_u32(shape[dim], "dim")).push(to_u32(idx_shape[dim], "k")).push(to_u32(inner, "inner")).launch(&self.dev, SCATTER_ADD.of(self.dtype), grid_for(idx.len(), 256), 256, 0);
         }
         out
     }

@@ -12,7 +12,6 @@
 //! Composed of tensor ops (matmul, the fused cross-entropy forward and backward, cat), so it runs
 //! on every device; `linear_cross_entropy_slow` (below) is the unfused twin the tests hold it to.
 
-use crate::cuda::storage::sfx;
 use crate::cuda::Args;
 use super::cross_entropy::{ce_forward, cross_entropy_backward};
 use super::linear::{casts_f32_master, gemm_epi};
@@ -22,6 +21,22 @@ use crate::settings::{CE_DH as DH_FUSED, CE_SM90 as SM90, CE_SMEM};
 use crate::tensor::cuda_ptr;
 use crate::tensor::Storage;
 use crate::{grad_enabled, DType, Tensor};
+use crate::cuda::kernel::{Arch, Kernel, Module};
+
+/// Its CUDA kernels.
+pub(crate) static KERNELS: Module = Module { name: "classifier", sources: &[include_str!("classifier.cu")], arch: Arch::Device, entries: &["ce_fused", "ce_stream", "ce_targets"] };
+/// Its Hopper kernels (sm_90a; hopper_gemm.cuh first).
+pub(crate) static KERNELS_SM90: Module = Module { name: "classifier_sm90", sources: &[include_str!("hopper_gemm.cuh"), include_str!("classifier_sm90.cu")], arch: Arch::Sm90a, entries: &["lmce_target", "lmce_lse_k", "lmce_combine", "lmce_grad_k", "lmce_patch", "lmce_grad_dh_k", "lmce_dh_final"] };
+const CE_FUSED: Kernel = KERNELS.kernel("ce_fused");
+const CE_STREAM: Kernel = KERNELS.kernel("ce_stream");
+const CE_TARGETS: Kernel = KERNELS.kernel("ce_targets");
+const LMCE_COMBINE: Kernel = KERNELS_SM90.kernel("lmce_combine");
+const LMCE_DH_FINAL: Kernel = KERNELS_SM90.kernel("lmce_dh_final");
+const LMCE_GRAD_DH_K: Kernel = KERNELS_SM90.kernel("lmce_grad_dh_k");
+const LMCE_GRAD_K: Kernel = KERNELS_SM90.kernel("lmce_grad_k");
+const LMCE_LSE_K: Kernel = KERNELS_SM90.kernel("lmce_lse_k");
+const LMCE_PATCH: Kernel = KERNELS_SM90.kernel("lmce_patch");
+const LMCE_TARGET: Kernel = KERNELS_SM90.kernel("lmce_target");
 
 /// Logit elements per chunk: 4096 rows at V = 50257, large enough that the three GEMMs per chunk
 /// run at full speed (0.8 GB of f32 logits on the CPU).
@@ -245,7 +260,7 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
         // step. FMLAB_CE_SMEM=0 keeps the two-pass kernel.
         let bytes = ld * logits.dtype().size_in_bytes();
         let stream = xs.dev.cc_major() >= 9 && bytes.is_multiple_of(16) && xs.ptr.is_multiple_of(16) && 2 * bytes + 16 <= xs.dev.smem_optin && CE_SMEM.on();
-        let sfx = sfx(logits.dtype());
+        let dt = logits.dtype();
         let mut args = Args::new();
         args.push(xs.ptr).push(cuda_ptr(tt)).push(cuda_ptr(&loss));
         if stream {
@@ -253,7 +268,7 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
         }
         args.push(v as u32).push(ld as u32).push(cuda_ptr(inv_kept)).push(grad as i32);
         if stream {
-            args.launch(&xs.dev, &format!("ce_stream_{sfx}"), rows.min(xs.dev.sm_count) as u32, 1024, (2 * bytes + 16) as u32);
+            args.launch(&xs.dev, CE_STREAM.of(dt), rows.min(xs.dev.sm_count) as u32, 1024, (2 * bytes + 16) as u32);
             return;
         }
         args
@@ -262,7 +277,7 @@ fn ce_fused_cuda(logits: &Tensor, tt: &Tensor, v: usize, inv_kept: &Tensor, grad
             // its row from L2 rather than memory. Measured on the H100 (bench ops --only
             // classifier, interleaved A/B/A/B in one call): 512 threads (four rows per SM, 53 MB)
             // 8.24 / 8.32 ms, 1024: 7.80 / 7.74; the step 22.4 / 22.5 → 21.7 / 21.8 ms.
-            .launch(&xs.dev, &format!("ce_fused_{sfx}"), rows as u32, 1024, 0);
+            .launch(&xs.dev, CE_FUSED.of(dt), rows as u32, 1024, 0);
     });
     loss.sum_all()
 }
@@ -276,7 +291,7 @@ fn sm90_applies(x: &Tensor) -> bool {
         && c.is_multiple_of(64)
         && (64..=256).contains(&c)
         && x.is_contiguous()
-        && x.with_storage(|s| matches!(s, Storage::Cuda(xs) if xs.device().has_module("classifier_sm90") && xs.at(x.layout().offset) % 16 == 0))
+        && x.with_storage(|s| matches!(s, Storage::Cuda(xs) if xs.device().has_module(&KERNELS_SM90) && xs.at(x.layout().offset) % 16 == 0))
 }
 
 /// Thread blocks a Hopper classifier launch aims for: eight waves of an H100's 132 SMs at one
@@ -317,7 +332,7 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize) -> 
             .push(n as u32)
             .push(c as u32)
             .push(cuda_ptr(&tl))
-            .launch(&xs.dev, "lmce_target", n.div_ceil(8) as u32, 256, 0);
+            .launch(&xs.dev, LMCE_TARGET, n.div_ceil(8) as u32, 256, 0);
         sm90_operands(x, wp, SM90_ROWS)
             .push(n as u32)
             .push(v as u32)
@@ -325,7 +340,7 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize) -> 
             .push(tps as u32)
             .push(cuda_ptr(&pm))
             .push(cuda_ptr(&pl))
-            .launch3(&xs.dev, &format!("lmce_lse_k{}", c / 64), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
+            .launch3(&xs.dev, LMCE_LSE_K.n((c / 64) as u32), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
         Args::new()
             .push(cuda_ptr(&pm))
             .push(cuda_ptr(&pl))
@@ -335,7 +350,7 @@ fn lmce_sm90_loss(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize) -> 
             .push(splits as u32)
             .push(cuda_ptr(&lse2))
             .push(cuda_ptr(&lrows))
-            .launch(&xs.dev, "lmce_combine", n.div_ceil(256) as u32, 256, 0);
+            .launch(&xs.dev, LMCE_COMBINE, n.div_ceil(256) as u32, 256, 0);
     });
     (lrows.sum_all(), lse2, tl)
 }
@@ -373,7 +388,7 @@ fn lmce_sm90_grad(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize, lse
         // Rows up to the kernel's block of rows, so that its stores need no row test.
         let np = n.div_ceil(SM90_ROWS) * SM90_ROWS;
         let g = crate::cuda::CudaStorage::alloc(&xs.dev, DType::BF16, np * vp);
-        sm90_grad_args(x, wp, vp, SM90_ROWS, tt, v, tps, lse2, inv_kept, g.ptr).launch3(&xs.dev, &format!("lmce_grad_k{}", c / 64), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
+        sm90_grad_args(x, wp, vp, SM90_ROWS, tt, v, tps, lse2, inv_kept, g.ptr).launch3(&xs.dev, LMCE_GRAD_K.n((c / 64) as u32), (splits as u32, n.div_ceil(SM90_ROWS) as u32, 1), (384, 1, 1), sm90_smem(c));
         lmce_patch(&xs.dev, tt, lse2, tl, inv_kept, g.ptr, vp);
         Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n)
     })
@@ -391,7 +406,7 @@ fn lmce_patch(dev: &std::sync::Arc<crate::cuda::CudaDevice>, tt: &Tensor, lse2: 
         .push(cuda_ptr(inv_kept))
         .push(g)
         .push(vp as u32)
-        .launch(dev, "lmce_patch", n.div_ceil(256) as u32, 256, 0);
+        .launch(dev, LMCE_PATCH, n.div_ceil(256) as u32, 256, 0);
 }
 
 /// The fused pass's rows a block (LMD_BM) and stages of W's tile (LMD_STAGES).
@@ -444,7 +459,7 @@ fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize, 
         sm90_grad_args(x, wp, vp, DH_ROWS, tt, v, tps, lse2, inv_kept, g.ptr)
             .push(part.ptr)
             .push(np as u32)
-            .launch3(&xs.dev, &format!("lmce_grad_dh_k{}", c / 64), (splits as u32, row_tiles as u32, 1), (384, 1, 1), smem);
+            .launch3(&xs.dev, LMCE_GRAD_DH_K.n((c / 64) as u32), (splits as u32, row_tiles as u32, 1), (384, 1, 1), smem);
         Args::new()
             .push(part.ptr)
             .push(splits as u32)
@@ -455,7 +470,7 @@ fn lmce_sm90_grad_dh(x: &Tensor, wp: &Tensor, vp: usize, tt: &Tensor, v: usize, 
             .push(cuda_ptr(wp))
             .push(cuda_ptr(inv_kept))
             .push(dx.ptr)
-            .launch(&xs.dev, "lmce_dh_final", (n * c / 8).div_ceil(256) as u32, 256, 0);
+            .launch(&xs.dev, LMCE_DH_FINAL, (n * c / 8).div_ceil(256) as u32, 256, 0);
         lmce_patch(&xs.dev, tt, lse2, tl, inv_kept, g.ptr, vp);
         (Tensor::from_any(Storage::Cuda(g), &[np, vp], None).narrow(0, 0, n), Tensor::from_any(Storage::Cuda(dx), &[n, c], None))
     })
@@ -477,7 +492,7 @@ fn ce_targets_cuda(t: &Tensor, v: usize, ignore_index: Option<i64>) -> (Tensor, 
             .push(v as u32)
             .push(ignore_index.unwrap_or(0))
             .push(ignore_index.is_some() as i32)
-            .launch(&ts.dev, "ce_targets", 1, 1024, 0);
+            .launch(&ts.dev, CE_TARGETS, 1, 1024, 0);
     });
     (stored, inv)
 }

@@ -7,11 +7,16 @@
 use rayon::prelude::*;
 
 use crate::cpu::CpuStorage;
-use crate::cuda::storage::sfx;
 use crate::cuda::{Args, CudaStorage};
 use crate::op::{Backward, CustomOp, Fwd};
 use crate::tensor::{cuda_ptr, Storage};
 use crate::{no_grad, DType, Tensor};
+use crate::cuda::kernel::{Arch, Kernel, Module};
+
+/// Its CUDA kernels.
+pub(crate) static KERNELS: Module = Module { name: "cross_entropy", sources: &[include_str!("cross_entropy.cu")], arch: Arch::Device, entries: &["ce_fwd", "ce_bwd"] };
+const CE_BWD: Kernel = KERNELS.kernel("ce_bwd");
+const CE_FWD: Kernel = KERNELS.kernel("ce_fwd");
 
 /// Rows below this many elements in total are done on one thread.
 const PAR_MIN: usize = 1 << 16;
@@ -105,7 +110,7 @@ pub(crate) fn cross_entropy_backward(logits: &Tensor, targets: &Tensor, lse: &Te
         let s = logits.with_storage(|xs| {
             let Storage::Cuda(xs) = xs else { unreachable!() };
             let d = CudaStorage::alloc(&xs.dev, xs.dtype(), n * v);
-            Args::new().push(xs.at(logits.layout().offset)).push(cuda_ptr(targets)).push(cuda_ptr(lse)).push(d.ptr).push(v as u32).push(scale).launch(&xs.dev, &format!("ce_bwd_{}", sfx(xs.dtype())), n as u32, 512, 0);
+            Args::new().push(xs.at(logits.layout().offset)).push(cuda_ptr(targets)).push(cuda_ptr(lse)).push(d.ptr).push(v as u32).push(scale).launch(&xs.dev, CE_BWD.of(xs.dtype()), n as u32, 512, 0);
             Storage::Cuda(d)
         });
         return Tensor::from_any(s, &[n, v], None);
@@ -157,7 +162,7 @@ pub(crate) fn ce_forward(x: &Tensor, tt: &Tensor) -> (Tensor, Tensor) {
         x.with_storage(|xs| {
             let Storage::Cuda(xs) = xs else { unreachable!() };
             let (pt, pl, pp) = (cuda_ptr(tt), cuda_ptr(&lse), cuda_ptr(&loss));
-            Args::new().push(xs.at(x.layout().offset)).push(pt).push(pl).push(pp).push(v as u32).launch(&xs.dev, &format!("ce_fwd_{}", sfx(x.dtype())), n as u32, 512, 0);
+            Args::new().push(xs.at(x.layout().offset)).push(pt).push(pl).push(pp).push(v as u32).launch(&xs.dev, CE_FWD.of(x.dtype()), n as u32, 512, 0);
         });
         return (lse, loss.sum_all());
     }

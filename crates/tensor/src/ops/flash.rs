@@ -1,6 +1,6 @@
-//! Flash attention on CUDA (kernels/flash.cu): bf16 q/k/v with head_dim 32, 64 or 128, no mask,
+//! Flash attention on CUDA (flash.cu beside this file): bf16 q/k/v with head_dim 32, 64 or 128, no mask,
 //! causal, or key padding; tensor-core tiles, f32 softmax statistics, never materializing the
-//! [B, H, T, S] scores. On Hopper, head_dim 32 (gpt2-mini's) runs kernels/flash_sm90.cu instead:
+//! [B, H, T, S] scores. On Hopper, head_dim 32 (gpt2-mini's) runs flash_sm90.cu instead:
 //! the same three kernels on wgmma, their tiles copied by the TMA unit (`flash_sm90` switches).
 //! `attention` (ops/attention.rs) uses it when `supported` says so and falls back to the composite (its
 //! twin, `attention_slow`) otherwise.
@@ -17,8 +17,18 @@ use crate::op::{Backward, CustomOp, Fwd};
 use crate::settings::FLASH_SM90 as SM90;
 use crate::tensor::{cuda_ptr, Storage};
 use crate::{DType, Tensor};
+use crate::cuda::kernel::{Arch, Kernel, KernelId, Module};
 
-/// Mirrors `struct FaDims` in kernels/flash.cu.
+/// Its CUDA kernels.
+pub(crate) static KERNELS: Module = Module { name: "flash", sources: &[include_str!("flash.cu")], arch: Arch::Device, entries: &["fa_fwd_d", "fa_bwd_q_d", "fa_bwd_kv_d"] };
+/// Its Hopper kernels (sm_90a; hopper_gemm.cuh first). flash_sm90 compiles flash.cu's helpers without its kernels.
+pub(crate) static KERNELS_SM90: Module = Module { name: "flash_sm90", sources: &[include_str!("hopper_gemm.cuh"), "#define FA_HELPERS_ONLY\n", include_str!("flash.cu"), include_str!("flash_sm90.cu")], arch: Arch::Sm90a, entries: &["fa_fwd_sm90_d32", "fa_bwd_q_sm90_d32", "fa_bwd_kv_sm90_d32"] };
+/// Each kernel and its wgmma twin (head_dim 32 on Hopper): `fa_fwd_d64`, `fa_fwd_sm90_d32`.
+const FWD: (Kernel, Kernel) = (KERNELS.kernel("fa_fwd_d"), KERNELS_SM90.kernel("fa_fwd_sm90_d32"));
+const BWD_Q: (Kernel, Kernel) = (KERNELS.kernel("fa_bwd_q_d"), KERNELS_SM90.kernel("fa_bwd_q_sm90_d32"));
+const BWD_KV: (Kernel, Kernel) = (KERNELS.kernel("fa_bwd_kv_d"), KERNELS_SM90.kernel("fa_bwd_kv_sm90_d32"));
+
+/// Mirrors `struct FaDims` in flash.cu.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct FaDims {
@@ -108,23 +118,23 @@ fn dims(q: &Tensor, k: &Tensor, v: &Tensor, causal: bool, scale: f64) -> FaDims 
 /// Whether head_dim d on `dev` runs the wgmma twins: d = 32, an sm_90 device, and the default
 /// 4-warp blocks whose 64-row tiles they share.
 fn sm90(dev: &crate::cuda::CudaDevice, d: usize) -> bool {
-    d == 32 && fa_warps() == 4 && SM90.on() && dev.has_module("flash_sm90")
+    d == 32 && fa_warps() == 4 && SM90.on() && dev.has_module(&KERNELS_SM90)
 }
 
 /// Launches flash kernel `base` (fa_fwd, fa_bwd_q, fa_bwd_kv) for head_dim d over `rows` rows per
 /// (batch, head), one block of FA_WARPS warps per 16·FA_WARPS rows, with arguments `a`. The wgmma
 /// twin (`sm90`) also takes TMA maps (64-row boxes) of the two [B, H, rows, 32] operands whose
 /// tiles it walks, `tiles` (each with its (batch, head, row) element strides).
-fn launch(dev: &crate::cuda::CudaDevice, base: &str, d: usize, mut a: Args, tiles: [(&Tensor, [u32; 3]); 2], bh: usize, rows: usize) {
-    let name = if sm90(dev, d) {
+fn launch(dev: &crate::cuda::CudaDevice, (base, base_sm90): (Kernel, Kernel), d: usize, mut a: Args, tiles: [(&Tensor, [u32; 3]); 2], bh: usize, rows: usize) {
+    let id = if sm90(dev, d) {
         for (x, st) in tiles {
             a.push(crate::cuda::tma_map_bf16_bhr(at(x), [x.dim(0), x.dim(1), x.dim(2), 32], st, 64));
         }
-        format!("{base}_sm90_d32")
+        KernelId::from(base_sm90)
     } else {
-        format!("{base}_d{d}")
+        base.n(d as u32)
     };
-    a.launch3(dev, &name, (rows.div_ceil(16 * fa_warps()) as u32, bh as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
+    a.launch3(dev, id, (rows.div_ceil(16 * fa_warps()) as u32, bh as u32, 1), (32 * fa_warps() as u32, 1, 1), 0);
 }
 
 fn at(t: &Tensor) -> u64 {
@@ -183,7 +193,7 @@ fn flash_forward(q: &Tensor, k: &Tensor, v: &Tensor, pad: Option<&Tensor>, causa
     let lse = Tensor::uninit_on(&[b * h * t], DType::F32, q.device()); // every query row's, by the kernel
     let mut a = Args::new();
     a.push(at(q)).push(at(k)).push(at(v)).push(pad.map_or(0, cuda_ptr)).push(o.ptr).push(cuda_ptr(&lse)).push(fd);
-    launch(&dev, "fa_fwd", d, a, [(k, fd.ks), (v, fd.vs)], b * h, t);
+    launch(&dev, FWD, d, a, [(k, fd.ks), (v, fd.vs)], b * h, t);
     let o = Tensor::from_any(Storage::Cuda(o), &[b, t, h, d], None);
     Fwd::new(o, vec![lse])
 }
@@ -229,8 +239,8 @@ pub(crate) fn flash_attention_backward(q: &Tensor, k: &Tensor, v: &Tensor, o: &T
         a.push(ptrs[0]).push(ptrs[1]).push(fd).push(gs[0]).push(gs[1]).push(gs[2]);
         a
     };
-    launch(&dev, "fa_bwd_q", d, args([at(&dq), cuda_ptr(o)]), [(k, fd.ks), (v, fd.vs)], b * h, t);
-    launch(&dev, "fa_bwd_kv", d, args([at(&dk), at(&dv)]), [(q, fd.qs), (&g.transpose(1, 2), gs)], b * h, s);
+    launch(&dev, BWD_Q, d, args([at(&dq), cuda_ptr(o)]), [(k, fd.ks), (v, fd.vs)], b * h, t);
+    launch(&dev, BWD_KV, d, args([at(&dk), at(&dv)]), [(q, fd.qs), (&g.transpose(1, 2), gs)], b * h, s);
     (dq, dk, dv)
 }
 

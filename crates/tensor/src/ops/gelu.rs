@@ -4,11 +4,16 @@
 use rayon::prelude::*;
 
 use crate::cpu::CpuStorage;
-use crate::cuda::storage::sfx;
 use crate::cuda::{grid_for, Args, CudaStorage};
 use crate::op::{Backward, CustomOp, Fwd};
 use crate::tensor::{cuda_dev_of as cuda_dev, cuda_ptr, Storage};
 use crate::{DType, Tensor};
+use crate::cuda::kernel::{Arch, Kernel, Module};
+
+/// Its CUDA kernels.
+pub(crate) static KERNELS: Module = Module { name: "gelu", sources: &[include_str!("gelu.cu")], arch: Arch::Device, entries: &["gelu_fwd", "gelu_bwd"] };
+const GELU_BWD: Kernel = KERNELS.kernel("gelu_bwd");
+const GELU_FWD: Kernel = KERNELS.kernel("gelu_fwd");
 
 /// Row counts below this many elements in total run on one thread.
 const PAR_MIN: usize = 1 << 16;
@@ -50,7 +55,7 @@ impl CustomOp for Gelu {
         if n > 0 {
             let px = cuda_ptr(&x);
             let vec = px % 16 == 0;
-            Args::new().push(px).push(y.ptr).push(n as u32).push(approx as i32).push(vec as i32).launch(&dev, &format!("gelu_fwd_{}", sfx(xd)), grid_for(n.div_ceil(16 / xd.size_in_bytes()), 256), 256, 0);
+            Args::new().push(px).push(y.ptr).push(n as u32).push(approx as i32).push(vec as i32).launch(&dev, GELU_FWD.of(xd), grid_for(n.div_ceil(16 / xd.size_in_bytes()), 256), 256, 0);
         }
         Some(Fwd::new(Tensor::from_any(Storage::Cuda(y), x.shape(), None), vec![]))
     }
@@ -103,7 +108,7 @@ pub(crate) fn gelu_backward(x: &Tensor, g: &Tensor, approx: bool) -> Tensor {
         if n > 0 {
             let (px, pg) = (cuda_ptr(x), cuda_ptr(&g));
             let vec = px % 16 == 0 && pg % 16 == 0;
-            Args::new().push(px).push(pg).push(dx.ptr).push(n as u32).push(approx as i32).push(vec as i32).launch(&dev, &format!("gelu_bwd_{}", sfx(xd)), grid_for(n.div_ceil(16 / xd.size_in_bytes()), 256), 256, 0);
+            Args::new().push(px).push(pg).push(dx.ptr).push(n as u32).push(approx as i32).push(vec as i32).launch(&dev, GELU_BWD.of(xd), grid_for(n.div_ceil(16 / xd.size_in_bytes()), 256), 256, 0);
         }
         return Tensor::from_any(Storage::Cuda(dx), x.shape(), None);
     }

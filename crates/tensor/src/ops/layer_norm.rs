@@ -14,7 +14,6 @@ use std::sync::Arc;
 use rayon::prelude::*;
 
 use crate::cpu::CpuStorage;
-use crate::cuda::storage::sfx;
 use crate::cuda::{Args, CudaStorage};
 use crate::op::{Backward, CustomOp, Fwd};
 use crate::dtype::Float;
@@ -22,6 +21,15 @@ use crate::op::{BinaryOp, Op};
 use crate::settings::LN_FUSED;
 use crate::tensor::{cuda_dev_of as cuda_dev, cuda_ptr, Storage};
 use crate::{DType, Tensor};
+use crate::cuda::kernel::{Arch, Kernel, Module};
+
+/// Its CUDA kernels.
+pub(crate) static KERNELS: Module = Module { name: "layer_norm", sources: &[include_str!("layer_norm.cu")], arch: Arch::Device, entries: &["ln_fwd", "ln_bwd", "ln_dwdb", "ln_dwdb_final", "ln_bwd_dwdb"] };
+const LN_BWD: Kernel = KERNELS.kernel("ln_bwd");
+const LN_BWD_DWDB: Kernel = KERNELS.kernel("ln_bwd_dwdb");
+const LN_DWDB: Kernel = KERNELS.kernel("ln_dwdb");
+const LN_DWDB_FINAL: Kernel = KERNELS.kernel("ln_dwdb_final");
+const LN_FWD: Kernel = KERNELS.kernel("ln_fwd");
 
 /// LayerNorm over the last dim of a contiguous x; inputs [x, w] or [x, w, b], w and b
 /// contiguous in the dtype the kernels take (`ln_weight_dtype`); saved [mean, rstd].
@@ -267,7 +275,7 @@ fn ln_forward(x: &Tensor, r: Option<&Tensor>, w: &Tensor, b: Option<&Tensor>, ep
                 .push(rows as u32)
                 .push(c as u32)
                 .push(eps)
-                .launch(&dev, &format!("ln_fwd_{}_{}", sfx(xd), sfx(wd)), rows.div_ceil(8) as u32, 256, 0);
+                .launch(&dev, LN_FWD.of2(xd, wd), rows.div_ceil(8) as u32, 256, 0);
         }
         sum = s;
         (Storage::Cuda(y), mean, rstd)
@@ -330,14 +338,14 @@ fn layer_norm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, g: 
                     .push(part.ptr)
                     .push(rows as u32)
                     .push(c as u32)
-                    .launch(&dev, &format!("ln_bwd_dwdb{ch}_{}_{}", sfx(xd), sfx(wd)), blocks as u32, 256, 0);
-                Args::new().push(part.ptr).push(dw.ptr).push(db.ptr).push(cs.ptr).push(c as u32).push(blocks as u32).push(3u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
+                    .launch(&dev, LN_BWD_DWDB.n(ch as u32).of2(xd, wd), blocks as u32, 256, 0);
+                Args::new().push(part.ptr).push(dw.ptr).push(db.ptr).push(cs.ptr).push(c as u32).push(blocks as u32).push(3u32).launch3(&dev, LN_DWDB_FINAL.of(wd), (c.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
                 colsum = Some(Tensor::from_any(Storage::Cuda(cs), &[c], None));
             } else {
                 row_args()
                     .push(rows as u32)
                     .push(c as u32)
-                    .launch(&dev, &format!("ln_bwd_{}_{}", sfx(xd), sfx(wd)), rows.div_ceil(8) as u32, 256, 0);
+                    .launch(&dev, LN_BWD.of2(xd, wd), rows.div_ceil(8) as u32, 256, 0);
                 // dw, db: column sums over the rows.
                 let col_blocks = c.div_ceil(32);
                 let (splits, rps) = crate::cuda::col_splits(rows, c);
@@ -354,9 +362,9 @@ fn layer_norm_backward(x: &Tensor, w: &Tensor, mean: &Tensor, rstd: &Tensor, g: 
                     .push(rows as u32)
                     .push(c as u32)
                     .push(rps as u32)
-                    .launch3(&dev, &format!("ln_dwdb_{}_{}", sfx(xd), sfx(wd)), (col_blocks as u32, splits as u32, 1), (32, 8, 1), 0);
+                    .launch3(&dev, LN_DWDB.of2(xd, wd), (col_blocks as u32, splits as u32, 1), (32, 8, 1), 0);
                 if splits > 1 {
-                    Args::new().push(pp).push(dw.ptr).push(db.ptr).push(0u64).push(c as u32).push(splits as u32).push(2u32).launch3(&dev, &format!("ln_dwdb_final_{}", sfx(wd)), (c.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
+                    Args::new().push(pp).push(dw.ptr).push(db.ptr).push(0u64).push(c as u32).push(splits as u32).push(2u32).launch3(&dev, LN_DWDB_FINAL.of(wd), (c.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
                 }
             }
         } else {

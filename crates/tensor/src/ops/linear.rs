@@ -11,6 +11,12 @@ use crate::op::{Backward, CustomOp, Fwd};
 use crate::op::Op;
 use crate::tensor::{cuda_ptr, Storage};
 use crate::Tensor;
+use crate::cuda::kernel::{Arch, Kernel, Module};
+
+/// Its CUDA kernels.
+pub(crate) static KERNELS: Module = Module { name: "linear", sources: &[include_str!("linear.cu")], arch: Arch::Device, entries: &["colsum16", "colsum16_final"] };
+const COLSUM16: Kernel = KERNELS.kernel("colsum16");
+const COLSUM16_FINAL: Kernel = KERNELS.kernel("colsum16_final");
 
 /// x [rows, K] · w [K, N] + b [N] with the bias in the GEMM's epilogues; inputs [x, w, b].
 struct Linear;
@@ -103,8 +109,7 @@ pub(crate) fn bias_grad_f32(g: &Tensor) -> Tensor {
         let splits = rows.div_ceil(rps);
         let part = crate::cuda::CudaStorage::alloc(dev, crate::DType::F32, splits * k);
         let out = crate::cuda::CudaStorage::alloc(dev, crate::DType::F32, k);
-        let sfx = crate::cuda::storage::sfx(g.dtype());
-        Args::new().push(p).push(part.ptr).push(rows as u32).push(k as u32).push(rps as u32).launch3(dev, &format!("colsum16_{sfx}"), (strips as u32, splits as u32, 1), (32, 8, 1), 0);
+        Args::new().push(p).push(part.ptr).push(rows as u32).push(k as u32).push(rps as u32).launch3(dev, COLSUM16.of(g.dtype()), (strips as u32, splits as u32, 1), (32, 8, 1), 0);
         colsum_final(dev, part.ptr, out.ptr, k, splits);
         Tensor::from_any(Storage::Cuda(out), &[k], None)
     })
@@ -112,7 +117,7 @@ pub(crate) fn bias_grad_f32(g: &Tensor) -> Tensor {
 
 /// out[c] = Σ_s part[s, c] (f32 [splits, k] partial column sums) in a fixed order, by `colsum16_final`.
 pub(crate) fn colsum_final(dev: &std::sync::Arc<crate::cuda::CudaDevice>, part: u64, out: u64, k: usize, splits: usize) {
-    crate::cuda::Args::new().push(part).push(out).push(k as u32).push(splits as u32).launch3(dev, "colsum16_final", (k.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
+    crate::cuda::Args::new().push(part).push(out).push(k as u32).push(splits as u32).launch3(dev, COLSUM16_FINAL, (k.div_ceil(8) as u32, 1, 1), (8, 128, 1), 0);
 }
 
 /// FMLAB_EPILOGUE=0 turns the fused paths off.

@@ -15,6 +15,12 @@ use crate::op::{Backward, CustomOp, Fwd};
 use crate::settings::{MLP_RECOMPUTE, MLP_SM90};
 use crate::tensor::{cuda_ptr, Storage};
 use crate::Tensor;
+use crate::cuda::kernel::{Arch, Kernel, KernelId, Module};
+
+/// Its Hopper kernels (sm_90a; hopper_gemm.cuh first).
+pub(crate) static KERNELS_SM90: Module = Module { name: "mlp_sm90", sources: &[include_str!("hopper_gemm.cuh"), include_str!("mlp_sm90.cu")], arch: Arch::Sm90a, entries: &["mlp_dgelu_k", "mlp_dgelu_rc_k"] };
+const MLP_DGELU_RC_K: Kernel = KERNELS_SM90.kernel("mlp_dgelu_rc_k");
+const MLP_DGELU_K: Kernel = KERNELS_SM90.kernel("mlp_dgelu_k");
 
 /// gelu_tanh(x·w1 + b1)·w2 + b2 over x [rows, K]; inputs [x, w1, b1, w2, b2]; saved [h] (pre made
 /// again in backward) or [h, pre], h = gelu(pre).
@@ -125,7 +131,7 @@ fn recompute_applies(x: &Tensor, w1: &Tensor, b1: &Tensor, w2: &Tensor) -> bool 
     let shapes = w1.dim(0) == k && w2.shape() == [hid, k] && b1.shape() == [hid] && rows > 0 && rows <= u32::MAX as usize;
     let widths = k.is_multiple_of(64) && (64..=256).contains(&k) && hid.is_multiple_of(64) && hid > 0 && hid <= MLR_MAX_HID;
     let kinds = [x, w1, b1, w2].iter().all(|t| t.dtype() == BF16) && x.is_contiguous() && b1.is_contiguous();
-    shapes && widths && kinds && x.with_storage(|s| matches!(s, Storage::Cuda(xs) if xs.device().has_module("mlp_sm90") && xs.at(x.layout().offset) % 16 == 0))
+    shapes && widths && kinds && x.with_storage(|s| matches!(s, Storage::Cuda(xs) if xs.device().has_module(&KERNELS_SM90) && xs.at(x.layout().offset) % 16 == 0))
 }
 
 /// (dpre [rows, H] bf16, db1 [H] f32) of `mlp_gelu` with pre made again, by `mlp_dgelu_rc_k*` and
@@ -161,10 +167,10 @@ fn dgelu_rc(g: &Tensor, w2: &Tensor, x: &Tensor, w1: &Tensor, b1: &Tensor) -> Op
     };
     let np = rows.div_ceil(MLR_BM) * MLR_BM;
     let out = cuda_buffer(x, &[np, hid]); // rows past `rows` are written as zeros
-    let name = format!("mlp_dgelu_rc_k{}_{}{}", k / 64, mn1 as u8, mn2 as u8);
+    let id = MLP_DGELU_RC_K.n((k / 64) as u32).n(mn1 as u32).n(mn2 as u32);
     let smem = (MLR_STAGES * 2 * MLR_BN * k * 2 + 1024) as u32;
     // part: a row per 16 rows of x.
-    let db = dgelu_launch(x, &name, np / MLR_BM, smem, np / 16, hid, |a| {
+    let db = dgelu_launch(x, id, np / MLR_BM, smem, np / 16, hid, |a| {
         a.push(map(&w1s)).push(map(&w2s));
         a.push(cuda_ptr(x)).push(cuda_ptr(&g)).push(cuda_ptr(b1)).push(rows as u32).push(hid as u32).push(cuda_ptr(&out));
     });
@@ -174,7 +180,7 @@ fn dgelu_rc(g: &Tensor, w2: &Tensor, x: &Tensor, w1: &Tensor, b1: &Tensor) -> Op
 /// Launches one of mlp_sm90.cu's dgelu kernels (block 384, grid (1, blocks)) on `like`'s device
 /// with the arguments `args` pushes and then `part`, [part_rows, hid] f32 partial column sums,
 /// which `colsum16_final` adds into b1's gradient [hid] f32 (returned).
-fn dgelu_launch(like: &Tensor, name: &str, blocks: usize, smem: u32, part_rows: usize, hid: usize, args: impl FnOnce(&mut crate::cuda::Args)) -> Tensor {
+fn dgelu_launch(like: &Tensor, id: KernelId, blocks: usize, smem: u32, part_rows: usize, hid: usize, args: impl FnOnce(&mut crate::cuda::Args)) -> Tensor {
     like.with_storage(|s| {
         let Storage::Cuda(ls) = s else { unreachable!("dgelu_launch off the GPU") };
         let dev = ls.device();
@@ -182,7 +188,7 @@ fn dgelu_launch(like: &Tensor, name: &str, blocks: usize, smem: u32, part_rows: 
         let db = crate::cuda::CudaStorage::alloc(dev, crate::DType::F32, hid);
         let mut a = crate::cuda::Args::new();
         args(&mut a);
-        a.push(part.ptr).launch3(dev, name, (1, blocks as u32, 1), (384, 1, 1), smem);
+        a.push(part.ptr).launch3(dev, id, (1, blocks as u32, 1), (384, 1, 1), smem);
         colsum_final(dev, part.ptr, db.ptr, hid, part_rows);
         Tensor::from_any(Storage::Cuda(db), &[hid], None)
     })
@@ -201,7 +207,7 @@ fn dgelu_sm90(g: &Tensor, w2: &Tensor, pre: &Tensor) -> Option<(Tensor, Tensor)>
     if !(MLP_SM90.on() && shapes && kinds && k.is_multiple_of(64) && (64..=256).contains(&k) && hid.is_multiple_of(64) && hid > 0) {
         return None;
     }
-    let ok = g.with_storage(|s| matches!(s, Storage::Cuda(gs) if gs.device().has_module("mlp_sm90") && gs.at(g.layout().offset) % 16 == 0))
+    let ok = g.with_storage(|s| matches!(s, Storage::Cuda(gs) if gs.device().has_module(&KERNELS_SM90) && gs.at(g.layout().offset) % 16 == 0))
         && pre.with_storage(|s| matches!(s, Storage::Cuda(ps) if ps.at(pre.layout().offset) % 4 == 0));
     if !ok {
         return None;
@@ -210,7 +216,7 @@ fn dgelu_sm90(g: &Tensor, w2: &Tensor, pre: &Tensor) -> Option<(Tensor, Tensor)>
     let np = rows.div_ceil(SM90_ROWS) * SM90_ROWS;
     let out = cuda_buffer(g, &[np, hid]); // rows past `rows` are written as zeros
     // part: a row per 32 rows of g.
-    let db = dgelu_launch(g, &format!("mlp_dgelu_k{}", k / 64), np / SM90_ROWS, sm90_smem(k), np / 32, hid, |a| {
+    let db = dgelu_launch(g, MLP_DGELU_K.n((k / 64) as u32), np / SM90_ROWS, sm90_smem(k), np / 32, hid, |a| {
         a.push(crate::cuda::tma_map_bf16(cuda_ptr(g), rows, k, k, 64, SM90_ROWS as u32));
         a.push(crate::cuda::tma_map_bf16(cuda_ptr(&w2c), hid, k, k, 64, 64));
         a.push(cuda_ptr(pre)).push(rows as u32).push(hid as u32).push(cuda_ptr(&out));

@@ -1,6 +1,7 @@
 //! The fused ops, one file each: its `CustomOp` (CPU forward, CUDA launch, backward), the public
 //! `Tensor` method that picks it or its `_slow` twin, and the twin itself, composed of primitives,
-//! that the tests hold it to. Kernel sources are in cuda/kernels/.
+//! that the tests hold it to. Each op's CUDA source sits beside it (gelu.rs, gelu.cu) as a kernel
+//! `Module` (cuda/kernel.rs), listed in `MODULES`.
 //!
 //! - `cross_entropy`, `softmax` (scaled, causal), `layer_norm` (+ the residual add), `gelu`
 //! - `linear` and `mlp` (bias and GELU on cuBLASLt epilogues, the Hopper MLP backward)
@@ -23,6 +24,21 @@ pub(crate) mod mlp;
 pub(crate) mod multi_tensor;
 pub(crate) mod sm90;
 pub(crate) mod softmax;
+
+/// The fused ops' kernel modules, compiled with the core's when a device starts.
+pub(crate) const MODULES: &[&crate::cuda::kernel::Module] = &[
+    &cross_entropy::KERNELS,
+    &classifier::KERNELS,
+    &classifier::KERNELS_SM90,
+    &softmax::KERNELS,
+    &layer_norm::KERNELS,
+    &gelu::KERNELS,
+    &linear::KERNELS,
+    &mlp::KERNELS_SM90,
+    &flash::KERNELS,
+    &flash::KERNELS_SM90,
+    &multi_tensor::KERNELS,
+];
 
 pub use attention::{attention, attention_slow};
 pub use mask::AttnMask;

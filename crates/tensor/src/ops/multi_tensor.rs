@@ -2,11 +2,23 @@
 //! variables in place or reduce many tensors at once): AdamW, the gradient norm's sum of squares,
 //! the clip coefficient, and the f32 → 16-bit weight casts.
 
-use crate::cuda::storage::sfx;
 use crate::cuda::{grid_for, Args, CudaStorage};
 use crate::op::Op;
 use crate::tensor::{cuda_ptr, Storage};
 use crate::{no_grad, DType, Tensor};
+use crate::cuda::kernel::{Arch, Kernel, Module};
+
+/// Its CUDA kernels.
+pub(crate) static KERNELS: Module = Module { name: "multi_tensor", sources: &[include_str!("multi_tensor.cu")], arch: Arch::Device, entries: &["adamw_f32", "adamw_bf16g", "adamw_mt_f32", "adamw_mt_bf16g", "adamw_mtd_f32", "adamw_mtd_bf16g", "cast_mt_f32", "sumsq_mt", "clip_coef"] };
+const ADAMW_BF16G: Kernel = KERNELS.kernel("adamw_bf16g");
+const ADAMW_F32: Kernel = KERNELS.kernel("adamw_f32");
+const ADAMW_MT_BF16G: Kernel = KERNELS.kernel("adamw_mt_bf16g");
+const ADAMW_MT_F32: Kernel = KERNELS.kernel("adamw_mt_f32");
+const ADAMW_MTD_BF16G: Kernel = KERNELS.kernel("adamw_mtd_bf16g");
+const ADAMW_MTD_F32: Kernel = KERNELS.kernel("adamw_mtd_f32");
+const CAST_MT_F32: Kernel = KERNELS.kernel("cast_mt_f32");
+const CLIP_COEF: Kernel = KERNELS.kernel("clip_coef");
+const SUMSQ_MT: Kernel = KERNELS.kernel("sumsq_mt");
 
 /// One AdamW update of an f32 variable `w` from its gradient `g` (f32 or bf16) and f32 moments
 /// `m`, `v`, in place, on the variable's device: the fused kernel behind `nn::AdamW::step`.
@@ -19,8 +31,8 @@ pub fn adamw_update(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, decay: f32, 
     if w.device().is_cuda() {
         let g = if g.is_contiguous() { g.clone() } else { g.contiguous() };
         let kernel = match g.dtype() {
-            DType::F32 => "adamw_f32",
-            DType::BF16 => "adamw_bf16g",
+            DType::F32 => ADAMW_F32,
+            DType::BF16 => ADAMW_BF16G,
             d => panic!("adamw_update: gradient dtype {d}"),
         };
         let n = w.numel();
@@ -62,7 +74,7 @@ pub fn adamw_update(w: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, decay: f32, 
     });
 }
 
-/// Mirrors `struct AdamTab` in kernels/fused.cu.
+/// Mirrors `struct AdamTab` in multi_tensor.cu.
 const ADAM_MT: usize = 64;
 const ADAM_CHUNK: usize = 16384;
 #[repr(C)]
@@ -93,7 +105,7 @@ pub fn adamw_update_all(items: &[AdamItem], one_m_b1: f32, b2: f32, one_m_b2: f3
         }
         return;
     }
-    adamw_mt_launch(items, ["adamw_mt_f32", "adamw_mt_bf16g"], |a| {
+    adamw_mt_launch(items, [ADAMW_MT_F32, ADAMW_MT_BF16G], |a| {
         a.push(one_m_b1).push(b2).push(one_m_b2).push(eps).push(step_size).push(bc2_sqrt);
     });
 }
@@ -118,14 +130,14 @@ pub fn adamw_update_all_dev(items: &[AdamItem], one_m_b1: f32, b2: f32, one_m_b2
         return;
     }
     let (ph, pc) = (cuda_ptr(hyper), cuda_ptr(coef));
-    adamw_mt_launch(items, ["adamw_mtd_f32", "adamw_mtd_bf16g"], |a| {
+    adamw_mt_launch(items, [ADAMW_MTD_F32, ADAMW_MTD_BF16G], |a| {
         a.push(one_m_b1).push(b2).push(one_m_b2).push(eps).push(ph).push(pc);
     });
 }
 
 /// The multi-tensor AdamW launches (one per 64 tensors per gradient dtype): the block table, then
 /// the kernel's scalar arguments from `tail`.
-fn adamw_mt_launch(items: &[AdamItem], kernels: [&str; 2], tail: impl Fn(&mut Args)) {
+fn adamw_mt_launch(items: &[AdamItem], kernels: [Kernel; 2], tail: impl Fn(&mut Args)) {
     let dev = items[0].0.with_storage(|s| match s {
         Storage::Cuda(c) => c.dev.clone(),
         _ => unreachable!(),
@@ -175,14 +187,14 @@ pub fn clip_coef(sumsq: &Tensor, max_norm: f64) -> (Tensor, Tensor) {
     });
     let norm = Tensor::uninit_on(&[], DType::F64, s.device()); // both written by clip_coef
     let coef = Tensor::uninit_on(&[], DType::F32, s.device());
-    Args::new().push(cuda_ptr(&s)).push(cuda_ptr(&norm)).push(cuda_ptr(&coef)).push(max_norm).launch(&dev, "clip_coef", 1, 32, 0);
+    Args::new().push(cuda_ptr(&s)).push(cuda_ptr(&norm)).push(cuda_ptr(&coef)).push(max_norm).launch(&dev, CLIP_COEF, 1, 32, 0);
     (norm, coef)
 }
 
 const CAST_MT: usize = 64;
 const CAST_CHUNK: usize = 8192;
 
-/// Mirrors `struct CastTab` in kernels/fused.cu.
+/// Mirrors `struct CastTab` in multi_tensor.cu.
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct CastTab {
@@ -221,7 +233,7 @@ pub fn cast_all(ts: &[Tensor], dtype: DType) -> Vec<Tensor> {
                 (tab.src[k], tab.dst[k], tab.n[k]) = (cuda_ptr(t), y.ptr, t.numel() as u32);
                 out[i] = Some(Tensor::from_any(Storage::Cuda(y), t.shape(), Some(Op::Cast(t.clone()))));
             }
-            Args::new().push(tab).launch(&dev, &format!("cast_mt_f32_{}", dtype.name()), blocks as u32, 256, 0);
+            Args::new().push(tab).launch(&dev, CAST_MT_F32.of(dtype), blocks as u32, 256, 0);
         }
     }
     out.into_iter().map(|t| t.expect("every tensor cast")).collect()
@@ -241,7 +253,7 @@ fn block_starts(sizes: impl Iterator<Item = usize>, chunk: usize, start: &mut [u
     blocks
 }
 
-/// Mirrors `struct MtTab` in kernels/reduce.cu.
+/// Mirrors `struct MtTab` in multi_tensor.cu.
 const MT_MAX: usize = 96;
 const MT_CHUNK: usize = 8192;
 #[repr(C)]
@@ -280,7 +292,7 @@ pub fn sum_squares_all(ts: &[Tensor]) -> Tensor {
                 tab.n[i] = u32::try_from(t.numel()).expect("sum_squares_all: a tensor of over 2^32 elements");
             }
             let part = Tensor::uninit_on(&[blocks], DType::F64, dev); // one partial a block
-            Args::new().push(tab).push(cuda_ptr(&part)).launch(&cdev, &format!("sumsq_mt_{}", sfx(dt)), blocks as u32, 256, 0);
+            Args::new().push(tab).push(cuda_ptr(&part)).launch(&cdev, SUMSQ_MT.of(dt), blocks as u32, 256, 0);
             parts.push(part);
         }
     }

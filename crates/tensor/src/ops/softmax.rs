@@ -6,11 +6,16 @@
 use rayon::prelude::*;
 
 use crate::cpu::CpuStorage;
-use crate::cuda::storage::sfx;
 use crate::cuda::{Args, CudaStorage};
 use crate::op::{Backward, CustomOp, Fwd};
 use crate::tensor::{cuda_ptr, Storage};
 use crate::{DType, Tensor};
+use crate::cuda::kernel::{Arch, Kernel, Module};
+
+/// Its CUDA kernels.
+pub(crate) static KERNELS: Module = Module { name: "softmax", sources: &[include_str!("softmax.cu")], arch: Arch::Device, entries: &["softmax_fwd", "softmax_bwd"] };
+const SOFTMAX_BWD: Kernel = KERNELS.kernel("softmax_bwd");
+const SOFTMAX_FWD: Kernel = KERNELS.kernel("softmax_fwd");
 
 /// Rows below this many elements in total are done on one thread.
 const PAR_MIN: usize = 1 << 16;
@@ -78,7 +83,7 @@ impl CustomOp for SoftmaxScaled {
             let y = CudaStorage::alloc(&xs.dev, xs.dtype(), x.numel());
             if rows > 0 {
                 let block = if s >= 1024 { 256 } else if s >= 256 { 128 } else { 32 };
-                Args::new().push(xs.ptr).push(y.ptr).push(s as u32).push(t as u32).push(scale).push(causal as i32).launch(&xs.dev, &format!("softmax_fwd_{}", sfx(xs.dtype())), rows as u32, block, 0);
+                Args::new().push(xs.ptr).push(y.ptr).push(s as u32).push(t as u32).push(scale).push(causal as i32).launch(&xs.dev, SOFTMAX_FWD.of(xs.dtype()), rows as u32, block, 0);
             }
             Storage::Cuda(y)
         });
@@ -133,7 +138,7 @@ fn softmax_scaled_backward(p: &Tensor, g: &Tensor, scale: f64) -> Tensor {
             let d = CudaStorage::alloc(&ps.dev, ps.dtype(), p.numel());
             if rows > 0 {
                 let block = if s >= 1024 { 256 } else if s >= 256 { 128 } else { 32 };
-                Args::new().push(cuda_ptr(p)).push(cuda_ptr(&g)).push(d.ptr).push(s as u32).push(scale).launch(&ps.dev, &format!("softmax_bwd_{}", sfx(ps.dtype())), rows as u32, block, 0);
+                Args::new().push(cuda_ptr(p)).push(cuda_ptr(&g)).push(d.ptr).push(s as u32).push(scale).launch(&ps.dev, SOFTMAX_BWD.of(ps.dtype()), rows as u32, block, 0);
             }
             Storage::Cuda(d)
         });

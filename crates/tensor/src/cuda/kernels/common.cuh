@@ -17,7 +17,7 @@ template <> __device__ __forceinline__ double inf_of<double>() { return __longlo
 __device__ __forceinline__ float exp2_approx(float x) { float y; asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x)); return y; }
 
 // Shared-memory barriers of sm_90 and later (mbarrier: arrivals plus bytes of asynchronous copies
-// to wait for), by shared address: the classifier's streamed rows (fused.cu, ce_stream) and its
+// to wait for), by shared address: the classifier's streamed rows (ops/classifier.cu, ce_stream) and its
 // Hopper kernels' stages (hopper_gemm.cuh).
 __device__ __forceinline__ u32 smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 #if __CUDA_ARCH__ >= 900

@@ -10,9 +10,9 @@
 // (GELU's input, kept by the forward), hid a multiple of LM_BN. out [np, hid] bf16 with np = n
 // rounded up to LM_BM (rows past n are written, as zeros: no row test on the stores); part
 // [np / 32, hid] f32, row p = the 32 rows of warp p % 8 of row tile p / 8, which
-// `colsum16_final` (reduce.cu) adds in a fixed order (deterministic). Grid (1, np / LM_BM): a block walks every column tile.
+// `colsum16_final` (linear.cu) adds in a fixed order (deterministic). Grid (1, np / LM_BM): a block walks every column tile.
 
-// gelu'(x) of the tanh form (layers.cu `gelu_grad_f`): with t = tanh(x·(k + kc·x²)),
+// gelu'(x) of the tanh form (gelu.cu `gelu_grad_f`): with t = tanh(x·(k + kc·x²)),
 // 0.5 + 0.5·t + 0.5·x·(1 − t²)·(k + 3kc·x²), k = sqrt(2/π), c = 0.044715; ten instructions, tanh
 // by the special-function unit (tanh.approx.f32, relative error ~2^-11: dpre is rounded to bf16,
 // 2^-8, after it).
@@ -242,9 +242,9 @@ template <int KA, int MN1, int MN2> __device__ void mlp_dgelu_rc_k(const LmTmaMa
 
 #define MLP(KA) \
 extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) mlp_dgelu_k##KA(const __grid_constant__ LmTmaMap tmg, const __grid_constant__ LmTmaMap tmw, const bf16* pre, u32 n, u32 hid, bf16* out, float* part) { mlp_dgelu_k<KA>(&tmg, &tmw, pre, n, hid, out, part); }
-// Suffix: KA, then whether w1's and w2's tiles are read N-major (0/1 each).
+// Suffix: KA, then whether w1's and w2's tiles are read N-major (0/1 each), as _M1_M2.
 #define MLP_RC(KA, M1, M2) \
-extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) mlp_dgelu_rc_k##KA##_##M1##M2(const __grid_constant__ LmTmaMap tmw1, const __grid_constant__ LmTmaMap tmw2, const bf16* x, const bf16* g, const bf16* b1, u32 n, u32 hid, bf16* out, float* part) { mlp_dgelu_rc_k<KA, M1, M2>(&tmw1, &tmw2, x, g, b1, n, hid, out, part); }
+extern "C" __global__ void __launch_bounds__(LM_THREADS + 128, 1) mlp_dgelu_rc_k##KA##_##M1##_##M2(const __grid_constant__ LmTmaMap tmw1, const __grid_constant__ LmTmaMap tmw2, const bf16* x, const bf16* g, const bf16* b1, u32 n, u32 hid, bf16* out, float* part) { mlp_dgelu_rc_k<KA, M1, M2>(&tmw1, &tmw2, x, g, b1, n, hid, out, part); }
 MLP(1)
 MLP(2)
 MLP(3)
