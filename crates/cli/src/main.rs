@@ -5,6 +5,7 @@ mod checkpoint;
 mod cmd;
 mod corpus;
 mod device;
+mod llm;
 mod sampling;
 
 use clap::{Parser, Subcommand};
@@ -34,7 +35,7 @@ enum Cmd {
     /// Generate text with a Llama-family model (SmolLM2 GGUF).
     Generate(cmd::generate::GenerateArgs),
     /// Interactive chat with a Llama-family model.
-    Chat(cmd::generate::ChatArgs),
+    Chat(cmd::chat::ChatArgs),
     /// Sentence embeddings (all-MiniLM-L6-v2).
     Embed(cmd::embed::EmbedArgs),
     /// A grid of training runs in one ledger group (resumable).
@@ -91,8 +92,8 @@ fn main() {
         Cmd::Sample(a) => cmd::sample::run(a),
         Cmd::Eval(a) => cmd::eval::run(a),
         Cmd::Embed(a) => cmd::embed::run(a),
-        Cmd::Generate(a) => cmd::generate::run_generate(a),
-        Cmd::Chat(a) => cmd::generate::run_chat(a),
+        Cmd::Generate(a) => cmd::generate::run(a),
+        Cmd::Chat(a) => cmd::chat::run(a),
         Cmd::Sweep(a) => cmd::sweep::run_sweep(a),
         Cmd::Report(a) => cmd::sweep::run_report(a),
         Cmd::Runs(c) => cmd::runs::run(c),

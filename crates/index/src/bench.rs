@@ -6,7 +6,49 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::{recall, Bitset, BruteForce, Hnsw, HnswParams, Metric, Plan};
+use std::path::Path;
+
+use crate::vectors::read_vectors;
+use crate::{recall, Bitset, BruteForce, Hnsw, HnswParams, IndexError, Metric, Plan};
+
+/// Vectors to benchmark on: `base` rows and `queries` rows of `dim`, compared by `metric`.
+pub struct Dataset {
+    pub base: Vec<f32>,
+    pub queries: Vec<f32>,
+    pub dim: usize,
+    pub metric: Metric,
+}
+
+/// A benchmark dataset from the asset cache `cache` with its first `nq` queries:
+/// `fashion-mnist-784` (L2; the train images as base, the test images as queries) or `glove-50`
+/// (cosine; every 40th row held out as a query).
+pub fn dataset(cache: &Path, name: &str, nq: usize) -> Result<Dataset, IndexError> {
+    let need = |rel: &str, asset: &str| -> Result<std::path::PathBuf, IndexError> {
+        let p = cache.join(rel);
+        if !p.is_file() {
+            return Err(IndexError::File { path: p.display().to_string(), msg: format!("missing; run `scripts/fetch-assets.sh {asset}`") });
+        }
+        Ok(p)
+    };
+    match name {
+        "fashion-mnist-784" => {
+            let (base, dim) = read_vectors(&need("fashion-mnist/train-images-idx3-ubyte", "fashion-mnist")?)?;
+            let (q, _) = read_vectors(&need("fashion-mnist/t10k-images-idx3-ubyte", "fashion-mnist")?)?;
+            let nq = nq.min(q.len() / dim);
+            Ok(Dataset { base, queries: q[..nq * dim].to_vec(), dim, metric: Metric::L2 })
+        }
+        "glove-50" => {
+            let (all, dim) = read_vectors(&need("glove/glove_6B_50d_emb.npy", "glove")?)?;
+            let (mut base, mut q) = (Vec::new(), Vec::new());
+            for (i, row) in all.chunks(dim).enumerate() {
+                if i % 40 == 0 { q.extend_from_slice(row) } else { base.extend_from_slice(row) }
+            }
+            q.truncate(nq.min(q.len() / dim) * dim);
+            Ok(Dataset { base, queries: q, dim, metric: Metric::Cosine })
+        }
+        d => Err(IndexError::Format(format!("--dataset {d}: expected fashion-mnist-784 or glove-50"))),
+    }
+}
 
 /// The index and what building it took.
 pub struct Built {

@@ -45,3 +45,52 @@ impl ChatTemplate {
         s
     }
 }
+
+/// A conversation with a chat model: its messages so far, rendered through the model's template.
+pub struct Conversation {
+    template: ChatTemplate,
+    messages: Vec<Message>,
+}
+
+impl Conversation {
+    /// A conversation that starts with `system` (else the template's own default system message).
+    pub fn new(template: ChatTemplate, system: Option<String>) -> Conversation {
+        Conversation { template, messages: system.into_iter().map(|s| Message { role: "system".into(), content: s }).collect() }
+    }
+
+    /// Adds the user's turn; returns the prompt the model continues (ending with the assistant's
+    /// turn header).
+    pub fn user(&mut self, text: &str) -> String {
+        self.messages.push(Message { role: "user".into(), content: text.to_string() });
+        self.template.render(&self.messages, true)
+    }
+
+    /// Adds the model's reply, so the next turn sees it.
+    pub fn assistant(&mut self, text: &str) {
+        self.messages.push(Message { role: "assistant".into(), content: text.to_string() });
+    }
+
+    pub fn messages(&self) -> &[Message] {
+        &self.messages
+    }
+}
+
+#[cfg(test)]
+mod conversation_tests {
+    use super::*;
+
+    #[test]
+    fn turns_accumulate_in_the_prompt() {
+        let t = ChatTemplate { default_system: Some("Be brief.".into()) };
+        let mut c = Conversation::new(t, None);
+        let p1 = c.user("Hi");
+        assert_eq!(p1, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        c.assistant("Hello.");
+        let p2 = c.user("Bye");
+        assert!(p2.starts_with(&p1[..p1.len() - "<|im_start|>assistant\n".len()]), "{p2}");
+        assert!(p2.ends_with("<|im_start|>assistant\nHello.<|im_end|>\n<|im_start|>user\nBye<|im_end|>\n<|im_start|>assistant\n"), "{p2}");
+        assert_eq!(c.messages().len(), 3);
+        let mut own = Conversation::new(ChatTemplate { default_system: Some("x".into()) }, Some("Own.".into()));
+        assert!(own.user("q").starts_with("<|im_start|>system\nOwn.<|im_end|>\n<|im_start|>user\nq"));
+    }
+}

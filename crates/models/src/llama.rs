@@ -264,3 +264,51 @@ fn unpermute(w: &Tensor, n_head: usize) -> Tensor {
     // [H, D/2, 2, in] → [H, 2, D/2, in]
     w.reshape(&[n_head, half, 2, inp]).transpose(1, 2).contiguous().reshape(&[out, inp])
 }
+
+/// A Llama-family model with what generating from it needs: its tokenizer, chat template (if it
+/// has one) and stop tokens.
+pub struct LoadedLlama {
+    pub model: Llama,
+    pub tok: fmlab_tokenizer::Tokenizer,
+    pub template: Option<crate::chat::ChatTemplate>,
+    pub stops: Vec<u32>,
+}
+
+impl LoadedLlama {
+    /// From a llama GGUF file or an HF folder (config.json, model.safetensors, tokenizer.json[,
+    /// tokenizer_config.json with a chat_template]); errors name the file.
+    pub fn open(path: &std::path::Path) -> Result<LoadedLlama, NnError> {
+        use crate::chat::ChatTemplate;
+        let ctx = |e: NnError| match e {
+            NnError::File { .. } => e,
+            e => NnError::file(path, e),
+        };
+        if path.is_dir() {
+            let model = Llama::from_hf_dir(path)?;
+            let tj = path.join("tokenizer.json");
+            let tok = fmlab_tokenizer::Tokenizer::from_hf_json(&tj).map_err(|e| NnError::file(&tj, e))?;
+            let tc = path.join("tokenizer_config.json");
+            let template = std::fs::read_to_string(&tc)
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| v["chat_template"].as_str().map(str::to_string))
+                .map(|t| ChatTemplate::parse(&t).map_err(|e| NnError::file(&tc, e)))
+                .transpose()?;
+            let stops = ["<|endoftext|>", "<|im_end|>", "</s>"].iter().filter_map(|s| tok.special_id(s)).collect();
+            return Ok(LoadedLlama { model, tok, template, stops });
+        }
+        if !path.is_file() {
+            return Err(NnError::file(path, "no such file or folder (expected a .gguf file or an HF folder)"));
+        }
+        let g = Gguf::open(path)?;
+        let tok = tokenizer_from_gguf(&g).map_err(ctx)?;
+        let model = Llama::from_gguf(&g).map_err(ctx)?;
+        let template = match g.metadata.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+            Some(t) => Some(ChatTemplate::parse(t).map_err(|e| NnError::file(path, e))?),
+            None => None,
+        };
+        let mut stops: Vec<u32> = g.metadata.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64()).map(|x| x as u32).into_iter().collect();
+        stops.extend(["<|endoftext|>", "<|im_end|>"].iter().filter_map(|s| tok.special_id(s)));
+        Ok(LoadedLlama { model, tok, template, stops })
+    }
+}

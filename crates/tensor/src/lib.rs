@@ -5,6 +5,7 @@
 //! Errors: misuse of shapes or dtypes is a programmer bug and panics with a report naming the op
 //! and the shapes; nothing here reads files or the network.
 
+pub mod bench;
 pub mod backend;
 mod backward;
 mod composite;

@@ -57,6 +57,9 @@ pub fn run(a: EmbedArgs) -> Result<()> {
     if texts.is_empty() {
         bail!("nothing to embed: give TEXT arguments or --input FILE");
     }
+    if a.batch == 0 {
+        bail!("--batch must be positive");
+    }
     let device = crate::device::resolve(&a.device)?;
     let e = load_embedder(&a.model)?;
     e.model.to_device(device);

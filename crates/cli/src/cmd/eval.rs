@@ -32,27 +32,46 @@ pub struct EvalArgs {
     precision: String,
 }
 
-pub fn run(a: EvalArgs) -> Result<()> {
-    let dir = checkpoint::checkpoint_dir(&a.checkpoint)?;
-    let meta = checkpoint::read_meta(&dir)?;
-    let tok = checkpoint::tokenizer_of(&dir, &meta)?;
-    let device = crate::device::resolve(&a.device)?;
-    let precision = crate::device::precision(&a.precision, device)?;
-    let model = checkpoint::load_model_on(&dir, &meta, device, precision)?;
-    let seq = a.seq.unwrap_or(meta.config.model.n_ctx);
-    if seq == 0 || seq > meta.config.model.n_ctx {
-        bail!("--seq {seq}: must be in 1..={}", meta.config.model.n_ctx);
+/// `EvalArgs` checked against the checkpoint's metadata, before any weights are read.
+struct Eval {
+    dir: PathBuf,
+    meta: checkpoint::Meta,
+    device: fmlab_tensor::Device,
+    precision: fmlab_tensor::DType,
+    files: Vec<PathBuf>,
+    seq: usize,
+    stride: usize,
+}
+
+impl EvalArgs {
+    fn validate(self) -> Result<Eval> {
+        let dir = checkpoint::checkpoint_dir(&self.checkpoint)?;
+        let meta = checkpoint::read_meta(&dir)?;
+        let n_ctx = meta.config.model.n_ctx;
+        let seq = self.seq.unwrap_or(n_ctx);
+        if seq == 0 || seq > n_ctx {
+            bail!("--seq {seq}: must be in 1..={n_ctx}");
+        }
+        let stride = self.stride.unwrap_or(seq);
+        if stride == 0 || stride > seq {
+            bail!("--stride {stride}: must be in 1..=seq ({seq})");
+        }
+        let files = expand_inputs(&self.data)?;
+        let device = crate::device::resolve(&self.device)?;
+        let precision = crate::device::precision(&self.precision, device)?;
+        Ok(Eval { dir, meta, device, precision, files, seq, stride })
     }
-    let files = expand_inputs(&a.data)?;
+}
+
+pub fn run(a: EvalArgs) -> Result<()> {
+    let Eval { dir, meta, device, precision, files, seq, stride } = a.validate()?;
+    let tok = checkpoint::tokenizer_of(&dir, &meta)?;
     let tok_name = crate::assets::tokenizer_id(&meta.config.tokenizer);
     let (tokens, _) = corpus::tokens_of(&files, &tok, &tok_name)?;
     if tokens.len() < 2 {
         bail!("--data: fewer than 2 tokens to evaluate");
     }
-    let stride = a.stride.unwrap_or(seq);
-    if stride == 0 || stride > seq {
-        bail!("--stride {stride}: must be in 1..=seq ({seq})");
-    }
+    let model = checkpoint::load_model_on(&dir, &meta, device, precision)?;
     let scored = fmlab_train::eval::sliding(&tokens, seq, stride, &|x, y| model.loss(x, y, None));
     let (nats, n, predicted) = (scored.nats, scored.tokens, scored.predicted);
     // Bytes of the text the predicted tokens spell (specials such as <|endoftext|> count as

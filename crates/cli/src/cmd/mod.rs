@@ -1,5 +1,5 @@
 pub mod bench;
-pub mod bench_ops;
+pub mod chat;
 pub mod data;
 pub mod embed;
 pub mod eval;

@@ -39,14 +39,31 @@ pub struct SampleArgs {
     precision: String,
 }
 
+/// `SampleArgs` checked, before any weights are read.
+struct Sample {
+    dir: PathBuf,
+    meta: checkpoint::Meta,
+    params: SamplingParams,
+    device: fmlab_tensor::Device,
+    precision: fmlab_tensor::DType,
+}
+
+impl SampleArgs {
+    fn validate(&self) -> Result<Sample> {
+        let params = SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed, ..Default::default() };
+        params.check().map_err(anyhow::Error::msg)?;
+        let dir = checkpoint::checkpoint_dir(&self.checkpoint)?;
+        let meta = checkpoint::read_meta(&dir)?;
+        let device = crate::device::resolve(&self.device)?;
+        let precision = crate::device::precision(&self.precision, device)?;
+        Ok(Sample { dir, meta, params, device, precision })
+    }
+}
+
 pub fn run(a: SampleArgs) -> Result<()> {
-    let params = SamplingParams { temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, ..Default::default() };
-    params.check().map_err(anyhow::Error::msg)?;
-    let dir = checkpoint::checkpoint_dir(&a.checkpoint)?;
-    let meta = checkpoint::read_meta(&dir)?;
+    let Sample { dir, meta, params, device, precision } = a.validate()?;
     let tok = checkpoint::tokenizer_of(&dir, &meta)?;
-    let device = crate::device::resolve(&a.device)?;
-    let model = checkpoint::load_model_on(&dir, &meta, device, crate::device::precision(&a.precision, device)?)?;
+    let model = checkpoint::load_model_on(&dir, &meta, device, precision)?;
     // One sampler for every sample: its draws continue from one to the next.
     let mut sampler = Sampler::new(params);
     let mut out = std::io::stdout().lock();

@@ -1,45 +1,15 @@
 //! `fmlab bench train`: time full training steps (forward, backward, clip, AdamW) of a preset on
-//! synthetic tokens. Compare with tools/bench_gpt2_torch.py in the same run (scripts/bench-cpu.sh).
-
+//! synthetic tokens (fmlab_train::bench), recorded as a ledger run. Compare with
+//! tools/bench_gpt2_torch.py in the same call (scripts/bench-cpu.sh, scripts/gpu-check.sh).
 
 use anyhow::{Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use fmlab_models::{Gpt2, Gpt2Config};
 use fmlab_nn::VarBuilder;
 use fmlab_tensor::DType;
 
-#[derive(Subcommand)]
-pub enum BenchCmd {
-    /// Training-step throughput.
-    Train(TrainBench),
-    /// GPU kernels at a training step's shapes: ms, GB/s or TFLOP/s, error vs the CPU engine.
-    Ops(crate::cmd::bench_ops::OpsBench),
-    /// HNSW: recall@10 vs QPS on a real dataset, build time, memory, filter selectivity sweep.
-    Ann(AnnBench),
-}
-
 #[derive(Args)]
-pub struct AnnBench {
-    /// fashion-mnist-784 (L2; train as base, test as queries) or glove-50 (cosine; every 40th
-    /// row held out as a query).
-    #[arg(long)]
-    dataset: String,
-    #[arg(long, value_delimiter = ',', default_value = "10,20,40,80,160,320")]
-    ef: Vec<usize>,
-    #[arg(long, default_value_t = 16)]
-    m: usize,
-    #[arg(long, default_value_t = 200)]
-    ef_construction: usize,
-    /// Number of queries (the first N of the query set).
-    #[arg(long, default_value_t = 1000)]
-    queries: usize,
-    /// Also sweep filter selectivity (100%, 10%, 1%, 0.1%) at this ef.
-    #[arg(long)]
-    filter_ef: Option<usize>,
-}
-
-#[derive(Args)]
-pub struct TrainBench {
+pub struct TrainArgs {
     #[arg(long, default_value = "gpt2-mini")]
     preset: String,
     #[arg(long, default_value_t = 4)]
@@ -62,65 +32,7 @@ pub struct TrainBench {
     cuda_graph: String,
 }
 
-pub fn run(cmd: BenchCmd) -> Result<()> {
-    match cmd {
-        BenchCmd::Train(a) => bench_train(a),
-        BenchCmd::Ann(a) => bench_ann(a),
-        BenchCmd::Ops(a) => crate::cmd::bench_ops::bench_ops(a),
-    }
-}
-
-/// (base, queries, dim, metric) of a benchmark dataset from the asset cache.
-pub fn ann_dataset(name: &str, nq: usize) -> Result<(Vec<f32>, Vec<f32>, usize, fmlab_index::Metric)> {
-    use fmlab_index::vectors::read_vectors;
-    let cache = crate::assets::cache_dir();
-    let need = |p: std::path::PathBuf, asset: &str| -> Result<std::path::PathBuf> {
-        anyhow::ensure!(p.is_file(), "{} is missing; run `scripts/fetch-assets.sh {asset}`", p.display());
-        Ok(p)
-    };
-    match name {
-        "fashion-mnist-784" => {
-            let (base, dim) = read_vectors(&need(cache.join("fashion-mnist/train-images-idx3-ubyte"), "fashion-mnist")?)?;
-            let (q, _) = read_vectors(&need(cache.join("fashion-mnist/t10k-images-idx3-ubyte"), "fashion-mnist")?)?;
-            let nq = nq.min(q.len() / dim);
-            Ok((base, q[..nq * dim].to_vec(), dim, fmlab_index::Metric::L2))
-        }
-        "glove-50" => {
-            let (all, dim) = read_vectors(&need(cache.join("glove/glove_6B_50d_emb.npy"), "glove")?)?;
-            let (mut base, mut q) = (Vec::new(), Vec::new());
-            for (i, row) in all.chunks(dim).enumerate() {
-                if i % 40 == 0 { q.extend_from_slice(row) } else { base.extend_from_slice(row) }
-            }
-            let nq = nq.min(q.len() / dim);
-            q.truncate(nq * dim);
-            Ok((base, q, dim, fmlab_index::Metric::Cosine))
-        }
-        d => anyhow::bail!("--dataset {d}: expected fashion-mnist-784 or glove-50"),
-    }
-}
-
-fn bench_ann(a: AnnBench) -> Result<()> {
-    use fmlab_index::bench;
-    let (base, q, dim, metric) = ann_dataset(&a.dataset, a.queries)?;
-    let (n, nq) = (base.len() / dim, q.len() / dim);
-    let b = bench::build(&base, &q, dim, metric, a.m, a.ef_construction);
-    eprintln!("{}: {n} base × {dim}, {nq} queries, {metric:?}; exact ground truth in {:.1}s", a.dataset, b.truth_seconds);
-    println!("fmlab {}: build {:.2}s ({} threads), M {} ef_construction {}, index memory {:.1} MB, kernel {}", a.dataset, b.build_seconds, rayon::current_num_threads(), a.m, a.ef_construction, b.index.memory_bytes() as f64 / 1e6, b.index.kernel());
-    println!("| ef | recall@10 | QPS 1 thread | QPS {} threads |", rayon::current_num_threads());
-    println!("|---|---|---|---|");
-    let rows: Vec<String> = bench::ef_sweep(&b, &q, dim, &a.ef).iter().map(|r| format!("| {} | {:.4} | {:.0} | {:.0} |", r.ef, r.recall, r.qps_1, r.qps_all)).collect();
-    println!("{}", rows.join("\n"));
-    if let Some(ef) = a.filter_ef {
-        println!("filter sweep at ef {ef}:");
-        println!("| selectivity | plan | recall@10 | QPS 1 thread |");
-        println!("|---|---|---|---|");
-        let rows: Vec<String> = bench::filter_sweep(&b, &base, &q, dim, metric, ef).iter().map(|r| format!("| {}% | {:?} | {:.4} | {:.0} |", r.percent, r.plan, r.recall, r.qps_1)).collect();
-        println!("{}", rows.join("\n"));
-    }
-    Ok(())
-}
-
-fn bench_train(a: TrainBench) -> Result<()> {
+pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = Gpt2Config::preset(&a.preset).with_context(|| format!("--preset {}: unknown", a.preset))?;
     anyhow::ensure!(a.seq <= cfg.n_ctx, "--seq {} exceeds n_ctx {}", a.seq, cfg.n_ctx);
     let device = crate::device::resolve(&a.device)?;

@@ -1,39 +1,34 @@
-//! `fmlab bench ops`: standalone benchmarks of the kernels a gpt2-mini training step is made of,
-//! at that step's shapes (B·T = 32768 rows by default), each first validated against the CPU
-//! engine on a smaller input. Prints milliseconds per call and the achieved GB/s (bytes read +
-//! written once, the minimum any implementation moves) or TFLOP/s, then one table.
+//! Standalone benchmarks of the kernels a gpt2-mini training step is made of, at that step's
+//! shapes (B·T = 32768 rows by default), each first validated against the CPU engine on a smaller
+//! input: milliseconds per call and the achieved GB/s (bytes read + written once, the minimum any
+//! implementation moves) or TFLOP/s. `fmlab bench ops` prints them as a table.
 
 use std::time::Instant;
 
-use anyhow::Result;
-use clap::Args;
-use fmlab_tensor::{DType, Device, Rng, Tensor};
+use crate::{DType, Device, Rng, Tensor};
 
-#[derive(Args)]
+/// What to measure.
 pub struct OpsBench {
     /// Rows (B·T) of the activation-shaped inputs.
-    #[arg(long, default_value_t = 32768)]
-    rows: usize,
+    pub rows: usize,
     /// Model width C (LayerNorm width; the MLP is 4C).
-    #[arg(long, default_value_t = 256)]
-    width: usize,
+    pub width: usize,
     /// Timed calls per op (after 2 untimed).
-    #[arg(long, default_value_t = 20)]
-    iters: usize,
-    /// cuda or cuda:N (the CPU engine is the reference).
-    #[arg(long, default_value = "cuda")]
-    device: String,
+    pub iters: usize,
+    /// A GPU (the CPU engine is the reference).
+    pub device: Device,
     /// Only ops whose name contains this.
-    #[arg(long)]
-    only: Option<String>,
+    pub only: Option<String>,
 }
 
-struct Row {
-    name: String,
-    shape: String,
-    ms: f64,
-    rate: String,
-    err: f64,
+/// One measured op.
+pub struct OpRow {
+    pub name: String,
+    pub shape: String,
+    pub ms: f64,
+    pub rate: String,
+    /// max |got − want| / max |want| against the CPU engine; NaN where the cuda_ops tests check.
+    pub err: f64,
 }
 
 /// max |a − b| / max |b|
@@ -49,7 +44,7 @@ fn rnd(shape: &[usize], seed: u64, dt: DType) -> Tensor {
 
 fn sync(dev: Device) {
     if let Device::Cuda(d) = dev {
-        fmlab_tensor::cuda::device(d).and_then(|d| d.synchronize()).unwrap_or_else(|e| panic!("{e}"));
+        crate::cuda::device(d).and_then(|d| d.synchronize()).unwrap_or_else(|e| panic!("{e}"));
     }
 }
 
@@ -79,12 +74,13 @@ fn grads(inputs: &[Tensor], f: &dyn Fn(&[Tensor]) -> Tensor, seed_of: &dyn Fn(&T
     vars.iter().map(|v| g.iter().find(|(t, _)| t.id() == v.id()).map(|(_, g)| g.clone()).unwrap_or_else(|| v.zeros_like())).collect()
 }
 
-pub fn bench_ops(a: OpsBench) -> Result<()> {
-    let dev = crate::device::resolve(&a.device)?;
-    anyhow::ensure!(dev.is_cuda(), "--device {}: bench ops measures a GPU (the CPU engine is its reference)", a.device);
+/// Runs the benchmarks `a` selects on `a.device`, in a fixed order.
+pub fn ops(a: &OpsBench) -> Vec<OpRow> {
+    let dev = a.device;
+    assert!(dev.is_cuda(), "bench::ops measures a GPU (the CPU engine is its reference), not {dev}");
     let (n, c) = (a.rows, a.width);
     let want = |name: &str| a.only.as_deref().is_none_or(|o| name.contains(o));
-    let mut rows: Vec<Row> = Vec::new();
+    let mut rows: Vec<OpRow> = Vec::new();
     let gbs = |bytes: f64, s: f64| format!("{:.0} GB/s", bytes / s / 1e9);
     let bf = DType::BF16;
 
@@ -107,35 +103,35 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
     if want("unary") {
         let x = rnd(&[n, h], 1, bf).to_device(dev);
         let s = time(dev, a.iters, || x.tanh());
-        rows.push(Row { name: "unary tanh".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 1, bf)], &|v| v[0].tanh()) });
+        rows.push(OpRow { name: "unary tanh".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 1, bf)], &|v| v[0].tanh()) });
     }
     if want("binary") {
         let (x, y) = (rnd(&[n, h], 1, bf).to_device(dev), rnd(&[n, h], 2, bf).to_device(dev));
         let s = time(dev, a.iters, || x.add(&y));
-        rows.push(Row { name: "binary add".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((6 * n * h) as f64, s), err: check(&[rnd(&small, 1, bf), rnd(&small, 2, bf)], &|v| v[0].add(&v[1])) });
+        rows.push(OpRow { name: "binary add".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((6 * n * h) as f64, s), err: check(&[rnd(&small, 1, bf), rnd(&small, 2, bf)], &|v| v[0].add(&v[1])) });
         let b = rnd(&[h], 3, bf).to_device(dev);
         let s = time(dev, a.iters, || x.add(&b));
-        rows.push(Row { name: "binary add bias (broadcast)".into(), shape: format!("[{n}, {h}] + [{h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 1, bf), rnd(&[h], 3, bf)], &|v| v[0].add(&v[1])) });
+        rows.push(OpRow { name: "binary add bias (broadcast)".into(), shape: format!("[{n}, {h}] + [{h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 1, bf), rnd(&[h], 3, bf)], &|v| v[0].add(&v[1])) });
     }
     if want("copy") {
         // The attention heads' transpose: [B, T, H, D] -> [B, H, T, D].
         let (bb, t, hh) = (n / 1024.min(n), 1024.min(n), 8);
         let x = rnd(&[bb, t, hh, c / hh], 4, bf).to_device(dev);
         let s = time(dev, a.iters, || x.transpose(1, 2).contiguous());
-        rows.push(Row { name: "copy transpose(1, 2)".into(), shape: format!("[{bb}, {t}, {hh}, {}] bf16", c / hh), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&[rnd(&[2, 33, hh, c / hh], 4, bf)], &|v| v[0].transpose(1, 2).contiguous()) });
+        rows.push(OpRow { name: "copy transpose(1, 2)".into(), shape: format!("[{bb}, {t}, {hh}, {}] bf16", c / hh), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&[rnd(&[2, 33, hh, c / hh], 4, bf)], &|v| v[0].transpose(1, 2).contiguous()) });
     }
     if want("cast") {
         let x = rnd(&[50257, c], 5, DType::F32).to_device(dev);
         let s = time(dev, a.iters, || x.to_dtype(bf));
-        rows.push(Row { name: "cast f32→bf16".into(), shape: format!("[50257, {c}]"), ms: s * 1e3, rate: gbs((6 * 50257 * c) as f64, s), err: check(&[rnd(&[501, c], 5, DType::F32)], &|v| v[0].to_dtype(bf)) });
+        rows.push(OpRow { name: "cast f32→bf16".into(), shape: format!("[50257, {c}]"), ms: s * 1e3, rate: gbs((6 * 50257 * c) as f64, s), err: check(&[rnd(&[501, c], 5, DType::F32)], &|v| v[0].to_dtype(bf)) });
     }
     if want("reduce") {
         let x = rnd(&[n, h], 6, bf).to_device(dev);
         let s = time(dev, a.iters, || x.sum(&[0], false));
-        rows.push(Row { name: "reduce sum rows (bias grad)".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((2 * n * h) as f64, s), err: check(&[rnd(&[3001, h], 6, bf)], &|v| v[0].sum(&[0], false)) });
+        rows.push(OpRow { name: "reduce sum rows (bias grad)".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((2 * n * h) as f64, s), err: check(&[rnd(&[3001, h], 6, bf)], &|v| v[0].sum(&[0], false)) });
         let x = rnd(&[n, c], 7, DType::F32).to_device(dev);
         let s = time(dev, a.iters, || x.sum(&[1], true));
-        rows.push(Row { name: "reduce sum last dim".into(), shape: format!("[{n}, {c}] f32"), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&[rnd(&[97, c], 7, DType::F32)], &|v| v[0].sum(&[1], true)) });
+        rows.push(OpRow { name: "reduce sum last dim".into(), shape: format!("[{n}, {c}] f32"), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&[rnd(&[97, c], 7, DType::F32)], &|v| v[0].sum(&[1], true)) });
     }
     if want("layer_norm") {
         let (x, w, b) = (rnd(&[n, c], 8, bf).to_device(dev), rnd(&[c], 9, DType::F32).to_device(dev), rnd(&[c], 10, DType::F32).to_device(dev));
@@ -143,7 +139,7 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         let s = time(dev, a.iters, || f(&[x.clone(), w.clone(), b.clone()]));
         let sm = [97, c];
         let ins = [rnd(&sm, 8, bf), rnd(&[c], 9, DType::F32), rnd(&[c], 10, DType::F32)];
-        rows.push(Row { name: "layer_norm fwd (fused)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&ins, &f) });
+        rows.push(OpRow { name: "layer_norm fwd (fused)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&ins, &f) });
         let (vx, vw, vb) = (Tensor::new_var(&x), Tensor::new_var(&w), Tensor::new_var(&b));
         let up = rnd(&[n, c], 11, bf).to_device(dev);
         let sb = time(dev, a.iters, || {
@@ -151,36 +147,36 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
             let g = y.grads_wrt_graph(&up);
             g[0].1.clone()
         }) - s;
-        rows.push(Row { name: "layer_norm bwd (fused)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: sb * 1e3, rate: gbs((6 * n * c) as f64, sb), err: check_grads(&ins, &f) });
+        rows.push(OpRow { name: "layer_norm bwd (fused)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: sb * 1e3, rate: gbs((6 * n * c) as f64, sb), err: check_grads(&ins, &f) });
         let slow = |v: &[Tensor]| v[0].to_dtype(DType::F32).layer_norm_slow(&v[1], Some(&v[2]), 1e-5).to_dtype(bf);
         let s = time(dev, a.iters, || slow(&[x.clone(), w.clone(), b.clone()]));
-        rows.push(Row { name: "layer_norm fwd (composite twin)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&ins, &slow) });
+        rows.push(OpRow { name: "layer_norm fwd (composite twin)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((4 * n * c) as f64, s), err: check(&ins, &slow) });
         // The pre-norm residual step: s = x + r and LayerNorm(s) in one pass (reads x, r; writes
         // s, y) against the add and LayerNorm as separate kernels; checked on the normalized rows.
         let r = rnd(&[n, c], 13, bf).to_device(dev);
         let rins = [ins[0].clone(), rnd(&sm, 14, bf), ins[1].clone(), ins[2].clone()];
         let fa = |v: &[Tensor]| v[0].add_layer_norm(&v[1], &v[2], Some(&v[3]), 1e-5).1;
         let s = time(dev, a.iters, || fa(&[x.clone(), r.clone(), w.clone(), b.clone()]));
-        rows.push(Row { name: "add + layer_norm fwd (fused)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((8 * n * c) as f64, s), err: check(&rins, &fa) });
+        rows.push(OpRow { name: "add + layer_norm fwd (fused)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((8 * n * c) as f64, s), err: check(&rins, &fa) });
         let s = time(dev, a.iters, || x.add(&r).layer_norm(&w, Some(&b), 1e-5));
-        rows.push(Row { name: "add, then layer_norm (two kernels)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((8 * n * c) as f64, s), err: check(&rins, &|v| v[0].add(&v[1]).layer_norm(&v[2], Some(&v[3]), 1e-5)) });
+        rows.push(OpRow { name: "add, then layer_norm (two kernels)".into(), shape: format!("[{n}, {c}] bf16, f32 w"), ms: s * 1e3, rate: gbs((8 * n * c) as f64, s), err: check(&rins, &|v| v[0].add(&v[1]).layer_norm(&v[2], Some(&v[3]), 1e-5)) });
     }
     if want("gelu") {
         let x = rnd(&[n, h], 12, bf).to_device(dev);
         let s = time(dev, a.iters, || x.gelu_tanh());
-        rows.push(Row { name: "gelu_tanh fwd (fused)".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 12, bf)], &|v| v[0].gelu_tanh()) });
+        rows.push(OpRow { name: "gelu_tanh fwd (fused)".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 12, bf)], &|v| v[0].gelu_tanh()) });
         let vx = Tensor::new_var(&x);
         let up = rnd(&[n, h], 13, bf).to_device(dev);
         let sb = time(dev, a.iters, || vx.gelu_tanh().grads_wrt_graph(&up)[0].1.clone()) - s;
-        rows.push(Row { name: "gelu_tanh bwd (fused)".into(), shape: format!("[{n}, {h}] bf16"), ms: sb * 1e3, rate: gbs((6 * n * h) as f64, sb), err: check_grads(&[rnd(&small, 12, bf)], &|v| v[0].gelu_tanh()) });
+        rows.push(OpRow { name: "gelu_tanh bwd (fused)".into(), shape: format!("[{n}, {h}] bf16"), ms: sb * 1e3, rate: gbs((6 * n * h) as f64, sb), err: check_grads(&[rnd(&small, 12, bf)], &|v| v[0].gelu_tanh()) });
         let s = time(dev, a.iters, || x.gelu_tanh_slow());
-        rows.push(Row { name: "gelu_tanh fwd (composite twin)".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 12, bf)], &|v| v[0].gelu_tanh_slow()) });
+        rows.push(OpRow { name: "gelu_tanh fwd (composite twin)".into(), shape: format!("[{n}, {h}] bf16"), ms: s * 1e3, rate: gbs((4 * n * h) as f64, s), err: check(&[rnd(&small, 12, bf)], &|v| v[0].gelu_tanh_slow()) });
     }
     if want("softmax") {
         let (bh, t) = ((n / 1024.max(1)) * 8, 1024.min(n));
         let x = rnd(&[bh, t, t], 14, bf).to_device(dev);
         let s = time(dev, a.iters, || x.softmax_scaled(0.17, true));
-        rows.push(Row { name: "softmax_scaled causal fwd".into(), shape: format!("[{bh}, {t}, {t}] bf16"), ms: s * 1e3, rate: gbs((4 * bh * t * t) as f64, s), err: check(&[rnd(&[3, 67, 67], 14, bf)], &|v| v[0].softmax_scaled(0.17, true)) });
+        rows.push(OpRow { name: "softmax_scaled causal fwd".into(), shape: format!("[{bh}, {t}, {t}] bf16"), ms: s * 1e3, rate: gbs((4 * bh * t * t) as f64, s), err: check(&[rnd(&[3, 67, 67], 14, bf)], &|v| v[0].softmax_scaled(0.17, true)) });
     }
     if want("attention") {
         // gpt2-mini's causal attention: [B, H, T, D] = [rows/1024, 8, 1024, C/8], as model views.
@@ -191,24 +187,24 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         let flops = 4.0 * (bb * hh * t * t * dd) as f64 / 2.0; // QKᵀ and PV, causal half
         let up = rnd(&[bb, hh, t, dd], 21, bf).to_device(dev);
         for (name, slow, sm90) in [("attention causal (flash, Hopper wgmma)", false, true), ("attention causal (flash, mma.sync)", false, false), ("attention causal (composite twin)", true, false)] {
-            fmlab_tensor::settings::flash_sm90(Some(sm90));
+            crate::settings::flash_sm90(Some(sm90));
             let f = |x: &Tensor| {
                 let (q, k, v) = (heads(x, 0), heads(x, 1), heads(x, 2));
-                if slow { fmlab_tensor::attention_slow(&q, &k, &v, &fmlab_tensor::AttnMask::Causal) } else { fmlab_tensor::attention(&q, &k, &v, &fmlab_tensor::AttnMask::Causal) }
+                if slow { crate::attention_slow(&q, &k, &v, &crate::AttnMask::Causal) } else { crate::attention(&q, &k, &v, &crate::AttnMask::Causal) }
             };
             let s = time(dev, a.iters, || f(&qkv));
             let small = rnd(&[2, 100, 3 * c], 22, bf);
             let hs = |y: &Tensor, i: usize| y.narrow(2, i * c, c).reshape(&[2, 100, hh, dd]).transpose(1, 2);
             let fs = |v: &[Tensor]| {
                 let (q, k, vv) = (hs(&v[0], 0), hs(&v[0], 1), hs(&v[0], 2));
-                if slow { fmlab_tensor::attention_slow(&q, &k, &vv, &fmlab_tensor::AttnMask::Causal) } else { fmlab_tensor::attention(&q, &k, &vv, &fmlab_tensor::AttnMask::Causal) }
+                if slow { crate::attention_slow(&q, &k, &vv, &crate::AttnMask::Causal) } else { crate::attention(&q, &k, &vv, &crate::AttnMask::Causal) }
             };
-            rows.push(Row { name: format!("{name} fwd"), shape: format!("[{bb}, {hh}, {t}, {dd}] bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", flops / s / 1e12), err: check(&[small.clone()], &fs) });
+            rows.push(OpRow { name: format!("{name} fwd"), shape: format!("[{bb}, {hh}, {t}, {dd}] bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", flops / s / 1e12), err: check(&[small.clone()], &fs) });
             let vx = Tensor::new_var(&qkv);
             let sb = time(dev, a.iters, || f(&vx).grads_wrt_graph(&up)[0].1.clone()) - s;
-            rows.push(Row { name: format!("{name} bwd"), shape: format!("[{bb}, {hh}, {t}, {dd}] bf16"), ms: sb * 1e3, rate: format!("{:.0} TFLOP/s", 2.5 * flops / sb / 1e12), err: check_grads(&[small], &fs) });
+            rows.push(OpRow { name: format!("{name} bwd"), shape: format!("[{bb}, {hh}, {t}, {dd}] bf16"), ms: sb * 1e3, rate: format!("{:.0} TFLOP/s", 2.5 * flops / sb / 1e12), err: check_grads(&[small], &fs) });
         }
-        fmlab_tensor::settings::flash_sm90(None);
+        crate::settings::flash_sm90(None);
     }
     if want("cross_entropy") {
         let v = 50257;
@@ -217,7 +213,7 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         let t = Tensor::from_vec(tg.clone(), &[n]);
         let s = time(dev, a.iters.min(5), || x.cross_entropy(&t, None));
         let ts = Tensor::from_vec(tg[..61].to_vec(), &[61]);
-        rows.push(Row { name: "cross_entropy fwd".into(), shape: format!("[{n}, {v}] bf16"), ms: s * 1e3, rate: gbs((2 * n * v) as f64, s), err: check(&[rnd(&[61, v], 15, bf)], &|w| w[0].cross_entropy(&ts, None)) });
+        rows.push(OpRow { name: "cross_entropy fwd".into(), shape: format!("[{n}, {v}] bf16"), ms: s * 1e3, rate: gbs((2 * n * v) as f64, s), err: check(&[rnd(&[61, v], 15, bf)], &|w| w[0].cross_entropy(&ts, None)) });
     }
     if want("classifier") {
         // The LM head + cross-entropy, forward and backward: fused (chunked, no full logits) vs
@@ -235,17 +231,17 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
             ("classifier fwd+bwd (fused, chunked, rows streamed through shared memory)", true, true, false),
             ("classifier fwd+bwd (matmul + cross_entropy)", false, false, false),
         ] {
-            fmlab_tensor::settings::classifier_rows_in_shared_memory(Some(smem));
-            fmlab_tensor::settings::classifier_sm90(Some(sm90));
+            crate::settings::classifier_rows_in_shared_memory(Some(smem));
+            crate::settings::classifier_sm90(Some(sm90));
             let f = |v: &[Tensor], t: &Tensor| if fused { v[0].linear_cross_entropy(&v[1], t, None) } else { v[0].linear_cross_entropy_slow(&v[1], t, None) };
             let (vx, vw) = (Tensor::new_var(&x), Tensor::new_var(&w));
             let one = Tensor::full_on(1.0, &[], DType::F32, dev);
             let s = time(dev, a.iters.min(5), || f(&[vx.clone(), vw.clone()], &t).grads_wrt_graph(&one)[0].1.clone());
             let err = check_grads(&small, &|v| f(v, &ts)).max(check(&small, &|v| f(v, &ts)));
-            rows.push(Row { name: name.into(), shape: format!("[{n}, {c}] x [{v}, {c}]ᵀ bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 6.0 * (n * c * v) as f64 / s / 1e12), err });
+            rows.push(OpRow { name: name.into(), shape: format!("[{n}, {c}] x [{v}, {c}]ᵀ bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 6.0 * (n * c * v) as f64 / s / 1e12), err });
         }
-        fmlab_tensor::settings::classifier_rows_in_shared_memory(None);
-        fmlab_tensor::settings::classifier_sm90(None);
+        crate::settings::classifier_rows_in_shared_memory(None);
+        crate::settings::classifier_sm90(None);
     }
     if want("mlp") {
         // The GELU MLP block (x·w1 + b1 → gelu → ·w2 + b2, hidden 4C) forward and backward in
@@ -265,19 +261,19 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
             ("mlp_gelu fwd+bwd (cuBLASLt DGELU epilogue + column sum)", false, false),
         ];
         for (name, sm90, recompute) in kinds {
-            fmlab_tensor::settings::mlp_sm90(Some(sm90));
-            fmlab_tensor::settings::mlp_recompute(Some(recompute));
+            crate::settings::mlp_sm90(Some(sm90));
+            crate::settings::mlp_recompute(Some(recompute));
             let s = time(dev, a.iters, || f(&all).grads_wrt_graph(&up)[0].1.clone());
             let err = check_grads(&small, &f).max(check(&small, &f));
-            rows.push(Row { name: name.into(), shape: format!("[{n}, {c}] → {h} → {c}"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 12.0 * (n * c * h) as f64 / s / 1e12), err });
+            rows.push(OpRow { name: name.into(), shape: format!("[{n}, {c}] → {h} → {c}"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 12.0 * (n * c * h) as f64 / s / 1e12), err });
         }
-        fmlab_tensor::settings::mlp_sm90(None);
-        fmlab_tensor::settings::mlp_recompute(None);
+        crate::settings::mlp_sm90(None);
+        crate::settings::mlp_recompute(None);
     }
     if want("matmul") {
         let (x, w) = (rnd(&[n, c], 16, bf).to_device(dev), rnd(&[c, h], 17, bf).to_device(dev));
         let s = time(dev, a.iters, || x.matmul(&w));
-        rows.push(Row { name: "matmul (cuBLASLt)".into(), shape: format!("[{n}, {c}] x [{c}, {h}] bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 2.0 * (n * c * h) as f64 / s / 1e12), err: check(&[rnd(&[97, c], 16, bf), rnd(&[c, h], 17, bf)], &|v| v[0].matmul(&v[1])) });
+        rows.push(OpRow { name: "matmul (cuBLASLt)".into(), shape: format!("[{n}, {c}] x [{c}, {h}] bf16"), ms: s * 1e3, rate: format!("{:.0} TFLOP/s", 2.0 * (n * c * h) as f64 / s / 1e12), err: check(&[rnd(&[97, c], 16, bf), rnd(&[c, h], 17, bf)], &|v| v[0].matmul(&v[1])) });
     }
     if want("adamw") {
         let np = 22_600_000usize.min(n * 700);
@@ -285,10 +281,10 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         let (w, m, v2) = (mk(18), Tensor::new_var(&Tensor::zeros_on(&[np], DType::F32, dev)), Tensor::new_var(&Tensor::zeros_on(&[np], DType::F32, dev)));
         let g = rnd(&[np], 19, DType::F32).to_device(dev);
         let s = time(dev, a.iters, || {
-            fmlab_tensor::adamw_update(&w, &g, &m, &v2, 0.9999, 0.1, 0.95, 0.05, 1e-8, 1e-3, 0.5);
+            crate::adamw_update(&w, &g, &m, &v2, 0.9999, 0.1, 0.95, 0.05, 1e-8, 1e-3, 0.5);
             w.clone()
         });
-        rows.push(Row { name: "adamw (per tensor kernel)".into(), shape: format!("[{np}] f32"), ms: s * 1e3, rate: gbs((28 * np) as f64, s), err: f64::NAN });
+        rows.push(OpRow { name: "adamw (per tensor kernel)".into(), shape: format!("[{np}] f32"), ms: s * 1e3, rate: gbs((28 * np) as f64, s), err: f64::NAN });
         // gpt2-mini's 148 parameter tensors (C = width): one launch each vs the multi-tensor kernel.
         let mut shapes: Vec<usize> = vec![50257 * c, 1024 * c, c, c];
         for _ in 0..12 {
@@ -303,24 +299,18 @@ pub fn bench_ops(a: OpsBench) -> Result<()> {
         for (name, multi) in [("adamw, 148 gpt2-mini tensors (per tensor)", false), ("adamw, 148 gpt2-mini tensors (multi-tensor)", true)] {
             let s = time(dev, a.iters, || {
                 if multi {
-                    let items: Vec<fmlab_tensor::AdamItem> = state.iter().map(|t| (&t[0], &t[3], &t[1], &t[2], 0.9999f32)).collect();
-                    fmlab_tensor::adamw_update_all(&items, 0.1, 0.95, 0.05, 1e-8, 1e-3, 0.5);
+                    let items: Vec<crate::AdamItem> = state.iter().map(|t| (&t[0], &t[3], &t[1], &t[2], 0.9999f32)).collect();
+                    crate::adamw_update_all(&items, 0.1, 0.95, 0.05, 1e-8, 1e-3, 0.5);
                 } else {
                     for t in &state {
-                        fmlab_tensor::adamw_update(&t[0], &t[3], &t[1], &t[2], 0.9999, 0.1, 0.95, 0.05, 1e-8, 1e-3, 0.5);
+                        crate::adamw_update(&t[0], &t[3], &t[1], &t[2], 0.9999, 0.1, 0.95, 0.05, 1e-8, 1e-3, 0.5);
                     }
                 }
                 state[0][0].clone()
             });
-            rows.push(Row { name: name.into(), shape: format!("{total} f32 in {} tensors", shapes.len()), ms: s * 1e3, rate: gbs((28 * total) as f64, s), err: f64::NAN });
+            rows.push(OpRow { name: name.into(), shape: format!("{total} f32 in {} tensors", shapes.len()), ms: s * 1e3, rate: gbs((28 * total) as f64, s), err: f64::NAN });
         }
     }
 
-    println!("| op | shape | ms/call | throughput | max rel. error vs CPU |");
-    println!("|---|---|---|---|---|");
-    for r in &rows {
-        let err = if r.err.is_nan() { "(cuda_ops test)".to_string() } else { format!("{:.1e}", r.err) };
-        println!("| {} | {} | {:.3} | {} | {err} |", r.name, r.shape, r.ms, r.rate);
-    }
-    Ok(())
+    rows
 }
