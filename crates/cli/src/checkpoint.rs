@@ -16,19 +16,18 @@ pub use fmlab_train::gpt::RunConfig;
 /// meta.json of a `train gpt` checkpoint.
 pub type Meta = fmlab_train::Meta<RunConfig>;
 
-/// A `--checkpoint` argument: a checkpoint directory, or a run folder with `checkpoint/` in it.
-pub fn checkpoint_dir(p: &std::path::Path) -> Result<PathBuf> {
+/// A `--checkpoint` argument, opened: a checkpoint directory, or a run folder with `checkpoint/`
+/// in it.
+pub fn open_arg(p: &Path) -> Result<(PathBuf, Meta)> {
     let inner = p.join("checkpoint");
-    resolve(if inner.is_dir() || inner.with_extension("old").is_dir() { &inner } else { p })
+    let alt = |s: &str| inner.with_file_name(format!("checkpoint.{s}")).is_dir();
+    open(if inner.is_dir() || alt("old") || alt("tmp") { &inner } else { p }, "--checkpoint")
 }
 
-/// The checkpoint directory to read: `dir`, or `dir.old` if a crash hit between the renames.
-pub fn resolve(dir: &Path) -> Result<PathBuf> {
-    fmlab_train::checkpoint::resolve(dir).context("--checkpoint")
-}
-
-pub fn read_meta(dir: &Path) -> Result<Meta> {
-    Ok(fmlab_train::checkpoint::read_meta(dir)?)
+/// The checkpoint directory to read (an interrupted save cleaned up first), its meta.json, and
+/// every file verified against the checksums in it; errors start with `flag`.
+pub fn open(dir: &Path, flag: &str) -> Result<(PathBuf, Meta)> {
+    fmlab_train::checkpoint::open(dir).with_context(|| flag.to_string())
 }
 
 /// The tokenizer spec of a checkpoint: its own copy if it has one, else the named one.

@@ -103,6 +103,11 @@ fn main() {
         Cmd::Settings => cmd::settings::run(),
     };
     if let Err(e) = res {
+        // A training run stopped by Ctrl-C / SIGTERM: the shell's status for SIGINT.
+        if let Some(i @ fmlab_train::TrainError::Interrupted { .. }) = e.downcast_ref::<fmlab_train::TrainError>() {
+            eprintln!("{i}");
+            std::process::exit(130);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -33,6 +33,10 @@ fn corpus(dir: &Path) -> PathBuf {
     c
 }
 
+fn run_cmd(cmd: &mut Command) -> (bool, String, String) {
+    run(cmd)
+}
+
 fn run(cmd: &mut Command) -> (bool, String, String) {
     let o = cmd.output().unwrap();
     (o.status.success(), String::from_utf8_lossy(&o.stdout).into(), String::from_utf8_lossy(&o.stderr).into())
@@ -119,6 +123,52 @@ fn resume_continues_bit_identically() {
     fails_with(bin().args(["runs", "show"]).arg(d.join("nope")), "not a run folder");
 }
 
+/// Ctrl-C mid-run: the step finishes, a checkpoint is written, the exit status is 130 with the
+/// resume command; resuming ends exactly where an uninterrupted run does.
+#[test]
+fn sigint_checkpoints_and_resumes_exactly() {
+    let d = tmp("sigint");
+    let c = corpus(&d);
+    let tok = tokenizer(&d, &c);
+    let args = |out: &Path| {
+        let mut cmd = bin();
+        cmd.args(["train", "gpt", "--preset", "cpu-tiny", "--batch", "8", "--seq", "64", "--steps", "60", "--eval-every", "30", "--eval-batches", "2", "--warmup", "2", "--dropout", "0.1", "--checkpoint-every", "1000", "--tokenizer"])
+            .arg(&tok)
+            .arg("--data")
+            .arg(&c)
+            .arg("--out")
+            .arg(out);
+        cmd
+    };
+    ok(&mut args(&d.join("straight")));
+    let run = d.join("cut");
+    let mut child = args(&run).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    // Signal once a few steps are logged.
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |s| s.lines().count()) < 3 {
+        assert!(t0.elapsed().as_secs() < 120, "no progress");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert!(err.contains("checkpoint written; resume with --resume") && !err.contains("panicked"), "{err}");
+    let stopped = metrics(&run).len();
+    assert!((3..60).contains(&stopped), "stopped after {stopped} steps");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("checkpoint/meta.json")).unwrap()).unwrap();
+    assert_eq!(meta["step"].as_u64(), Some(stopped as u64), "the checkpoint is at the last finished step");
+    ok(bin().args(["train", "gpt", "--resume"]).arg(&run));
+    let (a, b) = (metrics(&d.join("straight")), metrics(&run));
+    assert_eq!(b.len(), 60);
+    for (x, y) in a.iter().zip(&b) {
+        for k in ["step", "loss", "grad_norm"] {
+            assert_eq!(x[k], y[k], "{k} differs at step {}", x["step"]);
+        }
+        assert_eq!(x.get("val_loss"), y.get("val_loss"));
+    }
+}
+
 #[test]
 fn bad_inputs_are_clear_errors() {
     let d = tmp("bad");
@@ -149,6 +199,30 @@ fn bad_inputs_are_clear_errors() {
     std::fs::write(ck.join("meta.json"), "{ not json").unwrap();
     fails_with(bin().args(["sample", "--checkpoint"]).arg(&run), "meta.json");
     fails_with(bin().args(["sample", "--checkpoint"]).arg(d.join("nothing")), "not a checkpoint directory");
+    std::fs::write(ck.join("meta.json"), &meta).unwrap();
+
+    // One flipped bit in the weights: refused by every reader, naming the file; nothing recorded,
+    // nothing overwritten.
+    let mut flipped = model.clone();
+    let i = flipped.len() - 1000;
+    flipped[i] ^= 0x10;
+    std::fs::write(ck.join("model.safetensors"), &flipped).unwrap();
+    for cmd in [bin().args(["eval", "--data"]).arg(&c).arg("--checkpoint").arg(&run), bin().args(["sample", "--checkpoint"]).arg(&run), bin().args(["train", "gpt", "--steps", "4", "--resume"]).arg(&run)] {
+        fails_with(cmd, "model.safetensors: checksum mismatch");
+    }
+    assert!(!run.join("evals.jsonl").exists(), "a refused eval recorded a result");
+    assert_eq!(std::fs::read(ck.join("model.safetensors")).unwrap(), flipped, "a refused resume rewrote the checkpoint");
+    std::fs::write(ck.join("model.safetensors"), &model).unwrap();
+    // An interrupted save's leftovers are cleaned up with a message; the checkpoint still loads.
+    std::fs::create_dir_all(run.join("checkpoint.tmp")).unwrap();
+    std::fs::write(run.join("checkpoint.tmp/model.safetensors"), b"half").unwrap();
+    let (okk, _, err) = run_cmd(bin().args(["sample", "--max-tokens", "3", "--checkpoint"]).arg(&run));
+    assert!(okk && err.contains("interrupted checkpoint save") && !run.join("checkpoint.tmp").exists(), "{err}");
+    // A save that crashed after moving the old checkpoint aside: the old one is moved back.
+    std::fs::rename(&ck, run.join("checkpoint.old")).unwrap();
+    let (okk, _, err) = run_cmd(bin().args(["sample", "--max-tokens", "3", "--checkpoint"]).arg(&run));
+    assert!(okk && err.contains("restoring the previous checkpoint") && ck.join("meta.json").is_file(), "{err}");
+    fails_with(bin().args(["train", "gpt", "--resume"]).arg(d.join("no-run")), "--resume");
 
     // A learning rate that blows the model up stops with the step and the culprit named.
     fails_with(train_args(&tok, &c, &d.join("nan"), 50).args(["--lr", "1e30"]), "non-finite");

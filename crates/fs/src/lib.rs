@@ -30,6 +30,23 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut io::BufWriter<File>
     res
 }
 
+/// The SHA-256 of a file's contents, as 64 lowercase hex digits (read in 1 MiB chunks).
+pub fn sha256_file(path: &Path) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// `write_atomic_with` for bytes already in memory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, |w| w.write_all(bytes))
@@ -38,6 +55,19 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sha256_matches_the_standard_vectors() {
+        let d = std::env::temp_dir().join(format!("fmlab-fs-sha-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("abc");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(sha256_file(&p).unwrap(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        // Longer than one read chunk.
+        std::fs::write(&p, vec![b'a'; 1_000_000]).unwrap();
+        assert_eq!(sha256_file(&p).unwrap(), "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn replaces_atomically_and_cleans_up_on_failure() {

@@ -4,10 +4,13 @@
 //! the run has a tokenizer file of its own, `tokenizer.fmtok`.
 //!
 //! Written as `<dir>.tmp`, then swapped in with renames, so a crash mid-write leaves the previous
-//! checkpoint intact (`resolve` falls back to `<dir>.old` if a crash hit between the renames).
+//! checkpoint intact; `resolve` cleans up after one (a stale `.tmp` is removed, a `.old` left
+//! between the renames is moved back or removed, each with a message). meta.json lists the SHA-256
+//! of every other file (version 2), and `open` verifies them all before anything is read: a
+//! flipped bit is refused with the file's name instead of loading as garbage.
 //! A model joins by implementing `Checkpointed` (how it is rebuilt from its tensors).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use fmlab_nn::{safetensors_io, AdamW, NnError, VarBuilder};
@@ -18,7 +21,8 @@ use serde::{Deserialize, Serialize};
 use crate::TrainError;
 
 pub const FORMAT: &str = "fmlab-checkpoint";
-pub const VERSION: u32 = 1;
+/// 2: meta.json lists the files' checksums. Version 1 (without them) is still read.
+pub const VERSION: u32 = 2;
 
 /// meta.json: what the checkpoint is of and where the run stood.
 #[derive(Clone, Serialize, Deserialize)]
@@ -32,6 +36,9 @@ pub struct Meta<C> {
     pub sampler_rng: [u64; 4],
     pub dropout_rng: [u64; 4],
     pub git_commit: Option<String>,
+    /// SHA-256 of each file of the checkpoint but meta.json, by name (filled in by `save`).
+    #[serde(default)]
+    pub files: BTreeMap<String, String>,
 }
 
 /// A model a checkpoint can hold: rebuilt from its tensors (every key and shape checked).
@@ -65,7 +72,17 @@ pub fn save<C: Serialize>(dir: &Path, model_vars: &[(String, Tensor)], opt: &Ada
     if let Some(t) = tokenizer_file {
         std::fs::copy(t, tmp.join("tokenizer.fmtok")).map_err(|e| TrainError::file(t, format!("copying the tokenizer: {e}")))?;
     }
-    let json = serde_json::to_string_pretty(meta)?;
+    // Checksums of what was written, read back from the files themselves.
+    let mut json = serde_json::to_value(meta)?;
+    let mut files = BTreeMap::new();
+    for name in ["model.safetensors", "optim.safetensors", "tokenizer.fmtok"] {
+        let p = tmp.join(name);
+        if p.is_file() {
+            files.insert(name.to_string(), fmlab_fs::sha256_file(&p).map_err(|e| TrainError::file(&p, e))?);
+        }
+    }
+    json["files"] = serde_json::to_value(files)?;
+    let json = serde_json::to_string_pretty(&json)?;
     safetensors_io::write_atomic(&tmp.join("meta.json"), json.as_bytes())?;
     if dir.exists() {
         let _ = std::fs::remove_dir_all(&old);
@@ -82,18 +99,63 @@ fn with_suffix(dir: &Path, s: &str) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// The checkpoint directory to read: `dir`, or `dir.old` if a crash hit between the renames
-/// (said on stderr).
+/// The checkpoint directory to read, after cleaning up an interrupted save (each step said on
+/// stderr): a stale `dir.tmp` is removed (the save never finished; `dir` is the last good one);
+/// with `dir` complete, a leftover `dir.old` is removed; without it, `dir.old` (the previous
+/// checkpoint, moved aside by a save that crashed before installing the new one) is moved back.
 pub fn resolve(dir: &Path) -> Result<PathBuf, TrainError> {
+    let tmp = with_suffix(dir, "tmp");
+    let old = with_suffix(dir, "old");
+    if tmp.exists() {
+        eprintln!("note: removing {}: an interrupted checkpoint save (the last complete checkpoint is kept)", tmp.display());
+        std::fs::remove_dir_all(&tmp).map_err(|e| TrainError::file(&tmp, format!("removing an interrupted save: {e}")))?;
+    }
     if dir.join("meta.json").is_file() {
+        if old.exists() {
+            eprintln!("note: removing {}: the checkpoint before {} (a save stopped before cleaning up)", old.display(), dir.display());
+            std::fs::remove_dir_all(&old).map_err(|e| TrainError::file(&old, format!("removing: {e}")))?;
+        }
         return Ok(dir.to_path_buf());
     }
-    let old = with_suffix(dir, "old");
     if old.join("meta.json").is_file() {
-        eprintln!("note: {} is incomplete; using {}", dir.display(), old.display());
-        return Ok(old);
+        eprintln!("note: {} is missing or incomplete; restoring the previous checkpoint {}", dir.display(), old.display());
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).map_err(|e| TrainError::file(dir, format!("removing an incomplete checkpoint: {e}")))?;
+        }
+        std::fs::rename(&old, dir).map_err(|e| TrainError::file(&old, format!("moving back: {e}")))?;
+        return Ok(dir.to_path_buf());
     }
     Err(TrainError::file(dir, "not a checkpoint directory (no meta.json)"))
+}
+
+/// `resolve`, `read_meta`, then `verify`: the checkpoint in `dir`, ready to read.
+pub fn open<C: DeserializeOwned>(dir: &Path) -> Result<(PathBuf, Meta<C>), TrainError> {
+    let dir = resolve(dir)?;
+    let meta = read_meta(&dir)?;
+    verify(&dir, &meta)?;
+    Ok((dir, meta))
+}
+
+/// Every file meta.json lists has the checksum recorded when it was written; the error names
+/// the first that does not (or is missing). A version-1 checkpoint has none to check (said once).
+pub fn verify<C>(dir: &Path, meta: &Meta<C>) -> Result<(), TrainError> {
+    if meta.version < 2 {
+        eprintln!("note: {} was written before checkpoints carried checksums (version {}); its files are not verified", dir.display(), meta.version);
+        return Ok(());
+    }
+    for (name, want) in &meta.files {
+        let p = dir.join(name);
+        let got = fmlab_fs::sha256_file(&p).map_err(|e| TrainError::file(&p, format!("listed in meta.json but unreadable: {e}")))?;
+        if &got != want {
+            return Err(TrainError::file(&p, format!("checksum mismatch: the file is corrupt or was changed after it was written (sha256 {got}, meta.json records {want}); refusing to load it")));
+        }
+    }
+    for name in ["model.safetensors", "optim.safetensors"] {
+        if !meta.files.contains_key(name) {
+            return Err(TrainError::file(&dir.join("meta.json"), format!("lists no checksum for {name}")));
+        }
+    }
+    Ok(())
 }
 
 /// meta.json of a checkpoint, its format and version checked.
@@ -101,8 +163,8 @@ pub fn read_meta<C: DeserializeOwned>(dir: &Path) -> Result<Meta<C>, TrainError>
     let p = dir.join("meta.json");
     let s = std::fs::read_to_string(&p).map_err(|e| TrainError::file(&p, e))?;
     let m: Meta<C> = serde_json::from_str(&s).map_err(|e| TrainError::file(&p, format!("not a valid checkpoint meta.json: {e}")))?;
-    if m.format != FORMAT || m.version != VERSION {
-        return Err(TrainError::file(&p, format!("format {} version {}; this fmlab reads {FORMAT} version {VERSION}", m.format, m.version)));
+    if m.format != FORMAT || !(1..=VERSION).contains(&m.version) {
+        return Err(TrainError::file(&p, format!("format {} version {}; this fmlab reads {FORMAT} versions 1 to {VERSION}", m.format, m.version)));
     }
     Ok(m)
 }

@@ -146,6 +146,7 @@ pub fn run(model: &Gpt2, run: GptRun, memory: &dyn Fn() -> serde_json::Value) ->
             sampler_rng: sampler.rng.state(),
             dropout_rng: drop_rng.state(),
             git_commit: git_commit.clone(),
+            files: Default::default(),
         };
         crate::checkpoint::save(&run_dir.join("checkpoint"), &vars, opt, &meta, tokenizer_file.as_deref())
     };
@@ -154,7 +155,15 @@ pub fn run(model: &Gpt2, run: GptRun, memory: &dyn Fn() -> serde_json::Value) ->
     let ranges = vec![IdRange { name: "input ids", bound: cfg.model.vocab_size, ignore: None }, IdRange { name: "targets", bound: cfg.model.vocab_size, ignore: Some(-100) }];
     let mut trainer = Trainer::new(opt, vars.clone(), StepOptions { grad_accum: cfg.grad_accum, grad_clip: cfg.grad_clip, graph: use_graph, ranges, check_loss_first: true });
     let loss_fn = |inp: &[Tensor], rng: Option<&mut Rng>| model.loss(&inp[0], &inp[1], rng);
+    let mut saved_at = resume.as_ref().map(|(_, m)| m.step);
     while step < stop_at {
+        if crate::interrupt::requested() {
+            if saved_at != Some(step) {
+                save(step, &trainer.opt, &sampler, &drop_rng)?;
+            }
+            pb.finish_and_clear();
+            return Err(TrainError::Interrupted { step, run_dir: run_dir.display().to_string() });
+        }
         let ts = Instant::now();
         let lr = schedule.lr_at(step);
         let mut next = || {
@@ -182,6 +191,7 @@ pub fn run(model: &Gpt2, run: GptRun, memory: &dyn Fn() -> serde_json::Value) ->
         pb.set_position(step);
         if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || step == stop_at {
             save(step, &trainer.opt, &sampler, &drop_rng)?;
+            saved_at = Some(step);
         }
     }
     pb.finish_and_clear();

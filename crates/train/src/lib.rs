@@ -9,6 +9,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod eval;
 pub mod gpt;
+pub mod interrupt;
 pub mod ledger;
 pub mod mfu;
 pub mod step;
@@ -32,6 +33,8 @@ pub enum TrainError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Json(#[from] serde_json::Error),
+    #[error("interrupted after step {step}: checkpoint written; resume with --resume {run_dir}")]
+    Interrupted { step: u64, run_dir: String },
     #[error("{0}")]
     Other(String),
 }

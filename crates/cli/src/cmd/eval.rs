@@ -45,8 +45,7 @@ struct Eval {
 
 impl EvalArgs {
     fn validate(self) -> Result<Eval> {
-        let dir = checkpoint::checkpoint_dir(&self.checkpoint)?;
-        let meta = checkpoint::read_meta(&dir)?;
+        let (dir, meta) = checkpoint::open_arg(&self.checkpoint)?;
         let n_ctx = meta.config.model.n_ctx;
         let seq = self.seq.unwrap_or(n_ctx);
         if seq == 0 || seq > n_ctx {

@@ -52,8 +52,7 @@ impl SampleArgs {
     fn validate(&self) -> Result<Sample> {
         let params = SamplingParams { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed, ..Default::default() };
         params.check().map_err(anyhow::Error::msg)?;
-        let dir = checkpoint::checkpoint_dir(&self.checkpoint)?;
-        let meta = checkpoint::read_meta(&dir)?;
+        let (dir, meta) = checkpoint::open_arg(&self.checkpoint)?;
         let device = crate::device::resolve(&self.device)?;
         let precision = crate::device::precision(&self.precision, device)?;
         Ok(Sample { dir, meta, params, device, precision })

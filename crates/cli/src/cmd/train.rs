@@ -169,8 +169,7 @@ fn train_gpt(a: GptArgs) -> Result<()> {
     // Resume: the run folder's checkpoint fixes the config; only --steps may grow.
     let (cfg, run_dir, resume_from) = match &a.resume {
         Some(dir) => {
-            let ck = checkpoint::resolve(&dir.join("checkpoint"))?;
-            let meta = checkpoint::read_meta(&ck)?;
+            let (ck, meta) = checkpoint::open(&dir.join("checkpoint"), "--resume")?;
             let mut cfg = meta.config.clone();
             if let Some(s) = a.steps {
                 if s < meta.step {
@@ -244,6 +243,8 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         eprintln!("training step: one CUDA graph (captured after the first step; --cuda-graph off launches eagerly)");
     }
     let run = GptRun { cfg: cfg.clone(), run_dir: run_dir.clone(), device, vars, train: corpus.train, val: corpus.val, baseline, tokenizer_file, git_commit: checkpoint::git_commit(), gpu: crate::device::gpu_name(device), resume: resume_from, stop_after: a.stop_after, use_graph };
+    // Ctrl-C / SIGTERM: finish the step, checkpoint, exit 130 (fmlab_train::interrupt).
+    fmlab_train::interrupt::install()?;
     let done = fmlab_train::gpt::run(&model, run, &|| crate::device::mem_json(device))?;
     let (step, last_val) = (done.step, done.last_val);
     if step == cfg.steps && a.sample_tokens > 0 {
