@@ -20,17 +20,17 @@ pub struct GenArgs {
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.7)]
+    #[arg(long, default_value_t = 0.7, allow_hyphen_values = true)]
     temperature: f64,
     #[arg(long, default_value_t = 50)]
     top_k: usize,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_hyphen_values = true)]
     top_p: f64,
     /// Drop tokens less likely than min-p times the most likely one (0 = off).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
     min_p: f64,
     /// > 1 discourages tokens already in the context (HF's rule: logit / p if positive, × p if not).
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = 1.1, allow_hyphen_values = true)]
     repetition_penalty: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,

@@ -142,7 +142,7 @@ fn sigint_checkpoints_and_resumes_exactly() {
     };
     ok(&mut args(&d.join("straight")));
     let run = d.join("cut");
-    let mut child = args(&run).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let child = args(&run).stderr(std::process::Stdio::piped()).spawn().unwrap();
     // Signal once a few steps are logged.
     let t0 = std::time::Instant::now();
     while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |s| s.lines().count()) < 3 {
@@ -226,6 +226,62 @@ fn bad_inputs_are_clear_errors() {
 
     // A learning rate that blows the model up stops with the step and the culprit named.
     fails_with(train_args(&tok, &c, &d.join("nan"), 50).args(["--lr", "1e30"]), "non-finite");
+}
+
+/// Every training and sampling flag out of its range is refused before any work, with the range
+/// in the message — negative numbers included (they reach the check, not clap's "unexpected
+/// argument"); `--resume` refuses flags that differ from the run's config; `--steps 0` does
+/// nothing and says so; a failed start's folder is reused.
+#[test]
+fn out_of_range_flags_name_their_range() {
+    let d = tmp("flags");
+    let c = corpus(&d);
+    let tok = tokenizer(&d, &c);
+    let t = |extra: &[&str]| {
+        let mut cmd = bin();
+        cmd.args(["train", "gpt", "--preset", "cpu-tiny", "--seq", "32", "--tokenizer"]).arg(&tok).arg("--data").arg(&c).arg("--out").arg(d.join("never")).args(extra);
+        cmd
+    };
+    for (flag, value, needle) in [
+        ("--lr", "-1e-3", "--lr -0.001: must be a positive number"),
+        ("--lr", "0", "--lr 0: must be a positive number"),
+        ("--min-lr", "0.5", "--min-lr 0.5: must be in [0, --lr"),
+        ("--weight-decay", "-0.1", "--weight-decay -0.1: must be ≥ 0"),
+        ("--beta1", "1", "--beta1 1: must be in [0, 1)"),
+        ("--beta2", "-0.5", "--beta2 -0.5: must be in [0, 1)"),
+        ("--grad-clip", "-1", "--grad-clip -1: must be > 0, or 0 for no clipping"),
+        ("--eval-batches", "0", "--eval-batches 0: must be at least 1"),
+        ("--eval-every", "0", "--eval-every 0: must be at least 1"),
+        ("--checkpoint-every", "0", "--checkpoint-every 0: must be at least 1"),
+        ("--dropout", "1.5", "--dropout 1.5: must be in [0, 1)"),
+        ("--batch", "0", "--batch must be positive"),
+    ] {
+        fails_with(&mut t(&[flag, value]), needle);
+    }
+    assert!(!d.join("never").exists(), "a refused start made its run folder");
+    let (okk, _, err) = run(&mut t(&["--steps", "0"]));
+    assert!(okk && err.contains("--steps 0: nothing to train") && !d.join("never").exists(), "{err}");
+    fails_with(bin().args(["sample", "--temperature", "-1", "--checkpoint", "x"]), "--temperature -1: must be a finite number >= 0");
+    fails_with(bin().args(["sample", "--top-p", "0", "--checkpoint", "x"]), "--top-p 0: must be in (0, 1]");
+    fails_with(bin().args(["generate", "--prompt", "hi", "--min-p", "-0.2"]), "--min-p -0.2: must be in [0, 1]");
+    fails_with(bin().args(["generate", "--prompt", "hi", "--repetition-penalty", "-1"]), "--repetition-penalty -1");
+    fails_with(bin().args(["tokenizer", "train", "--vocab-size", "100", "--out"]).arg(d.join("t.fmtok")).arg("--input").arg(&c), "--vocab-size 100 is too small: it must be at least 256 bytes + 1 special tokens = 257");
+    fails_with(bin().args(["tokenizer", "train", "--vocab-size", "4294967296", "--out"]).arg(d.join("t.fmtok")).arg("--input").arg(&c), "--vocab-size 4294967296 is too large");
+    fails_with(bin().args(["embed", "--batch", "0", "x"]), "--batch must be positive");
+
+    // --resume with a flag that differs from the run's config: refused, listing it.
+    let run_dir = d.join("run");
+    ok(&mut train_args(&tok, &c, &run_dir, 3));
+    fails_with(bin().args(["train", "gpt", "--lr", "0.5", "--batch", "4", "--steps", "6", "--resume"]).arg(&run_dir), "--lr 0.5 (the run has 0.001)");
+    let (okk, _, err) = run(bin().args(["train", "gpt", "--resume"]).arg(&run_dir));
+    assert!(okk && err.contains("already at step 3 of 3; nothing to train"), "{err}");
+    // A start that failed before its first checkpoint leaves a folder that can be reused.
+    let failed = d.join("failed");
+    std::fs::create_dir_all(&failed).unwrap();
+    std::fs::write(failed.join("run.json"), "{}").unwrap();
+    std::fs::write(failed.join("metrics.jsonl"), "").unwrap();
+    let (okk, _, err) = run(&mut train_args(&tok, &c, &failed, 2));
+    assert!(okk && err.contains("never wrote a checkpoint") && failed.join("checkpoint/meta.json").is_file(), "{err}");
 }
 
 #[test]

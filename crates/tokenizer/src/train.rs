@@ -49,6 +49,10 @@ impl TrainConfig {
                 self.specials.len()
             )));
         }
+        // Ids are u32 and stored as i32 in token shards.
+        if self.vocab_size >= 1 << 31 {
+            return Err(Error::Config(format!("--vocab-size {} is too large: it must be below 2^31 = {}", self.vocab_size, 1u64 << 31)));
+        }
         if self.specials.iter().any(|s| s.is_empty()) {
             return Err(Error::Config("a special token is the empty string".into()));
         }
@@ -195,7 +199,9 @@ pub fn train_from_counts(counts: FxHashMap<Box<str>, u64>, cfg: &TrainConfig) ->
     let mut heap: BinaryHeap<(i64, Reverse<(u32, u32)>)> =
         pair_count.iter().map(|(&p, &c)| (c, Reverse(p))).collect();
 
-    let mut merges = Vec::with_capacity(n_merges);
+    // Merges stop when no pair is frequent enough, usually long before n_merges: reserve no
+    // more than a corpus could use, not what a large --vocab-size asks for.
+    let mut merges = Vec::with_capacity(n_merges.min(1 << 16));
     let mut changed: FxHashMap<(u32, u32), ()> = FxHashMap::default();
     while merges.len() < n_merges {
         let Some((c, Reverse(pair))) = heap.pop() else { break };

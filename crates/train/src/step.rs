@@ -13,7 +13,7 @@ use crate::TrainError;
 pub struct StepOptions {
     /// Micro-batches per optimizer step (their gradients are averaged).
     pub grad_accum: usize,
-    /// Global L2 norm the gradients are clipped to.
+    /// Global L2 norm the gradients are clipped to; 0 = no clipping (the norm is still measured).
     pub grad_clip: f64,
     /// Replay the step as one CUDA graph: the first step runs eagerly (kernels loaded, the
     /// allocator warm), the second is captured, every later one replays it. Needs one
@@ -26,6 +26,13 @@ pub struct StepOptions {
     /// benchmark: nothing inside the step waits for the GPU); a non-finite norm still stops it
     /// before the optimizer runs.
     pub check_loss_first: bool,
+}
+
+impl StepOptions {
+    /// `grad_clip` as the clip's bound: 0 (off) is an infinite bound, whose coefficient is 1.
+    fn max_norm(&self) -> f64 {
+        if self.grad_clip > 0.0 { self.grad_clip } else { f64::INFINITY }
+    }
 }
 
 /// Hooks into the step for timing (`fmlab bench train`): `enqueued` once the forward and
@@ -78,7 +85,7 @@ impl Trainer {
         if !eager {
             let inputs = batch();
             if self.graph.is_none() {
-                self.graph = Some(GraphStep::capture(&mut self.opt, &inputs, &self.options.ranges, self.options.grad_clip, |inp| loss(inp, None))?);
+                self.graph = Some(GraphStep::capture(&mut self.opt, &inputs, &self.options.ranges, self.options.max_norm(), |inp| loss(inp, None))?);
             }
             let g = self.graph.as_mut().expect("captured above");
             g.step(&mut self.opt, &inputs)?;
@@ -120,7 +127,7 @@ impl Trainer {
             }
         }
         hooks.enqueued();
-        let norm = clip_grad_norm(&self.tensors, self.options.grad_clip);
+        let norm = clip_grad_norm(&self.tensors, self.options.max_norm());
         if !norm.is_finite() {
             return Err(TrainError::NonFiniteNorm { first: first_non_finite(&self.vars) });
         }

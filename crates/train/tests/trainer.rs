@@ -60,3 +60,28 @@ fn a_non_finite_loss_or_norm_stops_before_the_optimizer() {
     assert!(e.to_string().contains("gradient of `w`"), "{e}");
     assert_eq!(w.to_vec_f64(), W0.to_vec(), "AdamW did not run");
 }
+
+/// grad_clip 0 is "no clipping": the step equals one with a bound far above the norm, and the
+/// norm is still reported (a 0 bound taken literally would zero every gradient).
+#[test]
+fn grad_clip_zero_means_no_clipping() {
+    let (x, y) = data(8);
+    let run = |clip: f64| {
+        let w = Tensor::new_var(&Tensor::from_f64(&W0, &[3, 1], DType::F64));
+        let vars = vec![("w".to_string(), w.clone())];
+        let opt = AdamW::new(vars.clone(), AdamWConfig { lr: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.0 }, default_decay);
+        let mut t = Trainer::new(opt, vars, StepOptions { grad_accum: 1, grad_clip: clip, graph: false, ranges: vec![], check_loss_first: true });
+        let mut b = Some(vec![x.clone(), y.clone()]);
+        let out = t.step(0.1, &mut || b.take().unwrap(), &|inp, _| mse(&w, inp).scale(100.0), &mut Rng::new(0), &mut NoHooks).unwrap();
+        (out.grad_norm, w.to_vec_f64())
+    };
+    let (n0, w0) = run(0.0);
+    let (n1, w1) = run(1e12);
+    let (_, wc) = run(1e-3);
+    assert!(n0 > 1.0 && n0 == n1, "{n0} {n1}");
+    assert_eq!(w0, w1);
+    assert_ne!(w0, W0.to_vec(), "the optimizer moved the weights");
+    // Adam normalizes the step, so a tiny clip bound still moves w; but a bound of literally 0
+    // would leave only weight decay (0 here), i.e. no move at all.
+    assert_ne!(wc, W0.to_vec());
+}

@@ -98,6 +98,9 @@ pub fn run(cmd: IndexCmd) -> Result<()> {
             eprintln!("built {n} × {dim} ({:?}, M {}, ef_construction {}) in {secs:.2}s, {:.1} MB, kernel {} -> {}", metric, a.m, a.ef_construction, h.memory_bytes() as f64 / 1e6, h.kernel(), a.out.display());
         }
         IndexCmd::Search(a) => {
+            if a.k == 0 || a.ef == 0 {
+                bail!("--k {} --ef {}: both must be at least 1", a.k, a.ef);
+            }
             let (h, payloads) = file::load(&a.index)?;
             let (q, dim) = read_vectors(&a.queries)?;
             if dim != h.dim() {

@@ -20,11 +20,11 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,
     /// 0 = greedy.
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = 0.8, allow_hyphen_values = true)]
     temperature: f64,
     #[arg(long, default_value_t = 50)]
     top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, default_value_t = 0.95, allow_hyphen_values = true)]
     top_p: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,

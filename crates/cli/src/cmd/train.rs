@@ -22,62 +22,76 @@ pub enum TrainCmd {
     Gpt(GptArgs),
 }
 
+/// Flags of a run's config are options, so that `--resume` can tell which were given (and refuse
+/// any that differ from the run's); their defaults are applied in `resolve`.
 #[derive(Args)]
 pub struct GptArgs {
-    /// Model preset: gpt2-mini, cpu-small, cpu-tiny, gpt2 (`fmlab model info NAME`).
-    #[arg(long, default_value = "cpu-small")]
-    preset: String,
-    /// `gpt2`, or a tokenizer file; a preset's vocabulary is resized to the tokenizer's.
-    #[arg(long, default_value = "gpt2")]
-    tokenizer: String,
+    /// Model preset: gpt2-mini, cpu-small, cpu-tiny, gpt2 (`fmlab model info NAME`) [default: cpu-small].
+    #[arg(long)]
+    preset: Option<String>,
+    /// `gpt2`, or a tokenizer file; a preset's vocabulary is resized to the tokenizer's [default: gpt2].
+    #[arg(long)]
+    tokenizer: Option<String>,
     /// Text files, directories of them, or token shards.
     #[arg(long, num_args = 1..)]
     data: Vec<PathBuf>,
     /// Validation files (default: the last tenth of --data's files is held out).
     #[arg(long, num_args = 1..)]
     val_data: Vec<PathBuf>,
-    /// Run folder (config, metrics.jsonl, checkpoint, samples).
+    /// Run folder (config, metrics.jsonl, checkpoint, samples) [default: runs/PRESET-UNIXTIME].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run in this folder from its checkpoint (same config; --steps may be raised).
+    /// Continue the run in this folder from its checkpoint (its config; --steps may be raised).
     #[arg(long)]
     resume: Option<PathBuf>,
-    #[arg(long, default_value_t = 8)]
-    batch: usize,
-    /// Sequence length (default: the preset's n_ctx).
+    /// Sequences per micro-batch [default: 8].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Tokens per sequence [default: the preset's n_ctx].
     #[arg(long)]
     seq: Option<usize>,
-    /// Tokens per optimizer step; gradient accumulation makes up the difference from batch × seq.
+    /// Tokens per optimizer step; gradient accumulation makes up the difference from batch × seq
+    /// [default: batch × seq].
     #[arg(long)]
     tokens_per_step: Option<usize>,
-    /// Optimizer steps (default 200; with --resume, the run's own unless given).
+    /// Optimizer steps [default: 200; with --resume, the run's own].
     #[arg(long)]
     steps: Option<u64>,
-    #[arg(long, default_value_t = 1e-3)]
-    lr: f64,
-    /// Floor of the cosine schedule (default lr/10).
-    #[arg(long)]
+    /// Peak learning rate, > 0 [default: 1e-3].
+    #[arg(long, allow_hyphen_values = true)]
+    lr: Option<f64>,
+    /// Floor of the cosine schedule, in [0, lr] [default: lr/10].
+    #[arg(long, allow_hyphen_values = true)]
     min_lr: Option<f64>,
-    #[arg(long, default_value_t = 20)]
-    warmup: u64,
-    #[arg(long, default_value_t = 0.1)]
-    weight_decay: f64,
-    #[arg(long, default_value_t = 0.9)]
-    beta1: f64,
-    #[arg(long, default_value_t = 0.95)]
-    beta2: f64,
-    #[arg(long, default_value_t = 1.0)]
-    grad_clip: f64,
-    #[arg(long, default_value_t = 50)]
-    eval_every: u64,
-    #[arg(long, default_value_t = 8)]
-    eval_batches: usize,
-    #[arg(long, default_value_t = 100)]
-    checkpoint_every: u64,
-    #[arg(long, default_value_t = 1337)]
-    seed: u64,
-    /// Dropout probability (default: the preset's, 0).
+    /// Steps of linear warm-up [default: 20].
     #[arg(long)]
+    warmup: Option<u64>,
+    /// AdamW's decoupled weight decay, ≥ 0 [default: 0.1].
+    #[arg(long, allow_hyphen_values = true)]
+    weight_decay: Option<f64>,
+    /// AdamW's β1, in [0, 1) [default: 0.9].
+    #[arg(long, allow_hyphen_values = true)]
+    beta1: Option<f64>,
+    /// AdamW's β2, in [0, 1) [default: 0.95].
+    #[arg(long, allow_hyphen_values = true)]
+    beta2: Option<f64>,
+    /// Clip the global gradient norm to this, > 0; 0 = no clipping [default: 1.0].
+    #[arg(long, allow_hyphen_values = true)]
+    grad_clip: Option<f64>,
+    /// Steps between validations, ≥ 1 [default: 50].
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Batches per validation, ≥ 1 [default: 8].
+    #[arg(long)]
+    eval_batches: Option<usize>,
+    /// Steps between checkpoints, ≥ 1 (one is also written at the end) [default: 100].
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Seed of the initial weights, the batches and dropout [default: 1337].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Dropout probability, in [0, 1) [default: the preset's, 0].
+    #[arg(long, allow_hyphen_values = true)]
     dropout: Option<f64>,
     /// Stop (with a checkpoint) after this many steps in this invocation; continue later with
     /// --resume. The schedule still runs to --steps.
@@ -88,8 +102,8 @@ pub struct GptArgs {
     device: String,
     /// Activations: auto (bf16 mixed precision on a GPU, fp32 on the CPU), fp32 or bf16. Master
     /// weights and optimizer state are fp32 either way. Fixed by the run on --resume.
-    #[arg(long, default_value = "auto")]
-    precision: String,
+    #[arg(long)]
+    precision: Option<String>,
     /// Tokens per sample in the run folder's samples.txt, written when the run ends (0 = none).
     #[arg(long, default_value_t = 64)]
     sample_tokens: usize,
@@ -106,10 +120,20 @@ pub fn run(cmd: TrainCmd) -> Result<()> {
     }
 }
 
-fn preset(a: &GptArgs) -> Result<Gpt2Config> {
-    Gpt2Config::preset(&a.preset).with_context(|| format!("--preset {}: unknown preset (known: {})", a.preset, Gpt2Config::PRESETS.join(", ")))
+fn preset_name(a: &GptArgs) -> &str {
+    a.preset.as_deref().unwrap_or("cpu-small")
 }
 
+fn preset(a: &GptArgs) -> Result<Gpt2Config> {
+    let name = preset_name(a);
+    Gpt2Config::preset(name).with_context(|| format!("--preset {name}: unknown preset (known: {})", Gpt2Config::PRESETS.join(", ")))
+}
+
+fn tokenizer_spec(a: &GptArgs) -> &str {
+    a.tokenizer.as_deref().unwrap_or("gpt2")
+}
+
+/// The run config the flags describe, every value range-checked (the message gives the range).
 fn resolve(a: &GptArgs, vocab: usize, precision: DType) -> Result<RunConfig> {
     let mut model = preset(a)?;
     model.vocab_size = vocab;
@@ -124,10 +148,11 @@ fn resolve(a: &GptArgs, vocab: usize, precision: DType) -> Result<RunConfig> {
     if seq == 0 || seq > model.n_ctx {
         bail!("--seq {seq}: must be in 1..={} (the preset's n_ctx)", model.n_ctx);
     }
-    if a.batch == 0 {
+    let batch = a.batch.unwrap_or(8);
+    if batch == 0 {
         bail!("--batch must be positive");
     }
-    let micro = a.batch * seq;
+    let micro = batch * seq;
     let grad_accum = match a.tokens_per_step {
         Some(t) if t % micro != 0 || t == 0 => bail!("--tokens-per-step {t} is not a multiple of --batch × --seq = {micro}"),
         Some(t) => t / micro,
@@ -136,32 +161,91 @@ fn resolve(a: &GptArgs, vocab: usize, precision: DType) -> Result<RunConfig> {
     if a.data.is_empty() {
         bail!("--data: give text files, directories or token shards to train on");
     }
-    if !(a.lr > 0.0) {
-        bail!("--lr {}: must be positive", a.lr);
+    let lr = a.lr.unwrap_or(1e-3);
+    if !(lr > 0.0 && lr.is_finite()) {
+        bail!("--lr {lr}: must be a positive number");
     }
+    let min_lr = a.min_lr.unwrap_or(lr / 10.0);
+    if !(0.0..=lr).contains(&min_lr) {
+        bail!("--min-lr {min_lr}: must be in [0, --lr = {lr}]");
+    }
+    let weight_decay = a.weight_decay.unwrap_or(0.1);
+    if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+        bail!("--weight-decay {weight_decay}: must be ≥ 0");
+    }
+    let (beta1, beta2) = (a.beta1.unwrap_or(0.9), a.beta2.unwrap_or(0.95));
+    for (flag, b) in [("--beta1", beta1), ("--beta2", beta2)] {
+        if !(0.0..1.0).contains(&b) {
+            bail!("{flag} {b}: must be in [0, 1)");
+        }
+    }
+    let grad_clip = a.grad_clip.unwrap_or(1.0);
+    if !(grad_clip >= 0.0 && grad_clip.is_finite()) {
+        bail!("--grad-clip {grad_clip}: must be > 0, or 0 for no clipping");
+    }
+    let (eval_every, eval_batches, checkpoint_every) = (a.eval_every.unwrap_or(50), a.eval_batches.unwrap_or(8), a.checkpoint_every.unwrap_or(100));
+    for (flag, v) in [("--eval-every", eval_every), ("--eval-batches", eval_batches as u64), ("--checkpoint-every", checkpoint_every)] {
+        if v == 0 {
+            bail!("{flag} 0: must be at least 1");
+        }
+    }
+    let warmup = a.warmup.unwrap_or(20);
     Ok(RunConfig {
-        preset: a.preset.clone(),
+        preset: preset_name(a).to_string(),
         model,
-        tokenizer: a.tokenizer.clone(),
+        tokenizer: tokenizer_spec(a).to_string(),
         data: a.data.clone(),
         val_data: a.val_data.clone(),
-        batch: a.batch,
+        batch,
         seq,
         grad_accum,
         steps,
-        lr: a.lr,
-        min_lr: a.min_lr.unwrap_or(a.lr / 10.0),
-        warmup: a.warmup.min(steps),
-        weight_decay: a.weight_decay,
-        beta1: a.beta1,
-        beta2: a.beta2,
-        grad_clip: a.grad_clip,
-        eval_every: a.eval_every,
-        eval_batches: a.eval_batches,
-        checkpoint_every: a.checkpoint_every,
-        seed: a.seed,
+        lr,
+        min_lr,
+        warmup: warmup.min(steps),
+        weight_decay,
+        beta1,
+        beta2,
+        grad_clip,
+        eval_every,
+        eval_batches,
+        checkpoint_every,
+        seed: a.seed.unwrap_or(1337),
         precision: crate::device::precision_name(precision).into(),
     })
+}
+
+/// The config flags given with `--resume` whose values differ from the run's own, as
+/// "--flag given (the run has value)".
+fn resume_conflicts(a: &GptArgs, cfg: &RunConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cmp = |flag: &str, given: Option<String>, has: String| {
+        if let Some(g) = given.filter(|g| *g != has) {
+            out.push(format!("{flag} {g} (the run has {has})"));
+        }
+    };
+    cmp("--preset", a.preset.clone(), cfg.preset.clone());
+    cmp("--tokenizer", a.tokenizer.clone(), cfg.tokenizer.clone());
+    let paths = |v: &[PathBuf]| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" ");
+    cmp("--data", (!a.data.is_empty()).then(|| paths(&a.data)), paths(&cfg.data));
+    cmp("--val-data", (!a.val_data.is_empty()).then(|| paths(&a.val_data)), paths(&cfg.val_data));
+    cmp("--batch", a.batch.map(|v| v.to_string()), cfg.batch.to_string());
+    cmp("--seq", a.seq.map(|v| v.to_string()), cfg.seq.to_string());
+    cmp("--tokens-per-step", a.tokens_per_step.map(|v| v.to_string()), (cfg.batch * cfg.seq * cfg.grad_accum).to_string());
+    cmp("--lr", a.lr.map(|v| v.to_string()), cfg.lr.to_string());
+    cmp("--min-lr", a.min_lr.map(|v| v.to_string()), cfg.min_lr.to_string());
+    cmp("--warmup", a.warmup.map(|v| v.to_string()), cfg.warmup.to_string());
+    cmp("--weight-decay", a.weight_decay.map(|v| v.to_string()), cfg.weight_decay.to_string());
+    cmp("--beta1", a.beta1.map(|v| v.to_string()), cfg.beta1.to_string());
+    cmp("--beta2", a.beta2.map(|v| v.to_string()), cfg.beta2.to_string());
+    cmp("--grad-clip", a.grad_clip.map(|v| v.to_string()), cfg.grad_clip.to_string());
+    cmp("--eval-every", a.eval_every.map(|v| v.to_string()), cfg.eval_every.to_string());
+    cmp("--eval-batches", a.eval_batches.map(|v| v.to_string()), cfg.eval_batches.to_string());
+    cmp("--checkpoint-every", a.checkpoint_every.map(|v| v.to_string()), cfg.checkpoint_every.to_string());
+    cmp("--seed", a.seed.map(|v| v.to_string()), cfg.seed.to_string());
+    cmp("--dropout", a.dropout.map(|v| v.to_string()), cfg.model.dropout.to_string());
+    cmp("--precision", a.precision.clone().filter(|p| p != "auto").map(|p| if p == "f32" { "fp32".into() } else { p }), cfg.precision.clone());
+    out
 }
 
 fn train_gpt(a: GptArgs) -> Result<()> {
@@ -171,22 +255,49 @@ fn train_gpt(a: GptArgs) -> Result<()> {
         Some(dir) => {
             let (ck, meta) = checkpoint::open(&dir.join("checkpoint"), "--resume")?;
             let mut cfg = meta.config.clone();
+            let conflicts = resume_conflicts(&a, &cfg);
+            if !conflicts.is_empty() {
+                bail!(
+                    "--resume {}: a resumed run keeps its config, and these flags differ from it: {}. Only --steps may change (and --device, --stop-after, --sample-tokens, --cuda-graph, which apply to this invocation); start a new run with --out to change the others",
+                    dir.display(),
+                    conflicts.join(", ")
+                );
+            }
             if let Some(s) = a.steps {
                 if s < meta.step {
                     bail!("--steps {s}: the run is already at step {}", meta.step);
                 }
                 cfg.steps = s;
             }
+            if cfg.steps == meta.step {
+                eprintln!("--resume {}: the run is already at step {} of {}; nothing to train (raise --steps to continue)", dir.display(), meta.step, cfg.steps);
+                return Ok(());
+            }
             (cfg, dir.clone(), Some((ck, meta)))
         }
         None => {
             preset(&a)?;
-            let tok = load_tokenizer(&a.tokenizer)?;
-            let cfg = resolve(&a, tok.vocab_size(), crate::device::precision(&a.precision, device)?)?;
-            let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", a.preset, unix_time())));
-            // A run folder holds one run: appending a second would mix two ledgers.
-            if ["run.json", "metrics.jsonl", "checkpoint"].iter().any(|f| dir.join(f).exists()) {
+            if a.steps == Some(0) {
+                eprintln!("--steps 0: nothing to train");
+                return Ok(());
+            }
+            let tok = load_tokenizer(tokenizer_spec(&a))?;
+            let cfg = resolve(&a, tok.vocab_size(), crate::device::precision(a.precision.as_deref().unwrap_or("auto"), device)?)?;
+            let dir = a.out.clone().unwrap_or_else(|| PathBuf::from(format!("runs/{}-{}", cfg.preset, unix_time())));
+            // A run folder holds one run: appending a second would mix two ledgers. A start that
+            // failed before its first checkpoint left nothing to resume: its folder is reused.
+            let has_checkpoint = ["checkpoint", "checkpoint.old"].iter().any(|f| dir.join(f).join("meta.json").is_file());
+            if has_checkpoint {
                 bail!("--out {}: already holds a run; continue it with --resume {}, or choose another --out", dir.display(), dir.display());
+            }
+            let leftovers: Vec<&str> = ["run.json", "metrics.jsonl", "config.json", "final.json", "checkpoint", "checkpoint.tmp", "checkpoint.old"].into_iter().filter(|f| dir.join(f).exists()).collect();
+            if !leftovers.is_empty() {
+                eprintln!("note: --out {} holds a run that never wrote a checkpoint ({}); starting over in it", dir.display(), leftovers.join(", "));
+                for f in leftovers {
+                    let p = dir.join(f);
+                    let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+                    r.with_context(|| format!("removing {}", p.display()))?;
+                }
             }
             (cfg, dir, None)
         }
