@@ -27,6 +27,7 @@ pub fn tokens_of(files: &[PathBuf], tok: &Tokenizer, tokenizer_name: &str) -> Re
         if sh.tokenizer != tokenizer_name {
             bail!("{}: tokenized with `{}`, but the run uses --tokenizer {tokenizer_name}", s.display(), sh.tokenizer);
         }
+        sh.check_ids(s, tok.vocab_size())?;
         out.extend(sh.tokens);
     }
     // The same document readers as `data prepare` (text, TinyStories `<|endoftext|>`, .jsonl).

@@ -357,6 +357,16 @@ fn data_prepare_reads_every_format_and_trains_from_shards() {
     let other = d.join("other.fmtok");
     ok(bin().args(["tokenizer", "train", "--vocab-size", "280", "--out"]).arg(&other).arg("--input").arg(&c));
     fails_with(bin().args(["train", "gpt", "--preset", "cpu-tiny", "--steps", "1", "--tokenizer"]).arg(&other).arg("--data").arg(out.join("train.tok")).arg("--val-data").arg(out.join("val.tok")).arg("--out").arg(d.join("r2")), "tokenized with `tok.fmtok`");
+    // A shard with one corrupted id (the high byte of token 7 set): train and eval name the file,
+    // the offset and the id instead of panicking.
+    let mut shard = std::fs::read(out.join("val.tok")).unwrap();
+    // The header: 28 bytes, then the tokenizer id "tok.fmtok" (9 bytes); u16 ids follow.
+    let header = 28 + 9;
+    assert_eq!(&shard[24..28], &9u32.to_le_bytes());
+    shard[header + 2 * 7 + 1] = 0xff;
+    std::fs::write(d.join("bad.tok"), &shard).unwrap();
+    fails_with(bin().args(["train", "gpt", "--preset", "cpu-tiny", "--seq", "16", "--steps", "1", "--tokenizer"]).arg(&tok).arg("--data").arg(out.join("train.tok")).arg("--val-data").arg(d.join("bad.tok")).arg("--out").arg(d.join("r3")), "at offset 7");
+    fails_with(bin().args(["eval", "--seq", "16", "--checkpoint"]).arg(d.join("run")).arg("--data").arg(d.join("bad.tok")), "outside the tokenizer's vocabulary");
     std::fs::write(d.join("bad.jsonl"), "{\"text\": \"ok\"}\n{\"txt\": 3}\n").unwrap();
     fails_with(bin().args(["data", "prepare", "--tokenizer"]).arg(&tok).arg("--input").arg(d.join("bad.jsonl")).arg("--out").arg(d.join("s2")), "bad.jsonl line 2");
 }

@@ -73,7 +73,7 @@ impl Shard {
         let n = u64::from_le_bytes(b[16..24].try_into().unwrap()) as usize;
         let tl = u32_at(24) as usize;
         let start = 28 + tl;
-        if b.len() < start || b.len() - start != n * width {
+        if b.len() < start || Some(b.len() - start) != n.checked_mul(width) {
             return Err(ferr(path, format!("expected {n} tokens of {width} bytes after the header, found {} bytes (truncated?)", b.len().saturating_sub(start))));
         }
         let tokenizer = String::from_utf8(b[28..start].to_vec()).map_err(|_| bad("tokenizer id is not UTF-8"))?;
@@ -83,6 +83,15 @@ impl Shard {
             b[start..].chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect()
         };
         Ok(Shard { tokenizer, tokens })
+    }
+
+    /// Every id below `vocab`; the error names the file (`path`), the first bad id and its offset
+    /// (in tokens) — an id past the embedding table would otherwise fail deep inside a step.
+    pub fn check_ids(&self, path: &Path, vocab: usize) -> Result<(), DataError> {
+        match self.tokens.iter().position(|&t| t as usize >= vocab) {
+            Some(i) => Err(ferr(path, format!("token {} at offset {i} (of {}) is outside the tokenizer's vocabulary of {vocab} ids (a corrupt shard, or one made by another tokenizer)", self.tokens[i], self.tokens.len()))),
+            None => Ok(()),
+        }
     }
 }
 
@@ -154,6 +163,49 @@ pub fn eval_batches(tokens: &[u32], b: usize, t: usize, n: usize) -> Vec<(Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Truncated, bit-flipped and random shard files are errors naming the file, never panics.
+    #[test]
+    fn damaged_shards_are_errors_not_panics() {
+        let d = std::env::temp_dir().join(format!("fmlab-shard-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        let p = d.join("s.bin");
+        let good = Shard { tokenizer: "gpt2".into(), tokens: (0..500).map(|i| (i * 37) % 1000).collect() };
+        good.save(&p).unwrap();
+        let bytes = std::fs::read(&p).unwrap();
+        let mut rng = Rng::new(5);
+        for case in 0..600 {
+            let mut b = bytes.clone();
+            match case % 3 {
+                0 => b.truncate(rng.below(bytes.len())),
+                1 => {
+                    for _ in 0..1 + rng.below(4) {
+                        let i = rng.below(b.len());
+                        b[i] ^= 1 << rng.below(8);
+                    }
+                }
+                _ => b = (0..rng.below(200)).map(|_| rng.below(256) as u8).collect(),
+            }
+            std::fs::write(&p, &b).unwrap();
+            if let Ok(s) = Shard::load(&p) {
+                // What loads is range-checked against the vocabulary before use.
+                if let Err(e) = s.check_ids(&p, 1000) {
+                    assert!(e.to_string().contains("outside the tokenizer's vocabulary"), "{e}");
+                }
+            } else {
+                let e = Shard::load(&p).unwrap_err().to_string();
+                assert!(e.contains("s.bin"), "{e}");
+            }
+        }
+        // A flipped high bit of one id: named with its offset.
+        let mut b = bytes.clone();
+        let off = b.len() - 2 * 10; // token 490 (u16 ids)
+        b[off + 1] |= 0x80;
+        std::fs::write(&p, &b).unwrap();
+        let e = Shard::load(&p).unwrap().check_ids(&p, 1000).unwrap_err().to_string();
+        assert!(e.contains("at offset 490") && e.contains("vocabulary of 1000"), "{e}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
 
     #[test]
     fn shard_round_trip_both_widths_and_corruption() {
