@@ -47,6 +47,40 @@ pub fn sha256_file(path: &Path) -> io::Result<String> {
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Damaged copies of a file's bytes for the readers' robustness tests: `n` cases, seeded, each a
+/// truncation, 1–4 flipped bits, a run of bytes overwritten with 0xff (huge lengths and counts),
+/// or random bytes. A reader must turn every one into an error, never a panic or an abort.
+pub fn mutations(bytes: &[u8], seed: u64, n: usize) -> impl Iterator<Item = Vec<u8>> + '_ {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut next = move |m: usize| -> usize {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as usize % m.max(1)
+    };
+    (0..n).map(move |case| {
+        let mut b = bytes.to_vec();
+        match case % 4 {
+            0 => b.truncate(next(bytes.len())),
+            1 if !b.is_empty() => {
+                for _ in 0..1 + next(4) {
+                    let i = next(b.len());
+                    b[i] ^= 1 << next(8);
+                }
+            }
+            2 if !b.is_empty() => {
+                // Mostly in the header, where lengths and counts live.
+                let i = next(b.len().min(256));
+                let len = (1 + next(8)).min(b.len() - i);
+                b[i..i + len].fill(0xff);
+            }
+            _ => b = (0..next(300)).map(|_| next(256) as u8).collect(),
+        }
+        b
+    })
+}
+
 /// `write_atomic_with` for bytes already in memory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, |w| w.write_all(bytes))

@@ -21,11 +21,11 @@ pub fn read_vectors(path: &Path) -> Result<(Vec<f32>, usize), IndexError> {
 }
 
 fn read_npy(b: &[u8]) -> Result<(Vec<f32>, usize), String> {
-    if b.len() < 10 {
+    if b.len() < 12 {
         return Err("truncated .npy header".into());
     }
-    let (hl, start) = if b[6] == 1 { (u16::from_le_bytes([b[8], b[9]]) as usize, 10) } else { (u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize, 12) };
-    let header = std::str::from_utf8(b.get(start..start + hl).ok_or("truncated .npy header")?).map_err(|_| "bad .npy header")?;
+    let (hl, start): (usize, usize) = if b[6] == 1 { (u16::from_le_bytes([b[8], b[9]]) as usize, 10) } else { (u32::from_le_bytes(b[8..12].try_into().unwrap()) as usize, 12) };
+    let header = std::str::from_utf8(b.get(start..start.saturating_add(hl)).ok_or("truncated .npy header")?).map_err(|_| "bad .npy header")?;
     let descr = header.split("'descr':").nth(1).and_then(|s| s.split('\'').nth(1)).ok_or("no descr in .npy header")?;
     let fortran = header.contains("'fortran_order': True");
     let shape: Vec<usize> = header
@@ -42,16 +42,19 @@ fn read_npy(b: &[u8]) -> Result<(Vec<f32>, usize), String> {
         return Err(format!("expected a 2-D array, got shape {shape:?}"));
     }
     let data = &b[start + hl..];
-    let n = shape[0] * shape[1];
+    let n = shape[0].checked_mul(shape[1]).ok_or_else(|| format!("shape {shape:?} overflows"))?;
+    if shape[1] == 0 {
+        return Err(format!("shape {shape:?}: rows of 0 values"));
+    }
     let v: Vec<f32> = match descr {
         "<f4" => {
-            if data.len() != n * 4 {
+            if Some(data.len()) != n.checked_mul(4) {
                 return Err(format!("{} data bytes for shape {shape:?} f32 (truncated?)", data.len()));
             }
             data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
         }
         "<f8" => {
-            if data.len() != n * 8 {
+            if Some(data.len()) != n.checked_mul(8) {
                 return Err(format!("{} data bytes for shape {shape:?} f64 (truncated?)", data.len()));
             }
             data.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
@@ -76,9 +79,13 @@ fn read_fvecs(b: &[u8]) -> Result<(Vec<f32>, usize), String> {
     if b.len() < 4 {
         return Err("empty .fvecs".into());
     }
-    let dim = i32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+    let dim = i32::from_le_bytes(b[..4].try_into().unwrap());
+    if dim <= 0 || dim as usize > b.len() {
+        return Err(format!("a row of dimension {dim} (not an .fvecs file, or corrupt)"));
+    }
+    let dim = dim as usize;
     let row = 4 + 4 * dim;
-    if dim == 0 || !b.len().is_multiple_of(row) {
+    if !b.len().is_multiple_of(row) {
         return Err(format!("size {} is not a multiple of a {dim}-d row (truncated?)", b.len()));
     }
     let mut v = Vec::with_capacity(b.len() / row * dim);
@@ -96,14 +103,17 @@ fn read_idx(b: &[u8]) -> Result<(Vec<f32>, usize), String> {
         return Err("not an unsigned-byte IDX file".into());
     }
     let nd = b[3] as usize;
-    let dims: Vec<usize> = (0..nd).map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
     let start = 4 + 4 * nd;
-    let n = dims.first().copied().unwrap_or(0);
-    let dim: usize = dims[1..].iter().product();
-    if b.len() != start + n * dim {
+    if nd == 0 || b.len() < start {
+        return Err(format!("an IDX header of {nd} dimensions in {} bytes (truncated?)", b.len()));
+    }
+    let dims: Vec<usize> = (0..nd).map(|i| u32::from_be_bytes(b[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
+    let n = dims[0];
+    let dim = dims[1..].iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(|| format!("IDX dims {dims:?} overflow"))?;
+    if dim == 0 || Some(b.len() - start) != n.checked_mul(dim) {
         return Err(format!("{} bytes for IDX dims {dims:?} (truncated?)", b.len()));
     }
-    Ok((b[start..].iter().map(|&x| x as f32).collect(), dim.max(1)))
+    Ok((b[start..].iter().map(|&x| x as f32).collect(), dim))
 }
 
 /// Writes a 2-D f32 .npy (for tests and tools).

@@ -75,6 +75,13 @@ pub struct TensorInfo {
     pub offset: u64,
 }
 
+impl TensorInfo {
+    /// Elements, None when the shape's product overflows (a corrupt header).
+    pub fn numel(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+    }
+}
+
 pub struct Gguf {
     path: PathBuf,
     map: memmap2::Mmap,
@@ -181,11 +188,12 @@ impl Gguf {
         let (version, metadata, tensors, data_start) = parsed;
         let g = Gguf { path: path.to_path_buf(), map, version, metadata, tensors, data_start };
         for t in &g.tensors {
-            let n: usize = t.shape.iter().product();
             if let Some((per, bytes)) = block(t.ggml_type) {
-                let end = g.data_start + t.offset as usize + n / per * bytes;
-                if end > g.map.len() {
-                    return Err(NnError::file(path, format!("tensor `{}` ends at byte {end}, past the end of the file ({} bytes): truncated", t.name, g.map.len())));
+                let end = t.numel().and_then(|n| (n / per).checked_mul(bytes)).and_then(|len| g.data_start.checked_add(t.offset as usize)?.checked_add(len));
+                match end {
+                    Some(end) if end <= g.map.len() => {}
+                    Some(end) => return Err(NnError::file(path, format!("tensor `{}` ends at byte {end}, past the end of the file ({} bytes): truncated", t.name, g.map.len()))),
+                    None => return Err(NnError::file(path, format!("tensor `{}`: shape {:?} at offset {} overflows (a corrupt header)", t.name, t.shape, t.offset))),
                 }
             }
         }
@@ -228,6 +236,9 @@ impl Gguf {
             tensors.push(TensorInfo { name, shape: dims, ggml_type, offset });
         }
         let align = metadata.get("general.alignment").and_then(|v| v.as_u64()).unwrap_or(32) as usize;
+        if align == 0 || align > 1 << 20 {
+            return Err(format!("general.alignment {align} is not a usable alignment"));
+        }
         let data_start = c.pos.div_ceil(align) * align;
         Ok((version, metadata, tensors, data_start))
     }
@@ -246,7 +257,8 @@ impl Gguf {
         let (per, bytes) = block(t.ggml_type).ok_or_else(|| {
             NnError::file(&self.path, format!("tensor `{name}` has unsupported type {} ({}); supported: F32, F16, BF16, Q8_0, Q4_0, Q4_1", type_name(t.ggml_type), t.ggml_type))
         })?;
-        let n: usize = t.shape.iter().product();
+        // In range: checked when the file was opened.
+        let n = t.numel().unwrap_or(0);
         if !n.is_multiple_of(per) {
             return Err(NnError::file(&self.path, format!("tensor `{name}`: {n} elements is not a whole number of blocks")));
         }

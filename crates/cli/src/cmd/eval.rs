@@ -77,6 +77,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
     // their literal text; they are a handful).
     let bytes = tok.decode_bytes(&predicted)?.len();
     let loss = nats / n as f64;
+    if !loss.is_finite() {
+        bail!("--checkpoint {}: the loss is {loss} (non-finite) over {n} tokens; the weights are broken (a diverged run?), so nothing is recorded in evals.jsonl", dir.display());
+    }
     println!("tokens evaluated  {n} (windows of {seq}, stride {stride}; {device}, {})", crate::device::precision_name(precision));
     println!("loss (nats/token) {loss:.4}");
     println!("perplexity        {:.3}", loss.exp());
