@@ -1,23 +1,47 @@
-//! Where fetched assets live: `FMLAB_CACHE`, else `./.cache/fmlab` (the repo's cache when run from
-//! the repo root), else `~/.cache/fmlab`. Set once here, in the binary, and passed down.
+//! Where fetched assets live, found from any working directory: `FMLAB_CACHE` if set; else the
+//! first of `./.cache/fmlab`, the repository the binary was built in (`<repo>/.cache/fmlab`, found
+//! from the binary's path: it sits in `<repo>/target/<profile>/`), and `~/.cache/fmlab` that
+//! exists. Set once here, in the binary, and passed down.
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use fmlab_tokenizer::Tokenizer;
 
+/// FMLAB_CACHE, unless unset or empty.
+fn cache_env() -> Option<String> {
+    fmlab_settings::string("FMLAB_CACHE").filter(|p| !p.is_empty())
+}
+
+/// The places looked in, in order (FMLAB_CACHE alone when it is set).
+fn candidates() -> Vec<PathBuf> {
+    if let Some(p) = cache_env() {
+        return vec![PathBuf::from(p)];
+    }
+    let mut v = vec![PathBuf::from(".cache/fmlab")];
+    // <repo>/target/<profile>/fmlab (or .../deps/ for test binaries): the first ancestor with a
+    // Cargo.toml is the repository.
+    if let Some(repo) = std::env::current_exe().ok().and_then(|e| e.ancestors().skip(1).find(|a| a.join("Cargo.toml").is_file()).map(|a| a.to_path_buf())) {
+        v.push(repo.join(".cache/fmlab"));
+    }
+    if let Some(h) = std::env::var_os("HOME") {
+        v.push(PathBuf::from(h).join(".cache/fmlab"));
+    }
+    v
+}
+
 pub fn cache_dir() -> PathBuf {
-    if let Some(p) = fmlab_settings::string("FMLAB_CACHE") {
-        return PathBuf::from(p);
+    let c = candidates();
+    c.iter().find(|p| p.is_dir()).cloned().unwrap_or_else(|| c[c.len().min(2) - 1].clone())
+}
+
+/// Where `cache_dir` looked, for the error of a missing asset.
+pub fn cache_hint() -> String {
+    if cache_env().is_some() {
+        return format!("FMLAB_CACHE = {}", cache_dir().display());
     }
-    let local = PathBuf::from(".cache/fmlab");
-    if local.is_dir() {
-        return local;
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".cache/fmlab"),
-        None => local,
-    }
+    let c: Vec<String> = candidates().iter().map(|p| p.display().to_string()).collect();
+    format!("looked in {} (the first that exists is used; set FMLAB_CACHE to choose)", c.join(", "))
 }
 
 /// Resolves `--tokenizer`: `gpt2` (the real GPT-2 files from the asset cache), or a file in our
@@ -28,8 +52,9 @@ pub fn load_tokenizer(spec: &str) -> Result<Tokenizer> {
         let (enc, bpe) = (d.join("encoder.json"), d.join("vocab.bpe"));
         if !enc.is_file() || !bpe.is_file() {
             bail!(
-                "--tokenizer gpt2: GPT-2's vocabulary is not in the asset cache ({} missing); run `scripts/fetch-assets.sh gpt2` (or set FMLAB_CACHE)",
-                if enc.is_file() { bpe.display() } else { enc.display() }
+                "--tokenizer gpt2: GPT-2's vocabulary is not in the asset cache ({} missing; {}); run `scripts/fetch-assets.sh gpt2`",
+                if enc.is_file() { bpe.display() } else { enc.display() },
+                cache_hint()
             );
         }
         return Ok(Tokenizer::from_gpt2_files(&enc, &bpe)?);

@@ -35,7 +35,19 @@ pub fn tokens_of(files: &[PathBuf], tok: &Tokenizer, tokenizer_name: &str) -> Re
     for p in &texts {
         docs.extend(fmlab_data::documents::read_documents(p).with_context(|| format!("--data {}", p.display()))?);
     }
-    let encoded: Vec<Vec<u32>> = docs.par_iter().map_init(|| tok.encoder(), |e, d| e.encode(d, &AllowedSpecial::All)).collect();
+    let progress = fmlab_progress::bar(docs.len() as u64, "tokenizing documents");
+    let encoded: Vec<Vec<u32>> = docs
+        .par_iter()
+        .map_init(
+            || tok.encoder(),
+            |e, d| {
+                let ids = e.encode(d, &AllowedSpecial::All);
+                progress.inc(1);
+                ids
+            },
+        )
+        .collect();
+    progress.finish();
     for (d, ids) in docs.iter().zip(encoded) {
         bytes += d.len();
         out.extend(ids);

@@ -17,13 +17,16 @@ pub struct GenArgs {
     /// (config.json, model.safetensors, tokenizer.json[, tokenizer_config.json with chat_template]).
     #[arg(long, default_value = "smollm2")]
     model: String,
+    /// Tokens to generate at most.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.7, allow_hyphen_values = true)]
     temperature: f64,
+    /// Keep the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 50)]
     top_k: usize,
+    /// Keep the smallest set of tokens with this much probability, in (0, 1].
     #[arg(long, default_value_t = 0.9, allow_hyphen_values = true)]
     top_p: f64,
     /// Drop tokens less likely than min-p times the most likely one (0 = off).
@@ -32,6 +35,7 @@ pub struct GenArgs {
     /// > 1 discourages tokens already in the context (HF's rule: logit / p if positive, × p if not).
     #[arg(long, default_value_t = 1.1, allow_hyphen_values = true)]
     repetition_penalty: f64,
+    /// Seed of the draws.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Keep going past end-of-sequence tokens (fixed-length runs for benchmarks).
@@ -66,7 +70,7 @@ impl GenArgs {
         let path = if self.model == "smollm2" {
             let p = crate::assets::cache_dir().join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
             if !p.is_file() {
-                bail!("--model smollm2: the GGUF is not in the asset cache ({}); run `scripts/fetch-assets.sh smollm2`", p.display());
+                bail!("--model smollm2: the GGUF is not in the asset cache ({} missing; {}); run `scripts/fetch-assets.sh smollm2`", p.display(), crate::assets::cache_hint());
             }
             p
         } else {

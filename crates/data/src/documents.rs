@@ -69,8 +69,10 @@ pub fn prepare(groups: &[Vec<PathBuf>], tok: &fmlab_tokenizer::Tokenizer, val_fr
         n_val_docs += n_val;
         bytes += docs.iter().map(|d| d.len()).sum::<usize>();
         // Tokenize in parallel, a batch of documents at a time (bounded memory per batch).
+        let progress = fmlab_progress::bar(docs.len() as u64, "tokenizing documents");
         for (bi, batch) in docs.chunks(1024).enumerate() {
             let enc: Vec<Vec<u32>> = batch.par_iter().map_init(|| tok.encoder(), |e, d| e.encode(d, &fmlab_tokenizer::AllowedSpecial::All)).collect();
+            progress.inc(batch.len() as u64);
             for (j, ids) in enc.into_iter().enumerate() {
                 let dst = if bi * 1024 + j < n_train { &mut train } else { &mut val };
                 dst.extend(ids);

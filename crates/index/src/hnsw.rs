@@ -223,7 +223,11 @@ impl Hnsw {
             return h;
         }
         *h.entry.lock().unwrap() = Some((0, h.levels[0] as usize));
-        (1..n as u32).into_par_iter().for_each(|q| h.insert::<true>(q));
+        let progress = fmlab_progress::bar(n as u64 - 1, "inserting vectors");
+        (1..n as u32).into_par_iter().for_each(|q| {
+            h.insert::<true>(q);
+            progress.inc(1);
+        });
         h
     }
 

@@ -141,6 +141,7 @@ impl Bert {
     pub fn embed_ids(&self, seqs: &[Vec<u32>], pad_id: u32, batch: usize) -> Tensor {
         let _ng = fmlab_tensor::no_grad();
         let mut outs = Vec::new();
+        let progress = fmlab_progress::bar(seqs.len() as u64, "embedding texts");
         for chunk in seqs.chunks(batch.max(1)) {
             let t = chunk.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
             let mut ids = Vec::with_capacity(chunk.len() * t);
@@ -153,6 +154,7 @@ impl Bert {
             }
             let b = chunk.len();
             outs.push(self.embed(&Tensor::from_vec(ids, &[b, t]), &Tensor::from_vec(mask, &[b, t])));
+            progress.inc(b as u64);
         }
         Tensor::cat(&outs, 0)
     }

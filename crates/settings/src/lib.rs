@@ -23,7 +23,7 @@ const fn s(name: &'static str, default: &'static str, doc: &'static str) -> Sett
 
 /// The table, grouped: paths, then kernel choices (on unless "0"), then diagnostics.
 pub const ALL: &[Setting] = &[
-    s("FMLAB_CACHE", "./.cache/fmlab", "where fetched assets (corpora, tokenizers, weights) live; compiled kernels go in its kernels/ unless FMLAB_KERNEL_CACHE is set"),
+    s("FMLAB_CACHE", "the first of ./.cache/fmlab, <repo of the binary>/.cache/fmlab, ~/.cache/fmlab that exists", "where fetched assets (corpora, tokenizers, weights) live; compiled kernels go in its kernels/ unless FMLAB_KERNEL_CACHE is set"),
     s("FMLAB_KERNEL_CACHE", "$FMLAB_CACHE/kernels, else ~/.cache/fmlab/kernels", "where NVRTC-compiled kernels are kept, keyed by source hash and GPU arch"),
     s("FMLAB_CUDA_LIBS", "(unset)", "':'-separated folders searched first for libcuda, libnvrtc and libcublasLt"),
     s("FMLAB_CUDA_DEFINES", "(unset)", "','-separated NAME=VALUE defines for every kernel compile (e.g. FA_WARPS=8)"),

@@ -946,7 +946,7 @@ fn allocator_reuses_blocks_and_reports_out_of_memory() {
 #[ignore = "needs libnvrtc (scripts/test.sh fetches it; or FMLAB_CUDA_LIBS on any machine)"]
 fn kernel_sources_compile() {
     for arch in ["sm_90", "sm_80"] {
-        let bytes = fmlab_tensor::cuda::compile_all(arch).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = fmlab_tensor::ops::compile_all(arch).unwrap_or_else(|e| panic!("{e}"));
         assert!(bytes > 10_000, "{arch}: {bytes} bytes of CUBIN");
     }
 }

@@ -90,6 +90,8 @@ pub fn count_files(paths: &[PathBuf], cfg: &TrainConfig) -> Result<(FxHashMap<Bo
     let mut nbytes = 0u64;
     // Blocks are processed a batch at a time (one per thread, times two) so memory stays bounded.
     let batch = rayon::current_num_threads() * 2;
+    let size: u64 = paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    let progress = fmlab_progress::bar(size, "counting words (bytes)");
     for path in paths {
         let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let mut carry: Vec<u8> = Vec::new();
@@ -126,6 +128,7 @@ pub fn count_files(paths: &[PathBuf], cfg: &TrainConfig) -> Result<(FxHashMap<Bo
                 blocks.push(text);
             }
             let counts: Vec<_> = blocks.par_iter().map(|b| count_block(&pre, &cfg.specials, b)).collect();
+            progress.inc(blocks.iter().map(|b| b.len() as u64).sum());
             for c in counts {
                 merge_counts(&mut total, c);
             }
@@ -203,6 +206,7 @@ pub fn train_from_counts(counts: FxHashMap<Box<str>, u64>, cfg: &TrainConfig) ->
     // more than a corpus could use, not what a large --vocab-size asks for.
     let mut merges = Vec::with_capacity(n_merges.min(1 << 16));
     let mut changed: FxHashMap<(u32, u32), ()> = FxHashMap::default();
+    let progress = fmlab_progress::bar(n_merges as u64, "merges");
     while merges.len() < n_merges {
         let Some((c, Reverse(pair))) = heap.pop() else { break };
         let cur = pair_count.get(&pair).copied().unwrap_or(0);
@@ -221,6 +225,7 @@ pub fn train_from_counts(counts: FxHashMap<Box<str>, u64>, cfg: &TrainConfig) ->
         bytes.extend_from_slice(&vocab[pair.1 as usize]);
         vocab.push(bytes);
         merges.push((pair.0, pair.1, new_id));
+        progress.inc(1);
 
         changed.clear();
         let word_ids = where_.remove(&pair).unwrap_or_default();

@@ -39,6 +39,8 @@ pub fn sliding(tokens: &[u32], seq: usize, stride: usize, loss: &dyn Fn(&Tensor,
     // `scored_to`: targets with absolute index < scored_to are already counted.
     let mut scored_to = 1usize;
     let mut start = 0usize;
+    // Every token after the first is a target exactly once.
+    let progress = fmlab_progress::bar(tokens.len().saturating_sub(1) as u64, "evaluating tokens");
     while scored_to < tokens.len() {
         let end = (start + seq + 1).min(tokens.len()); // window tokens [start, end)
         let l = end - start - 1;
@@ -58,6 +60,7 @@ pub fn sliding(tokens: &[u32], seq: usize, stride: usize, loss: &dyn Fn(&Tensor,
             nats += loss(&Tensor::from_vec(x, &[1, l]), &Tensor::from_vec(y, &[1, l])).item() * k as f64;
             n += k;
         }
+        progress.inc(k as u64);
         scored_to = end;
         if end == tokens.len() {
             break;

@@ -187,7 +187,8 @@ pub fn run(model: &Gpt2, run: GptRun, memory: &dyn Fn() -> serde_json::Value) ->
             if pb.is_hidden() { eprintln!("{line}") } else { pb.println(line) }
         }
         writeln!(metrics, "{rec}").map_err(|e| TrainError::file(&mp, e))?;
-        pb.set_message(format!("loss {loss:.4} | val {last_val:.4} | {tok_s:.0} tok/s | lr {lr:.1e}"));
+        let val = if last_val.is_nan() { "—".to_string() } else { format!("{last_val:.4}") };
+        pb.set_message(format!("loss {loss:.4} | val {val} | {tok_s:.0} tok/s | lr {lr:.1e}"));
         pb.set_position(step);
         if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || step == stop_at {
             save(step, &trainer.opt, &sampler, &drop_rng)?;

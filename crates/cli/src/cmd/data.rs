@@ -32,8 +32,10 @@ pub struct PrepareArgs {
     /// Files or folders instead of (or in addition to) --corpus.
     #[arg(long, num_args = 1..)]
     input: Vec<PathBuf>,
+    /// `gpt2`, or a tokenizer file (.fmtok or tokenizer.json).
     #[arg(long, default_value = "gpt2")]
     tokenizer: String,
+    /// Output folder: train.tok, val.tok, prepare.json.
     #[arg(long)]
     out: PathBuf,
     /// Fraction of documents held out for validation (the last ones, in file-name order).
@@ -61,7 +63,7 @@ pub fn run(cmd: DataCmd) -> Result<()> {
         for n in names {
             let d = cache_dir().join(n);
             if !d.join(".ok").is_file() {
-                bail!("--corpus {c}: {} is missing; run `scripts/fetch-assets.sh {n}`", d.display());
+                bail!("--corpus {c}: {} is missing ({}); run `scripts/fetch-assets.sh {n}`", d.display(), crate::assets::cache_hint());
             }
             let mut files = expand_inputs(&[d])?;
             files.retain(|f| f.file_name().is_none_or(|x| x != ".ok"));

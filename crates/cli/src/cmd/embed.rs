@@ -20,6 +20,7 @@ pub struct EmbedArgs {
     /// Write an (N, dim) f32 .npy in input order; otherwise JSON lines to stdout.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Texts per forward pass (≥ 1).
     #[arg(long, default_value_t = 32)]
     batch: usize,
     /// Token limit per text, [CLS]/[SEP] included (default: the model's max_seq_length).
@@ -37,7 +38,7 @@ pub fn load_embedder(spec: &str) -> Result<Embedder> {
     let dir = if spec == "minilm" {
         let d = crate::assets::cache_dir().join("minilm");
         if !d.join("model.safetensors").is_file() {
-            bail!("--model minilm: all-MiniLM-L6-v2 is not in the asset cache ({}); run `scripts/fetch-assets.sh minilm`", d.display());
+            bail!("--model minilm: all-MiniLM-L6-v2 is not in the asset cache ({} missing; {}); run `scripts/fetch-assets.sh minilm`", d.display(), crate::assets::cache_hint());
         }
         d
     } else {

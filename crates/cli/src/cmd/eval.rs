@@ -11,6 +11,7 @@ use crate::corpus;
 
 #[derive(Args)]
 pub struct EvalArgs {
+    /// A run folder or a checkpoint folder.
     #[arg(long)]
     checkpoint: PathBuf,
     /// Text files / directories (or token shards: then bits-per-byte is not reported).

@@ -14,6 +14,7 @@ use crate::llm::GenArgs;
 pub struct GenerateArgs {
     #[command(flatten)]
     gen: GenArgs,
+    /// The text to continue (or, with --chat, the user message).
     #[arg(long)]
     prompt: String,
     /// Wrap the prompt as a user message in the model's chat template.

@@ -20,18 +20,22 @@ pub enum IndexCmd {
 
 #[derive(Args)]
 pub struct BuildArgs {
+    /// Vectors to index: .npy (f32/f64, 2-D), .fvecs or IDX (*-ubyte).
     #[arg(long)]
     vectors: PathBuf,
     /// l2, ip (inner product) or cosine.
     #[arg(long, default_value = "l2")]
     metric: String,
+    /// HNSW links per node (M, ≥ 2).
     #[arg(long, default_value_t = 16)]
     m: usize,
+    /// Beam width while building.
     #[arg(long, default_value_t = 200)]
     ef_construction: usize,
     /// Per-vector payloads for filtered search: a JSON-lines file, one object per vector row.
     #[arg(long)]
     payloads: Option<PathBuf>,
+    /// Index file to write.
     #[arg(long)]
     out: PathBuf,
     /// Build threads (default: all cores).
@@ -41,14 +45,19 @@ pub struct BuildArgs {
 
 #[derive(Args)]
 pub struct SearchArgs {
+    /// Index file (from `fmlab index build`).
     #[arg(long)]
     index: PathBuf,
+    /// Query vectors, same formats as --vectors.
     #[arg(long)]
     queries: PathBuf,
+    /// Neighbours per query (≥ 1).
     #[arg(long, default_value_t = 10)]
     k: usize,
+    /// Search beam width (≥ 1; larger: better recall, slower).
     #[arg(long, default_value_t = 64)]
     ef: usize,
+    /// Search threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
     /// e.g. `color=red && year>=2000` (needs payloads at build time).

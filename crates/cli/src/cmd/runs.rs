@@ -11,6 +11,7 @@ use fmlab_train::ledger::{self, list, RunSummary};
 pub enum RunsCmd {
     /// One line per run under ROOT (default runs/).
     List {
+        /// Folder to list runs under.
         #[arg(default_value = "runs")]
         root: PathBuf,
     },
@@ -18,6 +19,7 @@ pub enum RunsCmd {
     Show { run: PathBuf },
     /// Runs side by side: config fields that differ, then final metrics.
     Compare {
+        /// Run folders to compare.
         #[arg(required = true, num_args = 2..)]
         runs: Vec<PathBuf>,
     },

@@ -15,17 +15,22 @@ pub struct SampleArgs {
     /// A checkpoint directory, or a run folder containing `checkpoint/`.
     #[arg(long)]
     checkpoint: PathBuf,
+    /// Text to continue (empty: start from the document separator).
     #[arg(long, default_value = "")]
     prompt: String,
+    /// Tokens to generate per sample.
     #[arg(long, default_value_t = 200)]
     max_tokens: usize,
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.8, allow_hyphen_values = true)]
     temperature: f64,
+    /// Keep the k most likely tokens (0 = all).
     #[arg(long, default_value_t = 50)]
     top_k: usize,
+    /// Keep the smallest set of tokens with this much probability, in (0, 1].
     #[arg(long, default_value_t = 0.95, allow_hyphen_values = true)]
     top_p: f64,
+    /// Seed of the draws.
     #[arg(long, default_value_t = 42)]
     seed: u64,
     /// Number of samples.

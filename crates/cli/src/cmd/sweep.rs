@@ -14,11 +14,13 @@ pub struct SweepArgs {
     /// Seeds per grid point (seed, seed+1, ...).
     #[arg(long, default_value_t = 1)]
     seeds: u64,
+    /// Seed of the first run (seed k adds k).
     #[arg(long, default_value_t = 1337)]
     seed: u64,
     /// Group name: runs go to ROOT/<group>/<run>.
     #[arg(long)]
     group: String,
+    /// Folder the group's runs go under.
     #[arg(long, default_value = "runs")]
     root: PathBuf,
     /// Arguments for every `fmlab train gpt` run (after `--`).

@@ -25,8 +25,10 @@ pub enum TokenizerCmd {
 
 #[derive(Args)]
 pub struct TrainArgs {
+    /// Text files or folders of them.
     #[arg(long, required = true, num_args = 1..)]
     input: Vec<PathBuf>,
+    /// Vocabulary size: 256 bytes + specials + merges, below 2^31.
     #[arg(long)]
     vocab_size: usize,
     /// Output: `.json` writes a HF tokenizer.json, anything else our `.fmtok` format.
@@ -35,6 +37,7 @@ pub struct TrainArgs {
     /// Special tokens (repeatable); default `<|endoftext|>`.
     #[arg(long = "special")]
     specials: Vec<String>,
+    /// Stop merging when no pair occurs this often.
     #[arg(long, default_value_t = 2)]
     min_frequency: u64,
     /// Pre-tokenizer: gpt2 or cl100k (GPT-4's).
@@ -57,16 +60,20 @@ pub struct EncodeArgs {
 
 #[derive(Args)]
 pub struct DecodeArgs {
+    /// `gpt2`, or a tokenizer file (.fmtok or tokenizer.json).
     #[arg(long, default_value = "gpt2")]
     tokenizer: String,
+    /// Text files or folders of them.
     #[arg(long)]
     input: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct StatsArgs {
+    /// `gpt2`, or a tokenizer file (.fmtok or tokenizer.json).
     #[arg(long, default_value = "gpt2")]
     tokenizer: String,
+    /// Text files or folders of them.
     #[arg(long, required = true, num_args = 1..)]
     input: Vec<PathBuf>,
 }

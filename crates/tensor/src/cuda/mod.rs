@@ -3,8 +3,8 @@
 //!
 //! One `CudaDevice` per GPU, made on first use: a context, its own stream (where every op goes
 //! unless a thread makes another stream current: stream.rs), a caching allocator, the kernel modules
-//! (NVRTC-compiled at start from the `.cu` sources: the primitives' under kernels/, each fused
-//! op's beside it in ops/; listed in kernel.rs; cached on disk), and the
+//! (NVRTC-compiled on first use from the `.cu` sources: the primitives' under kernels/, each fused
+//! op's beside it in ops/; see kernel.rs; cached on disk), and the
 //! cuBLASLt handle.
 //!
 //! Tensor ops are infallible by design (misuse panics), so a failure inside an op on the GPU —
@@ -70,7 +70,9 @@ pub struct CudaDevice {
     pub(crate) stream: Arc<CudaStream>,
     /// Every stream made on this device, by id (0: `stream`); kept for the device's life.
     pub(crate) streams: Mutex<Vec<Arc<CudaStream>>>,
-    modules: Vec<(&'static str, Arc<CudaModule>)>,
+    /// Kernel modules by name, compiled (or read from the disk cache) and loaded on first use:
+    /// a training step's first, eager run loads every module it uses before any graph capture.
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     funcs: Mutex<HashMap<KernelId, CudaFunction>>,
     pub(crate) pool: Mutex<alloc::Pool>,
     pub(crate) blas: Mutex<Option<gemm::Blas>>,
@@ -126,37 +128,43 @@ impl CudaDevice {
         let name = ctx.name().map_err(drv_err("device query"))?;
         let smem_optin = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN).map_err(drv_err("device query"))?.max(0) as usize;
         let sm_count = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_err(drv_err("device query"))?.max(1) as usize;
-        let mut modules = Vec::new();
-        let defines = tuning_defines();
-        for m in kernel::all_modules() {
-            let karch = match m.arch {
-                kernel::Arch::Device => arch.clone(),
-                // wgmma and TMA are arch-specific features: only on sm_90 itself.
-                kernel::Arch::Sm90a if arch == "sm_90" => "sm_90a".to_string(),
-                kernel::Arch::Sm90a => continue,
-            };
-            let bin = compile_cached(m.name, &format!("{defines}{}", m.source()), &karch)?;
-            let cm = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {}", m.name)))?;
-            modules.push((m.name, cm));
-        }
         let mut pool = alloc::Pool::new(ordinal);
         pool.add_stream(0, stream.cu_stream() as usize);
-        Ok(CudaDevice { ordinal, name, arch, smem_optin, sm_count, ctx, streams: Mutex::new(vec![stream.clone()]), stream, modules, funcs: Mutex::new(HashMap::new()), pool: Mutex::new(pool), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()), capture_uploads: Mutex::new(None) })
+        Ok(CudaDevice { ordinal, name, arch, smem_optin, sm_count, ctx, streams: Mutex::new(vec![stream.clone()]), stream, modules: Mutex::new(HashMap::new()), funcs: Mutex::new(HashMap::new()), pool: Mutex::new(pool), blas: Mutex::new(None), staging: Mutex::new(staging::Staging::default()), capture_uploads: Mutex::new(None) })
     }
 
-    /// The entry point `id`, from its own module.
+    /// The entry point `id`, from its own module (loaded first if need be).
     pub(crate) fn func(&self, id: KernelId) -> CudaFunction {
         let mut g = self.funcs.lock().unwrap();
         if let Some(f) = g.get(&id) {
             return f.clone();
         }
-        let module = id.kernel.module.name;
-        let Some((_, m)) = self.modules.iter().find(|(k, _)| *k == module) else {
-            panic!("kernel {id}: module `{module}` is not built for {} (an sm_90a module off Hopper: check `has_module` first)", self.arch);
-        };
-        let f = m.load_function(&id.to_string()).unwrap_or_else(|_| panic!("no CUDA kernel `{id}` in module `{module}` (an op/dtype pair without a kernel)"));
+        let m = self.module(id.kernel.module);
+        let f = m.load_function(&id.to_string()).unwrap_or_else(|_| panic!("no CUDA kernel `{id}` in module `{}` (an op/dtype pair without a kernel)", id.kernel.module.name));
         g.insert(id, f.clone());
         f
+    }
+
+    /// Module `m`, compiled for this device (NVRTC, or the disk cache) and loaded on first use.
+    /// A compile error panics with NVRTC's log (the test command compiles every module, so a
+    /// release never has one).
+    fn module(&self, m: &'static kernel::Module) -> Arc<CudaModule> {
+        let mut g = self.modules.lock().unwrap();
+        if let Some(cm) = g.get(m.name) {
+            return cm.clone();
+        }
+        let arch = match m.arch {
+            kernel::Arch::Device => self.arch.clone(),
+            // wgmma and TMA are arch-specific features: only on sm_90 itself.
+            kernel::Arch::Sm90a if self.arch == "sm_90" => "sm_90a".to_string(),
+            kernel::Arch::Sm90a => panic!("kernel module `{}` is for sm_90a; this device is {} (check `has_module` first)", m.name, self.arch),
+        };
+        self.bind();
+        let cm = compile_cached(m.name, &format!("{}{}", tuning_defines(), m.source()), &arch)
+            .and_then(|bin| self.ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bin)).map_err(drv_err(&format!("loading kernel module {}", m.name))))
+            .unwrap_or_else(|e| panic!("{e}"));
+        g.insert(m.name, cm.clone());
+        cm
     }
 
     /// The architecture NVRTC compiles for, as "sm_90".
@@ -169,9 +177,9 @@ impl CudaDevice {
         self.arch.strip_prefix("sm_").and_then(|a| a.parse::<u32>().ok()).map_or(0, |a| a / 10)
     }
 
-    /// Whether module `m` was built for this device (the sm_90a modules exist only on Hopper).
+    /// Whether module `m` can be built for this device (the sm_90a modules only on Hopper).
     pub(crate) fn has_module(&self, m: &kernel::Module) -> bool {
-        self.modules.iter().any(|(k, _)| *k == m.name)
+        m.arch == kernel::Arch::Device || self.arch == "sm_90"
     }
 
     /// Blocks the host until all work on every stream of this device is done.
@@ -417,22 +425,6 @@ pub fn nvrtc_cubin(kname: &str, src: &str, arch: &str) -> Result<Vec<u8>, CudaEr
 fn tuning_defines() -> String {
     let Some(v) = crate::settings::string("FMLAB_CUDA_DEFINES") else { return String::new() };
     v.split(',').filter(|d| !d.trim().is_empty()).map(|d| format!("#define {}\n", d.trim().replacen('=', " ", 1))).collect()
-}
-
-/// Compiles every kernel module for `arch` without a GPU (only libnvrtc is needed): the check
-/// that the sources build, run by the tests on any machine that has NVRTC. The sm_90a modules
-/// compile with `arch` sm_90.
-pub fn compile_all(arch: &str) -> Result<usize, CudaError> {
-    let mut total = 0;
-    for m in kernel::all_modules() {
-        let karch = match m.arch {
-            kernel::Arch::Device => arch,
-            kernel::Arch::Sm90a if arch == "sm_90" => "sm_90a",
-            kernel::Arch::Sm90a => continue,
-        };
-        total += nvrtc_cubin(m.name, &m.source(), karch)?.len();
-    }
-    Ok(total)
 }
 
 /// FMLAB_CUDA_SYNC: synchronize after every launch (looked up once; this runs on every launch).

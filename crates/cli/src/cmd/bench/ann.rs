@@ -10,10 +10,13 @@ pub struct AnnArgs {
     /// row held out as a query).
     #[arg(long)]
     dataset: String,
+    /// ef values to measure (search beam width; comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "10,20,40,80,160,320")]
     ef: Vec<usize>,
+    /// HNSW links per node (M).
     #[arg(long, default_value_t = 16)]
     m: usize,
+    /// Beam width while building.
     #[arg(long, default_value_t = 200)]
     ef_construction: usize,
     /// Number of queries (the first N of the query set).

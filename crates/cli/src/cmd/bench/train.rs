@@ -10,14 +10,19 @@ use fmlab_tensor::DType;
 
 #[derive(Args)]
 pub struct TrainArgs {
+    /// Model preset (`fmlab model info`).
     #[arg(long, default_value = "gpt2-mini")]
     preset: String,
+    /// Sequences per step.
     #[arg(long, default_value_t = 4)]
     batch: usize,
+    /// Tokens per sequence (at most the preset's n_ctx).
     #[arg(long, default_value_t = 256)]
     seq: usize,
+    /// Timed steps (the median is reported).
     #[arg(long, default_value_t = 5)]
     steps: usize,
+    /// Untimed steps first (at least 2 with a CUDA graph: one eager, one captured).
     #[arg(long, default_value_t = 1)]
     warmup: usize,
     /// auto, cpu, cuda or cuda:N.
@@ -34,7 +39,8 @@ pub struct TrainArgs {
 
 pub fn run(a: TrainArgs) -> Result<()> {
     let cfg = Gpt2Config::preset(&a.preset).with_context(|| format!("--preset {}: unknown", a.preset))?;
-    anyhow::ensure!(a.seq <= cfg.n_ctx, "--seq {} exceeds n_ctx {}", a.seq, cfg.n_ctx);
+    anyhow::ensure!(a.seq >= 1 && a.seq <= cfg.n_ctx, "--seq {}: must be in 1..={} (the preset's n_ctx)", a.seq, cfg.n_ctx);
+    anyhow::ensure!(a.batch >= 1 && a.steps >= 1, "--batch {} --steps {}: both must be at least 1", a.batch, a.steps);
     let device = crate::device::resolve(&a.device)?;
     let precision = crate::device::precision(&a.precision, device)?;
     let vb = VarBuilder::new(DType::F32, 0);
