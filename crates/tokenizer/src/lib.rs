@@ -23,8 +23,9 @@ pub use wordpiece::WordPiece;
 /// Errors the world can cause: files, formats, user parameters.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    // Not `source`: the message already includes it (anyhow's chain would print it twice).
+    #[error("{path}: {err}")]
+    Io { path: String, err: std::io::Error },
     #[error("{path}: {msg}")]
     File { path: String, msg: String },
     #[error("{0}")]
@@ -39,7 +40,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn io(path: impl AsRef<std::path::Path>, source: std::io::Error) -> Error {
-        Error::Io { path: path.as_ref().display().to_string(), source }
+        Error::Io { path: path.as_ref().display().to_string(), err: source }
     }
     pub(crate) fn file(path: impl AsRef<std::path::Path>, msg: impl Into<String>) -> Error {
         Error::File { path: path.as_ref().display().to_string(), msg: msg.into() }
