@@ -304,6 +304,8 @@ fn index_build_and_search_with_filter_and_bad_inputs() {
     assert_eq!(out.lines().next().unwrap(), "100 110");
 
     fails_with(bin().args(["index", "build", "--metric", "hamming", "--vectors"]).arg(d.join("v.npy")).arg("--out").arg(d.join("x.idx")), "--metric hamming");
+    fails_with(bin().args(["index", "search", "--k", "0", "--index"]).arg(d.join("i.idx")).arg("--queries").arg(d.join("q.npy")), "--k 0 --ef 64: both must be at least 1");
+    fails_with(bin().args(["index", "build", "--m", "1", "--vectors"]).arg(d.join("v.npy")).arg("--out").arg(d.join("x.idx")), "--m 1: must be at least 2");
     fails_with(bin().args(["index", "search", "--filter", "parity<", "--index"]).arg(d.join("i.idx")).arg("--queries").arg(d.join("q.npy")), "filter");
     let b = std::fs::read(d.join("i.idx")).unwrap();
     std::fs::write(d.join("t.idx"), &b[..b.len() - 9]).unwrap();

@@ -75,7 +75,7 @@ impl RunSummary {
         if v.is_empty() {
             return None;
         }
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v.sort_by(f64::total_cmp);
         Some(v[v.len() / 2])
     }
 }

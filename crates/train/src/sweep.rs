@@ -204,9 +204,9 @@ pub fn report(group: &Path) -> Result<PathBuf> {
     // lr × wd heatmap of final val loss, averaged over seeds; seed spread alongside.
     let mut lrs: Vec<f64> = runs.iter().map(|r| f(r, "lr")).collect();
     let mut wds: Vec<f64> = runs.iter().map(|r| f(r, "weight_decay")).collect();
-    lrs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    lrs.sort_by(f64::total_cmp);
     lrs.dedup();
-    wds.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    wds.sort_by(f64::total_cmp);
     wds.dedup();
     let cell = |i: usize, j: usize| -> Vec<f64> { runs.iter().filter(|r| f(r, "lr") == lrs[i] && f(r, "weight_decay") == wds[j]).filter_map(|r| r.last("val_loss")).collect() };
     let mean = |i: usize, j: usize| -> Option<f64> {
