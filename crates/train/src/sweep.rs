@@ -153,8 +153,9 @@ fn weight_norm(run: &Path) -> Option<f64> {
 
 /// Writes `name.svg` and `name.png` (the same drawing) into the group folder.
 fn write_figure(dir: &Path, name: &str, f: &fmlab_plot::Figure) -> Result<()> {
-    crate::ledger::write_file(&dir.join(format!("{name}.svg")), f.to_svg())?;
-    let png = f.to_png().with_context(|| format!("encoding {name}.png"))?;
+    let svg = f.to_svg().with_context(|| format!("drawing {name}.svg"))?;
+    crate::ledger::write_file(&dir.join(format!("{name}.svg")), svg)?;
+    let png = f.to_png().with_context(|| format!("drawing {name}.png"))?;
     Ok(crate::ledger::write_file(&dir.join(format!("{name}.png")), png)?)
 }
 
