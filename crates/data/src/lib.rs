@@ -7,6 +7,8 @@
 //! ```
 
 pub mod documents;
+pub mod images;
+pub mod scenes;
 
 use std::path::Path;
 
@@ -23,7 +25,7 @@ pub enum DataError {
     Other(String),
 }
 
-fn ferr(path: &Path, msg: impl std::fmt::Display) -> DataError {
+pub(crate) fn ferr(path: &Path, msg: impl std::fmt::Display) -> DataError {
     DataError::File { path: path.display().to_string(), msg: msg.to_string() }
 }
 
