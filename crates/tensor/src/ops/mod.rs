@@ -14,6 +14,7 @@
 
 pub(crate) mod attention;
 pub(crate) mod classifier;
+pub(crate) mod contrastive;
 pub(crate) mod cross_entropy;
 pub(crate) mod flash;
 pub(crate) mod gelu;
