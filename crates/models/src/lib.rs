@@ -7,10 +7,12 @@ pub mod gpt2;
 pub mod llama;
 mod lm;
 pub mod sentence;
+pub mod vit;
 
 pub use bert::{Bert, BertConfig};
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{KvCache, Llama, LlamaConfig};
+pub use vit::{Vit, VitConfig};
 
 /// Strips a key prefix (`model.`, `bert.`, `transformer.`) where present.
 pub(crate) fn hf_strip(t: std::collections::HashMap<String, fmlab_tensor::Tensor>, prefix: &str) -> std::collections::HashMap<String, fmlab_tensor::Tensor> {
