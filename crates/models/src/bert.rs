@@ -8,7 +8,7 @@ use fmlab_nn::{Embedding, LayerNorm, Linear, MultiHeadAttention, NnError, VarBui
 use fmlab_tensor::{Device, AttnMask, DType, Tensor};
 
 /// The fields of HF's `config.json` that the model needs (others are ignored).
-#[derive(Clone, Debug, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BertConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,

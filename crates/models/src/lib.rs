@@ -3,6 +3,7 @@
 
 pub mod bert;
 pub mod chat;
+pub mod clip;
 pub mod gpt2;
 pub mod llama;
 mod lm;

@@ -14,6 +14,8 @@ pub enum Init {
     Zeros,
     Ones,
     Normal { std: f64 },
+    /// Every element this value (a learned scale's or bias's starting point).
+    Constant(f64),
 }
 
 /// The model's variables in creation order (deterministic iteration for optimizers and files).
@@ -111,6 +113,7 @@ impl VarBuilder {
                 Init::Zeros => Tensor::zeros(shape, self.dtype),
                 Init::Ones => Tensor::ones(shape, self.dtype),
                 Init::Normal { std } => Tensor::randn(shape, 0.0, std, self.dtype, &mut g.rng),
+                Init::Constant(c) => Tensor::full(c, shape, self.dtype),
             },
         };
         let v = Tensor::new_var(&t);
