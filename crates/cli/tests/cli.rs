@@ -450,3 +450,32 @@ fn readme_main_job_commands_run_as_written() {
         assert!(d.join("run").join(f).exists(), "the README lists {f} in the run folder");
     }
 }
+
+/// `train clip` on generated scenes: a short run, the same run stopped and resumed (bit-identical
+/// losses), retrieval recorded, and its flags range-checked.
+#[test]
+fn train_clip_runs_resumes_exactly_and_checks_its_flags() {
+    let d = tmp("clip");
+    let args = |out: &Path, steps: &str| {
+        let mut c = bin();
+        c.args(["train", "clip", "--device", "cpu", "--batch", "4", "--steps", steps, "--eval-every", "3", "--eval-scenes", "10", "--warmup", "1", "--out"]).arg(out);
+        c
+    };
+    ok(&mut args(&d.join("a"), "4"));
+    ok(args(&d.join("b"), "4").args(["--stop-after", "2"]));
+    ok(bin().args(["train", "clip", "--device", "cpu", "--resume"]).arg(d.join("b")));
+    let (x, y) = (metrics(&d.join("a")), metrics(&d.join("b")));
+    assert_eq!((x.len(), y.len()), (4, 4));
+    for (p, q) in x.iter().zip(&y) {
+        for k in ["step", "loss", "grad_norm", "scale"] {
+            assert_eq!(p[k], q[k], "{k} differs at step {}", p["step"]);
+        }
+    }
+    assert!(x[2]["recall"]["i2t"][0].as_f64().is_some(), "retrieval recorded at step 3");
+    let fin: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("a/final.json")).unwrap()).unwrap();
+    assert_eq!(fin["recall"]["chance_r1"], 0.1);
+    for (flag, value, needle) in [("--loss", "ntxent", "--loss ntxent: expected infonce or siglip"), ("--tau", "-1", "--tau -1: expected `learnable` or a positive number"), ("--batch", "1", "--batch 1: a contrastive batch needs at least 2 pairs"), ("--preset", "clip-huge", "--preset clip-huge: unknown preset")] {
+        fails_with(bin().args(["train", "clip", "--device", "cpu", "--steps", "2", "--out"]).arg(d.join("never")).args([flag, value]), needle);
+    }
+    assert!(!d.join("never").join("checkpoint").exists());
+}

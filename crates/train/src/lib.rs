@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod clip;
 pub mod eval;
 pub mod gpt;
 pub mod interrupt;

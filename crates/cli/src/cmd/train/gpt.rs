@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use fmlab_models::{Gpt2, Gpt2Config};
 use fmlab_nn::VarBuilder;
 use fmlab_train::gpt::GptRun;
@@ -15,12 +15,6 @@ use fmlab_tensor::DType;
 use crate::assets::load_tokenizer;
 use crate::checkpoint::{self, RunConfig};
 use crate::corpus;
-
-#[derive(Subcommand)]
-pub enum TrainCmd {
-    /// Pre-train a GPT-2 on text files or token shards.
-    Gpt(GptArgs),
-}
 
 /// Flags of a run's config are options, so that `--resume` can tell which were given (and refuse
 /// any that differ from the run's); their defaults are applied in `resolve`.
@@ -112,12 +106,6 @@ pub struct GptArgs {
     /// would be frozen; no gradient accumulation).
     #[arg(long, default_value = "auto")]
     cuda_graph: String,
-}
-
-pub fn run(cmd: TrainCmd) -> Result<()> {
-    match cmd {
-        TrainCmd::Gpt(a) => train_gpt(a),
-    }
 }
 
 fn preset_name(a: &GptArgs) -> &str {
@@ -248,7 +236,7 @@ fn resume_conflicts(a: &GptArgs, cfg: &RunConfig) -> Vec<String> {
     out
 }
 
-fn train_gpt(a: GptArgs) -> Result<()> {
+pub fn run(a: GptArgs) -> Result<()> {
     let device = crate::device::resolve(&a.device)?;
     // Resume: the run folder's checkpoint fixes the config; only --steps may grow.
     let (cfg, run_dir, resume_from) = match &a.resume {

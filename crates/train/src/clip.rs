@@ -1,0 +1,244 @@
+//! CLIP training on generated scenes (`fmlab train clip`): the run's config, the data (scenes
+//! drawn by index from the seeded generator, captions in a rotating phrasing, a BPE tokenizer
+//! trained on the training captions and kept in the run folder), image↔text retrieval on the
+//! held-out compositions, and the loop around the `Trainer` step (warmup-cosine schedule,
+//! evaluation, checkpoints, Ctrl-C, exact resume: batch k is always scenes k·B..(k+1)·B).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use fmlab_data::images::Image;
+use fmlab_data::scenes::{Scene, SceneGen, Split};
+use fmlab_models::clip::{Clip, ClipConfig};
+use fmlab_nn::optim::default_decay;
+use fmlab_nn::{AdamW, AdamWConfig, NnError, Schedule, VarBuilder};
+use fmlab_tensor::{no_grad, DType, Device, Rng, Tensor};
+use fmlab_tokenizer::{train_from_texts, AllowedSpecial, Tokenizer, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::{Meta, NoHooks, StepOptions, Trainer, TrainError};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipRunConfig {
+    pub preset: String,
+    pub model: ClipConfig,
+    /// The scene generator: image side, objects per scene, seed (the held-out pairs and scenes).
+    pub image: usize,
+    pub max_objects: usize,
+    pub data_seed: u64,
+    pub batch: usize,
+    pub steps: u64,
+    pub lr: f64,
+    pub min_lr: f64,
+    pub warmup: u64,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub grad_clip: f64,
+    pub eval_every: u64,
+    /// Held-out scenes the retrieval metrics rank among.
+    pub eval_scenes: usize,
+    pub checkpoint_every: u64,
+    pub seed: u64,
+}
+
+pub type ClipMeta = Meta<ClipRunConfig>;
+
+impl crate::checkpoint::Checkpointed for Clip {
+    type Config = ClipConfig;
+    fn from_checkpoint(tensors: std::collections::HashMap<String, Tensor>, cfg: &ClipConfig) -> Result<(Self, VarBuilder), NnError> {
+        let vb = VarBuilder::from_tensors(tensors, DType::F32);
+        let m = Clip::load(&vb, cfg)?;
+        let unused = vb.unused_keys();
+        if !unused.is_empty() {
+            return Err(NnError::Other(format!("checkpoint has tensors the model does not use: {}", unused.join(", "))));
+        }
+        Ok((m, vb))
+    }
+}
+
+/// The longest caption, in tokens (captions are padded to it).
+pub const MAX_TOKENS: usize = 24;
+
+/// A BPE tokenizer for the scene captions, trained on the captions of the first 4,000
+/// training scenes (the held-out compositions' words all occur there: every colour and shape
+/// keeps training pairs).
+pub fn caption_tokenizer(gen: &SceneGen, data_seed: u64) -> Result<Tokenizer, TrainError> {
+    let caps: Vec<String> = gen.scenes(Split::Train, data_seed, 4000).into_iter().flat_map(|s| s.captions).collect();
+    let refs: Vec<&str> = caps.iter().map(String::as_str).collect();
+    train_from_texts(&refs, &TrainConfig { vocab_size: 512, ..TrainConfig::default() }).map_err(|e| TrainError::Other(format!("training the caption tokenizer: {e}")))
+}
+
+/// ids [B, MAX_TOKENS] (i32) and mask [B, MAX_TOKENS] (u8) of captions.
+pub fn encode_captions(tok: &Tokenizer, caps: &[&str]) -> (Tensor, Tensor) {
+    let (mut ids, mut mask) = (Vec::with_capacity(caps.len() * MAX_TOKENS), Vec::with_capacity(caps.len() * MAX_TOKENS));
+    for c in caps {
+        let mut v: Vec<i32> = tok.encode(c, &AllowedSpecial::None).into_iter().map(|x| x as i32).take(MAX_TOKENS).collect();
+        let n = v.len();
+        v.resize(MAX_TOKENS, 0);
+        ids.extend(v);
+        mask.extend((0..MAX_TOKENS).map(|i| (i < n) as u8));
+    }
+    (Tensor::from_vec(ids, &[caps.len(), MAX_TOKENS]), Tensor::from_vec(mask, &[caps.len(), MAX_TOKENS]))
+}
+
+/// images [B, H, W, C] f32 in [0, 1].
+pub fn image_batch(images: &[&Image]) -> Tensor {
+    let (h, w, c) = (images[0].height, images[0].width, images[0].channels);
+    let px: Vec<f32> = images.iter().flat_map(|i| i.pixels.iter().map(|&p| p as f32 / 255.0)).collect();
+    Tensor::from_vec(px, &[images.len(), h, w, c])
+}
+
+/// Training batch `k`: scenes k·B..(k+1)·B of the training split, each with the phrasing
+/// (k + i) mod its caption count (so a scene seen again is described differently).
+pub fn train_batch(gen: &SceneGen, tok: &Tokenizer, data_seed: u64, batch: usize, k: u64) -> Vec<Tensor> {
+    let scenes: Vec<Scene> = (0..batch as u64).map(|i| gen.scene(Split::Train, data_seed, k * batch as u64 + i)).collect();
+    let caps: Vec<&str> = scenes.iter().enumerate().map(|(i, s)| s.captions[(k as usize + i) % s.captions.len()].as_str()).collect();
+    let (ids, mask) = encode_captions(tok, &caps);
+    vec![image_batch(&scenes.iter().map(|s| &s.image).collect::<Vec<_>>()), ids, mask]
+}
+
+/// Recall@1/5/10 both ways among a set of scenes, with each scene's canonical caption. A
+/// retrieved caption (image → text) or image (text → image) counts when its canonical caption
+/// is the query's: scenes that share one are indistinguishable by it.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Recall {
+    pub i2t: [f64; 3],
+    pub t2i: [f64; 3],
+    /// The chance level of R@1 (1 / scenes).
+    pub chance_r1: f64,
+}
+
+pub fn retrieval(clip: &Clip, tok: &Tokenizer, scenes: &[Scene]) -> Recall {
+    let _ng = no_grad();
+    let n = scenes.len();
+    let caps: Vec<&str> = scenes.iter().map(|s| s.captions[0].as_str()).collect();
+    let mut img_e = Vec::new();
+    let mut txt_e = Vec::new();
+    let dev = clip.device();
+    for chunk in (0..n).collect::<Vec<_>>().chunks(256) {
+        let imgs: Vec<&Image> = chunk.iter().map(|&i| &scenes[i].image).collect();
+        img_e.push(clip.image_embeddings(&image_batch(&imgs).to_device(dev)));
+        let (ids, mask) = encode_captions(tok, &chunk.iter().map(|&i| caps[i]).collect::<Vec<_>>());
+        txt_e.push(clip.text_embeddings(&ids, &mask));
+    }
+    let sims = Tensor::cat(&img_e, 0).matmul(&Tensor::cat(&txt_e, 0).t()).to_vec_f64(); // [n, n]
+    let rank_hit = |scores: &dyn Fn(usize) -> f64, q: usize| -> usize {
+        // Rank of the best item whose caption is q's (0 = first).
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| scores(b).total_cmp(&scores(a)));
+        order.iter().position(|&j| caps[j] == caps[q]).unwrap_or(n)
+    };
+    let (mut i2t, mut t2i) = ([0.0; 3], [0.0; 3]);
+    for q in 0..n {
+        let ri = rank_hit(&|j| sims[q * n + j], q);
+        let rt = rank_hit(&|j| sims[j * n + q], q);
+        for (k, &cut) in [1, 5, 10].iter().enumerate() {
+            i2t[k] += (ri < cut) as u8 as f64 / n as f64;
+            t2i[k] += (rt < cut) as u8 as f64 / n as f64;
+        }
+    }
+    Recall { i2t, t2i, chance_r1: 1.0 / n as f64 }
+}
+
+pub struct ClipRun {
+    pub cfg: ClipRunConfig,
+    pub run_dir: PathBuf,
+    pub device: Device,
+    pub vars: Vec<(String, Tensor)>,
+    pub tok: Tokenizer,
+    pub tokenizer_file: PathBuf,
+    pub git_commit: Option<String>,
+    pub gpu: Option<String>,
+    pub resume: Option<(PathBuf, ClipMeta)>,
+    pub stop_after: Option<u64>,
+}
+
+pub struct ClipDone {
+    pub step: u64,
+    pub recall: Option<Recall>,
+}
+
+pub fn run(model: &Clip, run: ClipRun) -> Result<ClipDone, TrainError> {
+    let ClipRun { cfg, run_dir, device, vars, tok, tokenizer_file, git_commit, gpu, resume, stop_after } = run;
+    let gen = SceneGen::new(cfg.image, cfg.max_objects, cfg.data_seed);
+    let mut opt = AdamW::new(vars.clone(), AdamWConfig { lr: cfg.lr, beta1: cfg.beta1, beta2: cfg.beta2, eps: 1e-8, weight_decay: cfg.weight_decay }, default_decay);
+    let schedule = Schedule::WarmupCosine { lr: cfg.lr, min_lr: cfg.min_lr, warmup: cfg.warmup, total: cfg.steps };
+    let mut step = 0u64;
+    if let Some((ck, meta)) = &resume {
+        crate::checkpoint::load_optimizer(ck, &mut opt)?;
+        step = meta.step;
+        let mp = run_dir.join("metrics.jsonl");
+        if let Ok(text) = std::fs::read_to_string(&mp) {
+            let kept: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)).collect();
+            crate::ledger::write_file(&mp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
+        }
+        eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
+    }
+    let cfg_json = serde_json::to_string_pretty(&cfg)?;
+    crate::ledger::write_file(&run_dir.join("config.json"), &cfg_json)?;
+    if resume.is_none() {
+        crate::ledger::write_run_info(&run_dir, "train clip", &cfg_json, cfg.seed, device, git_commit.clone(), gpu)?;
+    }
+    eprintln!(
+        "model: {} (vision d{} L{}, text d{} L{}, embed {}), {:?} loss, temperature {:?}, on {device}; batch {} × {} steps, lr {} (warmup {}); held-out (colour, shape) pairs {:?}",
+        cfg.preset, cfg.model.vision.d_model, cfg.model.vision.layers, cfg.model.text.hidden_size, cfg.model.text.num_hidden_layers, cfg.model.embed, cfg.model.loss, cfg.model.temperature, cfg.batch, cfg.steps, cfg.lr, cfg.warmup, gen.held_out
+    );
+    let eval_set = gen.scenes(Split::Test, cfg.data_seed ^ 0xe7a1, cfg.eval_scenes);
+    let mp = run_dir.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mp).map_err(|e| TrainError::file(&mp, e))?;
+    let save = |step: u64, opt: &AdamW| -> Result<(), TrainError> {
+        let meta = Meta { format: crate::checkpoint::FORMAT.into(), version: crate::checkpoint::VERSION, config: cfg.clone(), step, sampler_rng: [0; 4], dropout_rng: [0; 4], git_commit: git_commit.clone(), files: Default::default() };
+        crate::checkpoint::save(&run_dir.join("checkpoint"), &vars, opt, &meta, Some(&tokenizer_file))
+    };
+    // Eager steps (the caption ids are range-checked by the embedding lookup on the host).
+    let mut trainer = Trainer::new(opt, vars.clone(), StepOptions { grad_accum: 1, grad_clip: cfg.grad_clip, graph: false, ranges: Vec::new(), check_loss_first: true });
+    let loss_fn = |inp: &[Tensor], _: Option<&mut Rng>| model.loss(&inp[0].to_device(device), &inp[1], &inp[2]);
+    let stop_at = stop_after.map_or(cfg.steps, |n| (step + n).min(cfg.steps));
+    let progress = fmlab_progress::bar(cfg.steps - step, "training steps");
+    let mut saved_at = resume.as_ref().map(|(_, m)| m.step);
+    let mut last_recall = None;
+    let mut no_dropout = Rng::new(0);
+    while step < stop_at {
+        if crate::interrupt::requested() {
+            if saved_at != Some(step) {
+                save(step, &trainer.opt)?;
+            }
+            return Err(TrainError::Interrupted { step, run_dir: run_dir.display().to_string() });
+        }
+        let ts = Instant::now();
+        let lr = schedule.lr_at(step);
+        let k = step;
+        let mut next = || train_batch(&gen, &tok, cfg.data_seed, cfg.batch, k);
+        let out = trainer.step(lr, &mut next, &loss_fn, &mut no_dropout, &mut NoHooks)?;
+        step += 1;
+        let dt = ts.elapsed().as_secs_f64();
+        let mut rec = serde_json::json!({"step": step, "loss": out.loss, "lr": lr, "grad_norm": out.grad_norm, "scale": model.scale().item(), "pairs_s": cfg.batch as f64 / dt, "step_s": dt});
+        if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
+            let r = retrieval(model, &tok, &eval_set);
+            rec["recall"] = serde_json::to_value(r)?;
+            eprintln!(
+                "step {step:>5}: loss {:.4}  held-out compositions ({} scenes): image→text R@1 {:.3} R@5 {:.3} R@10 {:.3}, text→image R@1 {:.3} (chance {:.3}), scale {:.1}",
+                out.loss, eval_set.len(), r.i2t[0], r.i2t[1], r.i2t[2], r.t2i[0], r.chance_r1, model.scale().item()
+            );
+            last_recall = Some(r);
+        }
+        writeln!(metrics, "{rec}").map_err(|e| TrainError::file(&mp, e))?;
+        progress.inc(1);
+        if step.is_multiple_of(cfg.checkpoint_every) || step == cfg.steps || step == stop_at {
+            save(step, &trainer.opt)?;
+            saved_at = Some(step);
+        }
+    }
+    if step == cfg.steps {
+        crate::ledger::write_final(&run_dir, serde_json::json!({"step": step, "recall": last_recall, "scale": model.scale().item()}))?;
+    }
+    Ok(ClipDone { step, recall: last_recall })
+}
+
+/// The run folder's tokenizer path.
+pub fn tokenizer_path(run_dir: &Path) -> PathBuf {
+    run_dir.join("tokenizer.fmtok")
+}
