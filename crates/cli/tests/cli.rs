@@ -474,6 +474,13 @@ fn train_clip_runs_resumes_exactly_and_checks_its_flags() {
     assert!(x[2]["recall"]["i2t"][0].as_f64().is_some(), "retrieval recorded at step 3");
     let fin: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("a/final.json")).unwrap()).unwrap();
     assert_eq!(fin["recall"]["chance_r1"], 0.1);
+    // eval clip: retrieval on fresh held-out scenes, recorded in the run folder.
+    let ev = ok(bin().args(["eval", "clip", "--device", "cpu", "--scenes", "20", "--checkpoint"]).arg(d.join("a")));
+    assert!(ev.contains("| image → text |") && ev.contains("chance R@1 0.0500"), "{ev}");
+    let evals = std::fs::read_to_string(d.join("a/evals.jsonl")).unwrap();
+    assert!(evals.contains("clip retrieval"), "{evals}");
+    fails_with(bin().args(["eval", "clip", "--scenes", "5", "--checkpoint"]).arg(d.join("a")), "--scenes 5: must be at least 10");
+    fails_with(bin().args(["eval", "clip", "--checkpoint"]).arg(d.join("nothing")), "a `train clip` run");
     for (flag, value, needle) in [("--loss", "ntxent", "--loss ntxent: expected infonce or siglip"), ("--tau", "-1", "--tau -1: expected `learnable` or a positive number"), ("--batch", "1", "--batch 1: a contrastive batch needs at least 2 pairs"), ("--preset", "clip-huge", "--preset clip-huge: unknown preset")] {
         fails_with(bin().args(["train", "clip", "--device", "cpu", "--steps", "2", "--out"]).arg(d.join("never")).args([flag, value]), needle);
     }

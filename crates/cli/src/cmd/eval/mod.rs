@@ -1,4 +1,7 @@
-//! `fmlab eval`: loss, perplexity and bits-per-byte of a checkpoint on held-out text.
+//! `fmlab eval`: loss, perplexity and bits-per-byte of a GPT checkpoint on held-out text; `fmlab
+//! eval clip` (clip.rs) for a CLIP run.
+
+mod clip;
 
 use std::path::PathBuf;
 
@@ -9,11 +12,15 @@ use crate::assets::expand_inputs;
 use crate::checkpoint;
 use crate::corpus;
 
+/// `fmlab eval --checkpoint RUN --data …` scores a GPT; `fmlab eval clip --checkpoint RUN` a CLIP.
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 pub struct EvalArgs {
+    #[command(subcommand)]
+    which: Option<EvalCmd>,
     /// A run folder or a checkpoint folder.
-    #[arg(long)]
-    checkpoint: PathBuf,
+    #[arg(long, required = true)]
+    checkpoint: Option<PathBuf>,
     /// Text files / directories (or token shards: then bits-per-byte is not reported).
     #[arg(long, required = true, num_args = 1..)]
     data: Vec<PathBuf>,
@@ -46,7 +53,7 @@ struct Eval {
 
 impl EvalArgs {
     fn validate(self) -> Result<Eval> {
-        let (dir, meta) = checkpoint::open_arg(&self.checkpoint)?;
+        let (dir, meta) = checkpoint::open_arg(self.checkpoint.as_deref().expect("clap requires --checkpoint"))?;
         let n_ctx = meta.config.model.n_ctx;
         let seq = self.seq.unwrap_or(n_ctx);
         if seq == 0 || seq > n_ctx {
@@ -63,7 +70,16 @@ impl EvalArgs {
     }
 }
 
+#[derive(clap::Subcommand)]
+pub enum EvalCmd {
+    /// A CLIP run: image↔text retrieval on scenes of the held-out compositions.
+    Clip(clip::EvalClipArgs),
+}
+
 pub fn run(a: EvalArgs) -> Result<()> {
+    if let Some(EvalCmd::Clip(c)) = a.which {
+        return clip::run(c);
+    }
     let Eval { dir, meta, device, precision, files, seq, stride } = a.validate()?;
     let tok = checkpoint::tokenizer_of(&dir, &meta)?;
     let tok_name = crate::assets::tokenizer_id(&meta.config.tokenizer);
