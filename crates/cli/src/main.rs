@@ -51,6 +51,9 @@ enum Cmd {
     /// Vector indexes (HNSW).
     #[command(subcommand)]
     Index(cmd::index::IndexCmd),
+    /// A trained CLIP: scenes as PNGs, an image index, text search.
+    #[command(subcommand)]
+    Clip(cmd::clip::ClipCmd),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
@@ -100,6 +103,7 @@ fn main() {
         Cmd::Model(c) => cmd::model::run(c),
         Cmd::Index(c) => cmd::index::run(c),
         Cmd::Bench(c) => cmd::bench::run(c),
+        Cmd::Clip(c) => cmd::clip::run(c),
         Cmd::Settings => cmd::settings::run(),
     };
     if let Err(e) = res {

@@ -481,6 +481,18 @@ fn train_clip_runs_resumes_exactly_and_checks_its_flags() {
     assert!(evals.contains("clip retrieval"), "{evals}");
     fails_with(bin().args(["eval", "clip", "--scenes", "5", "--checkpoint"]).arg(d.join("a")), "--scenes 5: must be at least 10");
     fails_with(bin().args(["eval", "clip", "--checkpoint"]).arg(d.join("nothing")), "a `train clip` run");
+    // Scenes as PNGs, indexed by the image tower, searched by text.
+    let sc = d.join("scenes");
+    ok(bin().args(["clip", "scenes", "--n", "12", "--out"]).arg(&sc));
+    assert!(sc.join("000011.png").is_file() && std::fs::read_to_string(sc.join("captions.jsonl")).unwrap().lines().count() == 12);
+    ok(bin().args(["clip", "index", "--device", "cpu", "--checkpoint"]).arg(d.join("a")).arg("--images").arg(&sc).arg("--out").arg(d.join("s.idx")));
+    let hits = ok(bin().args(["clip", "search", "--device", "cpu", "--k", "3", "--checkpoint"]).arg(d.join("a")).arg("--index").arg(d.join("s.idx")).arg("a red circle"));
+    assert_eq!(hits.lines().filter(|l| l.contains(".png")).count(), 3, "{hits}");
+    fails_with(bin().args(["clip", "search", "--k", "0", "--checkpoint"]).arg(d.join("a")).arg("--index").arg(d.join("s.idx")).arg("x"), "--k 0");
+    // A PNG of another size is refused by name.
+    let small = fmlab_data::images::Image::new(8, 8, 3);
+    small.save_png(&sc.join("zz-small.png")).unwrap();
+    fails_with(bin().args(["clip", "index", "--device", "cpu", "--checkpoint"]).arg(d.join("a")).arg("--images").arg(&sc).arg("--out").arg(d.join("t.idx")), "zz-small.png: 8 × 8");
     for (flag, value, needle) in [("--loss", "ntxent", "--loss ntxent: expected infonce or siglip"), ("--tau", "-1", "--tau -1: expected `learnable` or a positive number"), ("--batch", "1", "--batch 1: a contrastive batch needs at least 2 pairs"), ("--preset", "clip-huge", "--preset clip-huge: unknown preset")] {
         fails_with(bin().args(["train", "clip", "--device", "cpu", "--steps", "2", "--out"]).arg(d.join("never")).args([flag, value]), needle);
     }

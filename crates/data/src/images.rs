@@ -32,6 +32,49 @@ impl Image {
     }
 }
 
+impl Image {
+    /// Writes an 8-bit gray or RGB PNG (atomically).
+    pub fn save_png(&self, path: &Path) -> Result<(), DataError> {
+        let color = match self.channels {
+            1 => png::ColorType::Grayscale,
+            3 => png::ColorType::Rgb,
+            c => return Err(ferr(path, format!("an image of {c} channels (PNG output takes 1 or 3)"))),
+        };
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, self.width as u32, self.height as u32);
+            enc.set_color(color);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.write_header().and_then(|mut w| w.write_image_data(&self.pixels)).map_err(|e| ferr(path, format!("encoding: {e}")))?;
+        }
+        fmlab_fs::write_atomic(path, &out).map_err(|e| ferr(path, e))
+    }
+
+    /// Reads an 8-bit gray, gray+alpha, RGB or RGBA PNG (alpha dropped; palettes expanded).
+    pub fn load_png(path: &Path) -> Result<Image, DataError> {
+        let f = std::fs::File::open(path).map_err(|e| ferr(path, e))?;
+        let mut dec = png::Decoder::new(std::io::BufReader::new(f));
+        dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
+        let mut r = dec.read_info().map_err(|e| ferr(path, format!("not a readable PNG ({e})")))?;
+        let (w, h) = (r.info().width as usize, r.info().height as usize);
+        if w == 0 || h == 0 || w * h > 1 << 26 {
+            return Err(ferr(path, format!("a {w} × {h} image (expected 1 to 2^26 pixels)")));
+        }
+        let mut buf = vec![0u8; r.output_buffer_size()];
+        let info = r.next_frame(&mut buf).map_err(|e| ferr(path, format!("corrupt PNG data ({e})")))?;
+        let buf = &buf[..info.buffer_size()];
+        let (channels, keep): (usize, &[usize]) = match info.color_type {
+            png::ColorType::Grayscale => (1, &[0]),
+            png::ColorType::GrayscaleAlpha => (2, &[0]),
+            png::ColorType::Rgb => (3, &[0, 1, 2]),
+            png::ColorType::Rgba => (4, &[0, 1, 2]),
+            c => return Err(ferr(path, format!("PNG colour type {c:?} after expansion"))),
+        };
+        let pixels: Vec<u8> = buf.chunks_exact(channels).flat_map(|p| keep.iter().map(move |&i| p[i])).collect();
+        Ok(Image { width: w, height: h, channels: keep.len(), pixels })
+    }
+}
+
 /// The ten Fashion-MNIST classes, by label.
 pub const FASHION_MNIST_CLASSES: [&str; 10] = ["T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot"];
 
@@ -128,6 +171,30 @@ mod tests {
                 assert!(e.to_string().contains("t-images-idx3-ubyte"), "{e}");
             }
         }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn png_round_trips_and_damage_is_named() {
+        let d = std::env::temp_dir().join(format!("fmlab-png-{}", std::process::id()));
+        let p = d.join("a.png");
+        let mut img = Image::new(5, 3, 3);
+        for y in 0..3 {
+            for x in 0..5 {
+                img.set(x, y, &[(x * 50) as u8, (y * 80) as u8, 7]);
+            }
+        }
+        img.save_png(&p).unwrap();
+        assert_eq!(Image::load_png(&p).unwrap(), img);
+        let good = std::fs::read(&p).unwrap();
+        for b in fmlab_fs::mutations(&good, 9, 300) {
+            std::fs::write(&p, &b).unwrap();
+            if let Err(e) = Image::load_png(&p) {
+                assert!(e.to_string().contains("a.png"), "{e}");
+            }
+        }
+        std::fs::write(&p, b"not a png").unwrap();
+        assert!(Image::load_png(&p).unwrap_err().to_string().contains("not a readable PNG"));
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -242,3 +242,26 @@ pub fn run(model: &Clip, run: ClipRun) -> Result<ClipDone, TrainError> {
 pub fn tokenizer_path(run_dir: &Path) -> PathBuf {
     run_dir.join("tokenizer.fmtok")
 }
+
+/// Unit image embeddings of `images` (all of the model's input size), row-major [n × embed],
+/// in batches of 256.
+pub fn embed_images(clip: &Clip, images: &[Image]) -> Result<Vec<f32>, TrainError> {
+    let v = &clip.cfg.vision;
+    if let Some((i, im)) = images.iter().enumerate().find(|(_, im)| (im.width, im.height, im.channels) != (v.image, v.image, v.channels)) {
+        return Err(TrainError::Other(format!("image {i} is {} × {} with {} channel(s); the model takes {} × {} with {}", im.width, im.height, im.channels, v.image, v.image, v.channels)));
+    }
+    let _ng = no_grad();
+    let mut out = Vec::with_capacity(images.len() * clip.cfg.embed);
+    for chunk in images.chunks(256) {
+        let refs: Vec<&Image> = chunk.iter().collect();
+        out.extend(clip.image_embeddings(&image_batch(&refs).to_device(clip.device())).to_vec::<f32>());
+    }
+    Ok(out)
+}
+
+/// The unit text embedding of one query.
+pub fn embed_text(clip: &Clip, tok: &Tokenizer, text: &str) -> Vec<f32> {
+    let _ng = no_grad();
+    let (ids, mask) = encode_captions(tok, &[text]);
+    clip.text_embeddings(&ids, &mask).to_vec::<f32>()
+}

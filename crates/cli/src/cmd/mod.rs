@@ -1,5 +1,6 @@
 pub mod bench;
 pub mod chat;
+pub mod clip;
 pub mod data;
 pub mod embed;
 pub mod eval;
