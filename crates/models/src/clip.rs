@@ -124,16 +124,18 @@ impl Clip {
 }
 
 impl ClipConfig {
-    pub const PRESETS: &'static [&'static str] = &["clip-cpu", "clip-tiny"];
+    pub const PRESETS: &'static [&'static str] = &["clip-cpu", "clip-tiny", "clip-fashion"];
 
     /// `clip-cpu`: vit-cpu (d 64, 2 layers, 64 × 64 RGB in patches of 8) and a 2-layer d-64 BERT,
     /// embedding 64 (CPU runs and CI); `clip-tiny`: vit-tiny (d 192, 12 layers) and a 4-layer
-    /// d-192 BERT, embedding 128. `vocab` is the text tokenizer's, `max_tokens` the longest caption.
+    /// d-192 BERT, embedding 128; `clip-fashion`: vit-fashion (28 × 28 gray) and clip-cpu's text
+    /// tower. `vocab` is the text tokenizer's, `max_tokens` the longest caption.
     pub fn preset(name: &str, vocab: usize, max_tokens: usize, loss: ContrastiveLoss, temperature: Temperature) -> Option<ClipConfig> {
         let text = |d: usize, layers: usize, heads: usize| BertConfig { vocab_size: vocab, hidden_size: d, num_hidden_layers: layers, num_attention_heads: heads, intermediate_size: 4 * d, max_position_embeddings: max_tokens, type_vocab_size: 1, layer_norm_eps: 1e-12, hidden_act: "gelu".into() };
         let (vision, text, embed) = match name {
             "clip-cpu" => (VitConfig::preset("vit-cpu")?, text(64, 2, 2), 64),
             "clip-tiny" => (VitConfig::preset("vit-tiny")?, text(192, 4, 3), 128),
+            "clip-fashion" => (VitConfig::preset("vit-fashion")?, text(64, 2, 2), 64),
             _ => return None,
         };
         Some(ClipConfig { vision, text, embed, loss, temperature })

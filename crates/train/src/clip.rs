@@ -19,11 +19,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Meta, NoHooks, StepOptions, Trainer, TrainError};
 
+/// What a run trains on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ClipData {
+    /// The scene generator (64 × 64 RGB).
+    Scenes,
+    /// Fashion-MNIST's IDX files in `dir` (28 × 28 gray), captioned from prompt templates, the
+    /// training pairs only of `train_classes`: the others are zero-shot classes.
+    FashionMnist { dir: PathBuf, train_classes: Vec<u8> },
+}
+
+fn scenes_data() -> ClipData {
+    ClipData::Scenes
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClipRunConfig {
     pub preset: String,
     pub model: ClipConfig,
+    #[serde(default = "scenes_data")]
+    pub data: ClipData,
     /// The scene generator: image side, objects per scene, seed (the held-out pairs and scenes).
     pub image: usize,
     pub max_objects: usize,
@@ -159,6 +175,7 @@ pub struct ClipRun {
 pub struct ClipDone {
     pub step: u64,
     pub recall: Option<Recall>,
+    pub zero_shot: Option<ZeroShot>,
 }
 
 pub fn run(model: &Clip, run: ClipRun) -> Result<ClipDone, TrainError> {
@@ -183,10 +200,20 @@ pub fn run(model: &Clip, run: ClipRun) -> Result<ClipDone, TrainError> {
         crate::ledger::write_run_info(&run_dir, "train clip", &cfg_json, cfg.seed, device, git_commit.clone(), gpu)?;
     }
     eprintln!(
-        "model: {} (vision d{} L{}, text d{} L{}, embed {}), {:?} loss, temperature {:?}, on {device}; batch {} × {} steps, lr {} (warmup {}); held-out (colour, shape) pairs {:?}",
-        cfg.preset, cfg.model.vision.d_model, cfg.model.vision.layers, cfg.model.text.hidden_size, cfg.model.text.num_hidden_layers, cfg.model.embed, cfg.model.loss, cfg.model.temperature, cfg.batch, cfg.steps, cfg.lr, cfg.warmup, gen.held_out
+        "model: {} (vision d{} L{}, text d{} L{}, embed {}), {:?} loss, temperature {:?}, on {device}; batch {} × {} steps, lr {} (warmup {}); {}",
+        cfg.preset, cfg.model.vision.d_model, cfg.model.vision.layers, cfg.model.text.hidden_size, cfg.model.text.num_hidden_layers, cfg.model.embed, cfg.model.loss, cfg.model.temperature, cfg.batch, cfg.steps, cfg.lr, cfg.warmup,
+        match &cfg.data {
+            ClipData::Scenes => format!("scenes, held-out (colour, shape) pairs {:?}", gen.held_out),
+            ClipData::FashionMnist { train_classes, .. } => format!("Fashion-MNIST, pairs of classes {train_classes:?} only"),
+        }
     );
-    let eval_set = gen.scenes(Split::Test, cfg.data_seed ^ 0xe7a1, cfg.eval_scenes);
+    let fashion = match &cfg.data {
+        ClipData::Scenes => None,
+        ClipData::FashionMnist { dir, train_classes } => Some(FashionSet::load(dir, train_classes, cfg.data_seed)?),
+    };
+    let eval_set = if fashion.is_none() { gen.scenes(Split::Test, cfg.data_seed ^ 0xe7a1, cfg.eval_scenes) } else { Vec::new() };
+    // Zero-shot evaluation on a fixed slice of the test split (all of it at the end).
+    let fashion_eval: Vec<(Image, u8)> = fashion.as_ref().map(|f| f.test.iter().take(cfg.eval_scenes).cloned().collect()).unwrap_or_default();
     let mp = run_dir.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&mp).map_err(|e| TrainError::file(&mp, e))?;
     let save = |step: u64, opt: &AdamW| -> Result<(), TrainError> {
@@ -200,6 +227,7 @@ pub fn run(model: &Clip, run: ClipRun) -> Result<ClipDone, TrainError> {
     let progress = fmlab_progress::bar(cfg.steps - step, "training steps");
     let mut saved_at = resume.as_ref().map(|(_, m)| m.step);
     let mut last_recall = None;
+    let mut last_zero_shot = None;
     let mut no_dropout = Rng::new(0);
     while step < stop_at {
         if crate::interrupt::requested() {
@@ -211,12 +239,21 @@ pub fn run(model: &Clip, run: ClipRun) -> Result<ClipDone, TrainError> {
         let ts = Instant::now();
         let lr = schedule.lr_at(step);
         let k = step;
-        let mut next = || train_batch(&gen, &tok, cfg.data_seed, cfg.batch, k);
+        let mut next = || match &fashion {
+            Some(f) => f.batch(&tok, cfg.batch, k),
+            None => train_batch(&gen, &tok, cfg.data_seed, cfg.batch, k),
+        };
         let out = trainer.step(lr, &mut next, &loss_fn, &mut no_dropout, &mut NoHooks)?;
         step += 1;
         let dt = ts.elapsed().as_secs_f64();
         let mut rec = serde_json::json!({"step": step, "loss": out.loss, "lr": lr, "grad_norm": out.grad_norm, "scale": model.scale().item(), "pairs_s": cfg.batch as f64 / dt, "step_s": dt});
-        if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
+        if (step.is_multiple_of(cfg.eval_every) || step == cfg.steps) && fashion.is_some() {
+            let f = fashion.as_ref().expect("checked");
+            let z = zero_shot(model, &tok, if step == cfg.steps { &f.test } else { &fashion_eval }, &f.train_classes)?;
+            rec["zero_shot"] = serde_json::to_value(z)?;
+            eprintln!("step {step:>5}: loss {:.4}  Fashion-MNIST test top-1: {:.3} over 10 classes, {:.3} on the trained classes, {:.3} on the held-out ones (chance {:.2}), scale {:.1}", out.loss, z.top1, z.top1_trained, z.top1_held_out, z.chance, model.scale().item());
+            last_zero_shot = Some(z);
+        } else if step.is_multiple_of(cfg.eval_every) || step == cfg.steps {
             let r = retrieval(model, &tok, &eval_set);
             rec["recall"] = serde_json::to_value(r)?;
             eprintln!(
@@ -233,9 +270,9 @@ pub fn run(model: &Clip, run: ClipRun) -> Result<ClipDone, TrainError> {
         }
     }
     if step == cfg.steps {
-        crate::ledger::write_final(&run_dir, serde_json::json!({"step": step, "recall": last_recall, "scale": model.scale().item()}))?;
+        crate::ledger::write_final(&run_dir, serde_json::json!({"step": step, "recall": last_recall, "zero_shot": last_zero_shot, "scale": model.scale().item()}))?;
     }
-    Ok(ClipDone { step, recall: last_recall })
+    Ok(ClipDone { step, recall: last_recall, zero_shot: last_zero_shot })
 }
 
 /// The run folder's tokenizer path.
@@ -264,4 +301,96 @@ pub fn embed_text(clip: &Clip, tok: &Tokenizer, text: &str) -> Vec<f32> {
     let _ng = no_grad();
     let (ids, mask) = encode_captions(tok, &[text]);
     clip.text_embeddings(&ids, &mask).to_vec::<f32>()
+}
+
+/// Prompt templates for a Fashion-MNIST class (training captions, and the zero-shot ensemble).
+pub const FASHION_TEMPLATES: [&str; 4] = ["a photo of a {}", "a {}", "a picture of a {}", "an image of a {}"];
+
+fn fashion_caption(class: u8, template: usize) -> String {
+    FASHION_TEMPLATES[template % FASHION_TEMPLATES.len()].replace("{}", &fmlab_data::images::FASHION_MNIST_CLASSES[class as usize].to_lowercase())
+}
+
+/// A BPE tokenizer for the Fashion-MNIST prompts (every class's name, held-out ones included:
+/// a tokenizer knows words; zero-shot is about image–text pairs never trained on).
+pub fn fashion_tokenizer() -> Result<Tokenizer, TrainError> {
+    let caps: Vec<String> = (0..10u8).flat_map(|c| (0..FASHION_TEMPLATES.len()).map(move |t| fashion_caption(c, t))).collect();
+    let refs: Vec<&str> = caps.iter().map(String::as_str).collect();
+    train_from_texts(&refs, &TrainConfig { vocab_size: 400, ..TrainConfig::default() }).map_err(|e| TrainError::Other(format!("training the prompt tokenizer: {e}")))
+}
+
+/// Fashion-MNIST for CLIP: the training images of the trained classes in a seeded order, and the
+/// test split.
+pub struct FashionSet {
+    pub train: Vec<(Image, u8)>,
+    pub test: Vec<(Image, u8)>,
+    pub train_classes: Vec<u8>,
+}
+
+impl FashionSet {
+    pub fn load(dir: &Path, train_classes: &[u8], seed: u64) -> Result<FashionSet, TrainError> {
+        let read = |split: &str| -> Result<Vec<(Image, u8)>, TrainError> {
+            let (x, y) = fmlab_data::images::read_idx_pair(&dir.join(format!("{split}-images-idx3-ubyte")), &dir.join(format!("{split}-labels-idx1-ubyte"))).map_err(|e| TrainError::Other(e.to_string()))?;
+            if let Some((i, l)) = y.iter().enumerate().find(|(_, &l)| l >= 10) {
+                return Err(TrainError::file(&dir.join(format!("{split}-labels-idx1-ubyte")), format!("label {l} at {i} is not a Fashion-MNIST class (0..10)")));
+            }
+            Ok(x.into_iter().zip(y).collect())
+        };
+        let mut train: Vec<(Image, u8)> = read("train")?.into_iter().filter(|(_, l)| train_classes.contains(l)).collect();
+        // A seeded shuffle (Fisher–Yates), so batches mix the classes.
+        let mut rng = Rng::new(seed ^ 0xfa5);
+        for i in (1..train.len()).rev() {
+            train.swap(i, rng.below(i + 1));
+        }
+        Ok(FashionSet { train, test: read("t10k")?, train_classes: train_classes.to_vec() })
+    }
+
+    /// Training batch `k`: images k·B.. (cyclic), each captioned with template (k + i).
+    pub fn batch(&self, tok: &Tokenizer, batch: usize, k: u64) -> Vec<Tensor> {
+        let n = self.train.len();
+        let picks: Vec<&(Image, u8)> = (0..batch).map(|i| &self.train[(k as usize * batch + i) % n]).collect();
+        let caps: Vec<String> = picks.iter().enumerate().map(|(i, (_, l))| fashion_caption(*l, k as usize + i)).collect();
+        let (ids, mask) = encode_captions(tok, &caps.iter().map(String::as_str).collect::<Vec<_>>());
+        vec![image_batch(&picks.iter().map(|p| &p.0).collect::<Vec<_>>()), ids, mask]
+    }
+}
+
+/// Zero-shot classification: each test image gets the class whose prompt ensemble (the mean of
+/// its templates' unit text embeddings, renormalized) is closest. Top-1 over all 10 classes,
+/// on the images of the classes trained on, and on the held-out (zero-shot) classes.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ZeroShot {
+    pub top1: f64,
+    pub top1_trained: f64,
+    pub top1_held_out: f64,
+    pub chance: f64,
+}
+
+pub fn zero_shot(clip: &Clip, tok: &Tokenizer, test: &[(Image, u8)], train_classes: &[u8]) -> Result<ZeroShot, TrainError> {
+    let _ng = no_grad();
+    let e = clip.cfg.embed;
+    let mut classes = Vec::with_capacity(10 * e);
+    for c in 0..10u8 {
+        let caps: Vec<String> = (0..FASHION_TEMPLATES.len()).map(|t| fashion_caption(c, t)).collect();
+        let (ids, mask) = encode_captions(tok, &caps.iter().map(String::as_str).collect::<Vec<_>>());
+        let v = clip.text_embeddings(&ids, &mask).to_vec::<f32>();
+        let mut m: Vec<f32> = (0..e).map(|j| (0..caps.len()).map(|t| v[t * e + j]).sum::<f32>()).collect();
+        let norm = m.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        m.iter_mut().for_each(|x| *x /= norm);
+        classes.extend(m);
+    }
+    let images: Vec<Image> = test.iter().map(|(i, _)| i.clone()).collect();
+    let emb = embed_images(clip, &images)?;
+    let (mut hit, mut n) = ([0usize; 2], [0usize; 2]);
+    for (k, (_, label)) in test.iter().enumerate() {
+        let x = &emb[k * e..(k + 1) * e];
+        let pred = (0..10).max_by(|&a, &b| {
+            let s = |c: usize| classes[c * e..(c + 1) * e].iter().zip(x).map(|(p, q)| p * q).sum::<f32>();
+            s(a).total_cmp(&s(b))
+        });
+        let group = if train_classes.contains(label) { 0 } else { 1 };
+        n[group] += 1;
+        hit[group] += (pred == Some(*label as usize)) as usize;
+    }
+    let frac = |h: usize, n: usize| if n == 0 { f64::NAN } else { h as f64 / n as f64 };
+    Ok(ZeroShot { top1: frac(hit[0] + hit[1], n[0] + n[1]), top1_trained: frac(hit[0], n[0]), top1_held_out: frac(hit[1], n[1]), chance: 0.1 })
 }

@@ -9,16 +9,20 @@ use clap::Args;
 use fmlab_models::clip::{Clip, ClipConfig, ContrastiveLoss, Temperature};
 use fmlab_nn::VarBuilder;
 use fmlab_tensor::DType;
-use fmlab_train::clip::{ClipRun, ClipRunConfig, ClipMeta};
+use fmlab_train::clip::{ClipData, ClipMeta, ClipRun, ClipRunConfig};
 
 #[derive(Args)]
 pub struct ClipArgs {
     /// clip-cpu (vit-cpu + a 2-layer BERT, d 64) or clip-tiny (vit-tiny + a 4-layer BERT, d 192).
     #[arg(long, default_value = "clip-cpu")]
     preset: String,
-    /// Training data: `scenes` (the seeded scene generator, 64 × 64 RGB).
+    /// Training data: `scenes` (the seeded scene generator, 64 × 64 RGB) or `fashion-mnist`
+    /// (the asset cache's, captioned from prompts; with --preset clip-fashion).
     #[arg(long, default_value = "scenes")]
     data: String,
+    /// With fashion-mnist: the classes whose pairs are trained on (the others are zero-shot).
+    #[arg(long, value_delimiter = ',', default_value = "0,1,2,3,4,5,6")]
+    train_classes: Vec<u8>,
     /// infonce (CLIP's symmetric cross-entropy) or siglip (pairwise sigmoid).
     #[arg(long, default_value = "infonce")]
     loss: String,
@@ -72,9 +76,20 @@ pub struct ClipArgs {
 impl ClipArgs {
     /// The run config the flags describe, every value range-checked.
     fn resolve(&self, vocab: usize) -> Result<ClipRunConfig> {
-        if self.data != "scenes" {
-            bail!("--data {}: only `scenes` so far (Fashion-MNIST and easy-VQA captions come next)", self.data);
-        }
+        let data = match self.data.as_str() {
+            "scenes" => ClipData::Scenes,
+            "fashion-mnist" => {
+                let dir = crate::assets::cache_dir().join("fashion-mnist");
+                if !dir.join("train-images-idx3-ubyte").is_file() {
+                    bail!("--data fashion-mnist: {} is missing ({}); run `scripts/fetch-assets.sh fashion-mnist`", dir.join("train-images-idx3-ubyte").display(), crate::assets::cache_hint());
+                }
+                if self.train_classes.is_empty() || self.train_classes.iter().any(|&c| c >= 10) {
+                    bail!("--train-classes {:?}: give classes in 0..10", self.train_classes);
+                }
+                ClipData::FashionMnist { dir, train_classes: self.train_classes.clone() }
+            }
+            d => bail!("--data {d}: expected scenes or fashion-mnist"),
+        };
         let loss = match self.loss.as_str() {
             "infonce" => ContrastiveLoss::InfoNce,
             "siglip" => ContrastiveLoss::Siglip,
@@ -106,9 +121,14 @@ impl ClipArgs {
         if self.eval_scenes < 10 {
             bail!("--eval-scenes {}: must be at least 10", self.eval_scenes);
         }
+        let (vision, fashion) = (&model.vision, matches!(data, ClipData::FashionMnist { .. }));
+        if fashion != (vision.image == 28 && vision.channels == 1) {
+            bail!("--preset {} takes {} × {} images with {} channel(s); --data {} needs {}", self.preset, vision.image, vision.image, vision.channels, self.data, if fashion { "--preset clip-fashion" } else { "64 × 64 RGB (clip-cpu or clip-tiny)" });
+        }
         Ok(ClipRunConfig {
             preset: self.preset.clone(),
             model,
+            data,
             image: 64,
             max_objects: 3,
             data_seed: self.data_seed,
@@ -153,8 +173,11 @@ pub fn run(a: ClipArgs) -> Result<()> {
                 bail!("--out {}: already holds a run; continue it with --resume {}, or choose another --out", dir.display(), dir.display());
             }
             // The tokenizer's vocabulary sizes the text tower: train it first.
-            let gen = fmlab_data::scenes::SceneGen::new(64, 3, a.data_seed);
-            let tok = fmlab_train::clip::caption_tokenizer(&gen, a.data_seed)?;
+            let tok = if a.data == "fashion-mnist" {
+                fmlab_train::clip::fashion_tokenizer()?
+            } else {
+                fmlab_train::clip::caption_tokenizer(&fmlab_data::scenes::SceneGen::new(64, 3, a.data_seed), a.data_seed)?
+            };
             let cfg = a.resolve(tok.vocab_size())?;
             std::fs::create_dir_all(&dir).with_context(|| format!("creating run folder {}", dir.display()))?;
             tok.save(&fmlab_train::clip::tokenizer_path(&dir))?;
@@ -177,6 +200,10 @@ pub fn run(a: ClipArgs) -> Result<()> {
     fmlab_train::interrupt::install()?;
     let run = ClipRun { cfg, run_dir: run_dir.clone(), device, vars: vb.vars(), tok, tokenizer_file, git_commit: crate::checkpoint::git_commit(), gpu: crate::device::gpu_name(device), resume, stop_after: a.stop_after };
     let done = fmlab_train::clip::run(&model, run)?;
+    if let Some(z) = done.zero_shot {
+        eprintln!("done: {} steps; Fashion-MNIST test top-1 {:.3} over 10 classes: {:.3} on the trained classes, {:.3} zero-shot on the held-out ones (chance {:.2}); checkpoint in {}", done.step, z.top1, z.top1_trained, z.top1_held_out, z.chance, run_dir.join("checkpoint").display());
+        return Ok(());
+    }
     match done.recall {
         Some(r) => eprintln!("done: {} steps; held-out compositions: image→text R@1 {:.3} R@5 {:.3} R@10 {:.3}, text→image R@1 {:.3} (chance {:.3}); checkpoint in {}", done.step, r.i2t[0], r.i2t[1], r.i2t[2], r.t2i[0], r.chance_r1, run_dir.join("checkpoint").display()),
         None => eprintln!("done: {} steps; checkpoint in {}", done.step, run_dir.join("checkpoint").display()),
