@@ -85,6 +85,25 @@ pub fn mutations(bytes: &[u8], seed: u64, n: usize) -> impl Iterator<Item = Vec<
     })
 }
 
+/// The readers' robustness check, for tests: `read` must accept the undamaged file `good` and
+/// turn each of `cases` damaged copies (`mutations`) into an error whose message names the
+/// file (`name`); a panic inside `read` fails the calling test. The file is written under the
+/// system temp folder.
+pub fn check_reader_survives_damage(name: &str, good: &[u8], seed: u64, cases: usize, read: impl Fn(&Path) -> Result<(), String>) {
+    let d = std::env::temp_dir().join(format!("fmlab-fuzz-{}-{}-{seed}", std::process::id(), name.replace(['/', '.'], "_")));
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("creating {}: {e}", d.display()));
+    let p = d.join(name);
+    std::fs::write(&p, good).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
+    read(&p).unwrap_or_else(|e| panic!("the undamaged {name} does not read: {e}"));
+    for (i, b) in mutations(good, seed, cases).enumerate() {
+        std::fs::write(&p, &b).unwrap_or_else(|e| panic!("writing {}: {e}", p.display()));
+        if let Err(e) = read(&p) {
+            assert!(e.contains(name), "case {i}: the error does not name the file: {e}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// `write_atomic_with` for bytes already in memory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_atomic_with(path, |w| w.write_all(bytes))

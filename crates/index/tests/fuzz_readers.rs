@@ -8,18 +8,7 @@ use fmlab_index::vectors::{read_vectors, write_npy};
 use fmlab_index::{file, Hnsw, HnswParams, Metric, Payload, Value};
 
 fn each_mutation(name: &str, good: &[u8], cases: usize, read: impl Fn(&Path) -> Result<(), String>) {
-    let d = std::env::temp_dir().join(format!("fmlab-fuzz-index-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    std::fs::write(&p, good).unwrap();
-    read(&p).unwrap_or_else(|e| panic!("the undamaged {name} does not read: {e}"));
-    for (i, b) in fmlab_fs::mutations(good, 13, cases).enumerate() {
-        std::fs::write(&p, &b).unwrap();
-        if let Err(e) = read(&p) {
-            assert!(e.contains(name), "case {i}: the error does not name the file: {e}");
-        }
-    }
-    let _ = std::fs::remove_dir_all(&d);
+    fmlab_fs::check_reader_survives_damage(name, good, 13, cases, read);
 }
 
 fn points(n: usize, dim: usize) -> Vec<f32> {

@@ -10,18 +10,7 @@ use fmlab_tensor::{DType, Rng, Tensor};
 const CASES: usize = 400;
 
 fn each_mutation(name: &str, good: &[u8], read: impl Fn(&Path) -> Result<(), String>) {
-    let d = std::env::temp_dir().join(format!("fmlab-fuzz-nn-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    std::fs::write(&p, good).unwrap();
-    read(&p).unwrap_or_else(|e| panic!("the undamaged {name} does not read: {e}"));
-    for (i, b) in fmlab_fs::mutations(good, 7, CASES).enumerate() {
-        std::fs::write(&p, &b).unwrap();
-        if let Err(e) = read(&p) {
-            assert!(e.contains(name), "case {i}: the error does not name the file: {e}");
-        }
-    }
-    let _ = std::fs::remove_dir_all(&d);
+    fmlab_fs::check_reader_survives_damage(name, good, 7, CASES, read);
 }
 
 #[test]

@@ -7,18 +7,7 @@ use std::path::Path;
 use fmlab_tokenizer::{train_from_texts, AllowedSpecial, TrainConfig, Tokenizer, WordPiece};
 
 fn each_mutation(name: &str, good: &[u8], cases: usize, read: impl Fn(&Path) -> Result<(), String>) {
-    let d = std::env::temp_dir().join(format!("fmlab-fuzz-tok-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    let p = d.join(name);
-    std::fs::write(&p, good).unwrap();
-    read(&p).unwrap_or_else(|e| panic!("the undamaged {name} does not read: {e}"));
-    for (i, b) in fmlab_fs::mutations(good, 11, cases).enumerate() {
-        std::fs::write(&p, &b).unwrap();
-        if let Err(e) = read(&p) {
-            assert!(e.contains(name), "case {i}: the error does not name the file: {e}");
-        }
-    }
-    let _ = std::fs::remove_dir_all(&d);
+    fmlab_fs::check_reader_survives_damage(name, good, 11, cases, read);
 }
 
 fn small() -> Tokenizer {

@@ -187,11 +187,7 @@ pub fn run(model: &Clip, run: ClipRun) -> Result<ClipDone, TrainError> {
     if let Some((ck, meta)) = &resume {
         crate::checkpoint::load_optimizer(ck, &mut opt)?;
         step = meta.step;
-        let mp = run_dir.join("metrics.jsonl");
-        if let Ok(text) = std::fs::read_to_string(&mp) {
-            let kept: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)).collect();
-            crate::ledger::write_file(&mp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
-        }
+        crate::ledger::drop_metrics_after(&run_dir, step)?;
         eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
     }
     let cfg_json = serde_json::to_string_pretty(&cfg)?;

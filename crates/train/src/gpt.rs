@@ -103,11 +103,7 @@ pub fn run(model: &Gpt2, run: GptRun, memory: &dyn Fn() -> serde_json::Value) ->
         drop_rng = Rng::from_state(meta.dropout_rng);
         step = meta.step;
         // Steps logged after the checkpoint (before a kill) are redone now: drop their lines.
-        let mp = run_dir.join("metrics.jsonl");
-        if let Ok(text) = std::fs::read_to_string(&mp) {
-            let kept: Vec<&str> = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)).collect();
-            crate::ledger::write_file(&mp, kept.iter().map(|l| format!("{l}\n")).collect::<String>())?;
-        }
+        crate::ledger::drop_metrics_after(&run_dir, step)?;
         eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
     }
     let cfg_json = serde_json::to_string_pretty(&cfg)?;

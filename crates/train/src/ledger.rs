@@ -40,6 +40,17 @@ pub fn write_run_info(dir: &Path, command: &str, cfg_json: &str, seed: u64, devi
     write_file(&dir.join("run.json"), json(&info))
 }
 
+/// A resumed run redoes the steps logged after its checkpoint (before a kill): their
+/// metrics.jsonl lines are dropped.
+pub fn drop_metrics_after(run_dir: &Path, step: u64) -> Result<()> {
+    let mp = run_dir.join("metrics.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&mp) {
+        let kept: String = text.lines().filter(|l| serde_json::from_str::<serde_json::Value>(l).ok().and_then(|v| v["step"].as_u64()).is_some_and(|s| s <= step)).map(|l| format!("{l}\n")).collect();
+        write_file(&mp, kept)?;
+    }
+    Ok(())
+}
+
 pub fn write_final(dir: &Path, v: serde_json::Value) -> Result<()> {
     write_file(&dir.join("final.json"), json(&v))
 }
