@@ -30,9 +30,11 @@ fn candidates() -> Vec<PathBuf> {
     v
 }
 
+/// The first candidate that exists; when none does yet, the second (the binary's repository,
+/// where scripts/fetch-assets.sh puts assets, if the binary is in one), else the first.
 pub fn cache_dir() -> PathBuf {
     let c = candidates();
-    c.iter().find(|p| p.is_dir()).cloned().unwrap_or_else(|| c[c.len().min(2) - 1].clone())
+    c.iter().find(|p| p.is_dir()).or(c.get(1)).unwrap_or(&c[0]).clone()
 }
 
 /// Where `cache_dir` looked, for the error of a missing asset.

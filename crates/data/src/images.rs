@@ -102,6 +102,16 @@ fn idx_dims(path: &Path, b: &[u8], want_dims: u8) -> Result<Vec<usize>, DataErro
     Ok(dims)
 }
 
+/// The IDX encoding of unsigned bytes with dimensions `dims` (fixtures and tests).
+pub fn idx_bytes(dims: &[u32], body: &[u8]) -> Vec<u8> {
+    let mut b = vec![0, 0, 8, dims.len() as u8];
+    for d in dims {
+        b.extend(d.to_be_bytes());
+    }
+    b.extend(body);
+    b
+}
+
 /// The images of an IDX images file (gray, `rows × cols`).
 pub fn read_idx_images(path: &Path) -> Result<Vec<Image>, DataError> {
     let b = std::fs::read(path).map_err(|e| ferr(path, e))?;
@@ -133,38 +143,29 @@ pub fn read_idx_pair(images: &Path, labels: &Path) -> Result<(Vec<Image>, Vec<u8
 mod tests {
     use super::*;
 
-    fn idx(dims: &[u32], body: &[u8]) -> Vec<u8> {
-        let mut b = vec![0, 0, 8, dims.len() as u8];
-        for d in dims {
-            b.extend(d.to_be_bytes());
-        }
-        b.extend(body);
-        b
-    }
-
     #[test]
     fn idx_files_read_and_damage_is_named() {
         let d = std::env::temp_dir().join(format!("fmlab-idx-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         let (pi, pl) = (d.join("t-images-idx3-ubyte"), d.join("t-labels-idx1-ubyte"));
         let px: Vec<u8> = (0..2 * 3 * 2).map(|i| i as u8).collect();
-        std::fs::write(&pi, idx(&[2, 3, 2], &px)).unwrap();
-        std::fs::write(&pl, idx(&[2], &[7, 9])).unwrap();
+        std::fs::write(&pi, idx_bytes(&[2, 3, 2], &px)).unwrap();
+        std::fs::write(&pl, idx_bytes(&[2], &[7, 9])).unwrap();
         let (x, y) = read_idx_pair(&pi, &pl).unwrap();
         assert_eq!((x.len(), x[1].width, x[1].height, x[1].at(1, 2)), (2, 2, 3, &[11u8][..]));
         assert_eq!(y, [7, 9]);
         // A wrong magic, a short body, a labels file for the images reader, a count mismatch.
         std::fs::write(&pi, b"\x1f\x8b\x08\x00gzip").unwrap();
         assert!(read_idx_images(&pi).unwrap_err().to_string().contains("not an IDX file"));
-        std::fs::write(&pi, idx(&[2, 3, 2], &px[..7])).unwrap();
+        std::fs::write(&pi, idx_bytes(&[2, 3, 2], &px[..7])).unwrap();
         let e = read_idx_images(&pi).unwrap_err().to_string();
         assert!(e.contains("t-images-idx3-ubyte") && e.contains("need 12 bytes") && e.contains("has 7"), "{e}");
-        std::fs::write(&pi, idx(&[2], &[1, 2])).unwrap();
+        std::fs::write(&pi, idx_bytes(&[2], &[1, 2])).unwrap();
         assert!(read_idx_images(&pi).unwrap_err().to_string().contains("expected 3 (images)"));
-        std::fs::write(&pi, idx(&[3, 3, 2], &[0; 18])).unwrap();
+        std::fs::write(&pi, idx_bytes(&[3, 3, 2], &[0; 18])).unwrap();
         assert!(read_idx_pair(&pi, &pl).unwrap_err().to_string().contains("2 labels for the 3 images"));
         // Fuzzed: errors, never panics.
-        let good = idx(&[2, 3, 2], &px);
+        let good = idx_bytes(&[2, 3, 2], &px);
         for b in fmlab_fs::mutations(&good, 3, 300) {
             std::fs::write(&pi, &b).unwrap();
             if let Err(e) = read_idx_images(&pi) {
@@ -198,10 +199,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
     }
 
-    /// The real Fashion-MNIST test split: `scripts/fetch-assets.sh fashion-mnist`, then
-    /// `cargo test -p fmlab-data -- --ignored fashion`.
+    /// The real Fashion-MNIST test split (scripts/test.sh fetches it).
     #[test]
-    #[ignore = "needs scripts/fetch-assets.sh fashion-mnist"]
     fn fashion_mnist_test_split_reads() {
         let dir = std::env::var_os("FMLAB_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.cache/fmlab")).join("fashion-mnist");
         let (pi, pl) = (dir.join("t10k-images-idx3-ubyte"), dir.join("t10k-labels-idx1-ubyte"));

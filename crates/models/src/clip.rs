@@ -51,6 +51,20 @@ pub struct Clip {
     bias: Option<Tensor>,
 }
 
+/// The text tower's input for `caps`: ids [B, max_tokens] (i32; each caption cut at
+/// max_tokens, padded with 0) and mask [B, max_tokens] (u8, 1 = a real token).
+pub fn encode_captions(tok: &fmlab_tokenizer::Tokenizer, caps: &[&str], max_tokens: usize) -> (Tensor, Tensor) {
+    let (mut ids, mut mask) = (Vec::with_capacity(caps.len() * max_tokens), Vec::with_capacity(caps.len() * max_tokens));
+    for c in caps {
+        let mut v: Vec<i32> = tok.encode(c, &fmlab_tokenizer::AllowedSpecial::None).into_iter().map(|x| x as i32).take(max_tokens).collect();
+        let n = v.len();
+        v.resize(max_tokens, 0);
+        ids.extend(v);
+        mask.extend((0..max_tokens).map(|i| (i < n) as u8));
+    }
+    (Tensor::from_vec(ids, &[caps.len(), max_tokens]), Tensor::from_vec(mask, &[caps.len(), max_tokens]))
+}
+
 /// x / ‖x‖ along the last dim.
 fn l2_normalize(x: &Tensor) -> Tensor {
     x.div(&x.sqr().sum(&[1], true).add_scalar(1e-12).sqrt())

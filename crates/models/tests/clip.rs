@@ -7,27 +7,18 @@
 //! retrieval still at chance — the ablation runs it at its own length.)
 
 use fmlab_data::scenes::{SceneGen, Split};
-use fmlab_models::clip::{Clip, ClipConfig, ContrastiveLoss, Temperature};
+use fmlab_models::clip::{encode_captions, Clip, ClipConfig, ContrastiveLoss, Temperature};
 use fmlab_models::bert::BertConfig;
 use fmlab_models::vit::{Pool, VitConfig};
 use fmlab_nn::optim::default_decay;
 use fmlab_nn::{AdamW, AdamWConfig, VarBuilder};
 use fmlab_tensor::{DType, Tensor};
-use fmlab_tokenizer::{train_from_texts, AllowedSpecial, TrainConfig, Tokenizer};
+use fmlab_tokenizer::{train_from_texts, TrainConfig, Tokenizer};
 
 const T: usize = 16;
 
-/// ids [B, T] and mask [B, T] of captions (padded with 0, masked out).
 fn encode(tok: &Tokenizer, caps: &[&str]) -> (Tensor, Tensor) {
-    let (mut ids, mut mask) = (Vec::new(), Vec::new());
-    for c in caps {
-        let mut v: Vec<i32> = tok.encode(c, &AllowedSpecial::None).into_iter().map(|x| x as i32).take(T).collect();
-        let n = v.len();
-        v.resize(T, 0);
-        ids.extend(v);
-        mask.extend((0..T).map(|i| (i < n) as u8));
-    }
-    (Tensor::from_vec(ids, &[caps.len(), T]), Tensor::from_vec(mask, &[caps.len(), T]))
+    encode_captions(tok, caps, T)
 }
 
 fn images(scenes: &[&fmlab_data::scenes::Scene]) -> Tensor {

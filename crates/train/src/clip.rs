@@ -14,7 +14,7 @@ use fmlab_models::clip::{Clip, ClipConfig};
 use fmlab_nn::optim::default_decay;
 use fmlab_nn::{AdamW, AdamWConfig, NnError, Schedule, VarBuilder};
 use fmlab_tensor::{no_grad, DType, Device, Rng, Tensor};
-use fmlab_tokenizer::{train_from_texts, AllowedSpecial, Tokenizer, TrainConfig};
+use fmlab_tokenizer::{train_from_texts, Tokenizer, TrainConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::{Meta, NoHooks, StepOptions, Trainer, TrainError};
@@ -89,15 +89,7 @@ pub fn caption_tokenizer(gen: &SceneGen, data_seed: u64) -> Result<Tokenizer, Tr
 
 /// ids [B, MAX_TOKENS] (i32) and mask [B, MAX_TOKENS] (u8) of captions.
 pub fn encode_captions(tok: &Tokenizer, caps: &[&str]) -> (Tensor, Tensor) {
-    let (mut ids, mut mask) = (Vec::with_capacity(caps.len() * MAX_TOKENS), Vec::with_capacity(caps.len() * MAX_TOKENS));
-    for c in caps {
-        let mut v: Vec<i32> = tok.encode(c, &AllowedSpecial::None).into_iter().map(|x| x as i32).take(MAX_TOKENS).collect();
-        let n = v.len();
-        v.resize(MAX_TOKENS, 0);
-        ids.extend(v);
-        mask.extend((0..MAX_TOKENS).map(|i| (i < n) as u8));
-    }
-    (Tensor::from_vec(ids, &[caps.len(), MAX_TOKENS]), Tensor::from_vec(mask, &[caps.len(), MAX_TOKENS]))
+    fmlab_models::clip::encode_captions(tok, caps, MAX_TOKENS)
 }
 
 /// images [B, H, W, C] f32 in [0, 1].
@@ -141,11 +133,11 @@ pub fn retrieval(clip: &Clip, tok: &Tokenizer, scenes: &[Scene]) -> Recall {
         txt_e.push(clip.text_embeddings(&ids, &mask));
     }
     let sims = Tensor::cat(&img_e, 0).matmul(&Tensor::cat(&txt_e, 0).t()).to_vec_f64(); // [n, n]
+    // Rank (0 = first) of the best-scoring item whose caption is q's: the items with another
+    // caption that score above it.
     let rank_hit = |scores: &dyn Fn(usize) -> f64, q: usize| -> usize {
-        // Rank of the best item whose caption is q's (0 = first).
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| scores(b).total_cmp(&scores(a)));
-        order.iter().position(|&j| caps[j] == caps[q]).unwrap_or(n)
+        let best = (0..n).filter(|&j| caps[j] == caps[q]).map(scores).fold(f64::NEG_INFINITY, f64::max);
+        (0..n).filter(|&j| caps[j] != caps[q] && scores(j) > best).count()
     };
     let (mut i2t, mut t2i) = ([0.0; 3], [0.0; 3]);
     for q in 0..n {
@@ -190,11 +182,7 @@ pub fn run(model: &Clip, run: ClipRun) -> Result<ClipDone, TrainError> {
         crate::ledger::drop_metrics_after(&run_dir, step)?;
         eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
     }
-    let cfg_json = serde_json::to_string_pretty(&cfg)?;
-    crate::ledger::write_file(&run_dir.join("config.json"), &cfg_json)?;
-    if resume.is_none() {
-        crate::ledger::write_run_info(&run_dir, "train clip", &cfg_json, cfg.seed, device, git_commit.clone(), gpu)?;
-    }
+    crate::ledger::record_start(&run_dir, "train clip", &cfg, cfg.seed, device, git_commit.clone(), gpu, resume.is_some())?;
     eprintln!(
         "model: {} (vision d{} L{}, text d{} L{}, embed {}), {:?} loss, temperature {:?}, on {device}; batch {} × {} steps, lr {} (warmup {}); {}",
         cfg.preset, cfg.model.vision.d_model, cfg.model.vision.layers, cfg.model.text.hidden_size, cfg.model.text.num_hidden_layers, cfg.model.embed, cfg.model.loss, cfg.model.temperature, cfg.batch, cfg.steps, cfg.lr, cfg.warmup,
@@ -226,12 +214,7 @@ pub fn run(model: &Clip, run: ClipRun) -> Result<ClipDone, TrainError> {
     let mut last_zero_shot = None;
     let mut no_dropout = Rng::new(0);
     while step < stop_at {
-        if crate::interrupt::requested() {
-            if saved_at != Some(step) {
-                save(step, &trainer.opt)?;
-            }
-            return Err(TrainError::Interrupted { step, run_dir: run_dir.display().to_string() });
-        }
+        crate::interrupt::checkpoint_if_requested(step, saved_at, &run_dir, || save(step, &trainer.opt))?;
         let ts = Instant::now();
         let lr = schedule.lr_at(step);
         let k = step;
@@ -379,10 +362,8 @@ pub fn zero_shot(clip: &Clip, tok: &Tokenizer, test: &[(Image, u8)], train_class
     let (mut hit, mut n) = ([0usize; 2], [0usize; 2]);
     for (k, (_, label)) in test.iter().enumerate() {
         let x = &emb[k * e..(k + 1) * e];
-        let pred = (0..10).max_by(|&a, &b| {
-            let s = |c: usize| classes[c * e..(c + 1) * e].iter().zip(x).map(|(p, q)| p * q).sum::<f32>();
-            s(a).total_cmp(&s(b))
-        });
+        let scores: Vec<f32> = classes.chunks(e).map(|c| c.iter().zip(x).map(|(p, q)| p * q).sum()).collect();
+        let pred = (0..10).max_by(|&a, &b| scores[a].total_cmp(&scores[b]));
         let group = if train_classes.contains(label) { 0 } else { 1 };
         n[group] += 1;
         hit[group] += (pred == Some(*label as usize)) as usize;

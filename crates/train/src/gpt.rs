@@ -106,11 +106,7 @@ pub fn run(model: &Gpt2, run: GptRun, memory: &dyn Fn() -> serde_json::Value) ->
         crate::ledger::drop_metrics_after(&run_dir, step)?;
         eprintln!("resuming {} at step {step} of {}", run_dir.display(), cfg.steps);
     }
-    let cfg_json = serde_json::to_string_pretty(&cfg)?;
-    crate::ledger::write_file(&run_dir.join("config.json"), &cfg_json)?;
-    if resume.is_none() {
-        crate::ledger::write_run_info(&run_dir, "train gpt", &cfg_json, cfg.seed, device, git_commit.clone(), gpu)?;
-    }
+    crate::ledger::record_start(&run_dir, "train gpt", &cfg, cfg.seed, device, git_commit.clone(), gpu, resume.is_some())?;
     eprintln!(
         "model: gpt2 {} ({} params) on {device} in {}, batch {} × seq {} × accum {} = {} tokens/step, {} steps, lr {} → {} (warmup {}), wd {}",
         cfg.preset,
@@ -153,13 +149,7 @@ pub fn run(model: &Gpt2, run: GptRun, memory: &dyn Fn() -> serde_json::Value) ->
     let loss_fn = |inp: &[Tensor], rng: Option<&mut Rng>| model.loss(&inp[0], &inp[1], rng);
     let mut saved_at = resume.as_ref().map(|(_, m)| m.step);
     while step < stop_at {
-        if crate::interrupt::requested() {
-            if saved_at != Some(step) {
-                save(step, &trainer.opt, &sampler, &drop_rng)?;
-            }
-            pb.finish_and_clear();
-            return Err(TrainError::Interrupted { step, run_dir: run_dir.display().to_string() });
-        }
+        crate::interrupt::checkpoint_if_requested(step, saved_at, &run_dir, || save(step, &trainer.opt, &sampler, &drop_rng)).inspect_err(|_| pb.finish_and_clear())?;
         let ts = Instant::now();
         let lr = schedule.lr_at(step);
         let mut next = || {

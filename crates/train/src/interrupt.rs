@@ -30,6 +30,19 @@ pub fn requested() -> bool {
     REQUESTED.load(Ordering::SeqCst)
 }
 
+/// A training loop's check between steps: when a stop was asked for, writes a checkpoint
+/// (`save`, unless the loop just wrote one at this step) and returns `TrainError::Interrupted`
+/// with the resume command's folder; otherwise nothing.
+pub fn checkpoint_if_requested(step: u64, saved_at: Option<u64>, run_dir: &std::path::Path, save: impl FnOnce() -> Result<(), crate::TrainError>) -> Result<(), crate::TrainError> {
+    if !requested() {
+        return Ok(());
+    }
+    if saved_at != Some(step) {
+        save()?;
+    }
+    Err(crate::TrainError::Interrupted { step, run_dir: run_dir.display().to_string() })
+}
+
 /// Asks the loop to stop as a first signal would (tests; a caller's own stop condition).
 pub fn request() {
     REQUESTED.store(true, Ordering::SeqCst);

@@ -40,6 +40,18 @@ pub fn write_run_info(dir: &Path, command: &str, cfg_json: &str, seed: u64, devi
     write_file(&dir.join("run.json"), json(&info))
 }
 
+/// A run's start in its folder: config.json (the resolved config, rewritten on resume: --steps
+/// may have grown) and, for a new run, run.json.
+#[allow(clippy::too_many_arguments)]
+pub fn record_start(run_dir: &Path, command: &str, cfg: &impl serde::Serialize, seed: u64, device: fmlab_tensor::Device, git_commit: Option<String>, gpu: Option<String>, resumed: bool) -> Result<()> {
+    let cfg_json = serde_json::to_string_pretty(cfg)?;
+    write_file(&run_dir.join("config.json"), &cfg_json)?;
+    if !resumed {
+        write_run_info(run_dir, command, &cfg_json, seed, device, git_commit, gpu)?;
+    }
+    Ok(())
+}
+
 /// A resumed run redoes the steps logged after its checkpoint (before a kill): their
 /// metrics.jsonl lines are dropped.
 pub fn drop_metrics_after(run_dir: &Path, step: u64) -> Result<()> {

@@ -1,22 +1,13 @@
 //! Fashion-MNIST for CLIP on synthetic IDX files: only the trained classes reach the batches,
 //! captions come from the prompt templates, and zero-shot top-1 is counted per group.
 
-use fmlab_data::images::Image;
+use fmlab_data::images::{idx_bytes, Image};
 use fmlab_models::bert::BertConfig;
 use fmlab_models::clip::{Clip, ClipConfig, ContrastiveLoss, Temperature};
 use fmlab_models::vit::{Pool, VitConfig};
 use fmlab_nn::VarBuilder;
 use fmlab_tensor::DType;
 use fmlab_train::clip::{fashion_tokenizer, zero_shot, FashionSet, MAX_TOKENS};
-
-fn idx(dims: &[u32], body: &[u8]) -> Vec<u8> {
-    let mut b = vec![0, 0, 8, dims.len() as u8];
-    for d in dims {
-        b.extend(d.to_be_bytes());
-    }
-    b.extend(body);
-    b
-}
 
 #[test]
 fn fashion_batches_hold_only_trained_classes_and_zero_shot_counts_groups() {
@@ -27,8 +18,8 @@ fn fashion_batches_hold_only_trained_classes_and_zero_shot_counts_groups() {
     for (split, n) in [("train", 40u32), ("t10k", 20)] {
         let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
         let px: Vec<u8> = labels.iter().flat_map(|&l| std::iter::repeat_n(l * 20, 28 * 28)).collect();
-        std::fs::write(d.join(format!("{split}-images-idx3-ubyte")), idx(&[n, 28, 28], &px)).unwrap();
-        std::fs::write(d.join(format!("{split}-labels-idx1-ubyte")), idx(&[n], &labels)).unwrap();
+        std::fs::write(d.join(format!("{split}-images-idx3-ubyte")), idx_bytes(&[n, 28, 28], &px)).unwrap();
+        std::fs::write(d.join(format!("{split}-labels-idx1-ubyte")), idx_bytes(&[n], &labels)).unwrap();
     }
     let train_classes = [0u8, 1, 2, 3, 4, 5, 6];
     let set = FashionSet::load(&d, &train_classes, 1).unwrap();
